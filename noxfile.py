@@ -1,0 +1,135 @@
+"""Test sessions (nox with the uv backend).
+
+    nox                       # every CPU session below except `gpu` (the README's test command)
+    nox -s tests              # the whole CPU suite in the workspace environment (uv.lock)
+    nox -s t3 s3gen meta      # each component alone in a fresh venv: proves independent installs
+    nox -s parity             # our code vs the reference chatterbox-tts 0.1.2 on identical weights
+    nox -s lint typecheck
+    nox -s gpu                # tests marked `gpu`, on a machine with a CUDA GPU
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["lint", "typecheck", "tests", "t3", "s3gen", "meta", "parity"]
+nox.options.error_on_external_run = True
+
+ROOT = Path(__file__).parent
+PYTHON = "3.11"
+T3 = "./packages/t3-vllm"
+S3GEN = "./packages/s3gen"
+META = "./packages/chatterbox-meta"
+CPU_SUPPORT = "./tests/support/vllm-cpu-test-support"
+# Versions the workspace lock resolved, reused by the isolated sessions so every venv runs the
+# same torch/vLLM build (and uv links it from its cache instead of downloading another one).
+CONSTRAINTS = ("torch==2.7.0", "torchaudio==2.7.0", "transformers>=4.53.2,<4.54")
+TEST_TOOLS = ("pytest>=8.3", "pytest-timeout>=2.3")
+
+# vLLM on CPU: one OpenMP thread per process (two threads oversubscribe a 2-core box and fork with
+# >1 thread can deadlock); a small KV-cache reservation.
+CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _constraints_file(session: nox.Session) -> str:
+    path = Path(session.create_tmp()) / "constraints.txt"
+    path.write_text("\n".join(CONSTRAINTS) + "\n")
+    return str(path)
+
+
+def _install_isolated(session: nox.Session, *packages: str) -> None:
+    session.install("-c", _constraints_file(session), *packages, *TEST_TOOLS)
+
+
+def _pytest(session: nox.Session, *paths: str, marker: str = "not gpu") -> None:
+    session.run("pytest", "-m", marker, *paths, *session.posargs, env=CPU_ENV)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole CPU suite in the locked workspace environment."""
+    session.run_install(
+        "uv", "sync", "--locked", "--all-packages", "--group", "test",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+    _pytest(session, "packages/t3-vllm/tests", "packages/s3gen/tests",
+            "packages/chatterbox-meta/tests", "tests", "--ignore=tests/parity")
+
+
+@nox.session(python=PYTHON)
+def t3(session: nox.Session) -> None:
+    """chatterbox-t3-vllm alone (plus the CPU test support for vLLM)."""
+    _install_isolated(session, T3, CPU_SUPPORT)
+    _pytest(session, "packages/t3-vllm/tests")
+
+
+@nox.session(python=PYTHON)
+def s3gen(session: nox.Session) -> None:
+    """chatterbox-s3gen alone, with its ONNX extra (no vLLM in this venv)."""
+    _install_isolated(session, f"{S3GEN}[onnx]")
+    session.run("python", "-c", "import importlib.util, sys; "
+                "sys.exit(importlib.util.find_spec('vllm') is not None)")
+    _pytest(session, "packages/s3gen/tests")
+
+
+@nox.session(python=PYTHON)
+def meta(session: nox.Session) -> None:
+    """chatterbox-vllm (the end-to-end package) with its two components."""
+    _install_isolated(session, T3, S3GEN, META, CPU_SUPPORT)
+    _pytest(session, "packages/chatterbox-meta/tests")
+
+
+# The reference implementation, installed without its own pins (torch 2.6, transformers 4.46)
+# next to ours; these are the packages it imports, at versions shown to reproduce it.
+REFERENCE = "chatterbox-tts==0.1.2"
+REFERENCE_IMPORTS = (
+    "librosa==0.11.0",
+    "conformer==0.3.2",
+    "diffusers==0.29.0",
+    "resemble-perth==1.0.1",
+    "einops",
+    "scipy",
+)
+
+
+@nox.session(python=PYTHON)
+def parity(session: nox.Session) -> None:
+    """Numerical parity with chatterbox-tts 0.1.2 on identical random weights (tests/parity)."""
+    # Editable, so a developer can iterate on parity without reinstalling.
+    _install_isolated(session, "-e", T3, "-e", S3GEN, "-e", META, CPU_SUPPORT, *REFERENCE_IMPORTS)
+    session.install("--no-deps", REFERENCE)
+    _pytest(session, "tests/parity")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff==0.8.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy over the three packages' public APIs, including the seam conformance module."""
+    _install_isolated(session, T3, S3GEN, META, "mypy==1.13.0", "types-tqdm")
+    session.run("mypy", "-p", "chatterbox_t3", "-p", "chatterbox_s3gen", "-p", "chatterbox_vllm")
+
+
+@nox.session(python=PYTHON)
+def gpu(session: nox.Session) -> None:
+    """Tests marked `gpu` (need CUDA). On the lent device machine use tests/gpu/run-on-device.sh."""
+    session.run_install(
+        "uv", "sync", "--locked", "--all-packages", "--group", "test",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+    session.run("pytest", "-m", "gpu", "tests", *session.posargs,
+                env={k: v for k, v in CPU_ENV.items() if k != "OMP_NUM_THREADS"})
+
+
+if os.environ.get("CI"):
+    nox.options.reuse_existing_virtualenvs = False

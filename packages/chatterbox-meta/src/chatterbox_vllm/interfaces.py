@@ -1,0 +1,130 @@
+"""The typed seam between the components.
+
+``chatterbox-t3-vllm`` produces speech tokens, ``chatterbox-s3gen`` turns them into audio. Neither
+imports this package: they satisfy these protocols structurally, and ``nox -s typecheck`` proves it
+(see :mod:`chatterbox_vllm._conformance`). Anything else that matches a protocol can replace a
+component, e.g. a different vocoder (:class:`Vocoder`) or another speech-token model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, runtime_checkable
+
+import torch
+
+SPEECH_VOCAB_SIZE = 6561
+"""S3 speech-token ids live in ``[0, SPEECH_VOCAB_SIZE)`` (3^8 FSQ codes)."""
+SPEECH_TOKEN_RATE_HZ = 25
+"""S3 tokens per second of speech."""
+MEL_FRAMES_PER_TOKEN = 2
+"""S3Gen's 80-bin mel runs at 50 frames/s, two frames per speech token."""
+
+FINISH_REASONS = ("stop", "length")
+
+RequestT_contra = TypeVar("RequestT_contra", contravariant=True)
+ReferenceT_contra = TypeVar("ReferenceT_contra", contravariant=True)
+
+
+@runtime_checkable
+class SpeechTokenSequence(Protocol):
+    """Speech tokens of one utterance, as any generator returns them."""
+
+    @property
+    def token_ids(self) -> Sequence[int]:
+        """Ids in ``[0, SPEECH_VOCAB_SIZE)``; start/stop and other control ids already removed."""
+        ...
+
+    @property
+    def finish_reason(self) -> str:
+        """``"stop"``: the model ended the utterance; ``"length"``: the token budget ran out."""
+        ...
+
+
+@dataclass(frozen=True)
+class SpeechTokens:
+    """Validated speech tokens of one utterance at :data:`SPEECH_TOKEN_RATE_HZ`."""
+
+    token_ids: tuple[int, ...]
+    finish_reason: str = "stop"
+
+    def __post_init__(self) -> None:
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(
+                f"finish_reason must be one of {FINISH_REASONS}, got {self.finish_reason!r}"
+            )
+        bad = [t for t in self.token_ids if not 0 <= t < SPEECH_VOCAB_SIZE]
+        if bad:
+            raise ValueError(
+                f"speech token ids must lie in [0, {SPEECH_VOCAB_SIZE}); got {len(bad)} outside, "
+                f"e.g. {bad[:5]}"
+            )
+
+    @classmethod
+    def from_sequence(cls, tokens: SpeechTokenSequence) -> SpeechTokens:
+        return cls(tuple(int(t) for t in tokens.token_ids), tokens.finish_reason)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds of speech these tokens decode to."""
+        return len(self.token_ids) / SPEECH_TOKEN_RATE_HZ
+
+    @property
+    def num_mel_frames(self) -> int:
+        return len(self.token_ids) * MEL_FRAMES_PER_TOKEN
+
+
+class SpeechTokenGenerator(Protocol[RequestT_contra]):
+    """Turns text + voice requests into speech tokens (T3 on vLLM is one)."""
+
+    def generate_speech_tokens(
+        self, requests: Sequence[RequestT_contra]
+    ) -> Sequence[SpeechTokenSequence]:
+        """One result per request, in request order."""
+        ...
+
+
+class StreamingSpeechTokenGenerator(Protocol[RequestT_contra]):
+    """A generator that can hand out tokens while it is still decoding."""
+
+    def stream_speech_tokens(
+        self, request: RequestT_contra
+    ) -> AsyncIterator[SpeechTokenSequence]:
+        """Yields the tokens generated so far (cumulative), the last item being final."""
+        ...
+
+
+class SpeechDecoder(Protocol[ReferenceT_contra]):
+    """Turns speech tokens + a voice reference into waveforms (S3Gen is one)."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    def synthesize(
+        self,
+        token_sequences: Sequence[Sequence[int]],
+        references: Sequence[ReferenceT_contra],
+    ) -> list[torch.Tensor]:
+        """One mono float waveform per token sequence; references pair up by index."""
+        ...
+
+
+class Vocoder(Protocol):
+    """Mel spectrogram -> waveform; implement this to swap S3Gen's vocoder."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def hop_length(self) -> int:
+        """Output samples per mel frame."""
+        ...
+
+    def vocode(self, mels: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
+        """``mels``: ``[batch, 80, frames]`` log-mel (padded); ``mel_lengths``: ``[batch]``.
+        Returns one 1-D waveform per item of ``mel_lengths[i] * hop_length`` samples."""
+        ...
