@@ -91,9 +91,7 @@ class SpeechTokenGenerator(Protocol[RequestT_contra]):
 class StreamingSpeechTokenGenerator(Protocol[RequestT_contra]):
     """A generator that can hand out tokens while it is still decoding."""
 
-    def stream_speech_tokens(
-        self, request: RequestT_contra
-    ) -> AsyncIterator[SpeechTokenSequence]:
+    def stream_speech_tokens(self, request: RequestT_contra) -> AsyncIterator[SpeechTokenSequence]:
         """Yields the tokens generated so far (cumulative), the last item being final."""
         ...
 

@@ -1,0 +1,260 @@
+"""Audio in and out: loading and validating voice references, resampling, joining chunks, saving.
+
+Resampling follows the reference (``librosa.load(sr=24000)`` then ``librosa.resample`` to 16 kHz):
+channels are averaged to mono, then soxr's high-quality band-limited resampler is applied and the
+result is cut/zero-padded to ``ceil(n * target / source)`` samples. Using the same resampler matters:
+T3's voice prompt tokens come from the 16 kHz copy, and a different resampler changes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+
+from chatterbox_vllm.errors import (
+    AudioTooShortError,
+    CorruptAudioError,
+    InvalidAudioError,
+    SilentAudioError,
+    UnsupportedAudioFormatError,
+)
+
+logger = logging.getLogger(__name__)
+
+S3GEN_SAMPLE_RATE = 24_000
+"""Rate of synthesised audio and of the S3Gen voice reference."""
+S3_TOKENIZER_SAMPLE_RATE = 16_000
+"""Rate of the copy used for T3's prompt tokens and the voice-encoder embedding."""
+MIN_VOICE_SECONDS = 1.0
+"""Shortest voice reference accepted. 5-10 s of clean speech gives the best clone."""
+SILENCE_PEAK = 1e-4
+"""A reference whose absolute peak is below this (-80 dBFS) counts as silent."""
+DEFAULT_CROSSFADE_SECONDS = 0.05
+"""Equal-power crossfade between consecutive chunks of one long text: 50 ms (1200 samples at 24 kHz).
+Each S3Gen chunk starts with 20 ms of silence and a 20 ms fade-in, so the overlap only blends the
+previous chunk's trailing room tone into that onset; it never eats into a word."""
+
+AudioInput = str | os.PathLike | tuple[torch.Tensor | np.ndarray, int]
+"""A path to an audio file, or ``(waveform, sample_rate)`` with waveform ``[samples]`` or
+``[channels, samples]`` (torchaudio's layout)."""
+
+# libsndfile major formats by file suffix, so an unsupported file is named as such instead of
+# surfacing as a decoder error. (libsndfile also sniffs content; the suffix only picks the message.)
+_SUFFIX_FORMATS = {
+    ".wav": "WAV",
+    ".wave": "WAV",
+    ".flac": "FLAC",
+    ".ogg": "OGG",
+    ".oga": "OGG",
+    ".opus": "OGG",
+    ".mp3": "MP3",
+    ".aiff": "AIFF",
+    ".aif": "AIFF",
+    ".au": "AU",
+    ".caf": "CAF",
+    ".w64": "W64",
+    ".rf64": "RF64",
+}
+
+
+def supported_audio_suffixes() -> list[str]:
+    """File suffixes whose format the installed libsndfile can decode."""
+    available = set(soundfile.available_formats())
+    return sorted(s for s, fmt in _SUFFIX_FORMATS.items() if fmt in available)
+
+
+def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
+    """Decodes a file to ``[channels, samples]`` float32."""
+    if not path.exists():
+        raise FileNotFoundError(f"voice audio file not found: {path}")
+    if path.is_dir():
+        raise UnsupportedAudioFormatError(f"voice audio path is a directory, not a file: {path}")
+    suffix = path.suffix.lower()
+    supported = supported_audio_suffixes()
+    if suffix not in supported:
+        raise UnsupportedAudioFormatError(
+            f"unsupported audio file format {suffix or '(no suffix)'!r} for {path}; "
+            f"supported: {', '.join(supported)}"
+        )
+    try:
+        data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, EOFError) as error:
+        raise CorruptAudioError(
+            f"could not decode {path} as {_SUFFIX_FORMATS[suffix]} audio ({error}); "
+            "the file is damaged or not really in that format"
+        ) from error
+    return np.ascontiguousarray(data.T), int(sample_rate)
+
+
+def _as_channels_first(waveform: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(waveform, torch.Tensor):
+        array = waveform.detach().to("cpu", torch.float32).numpy()
+    elif isinstance(waveform, np.ndarray):
+        if not np.issubdtype(waveform.dtype, np.number):
+            raise InvalidAudioError(f"waveform must be numeric, got dtype {waveform.dtype}")
+        array = waveform.astype(np.float32, copy=False)
+    else:
+        raise InvalidAudioError(
+            f"waveform must be a torch.Tensor or numpy.ndarray, got {type(waveform).__name__}"
+        )
+    if array.ndim == 1:
+        return array[None, :]
+    if array.ndim == 2:
+        if array.shape[0] > 16 and array.shape[1] <= 16:
+            raise InvalidAudioError(
+                f"waveform of shape {tuple(array.shape)} looks like [samples, channels]; "
+                "pass [samples] or [channels, samples] (e.g. waveform.T)"
+            )
+        return array
+    raise InvalidAudioError(
+        f"waveform must be [samples] or [channels, samples], got shape {tuple(array.shape)}"
+    )
+
+
+def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Resamples 1-D float32 audio with soxr HQ, length ``ceil(n * target / source)`` (as librosa)."""
+    if source_rate == target_rate:
+        return audio
+    resampled = soxr.resample(audio, source_rate, target_rate, quality="soxr_hq")
+    length = math.ceil(audio.shape[-1] * target_rate / source_rate)
+    if resampled.shape[-1] >= length:
+        resampled = resampled[:length]
+    else:
+        resampled = np.pad(resampled, (0, length - resampled.shape[-1]))
+    return np.asarray(resampled, dtype=audio.dtype)
+
+
+def load_voice_audio(audio: AudioInput, *, min_seconds: float = MIN_VOICE_SECONDS) -> torch.Tensor:
+    """Loads and validates a voice reference; returns mono float32 ``[samples]`` at 24 kHz.
+
+    Multi-channel audio is averaged to mono and any sample rate is resampled (e.g. 48 kHz stereo is
+    fine). Raises a specific :class:`~chatterbox_vllm.errors.AudioError` for an unsupported or
+    corrupt file, NaN/inf samples, audio shorter than ``min_seconds``, or silence.
+    """
+    if isinstance(audio, str | os.PathLike):
+        source = str(audio)
+        channels, sample_rate = _read_audio_file(Path(audio))
+    elif isinstance(audio, tuple) and len(audio) == 2:
+        waveform, sample_rate = audio
+        source = "waveform"
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
+            raise InvalidAudioError(
+                f"sample_rate must be an int (Hz), got {type(sample_rate).__name__}"
+            )
+        sample_rate = int(sample_rate)
+        if not 1000 <= sample_rate <= 384_000:
+            raise InvalidAudioError(f"sample_rate must be in [1000, 384000] Hz, got {sample_rate}")
+        channels = _as_channels_first(waveform)
+    else:
+        raise InvalidAudioError(
+            "voice audio must be a file path or a (waveform, sample_rate) tuple, "
+            f"got {type(audio).__name__}"
+        )
+
+    if channels.shape[-1] == 0:
+        raise AudioTooShortError(f"voice audio {source} is empty (0 samples)")
+    if not np.isfinite(channels).all():
+        raise InvalidAudioError(f"voice audio {source} contains NaN or infinite samples")
+    duration = channels.shape[-1] / sample_rate
+    if duration < min_seconds:
+        raise AudioTooShortError(
+            f"voice audio {source} is {duration:.2f} s long; at least {min_seconds:.1f} s is "
+            "needed (5-10 s of clean speech works best)"
+        )
+    if float(np.abs(channels).max()) < SILENCE_PEAK:
+        raise SilentAudioError(
+            f"voice audio {source} is silent (peak below {SILENCE_PEAK:g}); "
+            "record or choose audio with speech in it"
+        )
+    if channels.shape[0] > 1:
+        logger.info("voice audio %s: averaging %d channels to mono", source, channels.shape[0])
+    mono = channels.mean(axis=0, dtype=np.float32) if channels.shape[0] > 1 else channels[0]
+    if sample_rate != S3GEN_SAMPLE_RATE:
+        logger.info(
+            "voice audio %s: resampling %d Hz -> %d Hz", source, sample_rate, S3GEN_SAMPLE_RATE
+        )
+    return torch.from_numpy(np.ascontiguousarray(resample(mono, sample_rate, S3GEN_SAMPLE_RATE)))
+
+
+def to_tokenizer_rate(wav_24k: torch.Tensor) -> torch.Tensor:
+    """The 16 kHz copy of a 24 kHz reference, resampled as the reference does (soxr HQ)."""
+    array = wav_24k.detach().to("cpu", torch.float32).numpy()
+    return torch.from_numpy(
+        np.ascontiguousarray(resample(array, S3GEN_SAMPLE_RATE, S3_TOKENIZER_SAMPLE_RATE))
+    )
+
+
+def equal_power_crossfade_join(
+    waveforms: Sequence[torch.Tensor], crossfade_samples: int
+) -> torch.Tensor:
+    """Concatenates 1-D waveforms, overlapping each neighbouring pair by ``crossfade_samples``.
+
+    The outgoing chunk fades with ``cos``, the incoming with ``sin`` (equal power: the two gains'
+    squares sum to one, so uncorrelated signals keep their loudness through the join). The overlap
+    shrinks to half the shorter neighbour when a chunk is shorter than two crossfades. Output length
+    is ``sum(len) - sum(overlaps)``; see :func:`crossfade_overlaps`.
+    """
+    if crossfade_samples < 0:
+        raise ValueError(f"crossfade_samples must be >= 0, got {crossfade_samples}")
+    if not waveforms:
+        return torch.zeros(0)
+    for index, waveform in enumerate(waveforms):
+        if waveform.dim() != 1:
+            raise ValueError(f"waveform {index} must be 1-D, got shape {tuple(waveform.shape)}")
+    overlaps = crossfade_overlaps([w.numel() for w in waveforms], crossfade_samples)
+    total = sum(w.numel() for w in waveforms) - sum(overlaps)
+    dtype = waveforms[0].dtype
+    out = torch.zeros(total, dtype=dtype)
+    position = 0
+    for index, waveform in enumerate(waveforms):
+        waveform = waveform.to("cpu", dtype)
+        if index == 0:
+            out[: waveform.numel()] = waveform
+            position = waveform.numel()
+            continue
+        overlap = overlaps[index - 1]
+        start = position - overlap
+        if overlap:
+            phase = (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap * (math.pi / 2)
+            fade_in = torch.sin(phase).to(dtype)
+            fade_out = torch.cos(phase).to(dtype)
+            out[start:position] = out[start:position] * fade_out + waveform[:overlap] * fade_in
+        out[position : start + waveform.numel()] = waveform[overlap:]
+        position = start + waveform.numel()
+    return out
+
+
+def crossfade_overlaps(lengths: Sequence[int], crossfade_samples: int) -> list[int]:
+    """Samples shared by each neighbouring pair when joining chunks of these lengths."""
+    return [
+        min(crossfade_samples, left // 2, right // 2) for left, right in itertools.pairwise(lengths)
+    ]
+
+
+def save_audio(path: str | os.PathLike, waveform: torch.Tensor, sample_rate: int) -> Path:
+    """Writes mono audio; the format follows the suffix (.wav 16-bit PCM, .flac, .ogg, .mp3 where
+    the installed libsndfile has MP3)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    supported = supported_audio_suffixes()
+    if suffix not in supported:
+        raise UnsupportedAudioFormatError(
+            f"cannot write {suffix or '(no suffix)'!r} audio ({path}); choose one of "
+            f"{', '.join(supported)}"
+        )
+    data = waveform.detach().to("cpu", torch.float32).reshape(-1).numpy()
+    subtype = (
+        "PCM_16" if _SUFFIX_FORMATS[suffix] in {"WAV", "AIFF", "AU", "CAF", "W64", "RF64"} else None
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), np.clip(data, -1.0, 1.0), sample_rate, subtype=subtype)
+    return path

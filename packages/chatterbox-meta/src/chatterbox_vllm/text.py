@@ -1,0 +1,215 @@
+"""Long text: validation and splitting into chunks that fit T3's per-request budget.
+
+T3 produces at most ``max_new_tokens`` speech tokens (25 per second of audio) per request, and
+quality drops on long utterances, so long text is split at sentence boundaries into chunks of at
+most ``max_chunk_chars`` characters, packing whole sentences greedily. A sentence longer than the
+budget is split at clause punctuation (``, ; : — –``), and a clause still too long at spaces. Text
+is never split inside a word: a single "word" longer than the budget (a URL, say) becomes a chunk of
+its own. Each chunk is then normalised by T3's text front end exactly as a whole text would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from chatterbox_vllm.errors import InvalidTextError
+
+logger = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 100_000
+"""Longest text one ``generate`` call accepts (about 16k words, ~2 hours of speech). Longer texts
+are rejected with :class:`~chatterbox_vllm.errors.InvalidTextError`: split them into several calls."""
+SPEECH_CHARS_PER_SECOND = 15.0
+"""Typical English speaking rate in characters per second (~170 words/min), used to size chunks."""
+CHUNK_BUDGET_SAFETY = 0.5
+"""Chunks are sized for half the token budget so slow speakers and pauses still fit."""
+MIN_CHUNK_CHARS = 40
+
+# Common abbreviations whose trailing period does not end a sentence.
+_ABBREVIATIONS = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "fig",
+        "no",
+        "vol",
+        "approx",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "dept",
+        "gen",
+        "gov",
+        "sgt",
+        "capt",
+        "col",
+        "lt",
+        "rev",
+        "hon",
+        "est",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+    }
+)
+# Sentence end: terminal punctuation, optional closing quotes/brackets, then whitespace.
+_SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]]*(?=\s+)""")
+# Clause boundary: punctuation after which a pause is natural.
+_CLAUSE_END = re.compile(r"""[,;:—–]["'”’)\]]*(?=\s+)|\s[-—–]\s""")
+_SPEAKABLE = re.compile(r"\w", re.UNICODE)
+
+
+def chunk_chars_for_token_budget(max_new_tokens: int) -> int:
+    """Characters of text whose speech fits comfortably in ``max_new_tokens`` speech tokens.
+
+    ``max_new_tokens / 25`` seconds of audio, at :data:`SPEECH_CHARS_PER_SECOND`, times
+    :data:`CHUNK_BUDGET_SAFETY`; 1000 tokens (the reference's budget) gives 300 characters.
+    """
+    seconds = max_new_tokens / 25
+    return max(MIN_CHUNK_CHARS, int(seconds * SPEECH_CHARS_PER_SECOND * CHUNK_BUDGET_SAFETY))
+
+
+def validate_text(text: object, *, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """Returns ``text`` if it is speakable, else raises :class:`InvalidTextError` saying why."""
+    if not isinstance(text, str):
+        raise InvalidTextError(f"text must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidTextError("text is empty (or only whitespace); pass something to say")
+    if not _SPEAKABLE.search(text):
+        raise InvalidTextError(
+            f"text {text[:40]!r} has no letters or digits (only punctuation/symbols); "
+            "there is nothing to say"
+        )
+    if len(text) > max_chars:
+        raise InvalidTextError(
+            f"text has {len(text):,} characters; at most {max_chars:,} are accepted per call "
+            "(split it into several calls)"
+        )
+    return text
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits whitespace-normalised text into sentences, keeping their punctuation."""
+    sentences = []
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        end = match.end()
+        if _is_abbreviation(text, match.start()):
+            continue
+        sentence = text[start:end].strip()
+        if sentence:
+            sentences.append(sentence)
+        start = end
+    tail = text[start:].strip()
+    if tail:
+        sentences.append(tail)
+    return sentences
+
+
+def _is_abbreviation(text: str, period_index: int) -> bool:
+    """True when the '.' at ``period_index`` ends an abbreviation or an initial ("J. Smith")."""
+    if text[period_index] != "." or text[period_index : period_index + 2] == "..":
+        return False
+    word_start = period_index
+    while word_start > 0 and not text[word_start - 1].isspace():
+        word_start -= 1
+    word = text[word_start:period_index].lower().lstrip("\"'“‘([")
+    if word in _ABBREVIATIONS:
+        return True
+    # A single capital letter, e.g. an initial; "I." ends a sentence often enough to exclude it.
+    token = text[word_start:period_index].lstrip("\"'“‘([")
+    return len(token) == 1 and token.isupper() and token != "I"
+
+
+def _split_long(piece: str, max_chars: int, boundary: re.Pattern[str] | None) -> list[str]:
+    """Splits one over-long piece at ``boundary`` matches (or at spaces when None), greedily
+    packing the parts into pieces of at most ``max_chars`` (a single over-long word stays whole)."""
+    if boundary is None:
+        parts = piece.split(" ")
+        joiner = " "
+    else:
+        parts = []
+        start = 0
+        for match in boundary.finditer(piece):
+            end = match.end()
+            parts.append(piece[start:end].strip())
+            start = end
+        parts.append(piece[start:].strip())
+        parts = [p for p in parts if p]
+        joiner = " "
+    packed: list[str] = []
+    current = ""
+    for part in parts:
+        candidate = f"{current}{joiner}{part}" if current else part
+        if len(candidate) <= max_chars:
+            current = candidate
+            continue
+        if current:
+            packed.append(current)
+        current = part
+    if current:
+        packed.append(current)
+    return packed
+
+
+def split_text(text: str, max_chunk_chars: int) -> list[str]:
+    """Splits ``text`` into chunks of at most ``max_chunk_chars`` characters (see module docs).
+
+    Text that already fits is returned unchanged as the only chunk, so a short text reaches T3's
+    front end byte-for-byte as the reference would see it.
+    """
+    if max_chunk_chars < MIN_CHUNK_CHARS:
+        raise ValueError(f"max_chunk_chars must be >= {MIN_CHUNK_CHARS}, got {max_chunk_chars}")
+    if len(text) <= max_chunk_chars:
+        return [text]
+    normalised = " ".join(text.split())
+    pieces: list[str] = []
+    for sentence in split_sentences(normalised):
+        if len(sentence) <= max_chunk_chars:
+            pieces.append(sentence)
+            continue
+        for clause in _split_long(sentence, max_chunk_chars, _CLAUSE_END):
+            if len(clause) <= max_chunk_chars:
+                pieces.append(clause)
+            else:
+                pieces.extend(_split_long(clause, max_chunk_chars, None))
+    chunks: list[str] = []
+    current = ""
+    # Pieces with nothing to say (a stray "..." or dash) carry no speech: drop them.
+    for piece in filter(_SPEAKABLE.search, pieces):
+        candidate = f"{current} {piece}" if current else piece
+        if len(candidate) <= max_chunk_chars:
+            current = candidate
+            continue
+        if current:
+            chunks.append(current)
+        current = piece
+    if current:
+        chunks.append(current)
+    return chunks
