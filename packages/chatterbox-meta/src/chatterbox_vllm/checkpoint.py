@@ -1,0 +1,70 @@
+"""Random-weight checkpoints in the real layout, for tests, benchmarks and trying the pipeline.
+
+:func:`make_random_checkpoint` composes the component writers (``chatterbox_t3`` writes
+``ve.safetensors``, ``t3_cfg.safetensors``, ``tokenizer.json``; ``chatterbox_s3gen`` writes
+``s3gen.safetensors``; the ``tiny`` size adds each component's small JSON config) and then makes
+``conds.pt`` the way the real one was made: a voice is prepared from a synthetic 3 s recording with
+the freshly written random models (:func:`chatterbox_vllm.voices.build_voice`) and saved in the
+reference's ``Conditionals.save`` layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
+from chatterbox_vllm.hub import CHECKPOINT_FILES
+from chatterbox_vllm.voices import build_voice
+
+logger = logging.getLogger(__name__)
+
+CheckpointSize = Literal["tiny", "full"]
+SYNTHETIC_VOICE_SECONDS = 3.0
+
+
+def synthetic_voice(seconds: float = SYNTHETIC_VOICE_SECONDS, seed: int = 0) -> torch.Tensor:
+    """A deterministic 24 kHz voice-like test signal: a 220 Hz harmonic stack with a slow pitch
+    wobble and syllable-rate amplitude modulation, plus a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.arange(round(seconds * S3GEN_SAMPLE_RATE), dtype=torch.float64) / S3GEN_SAMPLE_RATE
+    pitch = 220.0 * (1.0 + 0.03 * torch.sin(2 * math.pi * 0.7 * t))
+    phase = 2 * math.pi * torch.cumsum(pitch, 0) / S3GEN_SAMPLE_RATE
+    voiced = sum(0.3 / k * torch.sin(k * phase) for k in range(1, 6))
+    syllables = 0.55 + 0.45 * torch.sin(2 * math.pi * 4.0 * t).clamp(min=0)
+    noise = 0.01 * torch.randn(t.shape, generator=generator, dtype=torch.float64)
+    return (voiced * syllables + noise).to(torch.float32)
+
+
+def make_random_checkpoint(
+    directory: str | os.PathLike, size: CheckpointSize = "tiny", seed: int = 0
+) -> Path:
+    """Writes a complete random-weight checkpoint (the five Hub files, plus the tiny configs).
+
+    ``full`` has the real names, shapes and dtypes (~3.4 GB); ``tiny`` the same names with small
+    dimensions. Equal ``seed`` gives identical files.
+    """
+    from chatterbox_s3gen import S3Gen, write_random_s3gen_checkpoint
+    from chatterbox_t3 import VoiceEncoder, write_random_t3_checkpoint
+
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    logger.info("writing a %s random checkpoint (seed %d) to %s", size, seed, path)
+    write_random_t3_checkpoint(path, size=size, seed=seed)
+    write_random_s3gen_checkpoint(path, size=size, seed=seed)
+
+    voice_encoder = VoiceEncoder.from_checkpoint_dir(path)
+    s3gen = S3Gen.from_checkpoint(path, device="cpu", dtype=torch.float32)
+    voice = build_voice(synthetic_voice(seed=seed), voice_encoder, s3gen)
+    voice.save(path / "conds.pt")
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise RuntimeError(f"component writers did not produce {missing} in {path}")
+    return path

@@ -1,0 +1,112 @@
+"""CLI parsing and the errors raised before any model is loaded (subprocess, like a user)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatterbox_vllm.cli import build_parser
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatterbox_vllm.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("speak", "make-random-checkpoint", "bench"):
+        assert command in result.stdout
+    speak_help = run_cli("speak", "--help").stdout
+    for option in (
+        "--voice",
+        "--out",
+        "--model-dir",
+        "--exaggeration",
+        "--cfg-weight",
+        "--temperature",
+        "--seed",
+        "--gpu-memory-utilization",
+        "--vocoder",
+        "--cfm-steps",
+        "--no-watermark",
+    ):
+        assert option in speak_help
+    assert "--max-tokens-per-second-of-speech" in run_cli("bench", "--help").stdout
+
+
+def test_parser_maps_options() -> None:
+    args = build_parser().parse_args(
+        [
+            "speak",
+            "Hi.",
+            "--voice",
+            "v.wav",
+            "--out",
+            "o.flac",
+            "--cfg-weight",
+            "0.3",
+            "--max-num-seqs",
+            "4",
+            "--num-gpu-blocks",
+            "64",
+            "--model-dir",
+            "ckpt",
+        ]
+    )
+    assert (args.text, args.voice, args.out, args.cfg_weight) == (
+        "Hi.",
+        Path("v.wav"),
+        Path("o.flac"),
+        0.3,
+    )
+    assert (args.max_num_seqs, args.num_gpu_blocks_override, args.model_dir) == (
+        4,
+        64,
+        Path("ckpt"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["speak", "--model-dir", "nowhere"], "", "text is empty"),
+        (["speak", "...", "--model-dir", "nowhere"], "", "no letters or digits"),
+        (
+            ["speak", "Hello.", "--temperature", "0", "--model-dir", "nowhere"],
+            "",
+            "temperature must be in",
+        ),
+        (
+            ["speak", "Hello.", "--out", "x.xyz", "--model-dir", "nowhere"],
+            "",
+            "unsupported format '.xyz'",
+        ),
+        (
+            ["speak", "Hello.", "--model-dir", "nowhere"],
+            "",
+            "checkpoint directory nowhere does " "not exist",
+        ),
+        (["speak", "--file", "missing.txt", "--model-dir", "nowhere"], "", "does not exist"),
+    ],
+)
+def test_bad_input_exits_1_with_a_message(args: list[str], stdin: str, message: str) -> None:
+    result = run_cli(*args, stdin=stdin)
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_command_line_exits_2() -> None:
+    result = run_cli("speak", "Hi", "--temperature", "warm")
+    assert result.returncode == 2 and "invalid float value" in result.stderr
+    assert run_cli().returncode == 2
