@@ -21,7 +21,7 @@ from chatterbox_vllm.audio import (
     save_audio,
 )
 from chatterbox_vllm.conds import VoiceConditionals
-from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
+from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError, InvalidTextError
 from chatterbox_vllm.hub import (
     DEFAULT_REPO_ID,
     DEFAULT_REVISION,
@@ -248,7 +248,7 @@ class ChatterboxTTS:
         """
         path = check_checkpoint_dir(directory)
         from chatterbox_s3gen import S3Gen
-        from chatterbox_t3 import AsyncT3Engine, VoiceEncoder
+        from chatterbox_t3 import AsyncT3Engine
 
         config = replace(config or EngineConfig(), **config_overrides)
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -276,7 +276,6 @@ class ChatterboxTTS:
         watermarker = resolve_watermarker(watermark)
         loop = EventLoopThread()
         try:
-            voice_encoder = VoiceEncoder.from_checkpoint_dir(path, device=device)
             s3gen = S3Gen.from_checkpoint(
                 path,
                 device=device,
@@ -290,6 +289,7 @@ class ChatterboxTTS:
                 gpu_memory_utilization=config.gpu_memory_utilization,
                 enforce_eager=config.enforce_eager,
                 num_gpu_blocks_override=config.num_gpu_blocks_override,
+                conditioning_device=device,
                 **config.engine_kwargs,
             )
 
@@ -309,7 +309,7 @@ class ChatterboxTTS:
         return cls(
             t3=t3,
             s3gen=s3gen,
-            voice_encoder=voice_encoder,
+            voice_encoder=t3.voice_encoder,
             config=config,
             default_voice=default_voice,
             watermarker=watermarker,
@@ -502,6 +502,7 @@ class ChatterboxTTS:
                         seed=seed,
                     )
                 )
+        self._check_chunk_texts(jobs, len(requests))
         logger.info("generating %d text(s) as %d chunk(s)", len(requests), len(jobs))
 
         timings = run_pipeline(
@@ -541,6 +542,20 @@ class ChatterboxTTS:
             voice_seconds=voice_seconds,
         )
         return results
+
+    def _check_chunk_texts(self, jobs: list[ChunkJob], num_requests: int) -> None:
+        """Runs T3's text front end on every chunk before anything is queued, so a chunk it
+        rejects (e.g. characters without a token) fails the call before any decoding starts."""
+        frontend = getattr(self._t3, "frontend", None)
+        check = getattr(frontend, "text_token_ids", None)
+        if check is None:
+            return
+        for job in jobs:
+            try:
+                check(job.text)
+            except ValueError as error:
+                where = f"text {job.request_index}: " if num_requests > 1 else ""
+                raise InvalidTextError(f"{where}{error}") from error
 
     def _synthesize(
         self, token_lists: list[list[int]], references: list[Any], seeds: list[int | None]
