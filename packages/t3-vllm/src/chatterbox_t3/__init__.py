@@ -1,2 +1,66 @@
-"""Chatterbox T3 on vLLM 0.9.2."""
+"""Chatterbox T3 (text + voice -> S3 speech tokens) on vLLM 0.9.2, with classifier-free guidance.
+
+Public API::
+
+    from chatterbox_t3 import T3Engine, T3Request, T3SamplingParams, T3Voice
+
+    engine = T3Engine.from_checkpoint("/path/to/chatterbox")
+    voice = engine.voice_from_audio(wav_16k, prompt_tokens)  # prompt tokens from S3Gen's tokenizer
+    [out] = engine.generate_speech_tokens([T3Request("Hello there.", voice, T3SamplingParams())])
+    out.token_ids  # S3 codes for the decoder
+
+Importing this package does not import vLLM; :mod:`chatterbox_t3.engine` does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AsyncT3Engine",
+    "ConditioningEncoder",
+    "EnglishTokenizer",
+    "T3Config",
+    "T3Engine",
+    "T3Output",
+    "T3Request",
+    "T3SamplingParams",
+    "T3Voice",
+    "VoiceEncoder",
+    "normalize_text",
+    "write_random_t3_checkpoint",
+]
+
+_LOCATIONS = {
+    "AsyncT3Engine": "chatterbox_t3.engine",
+    "T3Engine": "chatterbox_t3.engine",
+    "T3Output": "chatterbox_t3.engine",
+    "T3Request": "chatterbox_t3.engine",
+    "T3SamplingParams": "chatterbox_t3.sampling",
+    "ConditioningEncoder": "chatterbox_t3.conditioning",
+    "T3Voice": "chatterbox_t3.conditioning",
+    "EnglishTokenizer": "chatterbox_t3.text",
+    "normalize_text": "chatterbox_t3.text",
+    "T3Config": "chatterbox_t3.config",
+    "VoiceEncoder": "chatterbox_t3.voice_encoder",
+    "write_random_t3_checkpoint": "chatterbox_t3.checkpoint",
+}
+
+if TYPE_CHECKING:
+    from chatterbox_t3.checkpoint import write_random_t3_checkpoint
+    from chatterbox_t3.conditioning import ConditioningEncoder, T3Voice
+    from chatterbox_t3.config import T3Config
+    from chatterbox_t3.engine import AsyncT3Engine, T3Engine, T3Output, T3Request
+    from chatterbox_t3.sampling import T3SamplingParams
+    from chatterbox_t3.text import EnglishTokenizer, normalize_text
+    from chatterbox_t3.voice_encoder import VoiceEncoder
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOCATIONS:
+        import importlib
+
+        return getattr(importlib.import_module(_LOCATIONS[name]), name)
+    raise AttributeError(f"module 'chatterbox_t3' has no attribute {name!r}")

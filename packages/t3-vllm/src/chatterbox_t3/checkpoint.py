@@ -1,0 +1,254 @@
+"""T3's checkpoint files: expected tensor layout, strict loaders, and a random-weight writer.
+
+A Chatterbox checkpoint directory holds, for T3: ``t3_cfg.safetensors`` (292 tensors, 532M params),
+``ve.safetensors`` (the voice encoder, 16 tensors) and ``tokenizer.json``. The loaders compare file
+contents with the layout :func:`t3_tensor_layout` derives from a :class:`T3Config` and raise a
+specific :class:`~chatterbox_t3.errors.CheckpointError` naming the first problems found.
+
+:func:`write_random_t3_checkpoint` writes the same files with random weights (``full``: the real
+names, shapes and dtypes; ``tiny``: the same names with a shallow backbone plus ``t3_config.json``)
+for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from chatterbox_t3.config import T3_CONFIG_FILE, TINY_OVERRIDES, T3Config
+from chatterbox_t3.errors import (
+    MissingCheckpointFileError,
+    MissingTensorError,
+    TensorShapeError,
+    UnexpectedTensorError,
+)
+from chatterbox_t3.voice_encoder import VE_FILE, VoiceEncoderConfig
+
+logger = logging.getLogger(__name__)
+
+T3_FILE = "t3_cfg.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+TensorLayout = dict[str, tuple[int, ...]]
+
+
+# ------------------------------------------------------------------------------------ layouts
+def t3_tensor_layout(config: T3Config) -> TensorLayout:
+    """Every tensor of ``t3_cfg.safetensors`` and its shape (all float32 in the real file)."""
+    hidden, heads, kv_heads = (
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+    )
+    q_size, kv_size = heads * config.head_dim, kv_heads * config.head_dim
+    layout: TensorLayout = {"tfmr.embed_tokens.weight": (config.unused_embed_tokens_rows, hidden)}
+    for i in range(config.num_hidden_layers):
+        p = f"tfmr.layers.{i}."
+        layout |= {
+            p + "self_attn.q_proj.weight": (q_size, hidden),
+            p + "self_attn.k_proj.weight": (kv_size, hidden),
+            p + "self_attn.v_proj.weight": (kv_size, hidden),
+            p + "self_attn.o_proj.weight": (hidden, q_size),
+            p + "mlp.gate_proj.weight": (config.intermediate_size, hidden),
+            p + "mlp.up_proj.weight": (config.intermediate_size, hidden),
+            p + "mlp.down_proj.weight": (hidden, config.intermediate_size),
+            p + "input_layernorm.weight": (hidden,),
+            p + "post_attention_layernorm.weight": (hidden,),
+        }
+    attn = "cond_enc.perceiver.attn."
+    layout |= {
+        "tfmr.norm.weight": (hidden,),
+        "cond_enc.spkr_enc.weight": (hidden, config.speaker_embed_size),
+        "cond_enc.spkr_enc.bias": (hidden,),
+        "cond_enc.emotion_adv_fc.weight": (hidden, 1),
+        "cond_enc.perceiver.pre_attention_query": (1, config.perceiver_queries, hidden),
+        attn + "norm.weight": (hidden,),
+        attn + "norm.bias": (hidden,),
+    }
+    for name in ("to_q", "to_k", "to_v", "proj_out"):
+        layout |= {attn + f"{name}.weight": (hidden, hidden), attn + f"{name}.bias": (hidden,)}
+    layout |= {
+        "text_emb.weight": (config.text_tokens_dict_size, hidden),
+        "speech_emb.weight": (config.speech_tokens_dict_size, hidden),
+        "text_pos_emb.emb.weight": (config.text_position_rows, hidden),
+        "speech_pos_emb.emb.weight": (config.speech_position_rows, hidden),
+        "text_head.weight": (config.text_tokens_dict_size, hidden),
+        "speech_head.weight": (config.speech_tokens_dict_size, hidden),
+    }
+    return layout
+
+
+def voice_encoder_tensor_layout(config: VoiceEncoderConfig | None = None) -> TensorLayout:
+    """Every tensor of ``ve.safetensors`` and its shape (float32)."""
+    c = config or VoiceEncoderConfig()
+    gates = 4 * c.hidden_size
+    layout: TensorLayout = {"similarity_weight": (1,), "similarity_bias": (1,)}
+    for layer in range(c.num_lstm_layers):
+        inputs = c.num_mels if layer == 0 else c.hidden_size
+        layout |= {
+            f"lstm.weight_ih_l{layer}": (gates, inputs),
+            f"lstm.weight_hh_l{layer}": (gates, c.hidden_size),
+            f"lstm.bias_ih_l{layer}": (gates,),
+            f"lstm.bias_hh_l{layer}": (gates,),
+        }
+    layout |= {
+        "proj.weight": (c.speaker_embed_size, c.hidden_size),
+        "proj.bias": (c.speaker_embed_size,),
+    }
+    return layout
+
+
+# ------------------------------------------------------------------------------------ loaders
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise MissingCheckpointFileError(f"checkpoint file not found: {path}")
+
+
+def _describe(names: Iterable[str], layout: Mapping[str, tuple[int, ...]] | None = None) -> str:
+    names = sorted(names)
+    shown = [f"{n!r} {list(layout[n])}" if layout else repr(n) for n in names[:5]]
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(shown) + more
+
+
+def check_tensor_layout(path: str | Path, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise if the safetensors file's names or shapes differ from ``expected`` (header only)."""
+    path = Path(path)
+    _require_file(path)
+    with safe_open(str(path), framework="pt") as handle:
+        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle}
+    missing = expected.keys() - shapes.keys()
+    if missing:
+        raise MissingTensorError(
+            f"{path.name} is missing {len(missing)} tensor(s) the model needs: "
+            f"{_describe(missing, expected)}"
+        )
+    unexpected = shapes.keys() - expected.keys()
+    if unexpected:
+        raise UnexpectedTensorError(
+            f"{path.name} has {len(unexpected)} tensor(s) the model does not know: "
+            f"{_describe(unexpected)} (is this the right file / configuration?)"
+        )
+    wrong = [name for name in sorted(expected) if shapes[name] != tuple(expected[name])]
+    if wrong:
+        details = "; ".join(
+            f"{name!r} is {list(shapes[name])}, expected {list(expected[name])}"
+            for name in wrong[:5]
+        )
+        raise TensorShapeError(
+            f"{path.name}: {len(wrong)} tensor(s) with the wrong shape: {details}"
+        )
+
+
+def load_t3_state_dict(
+    path: str | Path, config: T3Config, *, only_prefixes: tuple[str, ...] | None = None
+) -> dict[str, torch.Tensor]:
+    """The T3 tensors (validated against ``config``), optionally only names with given prefixes."""
+    check_tensor_layout(path, t3_tensor_layout(config))
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for name in handle:
+            if only_prefixes is None or name.startswith(only_prefixes):
+                state[name] = handle.get_tensor(name)
+    return state
+
+
+def load_voice_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The voice-encoder tensors of ``ve.safetensors`` (validated)."""
+    check_tensor_layout(path, voice_encoder_tensor_layout())
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle}
+
+
+def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -> T3Config:
+    """Validate the T3 files of a checkpoint directory; returns its configuration."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MissingCheckpointFileError(f"checkpoint directory not found: {directory}")
+    config = config or T3Config.from_checkpoint_dir(directory)
+    check_tensor_layout(directory / T3_FILE, t3_tensor_layout(config))
+    _require_file(directory / TOKENIZER_FILE)
+    return config
+
+
+# ------------------------------------------------------------------------------------ writer
+def _random_t3_tensor(
+    name: str, shape: tuple[int, ...], generator: torch.Generator
+) -> torch.Tensor:
+    # Close to the reference's initialisation (HF Llama: N(0, 0.02) linears, unit norms; torch
+    # defaults for T3's own embeddings and heads), so random models behave like untrained ones.
+    if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+        return torch.ones(shape)
+    if name.endswith(".bias"):
+        return torch.zeros(shape) if "perceiver" in name else _uniform(shape, shape[0], generator)
+    if name in ("text_emb.weight", "speech_emb.weight"):
+        return torch.randn(shape, generator=generator)
+    if name.startswith(("text_head", "speech_head", "cond_enc.")):
+        if name == "cond_enc.perceiver.pre_attention_query":
+            bound = math.sqrt(3.0) * math.sqrt(2.0 / (2 * shape[1]))
+            return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+        return _uniform(shape, shape[-1], generator)
+    return torch.randn(shape, generator=generator) * 0.02
+
+
+def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> torch.Tensor:
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+
+def _random_voice_encoder_tensor(
+    name: str, shape: tuple[int, ...], generator: torch.Generator
+) -> torch.Tensor:
+    if name == "similarity_weight":
+        return torch.tensor([10.0])
+    if name == "similarity_bias":
+        return torch.tensor([-5.0])
+    return _uniform(shape, VoiceEncoderConfig().hidden_size, generator)
+
+
+def write_random_t3_checkpoint(
+    directory: str | Path, size: Literal["tiny", "full"] = "tiny", seed: int = 0
+) -> Path:
+    """Write T3's checkpoint files with random weights; returns the directory.
+
+    ``full``: exactly the real names/shapes/dtypes (~2.1 GB of float32); ``tiny``: the same names,
+    a 2-layer backbone with a small MLP (see :data:`~chatterbox_t3.config.TINY_OVERRIDES`) and a
+    ``t3_config.json`` recording that. Both get a ``tokenizer.json`` in the real layout.
+    """
+    if size not in ("tiny", "full"):
+        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = T3Config(**TINY_OVERRIDES) if size == "tiny" else T3Config()
+    generator = torch.Generator().manual_seed(seed)
+    logger.info("writing a random %s T3 checkpoint to %s", size, directory)
+
+    t3 = {
+        name: _random_t3_tensor(name, shape, generator).contiguous()
+        for name, shape in t3_tensor_layout(config).items()
+    }
+    save_file(t3, str(directory / T3_FILE))
+    del t3
+    ve = {
+        name: _random_voice_encoder_tensor(name, shape, generator).contiguous()
+        for name, shape in voice_encoder_tensor_layout().items()
+    }
+    save_file(ve, str(directory / VE_FILE))
+
+    from chatterbox_t3.tokenizer_builder import build_english_tokenizer
+
+    build_english_tokenizer().save(str(directory / TOKENIZER_FILE))
+    config_path = directory / T3_CONFIG_FILE
+    if size == "tiny":
+        config_path.write_text(json.dumps(dict(TINY_OVERRIDES), indent=2) + "\n")
+    elif config_path.exists():
+        config_path.unlink()  # a stale tiny config would make the loaders expect tiny shapes
+    return directory

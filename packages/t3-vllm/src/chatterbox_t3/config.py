@@ -1,0 +1,163 @@
+"""T3's hyper-parameters and the single token-id space vLLM sees.
+
+:class:`T3Config` mirrors chatterbox-tts 0.1.2's ``T3Config`` plus its ``Llama_520M`` backbone
+settings. The real checkpoint has no config file, so :meth:`T3Config.from_checkpoint_dir` returns
+the real values unless the directory holds a ``t3_config.json`` (written for the small random
+``tiny`` checkpoints), whose keys override single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+T3_CONFIG_FILE = "t3_config.json"
+"""Optional file in a checkpoint directory that overrides :class:`T3Config` fields."""
+
+
+@dataclass(frozen=True)
+class T3Config:
+    """Every constant T3 needs; defaults are the real checkpoint's values."""
+
+    # Text vocabulary (tokenizer.json) and its start/stop ids.
+    text_tokens_dict_size: int = 704
+    start_text_token: int = 255
+    stop_text_token: int = 0
+    max_text_tokens: int = 2048
+
+    # S3 speech vocabulary: 6561 codes plus start/stop and unused ids up to 8193.
+    speech_tokens_dict_size: int = 8194
+    start_speech_token: int = 6561
+    stop_speech_token: int = 6562
+    max_speech_tokens: int = 4096
+    speech_cond_prompt_len: int = 150
+
+    # Conditioning encoder (speaker projection, perceiver resampler, emotion scalar).
+    speaker_embed_size: int = 256
+    perceiver_queries: int = 32
+    perceiver_heads: int = 4
+
+    # Llama backbone (Llama_520M).
+    hidden_size: int = 1024
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    head_dim: int = 64
+    intermediate_size: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
+    backbone_max_position_embeddings: int = 131072
+    """The reference LlamaConfig's value (RoPE itself is unbounded; the learned tables are not)."""
+    unused_embed_tokens_rows: int = 8
+    """``tfmr.embed_tokens.weight`` exists in the checkpoint ([8, hidden]) but is never used."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kinds = (int,) if f.type == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"T3Config.{f.name} must be {f.type}, got {value!r}")
+            # Every size/count/factor is positive; only the stop text id is legitimately 0.
+            if f.name != "stop_text_token" and not value > 0:
+                raise ValueError(f"T3Config.{f.name} must be positive, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.hidden_size % self.perceiver_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must divide into perceiver_heads "
+                f"({self.perceiver_heads})"
+            )
+        for name in ("start_text_token", "stop_text_token"):
+            if not 0 <= getattr(self, name) < self.text_tokens_dict_size:
+                raise ValueError(f"{name} must lie in [0, {self.text_tokens_dict_size})")
+        for name in ("start_speech_token", "stop_speech_token"):
+            if not 0 <= getattr(self, name) < self.speech_tokens_dict_size:
+                raise ValueError(f"{name} must lie in [0, {self.speech_tokens_dict_size})")
+
+    # ----------------------------------------------------------------------------- derived sizes
+    @property
+    def text_position_rows(self) -> int:
+        """Rows of ``text_pos_emb``: the text plus its start and stop tokens."""
+        return self.max_text_tokens + 2
+
+    @property
+    def speech_position_rows(self) -> int:
+        """Rows of ``speech_pos_emb`` (the reference reserves 4 beyond max_speech_tokens)."""
+        return self.max_speech_tokens + 4
+
+    @property
+    def conditioning_len(self) -> int:
+        """Conditioning positions in front of the text: speaker, perceiver queries, emotion."""
+        return 1 + self.perceiver_queries + 1
+
+    @property
+    def num_valid_speech_tokens(self) -> int:
+        """Ids below the start-of-speech token are S3 codes the decoder understands."""
+        return self.start_speech_token
+
+    # ---------------------------------------------------------------------- vLLM token-id space
+    @property
+    def text_id_offset(self) -> int:
+        """vLLM id of text token ``t`` is ``t + text_id_offset`` (speech ids keep their value)."""
+        return self.speech_tokens_dict_size
+
+    @property
+    def conditioning_placeholder_id(self) -> int:
+        """vLLM id that marks the conditioning rows (expanded to ``conditioning_len`` copies)."""
+        return self.text_id_offset + self.text_tokens_dict_size
+
+    @property
+    def vllm_vocab_size(self) -> int:
+        """Size of the one vocabulary vLLM sees: speech ids, shifted text ids, the placeholder."""
+        return self.conditioning_placeholder_id + 1
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest sequence the learned position tables allow: conditioning, text, speech."""
+        return self.conditioning_len + self.text_position_rows + self.speech_position_rows
+
+    # ----------------------------------------------------------------------------------- I/O
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "T3Config") -> T3Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown T3Config fields {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    @classmethod
+    def from_checkpoint_dir(cls, directory: str | Path) -> T3Config:
+        """The real configuration, with the fields in ``t3_config.json`` overridden if present."""
+        path = Path(directory) / T3_CONFIG_FILE
+        if not path.exists():
+            return cls()
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a JSON object of T3Config fields")
+        return cls.from_dict(values, source=str(path))
+
+
+TINY_OVERRIDES: Mapping[str, Any] = {
+    # The reference perceiver hard-codes 1024 channels, so the tiny layout keeps hidden_size and
+    # the vocabularies and shrinks depth and the MLP; that keeps it loadable by the reference T3.
+    "num_hidden_layers": 2,
+    "intermediate_size": 512,
+}
+"""Fields that differ between the real layout and the ``tiny`` random test checkpoints."""

@@ -1,0 +1,436 @@
+"""Engine API: text + voice -> S3 speech tokens on vLLM (sync :class:`T3Engine`, async
+:class:`AsyncT3Engine`).
+
+Both validate every request completely (text, voice, sampling settings, lengths) and compute its
+conditioning *before* anything is submitted to vLLM, so a bad request raises a specific
+:class:`~chatterbox_t3.errors.T3InputError` and leaves the engine serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from chatterbox_t3.checkpoint import TOKENIZER_FILE
+from chatterbox_t3.conditioning import ConditioningCache, ConditioningEncoder, T3Voice
+from chatterbox_t3.config import T3Config
+from chatterbox_t3.errors import (
+    EmptyTextError,
+    InvalidSamplingParameterError,
+    InvalidVoiceError,
+    MissingConditioningError,
+    T3InputError,
+    TextTooLongError,
+)
+from chatterbox_t3.model_dir import prepare_vllm_model_dir
+from chatterbox_t3.sampling import T3SamplingParams, valid_speech_tokens
+from chatterbox_t3.text import EnglishTokenizer, normalize_text
+from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
+from chatterbox_t3.voice_encoder import VoiceEncoder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class T3Request:
+    """One utterance to generate: raw text (normalised here), a voice, sampling settings."""
+
+    text: str
+    voice: T3Voice | None
+    params: T3SamplingParams = field(default_factory=T3SamplingParams)
+
+
+@dataclass(frozen=True)
+class T3Output:
+    """Speech tokens of one request (satisfies ``chatterbox_vllm.interfaces.SpeechTokenSequence``).
+
+    ``token_ids``: valid S3 codes (< 6561) after the reference's clean-up; ``raw_token_ids``: what
+    the model sampled, including the stop token. ``finish_reason`` is ``"stop"`` (stop token) or
+    ``"length"`` (``max_new_tokens`` or the model length ran out) once ``finished``; streamed
+    intermediate items have ``finished=False`` and ``finish_reason=""``.
+    """
+
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    raw_token_ids: tuple[int, ...] = ()
+    num_prompt_tokens: int = 0
+    finished: bool = True
+
+
+@dataclass(frozen=True)
+class _PreparedRequest:
+    prompt: dict[str, Any]
+    sampling_params: Any
+    num_prompt_tokens: int
+
+
+class T3Frontend:
+    """Everything around vLLM shared by the sync and async engines: text front end, conditioning,
+    validation, prompt layout and output conversion."""
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        config: T3Config,
+        *,
+        max_model_len: int,
+        conditioning_device: str | torch.device = "cpu",
+        conditioning_cache_size: int = 256,
+    ) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.config = config
+        self.max_model_len = max_model_len
+        self.tokenizer = EnglishTokenizer(self.checkpoint_dir / TOKENIZER_FILE)
+        encoder = ConditioningEncoder.from_checkpoint_dir(
+            self.checkpoint_dir, config, device=conditioning_device
+        )
+        self.conditioning = ConditioningCache(encoder, max_entries=conditioning_cache_size)
+        self._conditioning_device = conditioning_device
+        self._voice_encoder: VoiceEncoder | None = None
+
+    @property
+    def voice_encoder(self) -> VoiceEncoder:
+        """The checkpoint's voice encoder (loaded on first use)."""
+        if self._voice_encoder is None:
+            self._voice_encoder = VoiceEncoder.from_checkpoint_dir(
+                self.checkpoint_dir, device=self._conditioning_device
+            )
+        return self._voice_encoder
+
+    def voice_from_audio(
+        self, wav_16k: np.ndarray | torch.Tensor, prompt_tokens: torch.Tensor
+    ) -> T3Voice:
+        """A voice from 16 kHz reference audio and its S3 prompt tokens (from S3Gen's tokenizer)."""
+        return T3Voice(self.voice_encoder.embed(wav_16k), prompt_tokens)
+
+    def text_token_ids(self, text: str) -> list[int]:
+        """Normalised, tokenised text framed by the start/stop text tokens (T3 text ids)."""
+        if not isinstance(text, str):
+            raise T3InputError(f"text must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise EmptyTextError("text is empty; give T3 something to say")
+        ids = self.tokenizer.encode(normalize_text(text))
+        if len(ids) > self.config.max_text_tokens:
+            raise TextTooLongError(
+                f"text needs {len(ids)} tokens after normalisation, at most "
+                f"{self.config.max_text_tokens} fit T3's text positions; split it into sentences"
+            )
+        return [self.config.start_text_token, *ids, self.config.stop_text_token]
+
+    def prepare(self, request: T3Request) -> _PreparedRequest:
+        if not isinstance(request, T3Request):
+            raise T3InputError(f"expected a T3Request, got {type(request).__name__}")
+        params = request.params
+        if not isinstance(params, T3SamplingParams):
+            raise InvalidSamplingParameterError(
+                f"params must be T3SamplingParams, got {type(params).__name__}"
+            )
+        params.check_against(self.config)
+        if request.voice is None:
+            raise MissingConditioningError(
+                "request has no voice; build a T3Voice (speaker embedding + prompt tokens) first"
+            )
+        if not isinstance(request.voice, T3Voice):
+            raise InvalidVoiceError(f"voice must be a T3Voice, got {type(request.voice).__name__}")
+        request.voice.validate_for(self.config)
+        config = self.config
+        text_ids = self.text_token_ids(request.text)
+        num_bos = 2 if params.uses_cfg else 1  # reference: a second BOS only with CFG
+        prompt_ids = (
+            [config.conditioning_placeholder_id]
+            + [t + config.text_id_offset for t in text_ids]
+            + [config.start_speech_token] * num_bos
+        )
+        num_prompt_tokens = config.conditioning_len - 1 + len(prompt_ids)
+        room = self.max_model_len - num_prompt_tokens
+        if room < 1:
+            raise TextTooLongError(
+                f"the prompt needs {num_prompt_tokens} positions ({len(text_ids)} text tokens "
+                f"with conditioning and start-of-speech), max_model_len is {self.max_model_len}; "
+                "shorten the text or raise max_model_len"
+            )
+        conditioning = self.conditioning.get(request.voice, params.exaggeration)
+        prompt = {
+            "prompt_token_ids": prompt_ids,
+            "multi_modal_data": {CONDITIONING_MODALITY: [conditioning]},
+            # Requests with one and two BOS must never share cached blocks: a generated 6561
+            # after one BOS looks like the second prompt BOS but sits at another speech position.
+            "cache_salt": f"t3-bos{num_bos}",
+        }
+        return _PreparedRequest(
+            prompt=prompt,
+            sampling_params=params.to_vllm(config, min(params.max_new_tokens, room)),
+            num_prompt_tokens=num_prompt_tokens,
+        )
+
+    def to_output(self, request_output: Any, num_prompt_tokens: int) -> T3Output:
+        completion = request_output.outputs[0]
+        raw = tuple(int(t) for t in completion.token_ids)
+        finished = bool(request_output.finished)
+        reason = completion.finish_reason or ""
+        if finished and reason not in ("stop", "length"):
+            raise RuntimeError(f"vLLM finished a T3 request with finish_reason={reason!r}")
+        return T3Output(
+            token_ids=valid_speech_tokens(raw, self.config),
+            finish_reason=reason if finished else "",
+            raw_token_ids=raw,
+            num_prompt_tokens=num_prompt_tokens,
+            finished=finished,
+        )
+
+
+def _engine_arguments(
+    model_dir: Path,
+    config: T3Config,
+    *,
+    dtype: str,
+    max_num_seqs: int,
+    max_model_len: int,
+    gpu_memory_utilization: float,
+    enforce_eager: bool,
+    enable_prefix_caching: bool,
+    max_num_batched_tokens: int | None,
+    num_gpu_blocks_override: int | None,
+    seed: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    from vllm.platforms import current_platform
+
+    from chatterbox_t3.worker import CPU_WORKER, GPU_WORKER
+
+    if dtype == "auto":
+        dtype = "float32" if current_platform.is_cpu() else "bfloat16"
+    if max_num_batched_tokens is not None and max_num_batched_tokens < config.conditioning_len:
+        raise ValueError(
+            f"max_num_batched_tokens must be >= {config.conditioning_len} (the conditioning rows "
+            f"are one multimodal item and must fit one step), got {max_num_batched_tokens}"
+        )
+    arguments: dict[str, Any] = {
+        "model": str(model_dir),
+        "tokenizer": str(model_dir),
+        "dtype": dtype,
+        "max_num_seqs": max_num_seqs,
+        "max_model_len": max_model_len,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "enforce_eager": enforce_eager,
+        "enable_prefix_caching": enable_prefix_caching,
+        "num_gpu_blocks_override": num_gpu_blocks_override,
+        "seed": seed,
+        "worker_cls": CPU_WORKER if current_platform.is_cpu() else GPU_WORKER,
+        "limit_mm_per_prompt": {CONDITIONING_MODALITY: 1},
+    }
+    if max_num_batched_tokens is not None:
+        arguments["max_num_batched_tokens"] = max_num_batched_tokens
+    arguments.update(extra)
+    return arguments
+
+
+def _resolve_max_model_len(config: T3Config, max_model_len: int | None) -> int:
+    if max_model_len is None:
+        return config.max_model_len
+    if not 0 < max_model_len <= config.max_model_len:
+        raise ValueError(
+            f"max_model_len must lie in [1, {config.max_model_len}] (the learned position tables), "
+            f"got {max_model_len}"
+        )
+    return max_model_len
+
+
+class T3Engine:
+    """Synchronous T3 on ``vllm.LLM``; satisfies ``SpeechTokenGenerator[T3Request]``."""
+
+    def __init__(self, llm: Any, frontend: T3Frontend) -> None:
+        self._llm = llm
+        self.frontend = frontend
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint_dir: str | Path,
+        *,
+        dtype: str = "auto",
+        max_num_seqs: int = 64,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
+        enable_prefix_caching: bool = True,
+        max_num_batched_tokens: int | None = None,
+        num_gpu_blocks_override: int | None = None,
+        seed: int = 0,
+        conditioning_device: str | None = None,
+        conditioning_cache_size: int = 256,
+        cache_dir: str | Path | None = None,
+        **engine_kwargs: Any,
+    ) -> T3Engine:
+        """Validate the checkpoint, derive vLLM's model directory and start the engine.
+
+        ``dtype="auto"``: bfloat16 on GPUs, float32 on CPU. ``max_model_len`` defaults to what the
+        position tables allow (conditioning + 2050 text + 4100 speech positions). Remaining
+        keyword arguments go to ``vllm.LLM``.
+        """
+        from vllm import LLM
+
+        config = T3Config.from_checkpoint_dir(checkpoint_dir)
+        model_dir = prepare_vllm_model_dir(checkpoint_dir, config, cache_dir=cache_dir)
+        length = _resolve_max_model_len(config, max_model_len)
+        frontend = T3Frontend(
+            checkpoint_dir,
+            config,
+            max_model_len=length,
+            conditioning_device=conditioning_device or _default_device(),
+            conditioning_cache_size=conditioning_cache_size,
+        )
+        arguments = _engine_arguments(
+            model_dir,
+            config,
+            dtype=dtype,
+            max_num_seqs=max_num_seqs,
+            max_model_len=length,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            max_num_batched_tokens=max_num_batched_tokens,
+            num_gpu_blocks_override=num_gpu_blocks_override,
+            seed=seed,
+            extra=engine_kwargs,
+        )
+        logger.info("starting vLLM for T3 (%s)", model_dir)
+        return cls(LLM(**arguments), frontend)
+
+    @property
+    def config(self) -> T3Config:
+        return self.frontend.config
+
+    @property
+    def voice_encoder(self) -> VoiceEncoder:
+        return self.frontend.voice_encoder
+
+    def voice_from_audio(
+        self, wav_16k: np.ndarray | torch.Tensor, prompt_tokens: torch.Tensor
+    ) -> T3Voice:
+        return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
+
+    def generate_speech_tokens(
+        self, requests: Sequence[T3Request], use_tqdm: bool = False
+    ) -> list[T3Output]:
+        """One :class:`T3Output` per request, in order. Raises before generating if any request
+        is invalid."""
+        prepared = [self.frontend.prepare(request) for request in requests]
+        if not prepared:
+            return []
+        outputs = self._llm.generate(
+            [p.prompt for p in prepared],
+            [p.sampling_params for p in prepared],
+            use_tqdm=use_tqdm,
+        )
+        return [
+            self.frontend.to_output(output, p.num_prompt_tokens)
+            for output, p in zip(outputs, prepared, strict=True)
+        ]
+
+    def shutdown(self) -> None:
+        """Stop vLLM's engine core (the object is unusable afterwards)."""
+        engine = getattr(self._llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+
+class AsyncT3Engine:
+    """Streaming T3 on vLLM V1's ``AsyncLLM``; satisfies ``StreamingSpeechTokenGenerator``."""
+
+    def __init__(self, engine: Any, frontend: T3Frontend) -> None:
+        self._engine = engine
+        self.frontend = frontend
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint_dir: str | Path,
+        *,
+        dtype: str = "auto",
+        max_num_seqs: int = 64,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool = False,
+        enable_prefix_caching: bool = True,
+        max_num_batched_tokens: int | None = None,
+        num_gpu_blocks_override: int | None = None,
+        seed: int = 0,
+        conditioning_device: str | None = None,
+        conditioning_cache_size: int = 256,
+        cache_dir: str | Path | None = None,
+        **engine_kwargs: Any,
+    ) -> AsyncT3Engine:
+        """Same arguments as :meth:`T3Engine.from_checkpoint`."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        config = T3Config.from_checkpoint_dir(checkpoint_dir)
+        model_dir = prepare_vllm_model_dir(checkpoint_dir, config, cache_dir=cache_dir)
+        length = _resolve_max_model_len(config, max_model_len)
+        frontend = T3Frontend(
+            checkpoint_dir,
+            config,
+            max_model_len=length,
+            conditioning_device=conditioning_device or _default_device(),
+            conditioning_cache_size=conditioning_cache_size,
+        )
+        arguments = _engine_arguments(
+            model_dir,
+            config,
+            dtype=dtype,
+            max_num_seqs=max_num_seqs,
+            max_model_len=length,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            max_num_batched_tokens=max_num_batched_tokens,
+            num_gpu_blocks_override=num_gpu_blocks_override,
+            seed=seed,
+            extra=engine_kwargs,
+        )
+        arguments.setdefault("disable_log_requests", True)
+        logger.info("starting vLLM (async) for T3 (%s)", model_dir)
+        return cls(AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments)), frontend)
+
+    @property
+    def config(self) -> T3Config:
+        return self.frontend.config
+
+    @property
+    def voice_encoder(self) -> VoiceEncoder:
+        return self.frontend.voice_encoder
+
+    def voice_from_audio(
+        self, wav_16k: np.ndarray | torch.Tensor, prompt_tokens: torch.Tensor
+    ) -> T3Voice:
+        return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
+
+    async def stream_speech_tokens(self, request: T3Request) -> AsyncIterator[T3Output]:
+        """Cumulative outputs as tokens arrive; the last item has ``finished=True``.
+
+        Each item is the clean-up of everything sampled so far, so treat it as replacing the
+        previous one (a mid-utterance start-of-speech id discards earlier tokens, as in the
+        reference).
+        """
+        prepared = self.frontend.prepare(request)
+        request_id = f"t3-{uuid.uuid4().hex}"
+        async for output in self._engine.generate(
+            prepared.prompt, prepared.sampling_params, request_id
+        ):
+            yield self.frontend.to_output(output, prepared.num_prompt_tokens)
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

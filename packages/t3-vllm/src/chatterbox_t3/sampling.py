@@ -1,0 +1,135 @@
+"""Sampling semantics: the reference's knobs, how they map onto vLLM, and output clean-up.
+
+Reference decode step (``T3.inference``, facts §7.8-7.12), and where each piece happens here:
+
+1. ``l = cond + w * (cond - uncond)``              -> ``compute_logits`` (:mod:`chatterbox_t3.cfg`)
+2. ``l / temperature``                             -> vLLM sampler (temperature)
+3. repetition penalty over {BOS} + generated ids   -> vLLM ``repetition_penalty``
+4. min-p, then top-p, then softmax + multinomial   -> vLLM ``min_p`` / ``top_p`` / sampler
+5. stop when 6562 is sampled                       -> ``stop_token_ids=[6562]``
+
+Equivalences that make the mapping exact:
+
+* vLLM applies the penalty before the temperature, the reference after; dividing by a positive
+  temperature keeps every logit's sign, so the two orders give the same values.
+* vLLM's repetition penalty covers prompt *and* output ids. The prompt holds the conditioning
+  placeholder, text ids and BOS: placeholder/text logits are ``-inf`` (penalised ``-inf`` stays
+  ``-inf``) and BOS (6561) is in the reference's set too, so the penalised set is the same.
+* ``ignore_eos=True``: the derived tokenizer has no EOS, and id 0 is an ordinary speech code; the
+  stop token is only ``stop_token_ids``. ``detokenize=False``: outputs are ids.
+* ``temperature=0`` is accepted and means greedy (the reference divides by it, so it has no 0);
+  ``seed`` gives a request its own generator (the reference uses the global RNG, so seeded runs are
+  reproducible here but not bit-identical to the reference's random draws).
+
+Output clean-up (:func:`valid_speech_tokens`) follows the reference's ``drop_invalid_tokens`` and
+``tokens < 6561`` filter. The reference crashes when the model emits the start-of-speech id twice;
+here everything up to and including the *last* start-of-speech id is dropped (the single-id rule
+applied repeatedly), so ids >= 6561 never reach the decoder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chatterbox_t3.cfg import CFG_WEIGHT_KEY
+from chatterbox_t3.config import T3Config
+from chatterbox_t3.errors import InvalidSamplingParameterError
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+
+
+def _check_number(name: str, value: object, low: float, high: float, *, low_open: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSamplingParameterError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise InvalidSamplingParameterError(f"{name} must be finite, got {value!r}")
+    below = value <= low if low_open else value < low
+    if below or value > high:
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise InvalidSamplingParameterError(f"{name} must lie in {interval}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class T3SamplingParams:
+    """Per-request generation settings; defaults are ``ChatterboxTTS.generate``'s."""
+
+    temperature: float = 0.8
+    """> 0 scales logits like the reference; 0 means greedy."""
+    top_p: float = 1.0
+    min_p: float = 0.05
+    repetition_penalty: float = 1.2
+    cfg_weight: float = 0.5
+    """Classifier-free guidance weight; 0 disables CFG (one start-of-speech token, cond logits)."""
+    exaggeration: float = 0.5
+    """Emotion exaggeration fed to the conditioning encoder (0.5 = neutral)."""
+    max_new_tokens: int = 1000
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        inf = math.inf
+        _check_number("temperature", self.temperature, 0.0, inf, low_open=False)
+        _check_number("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_number("min_p", self.min_p, 0.0, 1.0, low_open=False)
+        _check_number("repetition_penalty", self.repetition_penalty, 0.0, inf, low_open=True)
+        _check_number("cfg_weight", self.cfg_weight, 0.0, inf, low_open=False)
+        _check_number("exaggeration", self.exaggeration, 0.0, inf, low_open=False)
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise InvalidSamplingParameterError(
+                f"max_new_tokens must be an int, got {self.max_new_tokens!r}"
+            )
+        if self.max_new_tokens < 1:
+            raise InvalidSamplingParameterError(
+                f"max_new_tokens must be >= 1, got {self.max_new_tokens}"
+            )
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise InvalidSamplingParameterError(f"seed must be an int or None, got {self.seed!r}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg_weight > 0.0
+
+    def check_against(self, config: T3Config) -> None:
+        """Limits that depend on the model (speech position table)."""
+        if self.max_new_tokens > config.max_speech_tokens:
+            raise InvalidSamplingParameterError(
+                f"max_new_tokens must be <= {config.max_speech_tokens} (the model's speech "
+                f"positions), got {self.max_new_tokens}"
+            )
+
+    def to_vllm(self, config: T3Config, max_tokens: int) -> SamplingParams:
+        """vLLM parameters for one request allowed ``max_tokens`` new tokens."""
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=1,
+            temperature=float(self.temperature),
+            top_p=float(self.top_p),
+            min_p=float(self.min_p),
+            repetition_penalty=float(self.repetition_penalty),
+            max_tokens=max_tokens,
+            seed=self.seed,
+            stop_token_ids=[config.stop_speech_token],
+            ignore_eos=True,
+            detokenize=False,
+            skip_special_tokens=False,
+            extra_args={CFG_WEIGHT_KEY: float(self.cfg_weight)},
+        )
+
+
+def valid_speech_tokens(raw_token_ids: Sequence[int], config: T3Config) -> tuple[int, ...]:
+    """Speech codes the decoder can use, from T3's raw output (reference post-processing)."""
+    ids = list(raw_token_ids)
+    start = 0
+    starts = [i for i, t in enumerate(ids) if t == config.start_speech_token]
+    if starts:
+        start = starts[-1] + 1
+    end = len(ids)
+    if config.stop_speech_token in ids:
+        end = ids.index(config.stop_speech_token)
+    return tuple(t for t in ids[start:end] if t < config.num_valid_speech_tokens)

@@ -1,0 +1,112 @@
+"""Text front end: punctuation normalisation and the English tokenizer.
+
+Both reproduce chatterbox-tts 0.1.2 (``punc_norm`` in ``tts.py`` and ``EnTokenizer``) exactly; the one
+deliberate difference is that characters the tokenizer cannot represent are rejected by default
+(:class:`~chatterbox_t3.errors.UnsupportedCharactersError` names them) instead of silently becoming
+``[UNK]``, which the model was not trained to speak. ``EnglishTokenizer(path, unknown="unk")`` keeps
+the reference behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Tokenizer
+
+from chatterbox_t3.errors import UnsupportedCharactersError
+
+logger = logging.getLogger(__name__)
+
+START_TEXT = "[START]"
+STOP_TEXT = "[STOP]"
+UNKNOWN = "[UNK]"
+SPACE = "[SPACE]"
+
+EMPTY_TEXT_REPLACEMENT = "You need to add some text for me to talk."
+"""What the reference speaks for an empty string (the engine rejects empty text instead)."""
+
+# Applied in this order, as in the reference; "..." and ";" can leave double spaces on purpose.
+_PUNCTUATION_REPLACEMENTS = (
+    ("...", ", "),
+    ("…", ", "),
+    (":", ","),
+    (" - ", ", "),
+    (";", ", "),
+    ("—", "-"),
+    ("–", "-"),
+    (" ,", ","),
+    ("“", '"'),
+    ("”", '"'),
+    ("‘", "'"),
+    ("’", "'"),
+)
+_SENTENCE_ENDINGS = (".", "!", "?", "-", ",")
+
+
+def normalize_text(text: str) -> str:
+    """Clean punctuation the way the reference's ``punc_norm`` does, step for step."""
+    if len(text) == 0:
+        return EMPTY_TEXT_REPLACEMENT
+    # Checked before whitespace is collapsed, so a leading space prevents capitalisation.
+    if text[0].islower():
+        text = text[0].upper() + text[1:]
+    text = " ".join(text.split())
+    for old, new in _PUNCTUATION_REPLACEMENTS:
+        text = text.replace(old, new)
+    text = text.rstrip(" ")
+    if not text.endswith(_SENTENCE_ENDINGS):
+        text += "."
+    return text
+
+
+class EnglishTokenizer:
+    """Chatterbox's English BPE tokenizer (``tokenizer.json``): spaces become ``[SPACE]``.
+
+    ``encode`` returns the text's ids only; the engine adds the start/stop text tokens.
+    """
+
+    def __init__(
+        self, tokenizer_file: str | Path, *, unknown: Literal["error", "unk"] = "error"
+    ) -> None:
+        if unknown not in ("error", "unk"):
+            raise ValueError(f"unknown must be 'error' or 'unk', got {unknown!r}")
+        path = Path(tokenizer_file)
+        if not path.is_file():
+            from chatterbox_t3.errors import MissingCheckpointFileError
+
+            raise MissingCheckpointFileError(f"tokenizer file not found: {path}")
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self.unknown = unknown
+        vocab = self._tokenizer.get_vocab()
+        missing = [t for t in (START_TEXT, STOP_TEXT, UNKNOWN, SPACE) if t not in vocab]
+        if missing:
+            raise ValueError(f"{path} lacks the special tokens {missing}")
+        self.start_id = vocab[START_TEXT]
+        self.stop_id = vocab[STOP_TEXT]
+        self.unknown_id = vocab[UNKNOWN]
+        self.space_id = vocab[SPACE]
+        self.vocab_size = self._tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` (already normalised); raises on unrepresentable characters."""
+        encoding = self._tokenizer.encode(text.replace(" ", SPACE))
+        ids = list(encoding.ids)
+        if self.unknown == "error" and self.unknown_id in ids:
+            spaced = text.replace(" ", SPACE)
+            # A literal "[UNK]" in the text is a deliberate token; anything else that became
+            # [UNK] is a character without a token.
+            characters = [
+                spaced[start:end]
+                for token_id, (start, end) in zip(ids, encoding.offsets)
+                if token_id == self.unknown_id and spaced[start:end] != UNKNOWN
+            ]
+            if characters:
+                raise UnsupportedCharactersError(list(dict.fromkeys(characters)), text)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Inverse of :meth:`encode` for representable text (the reference's ``decode``)."""
+        text = self._tokenizer.decode(ids, skip_special_tokens=False)
+        return text.replace(" ", "").replace(SPACE, " ").replace(STOP_TEXT, "").replace(UNKNOWN, "")

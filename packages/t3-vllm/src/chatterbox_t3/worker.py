@@ -1,0 +1,97 @@
+"""vLLM worker/model-runner extension that tells T3 each step's prompt lengths and CFG weights.
+
+vLLM's model interface passes positions and (for multimodal models) embeddings, but not which
+request a token belongs to. T3 needs, per token, its request's prompt length (learned speech
+positions, :mod:`chatterbox_t3.speech_positions`) and its id, and per request its CFG weight
+(:mod:`chatterbox_t3.cfg`). After vLLM's own ``_prepare_inputs`` has laid out the step (persistent
+batch condensed, token ids gathered), :class:`T3RunnerMixin` copies those values into the model's
+:class:`~chatterbox_t3.speech_positions.T3StepContext` buffers.
+
+Select it with ``worker_cls`` (the engine does): :class:`T3GPUWorker` on CUDA, :class:`T3CPUWorker`
+on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm.v1.worker.cpu_worker import CPUWorker
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+from vllm.v1.worker.gpu_worker import Worker
+
+from chatterbox_t3.cfg import cfg_weight_from_extra_args
+from chatterbox_t3.speech_positions import T3StepContext
+
+if TYPE_CHECKING:
+    from vllm.v1.core.sched.output import SchedulerOutput
+
+GPU_WORKER = "chatterbox_t3.worker.T3GPUWorker"
+CPU_WORKER = "chatterbox_t3.worker.T3CPUWorker"
+
+
+class T3RunnerMixin:
+    """Publishes per-token prompt lengths / ids and per-row CFG weights before every forward."""
+
+    def _prepare_inputs(self, scheduler_output: SchedulerOutput) -> Any:
+        result = super()._prepare_inputs(scheduler_output)  # type: ignore[misc]
+        num_scheduled_tokens: np.ndarray = result[-1]
+        self._publish_t3_step(num_scheduled_tokens)
+        return result
+
+    def _staging(self, like: torch.Tensor) -> torch.Tensor:
+        """A CPU copy of a context buffer (pinned where vLLM pins), for asynchronous uploads."""
+        staging = torch.zeros_like(like, device="cpu")
+        return staging.pin_memory() if getattr(self, "pin_memory", False) else staging
+
+    def _publish_t3_step(self, num_scheduled_tokens: np.ndarray) -> None:
+        runner: Any = self
+        context: T3StepContext = runner.model.step_context
+        if not hasattr(self, "_t3_prompt_lens"):
+            self._t3_prompt_lens = self._staging(context.prompt_lens)
+            self._t3_cfg_weights = self._staging(context.cfg_weights)
+        batch = runner.input_batch
+        num_reqs = batch.num_reqs
+        num_tokens = int(num_scheduled_tokens.sum())
+
+        # One prompt length per scheduled token, in the step's token order (requests are laid
+        # out in input-batch order, each with its scheduled tokens contiguous).
+        self._t3_prompt_lens.numpy()[:num_tokens] = np.repeat(
+            batch.num_prompt_tokens[:num_reqs], num_scheduled_tokens
+        )
+        weights = self._t3_cfg_weights.numpy()
+        for row, req_id in enumerate(batch.req_ids):
+            params = runner.requests[req_id].sampling_params
+            weights[row] = cfg_weight_from_extra_args(params.extra_args if params else None)
+
+        # vLLM synchronises on the sampled tokens at the end of every step, so the pinned staging
+        # buffers are free again when the next step overwrites them.
+        context.prompt_lens[:num_tokens].copy_(self._t3_prompt_lens[:num_tokens], non_blocking=True)
+        context.cfg_weights[:num_reqs].copy_(self._t3_cfg_weights[:num_reqs], non_blocking=True)
+        context.token_ids[:num_tokens].copy_(runner.input_ids[:num_tokens], non_blocking=True)
+
+
+class T3GPUModelRunner(T3RunnerMixin, GPUModelRunner):
+    pass
+
+
+class T3CPUModelRunner(T3RunnerMixin, CPUModelRunner):
+    pass
+
+
+class T3GPUWorker(Worker):
+    """vLLM's V1 GPU worker with :class:`T3GPUModelRunner`."""
+
+    def init_device(self) -> None:
+        super().init_device()
+        self.model_runner = T3GPUModelRunner(self.vllm_config, self.device)
+
+
+class T3CPUWorker(CPUWorker):
+    """vLLM's V1 CPU worker with :class:`T3CPUModelRunner`."""
+
+    def init_device(self) -> None:
+        super().init_device()
+        self.model_runner = T3CPUModelRunner(self.vllm_config, torch.device("cpu"))
