@@ -143,6 +143,9 @@ class GenerationResult:
     """Speech tokens T3 produced per chunk."""
     finish_reasons: tuple[str, ...]
     """Per chunk: ``"stop"`` (T3 ended the utterance) or ``"length"`` (token cap reached)."""
+    chunk_samples: tuple[int, ...]
+    """Samples of each chunk's audio before joining (the joined ``waveform`` is their sum minus
+    one crossfade per join)."""
     watermarked: bool
 
     @property
@@ -297,6 +300,12 @@ class ChatterboxTTS:
                 # Built on the loop that will drive it: vLLM binds its output handler there.
                 return AsyncT3Engine.from_checkpoint(path, **engine_kwargs)
 
+            # vLLM falls back to its V0 engine when an engine is built outside the main thread
+            # unless V1 is requested explicitly; T3 needs V1 (and our loop thread is not main).
+            if "VLLM_USE_V1" not in os.environ:
+                logger.info("setting VLLM_USE_V1=1 (the engine is built on a background thread)")
+                os.environ["VLLM_USE_V1"] = "1"
+
             t3 = loop.run(start_engine())
         except BaseException:
             loop.stop()
@@ -327,6 +336,9 @@ class ChatterboxTTS:
                 shutdown()
         finally:
             self._loop.stop()
+            # Drop the engine now: vLLM's finaliser would otherwise run again at interpreter
+            # exit, when the modules it needs are already torn down.
+            self._t3 = None  # type: ignore[assignment]
 
     def __enter__(self) -> ChatterboxTTS:
         return self
@@ -532,6 +544,7 @@ class ChatterboxTTS:
                     chunks=tuple(chunk_texts[request_index]),
                     speech_tokens=tuple(len(job.token_ids) for job in request_jobs),
                     finish_reasons=tuple(job.finish_reason for job in request_jobs),
+                    chunk_samples=tuple(w.numel() for w in waveforms),
                     watermarked=self._watermarker is not None,
                 )
             )
@@ -560,7 +573,10 @@ class ChatterboxTTS:
     def _synthesize(
         self, token_lists: list[list[int]], references: list[Any], seeds: list[int | None]
     ) -> list[torch.Tensor]:
-        use_seeds = None if all(s is None for s in seeds) else seeds
+        # Unseeded requests draw their vocoder noise seed from torch's global RNG, as S3Gen does.
+        filled = [
+            int(torch.randint(0, 2**62, ()).item()) if seed is None else seed for seed in seeds
+        ]
         return self._s3gen.synthesize(
-            token_lists, references, n_timesteps=self.config.cfm_steps, seeds=use_seeds
+            token_lists, references, n_timesteps=self.config.cfm_steps, seeds=filled
         )
