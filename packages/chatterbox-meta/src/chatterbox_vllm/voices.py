@@ -156,5 +156,8 @@ class VoiceCache:
         return len(self._voices)
 
     def clear(self) -> None:
+        """Forgets every voice and resets the hit/miss counters."""
         with self._lock:
             self._voices.clear()
+            self.hits = 0
+            self.misses = 0
