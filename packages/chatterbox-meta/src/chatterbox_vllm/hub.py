@@ -83,7 +83,7 @@ def download_checkpoint(
         snapshot = snapshot_download(
             repo_id=repo_id,
             revision=revision,
-            cache_dir=cache_dir,
+            cache_dir=None if cache_dir is None else str(cache_dir),
             allow_patterns=list(CHECKPOINT_FILES),
             token=token,
             local_files_only=offline,

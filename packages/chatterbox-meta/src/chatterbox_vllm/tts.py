@@ -374,11 +374,39 @@ class ChatterboxTTS:
     # ------------------------------------------------------------------ generation
 
     @overload
-    def generate(self, text: str, voice: VoiceLike = ..., **controls: Any) -> GenerationResult: ...
+    def generate(
+        self,
+        text: str,
+        voice: VoiceLike = ...,
+        *,
+        exaggeration: float = ...,
+        cfg_weight: float = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: int | None = ...,
+        max_new_tokens: int | None = ...,
+        max_tokens_per_expected_second: float | None = ...,
+        progress: bool = ...,
+    ) -> GenerationResult: ...
 
     @overload
     def generate(
-        self, text: list[str], voice: VoiceLike | list[VoiceLike] = ..., **controls: Any
+        self,
+        text: list[str],
+        voice: VoiceLike | list[VoiceLike] = ...,
+        *,
+        exaggeration: float = ...,
+        cfg_weight: float = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: int | None = ...,
+        max_new_tokens: int | None = ...,
+        max_tokens_per_expected_second: float | None = ...,
+        progress: bool = ...,
     ) -> list[GenerationResult]: ...
 
     def generate(
