@@ -1,0 +1,38 @@
+"""Fixed facts of the Chatterbox S3Gen model (chatterbox-tts 0.1.2); not configurable."""
+
+from __future__ import annotations
+
+S3GEN_SAMPLE_RATE = 24_000
+"""Output sample rate (Hz) of the vocoder and of the reference mel front end."""
+S3_TOKENIZER_SAMPLE_RATE = 16_000
+"""Input sample rate (Hz) of the S3 speech tokenizer and of the CAMPPlus speaker encoder."""
+SPEECH_VOCAB_SIZE = 6561
+"""S3 speech-token ids live in ``[0, SPEECH_VOCAB_SIZE)`` (3^8 FSQ codes)."""
+
+SPEECH_TOKEN_RATE = 25
+"""S3 tokens per second."""
+TOKENIZER_HOP = 160
+"""Hop (samples at 16 kHz) of the tokenizer's 128-bin log-mel (100 frames/s)."""
+TOKENIZER_N_FFT = 400
+TOKENIZER_N_MELS = 128
+TOKENIZER_MEL_FRAMES_PER_TOKEN = 4
+
+MEL_CHANNELS = 80
+"""Bins of S3Gen's log-mel (flow output, vocoder input, reference prompt)."""
+MEL_N_FFT = 1920
+MEL_HOP = 480
+"""Samples at 24 kHz per S3Gen mel frame (50 frames/s); also vocoder samples per frame."""
+MEL_FMAX = 8000.0
+TOKEN_MEL_RATIO = 2
+"""Mel frames per speech token."""
+
+SPEAKER_EMBEDDING_DIM = 192
+"""CAMPPlus x-vector size."""
+SPEAKER_FBANK_BINS = 80
+
+TRIM_SAMPLES = S3GEN_SAMPLE_RATE // 50
+"""The first ``TRIM_SAMPLES`` output samples are silenced and the next ``TRIM_SAMPLES`` faded in
+(the reference's remedy for spill-over from the prompt)."""
+
+CHECKPOINT_FILENAME = "s3gen.safetensors"
+CONFIG_FILENAME = "s3gen_config.json"

@@ -1,0 +1,504 @@
+"""S3Gen: S3 speech tokens + a voice reference -> 24 kHz waveform, batched."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from chatterbox_s3gen.audio import (
+    S3GenMelSpectrogram,
+    as_mono_waveform,
+    check_sample_rate,
+    resample,
+)
+from chatterbox_s3gen.checkpoint import load_into, resolve_checkpoint
+from chatterbox_s3gen.config import S3GenConfig
+from chatterbox_s3gen.constants import (
+    MEL_CHANNELS,
+    S3_TOKENIZER_SAMPLE_RATE,
+    S3GEN_SAMPLE_RATE,
+    SPEECH_VOCAB_SIZE,
+    TOKEN_MEL_RATIO,
+    TRIM_SAMPLES,
+)
+from chatterbox_s3gen.flow import CausalMaskedDiffWithXvec
+from chatterbox_s3gen.hift import HiFTGenerator
+from chatterbox_s3gen.reference import S3GenReference
+from chatterbox_s3gen.speaker_encoder import MIN_SPEAKER_SAMPLES, CAMPPlus
+from chatterbox_s3gen.tokenizer import MIN_TOKENIZER_SAMPLES, S3SpeechTokenizer
+from chatterbox_s3gen.vocoders import Vocoder, VocoderContext, accepts_seeds, get_vocoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NOISE_SEED = 0
+"""Seed of the CFM initial noise when ``from_checkpoint`` gets no ``noise_seed``."""
+MIN_REFERENCE_SECONDS = 0.05
+"""Shortest reference ``embed_ref`` accepts (the speaker encoder needs three 25 ms fbank frames)."""
+LONG_REFERENCE_SECONDS = 10.0
+"""References longer than this are used whole but logged (chatterbox trims them to 10 s)."""
+
+
+def _trim_fade() -> torch.Tensor:
+    """Silence the first 20 ms, raised-cosine fade-in over the next 20 ms."""
+    fade = torch.zeros(2 * TRIM_SAMPLES)
+    fade[TRIM_SAMPLES:] = (torch.cos(torch.linspace(torch.pi, 0, TRIM_SAMPLES)) + 1) / 2
+    return fade
+
+
+def _as_token_tensor(tokens: object, index: int) -> torch.Tensor:
+    if isinstance(tokens, str | bytes):
+        raise TypeError(
+            f"token_sequences[{index}] must be a sequence of ints, got {type(tokens).__name__}"
+        )
+    if isinstance(tokens, torch.Tensor):
+        if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex():
+            raise ValueError(
+                f"token_sequences[{index}] must be a 1-D integer tensor, got shape {tuple(tokens.shape)} "
+                f"dtype {tokens.dtype}"
+            )
+        ids = tokens.detach().to("cpu", torch.int64)
+    else:
+        try:
+            values = list(tokens)  # type: ignore[call-overload]
+        except TypeError:
+            raise TypeError(
+                f"token_sequences[{index}] must be a sequence of ints, got {type(tokens).__name__}"
+            ) from None
+        if not all(hasattr(v, "__index__") and not isinstance(v, bool) for v in values):
+            raise TypeError(f"token_sequences[{index}] must contain ints")
+        ids = torch.tensor([v.__index__() for v in values], dtype=torch.int64)
+    if ids.numel() == 0:
+        raise ValueError(
+            f"token_sequences[{index}] is empty; S3Gen needs at least one speech token"
+        )
+    bad = ids[(ids < 0) | (ids >= SPEECH_VOCAB_SIZE)]
+    if bad.numel():
+        raise ValueError(
+            f"token_sequences[{index}] has {bad.numel()} id(s) outside [0, {SPEECH_VOCAB_SIZE}), e.g. "
+            f"{bad[:5].tolist()}; drop start/stop and other control tokens first"
+        )
+    return ids
+
+
+class S3Gen(nn.Module):
+    """Chatterbox's token-to-waveform decoder (flow matching + HiFT).
+
+    Build it with :meth:`from_checkpoint`. Attribute names (``tokenizer``, ``speaker_encoder``,
+    ``flow``, ``mel2wav``) are the checkpoint's top-level key prefixes."""
+
+    def __init__(self, config: S3GenConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or S3GenConfig()
+        self.tokenizer = S3SpeechTokenizer(self.config)
+        self.speaker_encoder = CAMPPlus(self.config)
+        self.flow = CausalMaskedDiffWithXvec(self.config)
+        self.mel2wav = HiFTGenerator(self.config)
+        self.mel_extractor = S3GenMelSpectrogram()
+        self.register_buffer("trim_fade", _trim_fade(), persistent=False)
+        self._vocoder: Vocoder | None = None
+        self._vocoder_takes_seeds = False
+        self._checkpoint_dir: Path | None = None
+        self.eval()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        vocoder_dtype: torch.dtype = torch.float32,
+        vocoder: str | Vocoder = "hift-torch",
+        vocoder_options: dict[str, Any] | None = None,
+        noise_seed: torch.Generator | int | None = None,
+    ) -> S3Gen:
+        """Load a checkpoint directory (``s3gen.safetensors`` [+ ``s3gen_config.json``]) strictly:
+        a missing, unexpected or mis-shaped tensor raises :class:`~chatterbox_s3gen.checkpoint.CheckpointError`
+        naming it (``tokenizer._mel_filters``/``tokenizer.window`` may be absent: they are derived).
+
+        ``dtype`` is the precision of the flow (encoder + CFM estimator; the Euler state stays
+        float32) and ``vocoder_dtype`` that of HiFT's convolutions (its sine source, STFT and
+        inverse STFT always run in float32); the tokenizer and speaker encoder always run in
+        float32. ``noise_seed`` (a ``torch.Generator`` or an int; default
+        :data:`DEFAULT_NOISE_SEED`) draws the fixed CFM initial noise ``randn(1, 80, 15000)``,
+        see :attr:`flow_noise`. ``vocoder`` is a registered name (see
+        :func:`~chatterbox_s3gen.available_vocoders`) or a vocoder object."""
+        for name, value in (("dtype", dtype), ("vocoder_dtype", vocoder_dtype)):
+            if value not in (torch.float32, torch.bfloat16, torch.float16):
+                raise ValueError(
+                    f"{name} must be torch.float32, torch.bfloat16 or torch.float16, got {value}"
+                )
+        weights, config = resolve_checkpoint(path)
+        with torch.random.fork_rng(devices=[]):  # construction must not disturb the caller's RNG
+            model = cls(config)
+        load_into(model, load_file(str(weights)), str(weights))
+        model.mel2wav.fold_weight_norm()
+        model._checkpoint_dir = weights.parent
+        model.set_flow_noise_seed(DEFAULT_NOISE_SEED if noise_seed is None else noise_seed)
+        model.to(device)
+        model._cast_parameters(model.flow, dtype)
+        model._cast_parameters(model.mel2wav, vocoder_dtype)
+        model.vocoder = (
+            vocoder if vocoder_options is None else model.make_vocoder(vocoder, **vocoder_options)
+        )  # type: ignore[arg-type]
+        logger.info(
+            "loaded S3Gen (%s) from %s on %s, flow %s, vocoder %s",
+            config.name,
+            weights,
+            device,
+            dtype,
+            type(model.vocoder).__name__,
+        )
+        return model
+
+    @staticmethod
+    def _cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
+        # Parameters only: buffers such as the CFM noise stay float32.
+        for parameter in module.parameters():
+            parameter.data = parameter.data.to(dtype)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return S3GEN_SAMPLE_RATE
+
+    @property
+    def device(self) -> torch.device:
+        return self.trim_fade.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Precision of the flow (see :meth:`from_checkpoint`)."""
+        return self.flow.input_embedding.weight.dtype
+
+    @property
+    def flow_noise(self) -> torch.Tensor:
+        """The fixed CFM initial noise ``[1, 80, frames]`` (float32). Item ``i`` of every call
+        starts from ``flow_noise[:, :, :total_frames_i]``, as the reference does with its
+        ``rand_noise``; set it to reproduce a given reference instance."""
+        return self.flow.decoder.noise
+
+    @flow_noise.setter
+    def flow_noise(self, noise: torch.Tensor) -> None:
+        if (
+            not isinstance(noise, torch.Tensor)
+            or noise.dim() != 3
+            or noise.shape[:2] != (1, MEL_CHANNELS)
+        ):
+            shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(
+                f"flow_noise must be a [1, {MEL_CHANNELS}, frames] tensor, got {shape}"
+            )
+        if (
+            noise.shape[2] < 2
+            or not noise.is_floating_point()
+            or not bool(torch.isfinite(noise).all())
+        ):
+            raise ValueError("flow_noise must be finite floats with at least 2 frames")
+        self.flow.decoder.noise = noise.detach().to(self.device, torch.float32).clone()
+
+    def set_flow_noise_seed(self, seed: torch.Generator | int) -> None:
+        """Redraw :attr:`flow_noise` as ``randn(1, 80, config.flow_noise_frames)`` from ``seed``."""
+        generator = (
+            seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
+        )
+        if generator.device.type != "cpu":
+            raise ValueError("noise_seed must be a CPU torch.Generator (the noise is drawn on CPU)")
+        self.flow_noise = torch.randn(
+            (1, MEL_CHANNELS, self.config.flow_noise_frames), generator=generator
+        )
+
+    @property
+    def max_frames(self) -> int:
+        """Longest prompt + generated mel (frames) the fixed noise covers (15000 = 300 s)."""
+        return int(self.flow_noise.shape[2])
+
+    @property
+    def vocoder(self) -> Vocoder:
+        if self._vocoder is None:
+            self.vocoder = "hift-torch"  # type: ignore[assignment]
+        assert self._vocoder is not None
+        return self._vocoder
+
+    @vocoder.setter
+    def vocoder(self, vocoder: str | Vocoder) -> None:
+        self._vocoder = self.make_vocoder(vocoder) if isinstance(vocoder, str) else vocoder
+        self._vocoder_takes_seeds = accepts_seeds(self._vocoder)
+
+    def make_vocoder(self, name: str, **options: Any) -> Vocoder:
+        """A registered vocoder built for this model (it receives the loaded HiFT weights)."""
+        context = VocoderContext(
+            hift=self.mel2wav, checkpoint_dir=self._checkpoint_dir, device=self.device
+        )
+        return get_vocoder(name, context, **options)
+
+    # -- conditioning ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def tokenize(self, wav_16k: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+        """S3 speech tokens (int64 ``[T]``, on :attr:`device`) of 16 kHz mono audio. ``max_len``
+        keeps at most that many tokens (chatterbox's T3 prompt uses 150)."""
+        if max_len is not None and (
+            isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1
+        ):
+            raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+        wav = as_mono_waveform(wav_16k, "wav_16k")
+        if wav.numel() < MIN_TOKENIZER_SAMPLES:
+            raise ValueError(
+                f"wav_16k has {wav.numel()} samples; the tokenizer needs at least {MIN_TOKENIZER_SAMPLES} "
+                f"({MIN_TOKENIZER_SAMPLES / S3_TOKENIZER_SAMPLE_RATE * 1000:.1f} ms at 16 kHz)"
+            )
+        if max_len is None and wav.numel() > self.tokenizer.max_samples():
+            raise ValueError(
+                f"wav_16k is {wav.numel() / S3_TOKENIZER_SAMPLE_RATE:.1f} s; the tokenizer handles at most "
+                f"{self.tokenizer.max_samples() / S3_TOKENIZER_SAMPLE_RATE:.1f} s (pass max_len or trim)"
+            )
+        return self.tokenizer.tokenize(wav.to(self.device), max_len=max_len)
+
+    @torch.inference_mode()
+    def embed_ref(self, wav: torch.Tensor, sample_rate: int) -> S3GenReference:
+        """Voice conditioning from a reference recording (any sample rate: it is resampled to
+        24 kHz for the prompt mel and to 16 kHz for the tokens and the x-vector). Mono 1-D or
+        ``(channels, samples)`` audio (averaged to mono); see :func:`chatterbox_s3gen.audio.as_mono_waveform`
+        for what is rejected."""
+        sample_rate = check_sample_rate(sample_rate)
+        wav = as_mono_waveform(wav, "wav")
+        seconds = wav.numel() / sample_rate
+        if seconds < MIN_REFERENCE_SECONDS:
+            raise ValueError(
+                f"reference is {seconds * 1000:.1f} ms long; embed_ref needs at least "
+                f"{MIN_REFERENCE_SECONDS * 1000:.0f} ms"
+            )
+        if seconds > LONG_REFERENCE_SECONDS:
+            logger.warning(
+                "reference is %.1f s long; chatterbox uses at most %.0f s (longer prompts slow every "
+                "synthesis and were not seen in training)",
+                seconds,
+                LONG_REFERENCE_SECONDS,
+            )
+        wav = wav.to(self.device).unsqueeze(0)
+        wav_24k = resample(wav, sample_rate, S3GEN_SAMPLE_RATE)
+        wav_16k = resample(wav, sample_rate, S3_TOKENIZER_SAMPLE_RATE)[0]
+        if wav_16k.numel() < max(MIN_SPEAKER_SAMPLES, MIN_TOKENIZER_SAMPLES):
+            raise ValueError(
+                f"reference is too short after resampling ({wav_16k.numel()} samples at 16 kHz)"
+            )
+        if wav_16k.numel() > self.tokenizer.max_samples():
+            raise ValueError(
+                f"reference is {seconds:.1f} s; the tokenizer handles at most "
+                f"{self.tokenizer.max_samples() / S3_TOKENIZER_SAMPLE_RATE:.0f} s"
+            )
+        prompt_mel = self.mel_extractor(wav_24k)[0].transpose(0, 1)  # [frames, 80]
+        speaker_embedding = self.speaker_encoder.embed(wav_16k)
+        tokens = self.tokenizer.tokenize(wav_16k)
+        if prompt_mel.shape[0] != TOKEN_MEL_RATIO * tokens.numel():
+            # As the reference: the 16 kHz token count can exceed mel/2 for lengths that are not a
+            # multiple of 40 ms; drop the extra tokens (the mel keeps an odd frame if it has one).
+            tokens = tokens[: prompt_mel.shape[0] // TOKEN_MEL_RATIO]
+        return S3GenReference(tokens.clone(), prompt_mel.clone(), speaker_embedding.clone())
+
+    # -- synthesis --------------------------------------------------------------------------------
+    def _check_batch(
+        self,
+        token_sequences: Sequence[Sequence[int]],
+        references: Sequence[S3GenReference],
+        n_timesteps: int,
+        batch_size: int | None,
+    ) -> list[torch.Tensor]:
+        if isinstance(token_sequences, str | bytes | torch.Tensor) or not isinstance(
+            token_sequences, Sequence
+        ):
+            raise TypeError(
+                "token_sequences must be a sequence of token sequences (one per utterance)"
+            )
+        if isinstance(references, S3GenReference) or not isinstance(references, Sequence):
+            raise TypeError(
+                "references must be a sequence of S3GenReference (one per token sequence)"
+            )
+        if len(token_sequences) != len(references):
+            raise ValueError(
+                f"got {len(token_sequences)} token sequences but {len(references)} references; they pair up by index"
+            )
+        for i, ref in enumerate(references):
+            if not isinstance(ref, S3GenReference):
+                raise TypeError(
+                    f"references[{i}] must be an S3GenReference (from embed_ref), got {type(ref).__name__}"
+                )
+        if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
+            raise ValueError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        tokens = [_as_token_tensor(seq, i) for i, seq in enumerate(token_sequences)]
+        for i, (ids, ref) in enumerate(zip(tokens, references)):
+            frames = TOKEN_MEL_RATIO * (ids.numel() + ref.num_prompt_tokens)
+            if frames > self.max_frames:
+                raise ValueError(
+                    f"item {i}: prompt + tokens make {frames} mel frames ({frames / 50:.0f} s); the CFM "
+                    f"noise covers at most {self.max_frames} frames"
+                )
+        return tokens
+
+    def _batches(
+        self,
+        tokens: list[torch.Tensor],
+        references: Sequence[S3GenReference],
+        batch_size: int | None,
+    ) -> list[list[int]]:
+        # Longest first, similar lengths together: less padding per batch.
+        order = sorted(
+            range(len(tokens)),
+            key=lambda i: tokens[i].numel() + references[i].num_prompt_tokens,
+            reverse=True,
+        )
+        size = batch_size or max(len(order), 1)
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def _flow_batch(
+        self, tokens: list[torch.Tensor], references: Sequence[S3GenReference], n_timesteps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.device
+        batch = len(tokens)
+        full = [
+            torch.cat([ref.prompt_tokens.to("cpu"), ids]) for ids, ref in zip(tokens, references)
+        ]
+        token_lengths = torch.tensor([t.numel() for t in full])
+        padded_tokens = torch.zeros(batch, int(token_lengths.max()), dtype=torch.int64)
+        for i, t in enumerate(full):
+            padded_tokens[i, : t.numel()] = t
+        prompt_lengths = torch.tensor([ref.num_prompt_frames for ref in references])
+        prompt_mel = torch.zeros(batch, int(prompt_lengths.max()), MEL_CHANNELS, device=device)
+        for i, ref in enumerate(references):
+            prompt_mel[i, : ref.num_prompt_frames] = ref.prompt_mel.to(device, torch.float32)
+        speakers = torch.stack(
+            [ref.speaker_embedding.to(device, torch.float32) for ref in references]
+        )
+        return self.flow.inference(
+            padded_tokens.to(device),
+            token_lengths.to(device),
+            prompt_mel,
+            prompt_lengths.to(device),
+            speakers,
+            n_timesteps,
+        )
+
+    @torch.inference_mode()
+    def synthesize_mels(
+        self,
+        token_sequences: Sequence[Sequence[int]],
+        references: Sequence[S3GenReference],
+        *,
+        n_timesteps: int = 10,
+        batch_size: int | None = None,
+    ) -> list[torch.Tensor]:
+        """The flow alone: one float32 log-mel ``[80, frames]`` per item (on :attr:`device`),
+        ``frames = 2 * len(tokens)`` (one less when the prompt mel has an odd frame count)."""
+        tokens = self._check_batch(token_sequences, references, n_timesteps, batch_size)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(tokens)
+        for chunk in self._progress(self._batches(tokens, references, batch_size), "flow"):
+            mels, lengths = self._flow_batch(
+                [tokens[i] for i in chunk], [references[i] for i in chunk], n_timesteps
+            )
+            for row, i in enumerate(chunk):
+                out[i] = mels[row, :, : int(lengths[row])].clone()
+        return out
+
+    @torch.inference_mode()
+    def synthesize(
+        self,
+        token_sequences: Sequence[Sequence[int]],
+        references: Sequence[S3GenReference],
+        *,
+        n_timesteps: int = 10,
+        seeds: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> list[torch.Tensor]:
+        """Waveforms (1-D float32 CPU tensors at :attr:`sample_rate`) for many utterances at once.
+
+        ``token_sequences[i]`` (ids in ``[0, 6561)``) is spoken in the voice of ``references[i]``.
+        All items of a batch run through the encoder, every Euler step (guided and unguided rows
+        together) and the vocoder as one padded, masked batch; each item's result equals its
+        unbatched run. ``batch_size`` caps the items per batch (default: all). ``seeds[i]`` seeds
+        item ``i``'s vocoder noise exactly like ``torch.manual_seed(seeds[i])`` before the
+        reference's ``inference``; default: drawn from torch's global RNG. The first 20 ms are
+        silenced and the next 20 ms faded in, as in the reference."""
+        tokens = self._check_batch(token_sequences, references, n_timesteps, batch_size)
+        seeds = self._check_seeds(seeds, len(tokens))
+        out: list[torch.Tensor] = [torch.empty(0)] * len(tokens)
+        for chunk in self._progress(self._batches(tokens, references, batch_size), "synthesize"):
+            mels, lengths = self._flow_batch(
+                [tokens[i] for i in chunk], [references[i] for i in chunk], n_timesteps
+            )
+            wavs = self._vocode_batch(mels, lengths, [seeds[i] for i in chunk])
+            for row, i in enumerate(chunk):
+                out[i] = wavs[row]
+        return out
+
+    @torch.inference_mode()
+    def vocode(
+        self, mels: Sequence[torch.Tensor], *, seeds: Sequence[int] | None = None
+    ) -> list[torch.Tensor]:
+        """The second half of :meth:`synthesize`: mels ``[80, frames]`` (e.g. from
+        :meth:`synthesize_mels`) -> faded-in waveforms, all items as one padded vocoder batch."""
+        if isinstance(mels, torch.Tensor) or not isinstance(mels, Sequence) or not mels:
+            raise TypeError("mels must be a non-empty sequence of [80, frames] tensors")
+        for i, mel in enumerate(mels):
+            if (
+                not isinstance(mel, torch.Tensor)
+                or mel.dim() != 2
+                or mel.shape[0] != MEL_CHANNELS
+                or mel.shape[1] < 1
+            ):
+                shape = tuple(mel.shape) if isinstance(mel, torch.Tensor) else type(mel).__name__
+                raise ValueError(
+                    f"mels[{i}] must be a [{MEL_CHANNELS}, frames] tensor with frames >= 1, got {shape}"
+                )
+        seeds = self._check_seeds(seeds, len(mels))
+        lengths = torch.tensor([mel.shape[1] for mel in mels])
+        padded = torch.zeros(len(mels), MEL_CHANNELS, int(lengths.max()), device=self.device)
+        for i, mel in enumerate(mels):
+            padded[i, :, : mel.shape[1]] = mel.to(self.device, torch.float32)
+        return self._vocode_batch(padded, lengths.to(self.device), seeds)
+
+    @staticmethod
+    def _check_seeds(seeds: Sequence[int] | None, count: int) -> list[int]:
+        if seeds is None:
+            return [int(s) for s in torch.randint(0, 2**62, (count,)).tolist()]
+        if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence) or len(seeds) != count:
+            raise ValueError(f"seeds must hold one int per utterance ({count})")
+        if not all(hasattr(s, "__index__") and not isinstance(s, bool) for s in seeds):
+            raise TypeError("seeds must be ints")
+        return [s.__index__() for s in seeds]
+
+    def _vocode_batch(
+        self, mels: torch.Tensor, lengths: torch.Tensor, seeds: list[int]
+    ) -> list[torch.Tensor]:
+        vocoder = self.vocoder
+        if self._vocoder_takes_seeds:
+            wavs = vocoder.vocode(mels, lengths, seeds=seeds)  # type: ignore[call-arg]
+        else:
+            wavs = vocoder.vocode(mels, lengths)
+        return [self._fade_in(wav.detach().to("cpu", torch.float32)) for wav in wavs]
+
+    def _fade_in(self, wav: torch.Tensor) -> torch.Tensor:
+        fade = self.trim_fade.to("cpu")[: wav.numel()]
+        wav = wav.clone()
+        wav[: fade.numel()] *= fade
+        return wav
+
+    @staticmethod
+    def _progress(chunks: list[list[int]], what: str) -> list[list[int]] | tqdm:
+        if len(chunks) <= 1:
+            return chunks
+        return tqdm(chunks, desc=f"S3Gen {what}", unit="batch", leave=False)
+
+
+__all__ = ["DEFAULT_NOISE_SEED", "MIN_REFERENCE_SECONDS", "S3Gen"]
