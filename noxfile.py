@@ -1,11 +1,11 @@
 """Test sessions (nox with the uv backend).
 
-    nox                       # every CPU session below except `gpu` (the README's test command)
-    nox -s tests              # the whole CPU suite in the workspace environment (uv.lock)
-    nox -s t3 s3gen meta      # each component alone in a fresh venv: proves independent installs
-    nox -s parity             # our code vs the reference chatterbox-tts 0.1.2 on identical weights
-    nox -s lint typecheck
-    nox -s gpu                # tests marked `gpu`, on a machine with a CUDA GPU
+nox                       # every CPU session below except `gpu` (the README's test command)
+nox -s tests              # the whole CPU suite in the workspace environment (uv.lock)
+nox -s t3 s3gen meta      # each component alone in a fresh venv: proves independent installs
+nox -s parity             # our code vs the reference chatterbox-tts 0.1.2 on identical weights
+nox -s lint typecheck
+nox -s gpu                # tests marked `gpu`, on a machine with a CUDA GPU
 """
 
 from __future__ import annotations
@@ -54,11 +54,22 @@ def _pytest(session: nox.Session, *paths: str, marker: str = "not gpu") -> None:
 def tests(session: nox.Session) -> None:
     """The whole CPU suite in the locked workspace environment."""
     session.run_install(
-        "uv", "sync", "--locked", "--all-packages", "--group", "test",
+        "uv",
+        "sync",
+        "--locked",
+        "--all-packages",
+        "--group",
+        "test",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
-    _pytest(session, "packages/t3-vllm/tests", "packages/s3gen/tests",
-            "packages/chatterbox-meta/tests", "tests", "--ignore=tests/parity")
+    _pytest(
+        session,
+        "packages/t3-vllm/tests",
+        "packages/s3gen/tests",
+        "packages/chatterbox-meta/tests",
+        "tests",
+        "--ignore=tests/parity",
+    )
 
 
 @nox.session(python=PYTHON)
@@ -72,8 +83,11 @@ def t3(session: nox.Session) -> None:
 def s3gen(session: nox.Session) -> None:
     """chatterbox-s3gen alone, with its ONNX extra (no vLLM in this venv)."""
     _install_isolated(session, f"{S3GEN}[onnx]")
-    session.run("python", "-c", "import importlib.util, sys; "
-                "sys.exit(importlib.util.find_spec('vllm') is not None)")
+    session.run(
+        "python",
+        "-c",
+        "import importlib.util, sys; " "sys.exit(importlib.util.find_spec('vllm') is not None)",
+    )
     _pytest(session, "packages/s3gen/tests")
 
 
@@ -124,11 +138,22 @@ def typecheck(session: nox.Session) -> None:
 def gpu(session: nox.Session) -> None:
     """Tests marked `gpu` (need CUDA). On the lent device machine use tests/gpu/run-on-device.sh."""
     session.run_install(
-        "uv", "sync", "--locked", "--all-packages", "--group", "test",
+        "uv",
+        "sync",
+        "--locked",
+        "--all-packages",
+        "--group",
+        "test",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
-    session.run("pytest", "-m", "gpu", "tests", *session.posargs,
-                env={k: v for k, v in CPU_ENV.items() if k != "OMP_NUM_THREADS"})
+    session.run(
+        "pytest",
+        "-m",
+        "gpu",
+        "tests",
+        *session.posargs,
+        env={k: v for k, v in CPU_ENV.items() if k != "OMP_NUM_THREADS"},
+    )
 
 
 if os.environ.get("CI"):

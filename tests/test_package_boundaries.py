@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import ast
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {
@@ -42,7 +42,9 @@ def _imported_top_level_modules(source_dir: Path) -> dict[str, set[Path]]:
 @pytest.mark.parametrize("package", sorted(PACKAGES))
 def test_component_does_not_import_forbidden_packages(package: str) -> None:
     imports = _imported_top_level_modules(PACKAGES[package] / "src" / package)
-    violations = {name: sorted(map(str, imports[name])) for name in FORBIDDEN[package] & set(imports)}
+    violations = {
+        name: sorted(map(str, imports[name])) for name in FORBIDDEN[package] & set(imports)
+    }
     assert not violations, f"{package} imports {violations}"
 
 
