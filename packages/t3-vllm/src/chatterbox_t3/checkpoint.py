@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -119,12 +119,17 @@ def _describe(names: Iterable[str], layout: Mapping[str, tuple[int, ...]] | None
     return ", ".join(shown) + more
 
 
+def _names(handle: Any) -> list[str]:
+    # safe_open handles are not iterable; keys() is the API.
+    return list(handle.keys())
+
+
 def check_tensor_layout(path: str | Path, expected: Mapping[str, tuple[int, ...]]) -> None:
     """Raise if the safetensors file's names or shapes differ from ``expected`` (header only)."""
     path = Path(path)
     _require_file(path)
     with safe_open(str(path), framework="pt") as handle:
-        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle}
+        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in _names(handle)}
     missing = expected.keys() - shapes.keys()
     if missing:
         raise MissingTensorError(
@@ -155,7 +160,7 @@ def load_t3_state_dict(
     check_tensor_layout(path, t3_tensor_layout(config))
     state: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt") as handle:
-        for name in handle:
+        for name in _names(handle):
             if only_prefixes is None or name.startswith(only_prefixes):
                 state[name] = handle.get_tensor(name)
     return state
@@ -165,7 +170,7 @@ def load_voice_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The voice-encoder tensors of ``ve.safetensors`` (validated)."""
     check_tensor_layout(path, voice_encoder_tensor_layout())
     with safe_open(str(path), framework="pt") as handle:
-        return {name: handle.get_tensor(name) for name in handle}
+        return {name: handle.get_tensor(name) for name in _names(handle)}
 
 
 def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -> T3Config:

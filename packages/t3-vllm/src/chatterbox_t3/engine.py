@@ -110,6 +110,23 @@ class T3Frontend:
         """A voice from 16 kHz reference audio and its S3 prompt tokens (from S3Gen's tokenizer)."""
         return T3Voice(self.voice_encoder.embed(wav_16k), prompt_tokens)
 
+    def limit_to_kv_cache(self, cache_config: Any) -> None:
+        """Never admit a request longer than the whole KV cache.
+
+        vLLM checks ``max_model_len`` against the KV cache it sizes itself, but not against
+        ``num_gpu_blocks_override``; a request that cannot fit would be preempted forever.
+        """
+        blocks = cache_config.num_gpu_blocks_override
+        if blocks is not None and cache_config.block_size:
+            capacity = blocks * cache_config.block_size
+            if capacity < self.max_model_len:
+                logger.info(
+                    "limiting T3 requests to %d positions (num_gpu_blocks_override=%d)",
+                    capacity,
+                    blocks,
+                )
+                self.max_model_len = capacity
+
     def text_token_ids(self, text: str) -> list[int]:
         """Normalised, tokenised text framed by the start/stop text tokens (T3 text ids)."""
         if not isinstance(text, str):
@@ -302,11 +319,18 @@ class T3Engine:
             extra=engine_kwargs,
         )
         logger.info("starting vLLM for T3 (%s)", model_dir)
-        return cls(LLM(**arguments), frontend)
+        llm = LLM(**arguments)
+        frontend.limit_to_kv_cache(llm.llm_engine.vllm_config.cache_config)
+        return cls(llm, frontend)
 
     @property
     def config(self) -> T3Config:
         return self.frontend.config
+
+    @property
+    def vllm(self) -> Any:
+        """The underlying ``vllm.LLM`` (metrics, advanced use)."""
+        return self._llm
 
     @property
     def voice_encoder(self) -> VoiceEncoder:
@@ -399,7 +423,9 @@ class AsyncT3Engine:
         )
         arguments.setdefault("disable_log_requests", True)
         logger.info("starting vLLM (async) for T3 (%s)", model_dir)
-        return cls(AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments)), frontend)
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+        frontend.limit_to_kv_cache(engine.vllm_config.cache_config)
+        return cls(engine, frontend)
 
     @property
     def config(self) -> T3Config:

@@ -1,0 +1,195 @@
+"""T3 on the real vLLM V1 engine (CPU): batching, per-request CFG, chunked prefill, preemption,
+prefix caching across voices, seeds, and input validation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from chatterbox_t3 import T3Engine, T3Output, T3Request, T3SamplingParams, T3Voice
+from chatterbox_t3.errors import (
+    EmptyTextError,
+    InvalidSamplingParameterError,
+    InvalidVoiceError,
+    MissingConditioningError,
+    T3InputError,
+    TextTooLongError,
+    UnsupportedCharactersError,
+)
+from chatterbox_t3.sampling import valid_speech_tokens
+
+GREEDY = T3SamplingParams(temperature=0.0, max_new_tokens=24)
+LONG_TEXT = (
+    "This sentence is long enough that its prompt cannot be prefilled in a single step of the "
+    "constrained engine, so vLLM has to split it."
+)
+TEXTS = ["Hello world.", "How are you today?", "The weather is nice.", "See you soon!"]
+
+
+@pytest.fixture(scope="module")
+def constrained_engine(tiny_checkpoint: Path, tiny_engine_kwargs) -> Iterator[T3Engine]:
+    """Tiny token budget (chunked prefill), tiny KV cache (preemption), no prefix caching."""
+    kwargs = dict(tiny_engine_kwargs)
+    kwargs.update(
+        max_num_batched_tokens=40,  # >= 34: the conditioning item must fit one step
+        num_gpu_blocks_override=12,  # 12 x 16 = 192 token slots for all running requests
+        max_num_seqs=4,
+        enable_prefix_caching=False,
+        disable_log_stats=False,  # keeps vLLM's metrics (preemption counter)
+    )
+    engine = T3Engine.from_checkpoint(tiny_checkpoint, **kwargs)
+    yield engine
+    engine.shutdown()
+
+
+def tokens(outputs: list[T3Output]) -> list[tuple[int, ...]]:
+    return [o.raw_token_ids for o in outputs]
+
+
+def preemptions(engine: T3Engine) -> int:
+    return sum(int(m.value) for m in engine.vllm.get_metrics() if m.name == "vllm:num_preemptions")
+
+
+def test_output_is_the_cleaned_up_raw_sequence(tiny_engine, make_voice) -> None:
+    [out] = tiny_engine.generate_speech_tokens([T3Request("Hello world.", make_voice(0), GREEDY)])
+    assert out.finished and out.finish_reason in ("stop", "length")
+    assert 0 < len(out.raw_token_ids) <= 24
+    if out.finish_reason == "length":
+        assert len(out.raw_token_ids) == 24
+    else:
+        assert out.raw_token_ids[-1] == 6562
+    assert out.token_ids == valid_speech_tokens(out.raw_token_ids, tiny_engine.config)
+    assert all(0 <= t < 6561 for t in out.token_ids)
+    # 34 conditioning + [START] + text + [STOP] + 2 BOS (CFG on by default)
+    text_ids = tiny_engine.frontend.text_token_ids("Hello world.")
+    assert out.num_prompt_tokens == 34 + len(text_ids) + 2
+
+
+def test_a_batch_equals_its_requests_run_alone(tiny_engine, make_voice) -> None:
+    requests = [
+        T3Request(text, make_voice(i), T3SamplingParams(temperature=0.0, max_new_tokens=16))
+        for i, text in enumerate(TEXTS)
+    ]
+    batched = tokens(tiny_engine.generate_speech_tokens(requests))
+    alone = [tokens(tiny_engine.generate_speech_tokens([r]))[0] for r in requests]
+    assert batched == alone
+    assert len(set(batched)) == len(batched)
+
+
+def test_cfg_weight_is_per_request(tiny_engine, make_voice) -> None:
+    voice = make_voice(0)
+    weights = [0.0, 0.5, 1.5]
+    requests = [
+        T3Request(
+            LONG_TEXT, voice, T3SamplingParams(temperature=0.0, cfg_weight=w, max_new_tokens=24)
+        )
+        for w in weights
+    ]
+    batched = tiny_engine.generate_speech_tokens(requests)
+    alone = [tiny_engine.generate_speech_tokens([r])[0] for r in requests]
+    assert tokens(batched) == tokens(alone)
+    # Different guidance gives different speech; no CFG uses a single start-of-speech token.
+    assert len({o.raw_token_ids for o in batched}) == 3
+    assert batched[0].num_prompt_tokens == batched[1].num_prompt_tokens - 1
+
+
+def test_prefix_caching_never_shares_blocks_between_voices(
+    tiny_engine, constrained_engine, make_voice
+) -> None:
+    a, b = make_voice(10), make_voice(11)
+    text = LONG_TEXT  # several full KV blocks of identical text after the conditioning
+    requests = [T3Request(text, v, GREEDY) for v in (a, b)]
+    expected = [tokens(constrained_engine.generate_speech_tokens([r]))[0] for r in requests]
+    assert expected[0] != expected[1]
+    # With prefix caching, A's cached blocks exist when B arrives (and vice versa).
+    first = [tokens(tiny_engine.generate_speech_tokens([r]))[0] for r in requests]
+    again = tokens(tiny_engine.generate_speech_tokens(requests[::-1]))[::-1]
+    assert first == expected and again == expected
+
+
+def test_chunked_prefill_gives_the_same_tokens(tiny_engine, constrained_engine, make_voice) -> None:
+    request = T3Request(LONG_TEXT, make_voice(3), GREEDY)
+    [chunked] = constrained_engine.generate_speech_tokens([request])
+    assert chunked.num_prompt_tokens > 2 * 40  # at least three prefill steps
+    assert chunked.raw_token_ids == tiny_engine.generate_speech_tokens([request])[0].raw_token_ids
+
+
+def test_preempted_requests_recompute_to_the_same_tokens(
+    tiny_engine, constrained_engine, make_voice
+) -> None:
+    params = T3SamplingParams(temperature=0.0, max_new_tokens=40)
+    requests = [T3Request(t, make_voice(20 + i), params) for i, t in enumerate(TEXTS)]
+    before = preemptions(constrained_engine)
+    recomputed = tokens(constrained_engine.generate_speech_tokens(requests))
+    assert preemptions(constrained_engine) > before  # 4 x ~85 tokens do not fit 192 slots
+    assert recomputed == tokens(tiny_engine.generate_speech_tokens(requests))
+
+
+def test_seeded_sampling_is_reproducible(tiny_engine, make_voice) -> None:
+    voice = make_voice(5)
+
+    def run(seed: int) -> tuple[int, ...]:
+        params = T3SamplingParams(seed=seed, max_new_tokens=20)  # reference sampling defaults
+        return tiny_engine.generate_speech_tokens([T3Request("Hello there.", voice, params)])[
+            0
+        ].raw_token_ids
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+# --------------------------------------------------------------------------------- bad input
+def _bad_requests(voice: T3Voice) -> list[tuple[Any, type[Exception], str]]:
+    long_text = "word " * 400  # ~800 text tokens: more than max_model_len=320 allows
+    huge_text = "a b " * 1100  # > 2048 text tokens
+    return [
+        (T3Request("", voice), EmptyTextError, "empty"),
+        (T3Request("  \n ", voice), EmptyTextError, "empty"),
+        (T3Request(huge_text, voice), TextTooLongError, "at most 2048"),
+        (T3Request(long_text, voice), TextTooLongError, "max_model_len is 320"),
+        (T3Request("Costs 5€", voice), UnsupportedCharactersError, r"U\+20AC"),
+        (T3Request("Hello.", None), MissingConditioningError, "no voice"),
+        (T3Request("Hello.", "voice.wav"), InvalidVoiceError, "T3Voice"),  # type: ignore[arg-type]
+        (
+            T3Request("Hello.", T3Voice(torch.zeros(256), torch.zeros(200, dtype=torch.long))),
+            InvalidVoiceError,
+            "at most 150",
+        ),
+        (
+            T3Request("Hello.", voice, T3SamplingParams(max_new_tokens=5000)),
+            InvalidSamplingParameterError,
+            "<= 4096",
+        ),
+        (
+            T3Request("Hello.", voice, {"temperature": 0.5}),
+            InvalidSamplingParameterError,
+            "T3SamplingParams",
+        ),  # type: ignore[arg-type]
+        ("Hello.", T3InputError, "T3Request"),
+    ]
+
+
+def test_bad_input_is_rejected_and_the_engine_keeps_serving(tiny_engine, make_voice) -> None:
+    voice = make_voice(0)
+    good = T3Request("Hello world.", voice, GREEDY)
+    [before] = tiny_engine.generate_speech_tokens([good])
+    for request, error, message in _bad_requests(voice):
+        with pytest.raises(error, match=message):
+            tiny_engine.generate_speech_tokens([good, request])
+    [after] = tiny_engine.generate_speech_tokens([good])
+    assert after.raw_token_ids == before.raw_token_ids
+
+
+def test_requests_are_limited_to_the_kv_cache(constrained_engine, make_voice) -> None:
+    # 192 KV slots: a request may not outgrow them (vLLM would preempt it forever).
+    voice = make_voice(1)
+    params = T3SamplingParams(temperature=0.0, max_new_tokens=400)
+    [out] = constrained_engine.generate_speech_tokens([T3Request(LONG_TEXT, voice, params)])
+    assert out.finish_reason == "length"
+    assert out.num_prompt_tokens + len(out.raw_token_ids) <= 192
+    with pytest.raises(TextTooLongError, match="max_model_len is 192"):
+        constrained_engine.generate_speech_tokens([T3Request(LONG_TEXT * 2, voice, params)])
