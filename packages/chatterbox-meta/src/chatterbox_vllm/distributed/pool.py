@@ -122,7 +122,7 @@ class ReplicaPool:
             "max_task_retries": 0,
         }
         options.update(actor_options or {})
-        self._actor_class = ray.remote(ReplicaWorker).options(**options)
+        self._actor_class: Any = ray.remote(ReplicaWorker).options(**options)
         self._names = itertools.count()
         self.handles: list[ReplicaHandle] = []
         self._starting: dict[Any, ReplicaHandle] = {}  # info() ObjectRef -> handle
@@ -221,7 +221,9 @@ class ReplicaPool:
 
         if not handle.alive:
             return
-        logger.warning("%s failed (%s); its unfinished chunks go to other replicas", handle.name, reason)
+        logger.warning(
+            "%s failed (%s); its unfinished chunks go to other replicas", handle.name, reason
+        )
         handle.alive = False
         self.failed.append(handle.name)
         try:
@@ -329,17 +331,22 @@ class ChunkDispatcher:
             placement = self._placement
             statuses = []
             for handle in self.pool.handles:
-                placed = placement is not None and handle.name in placement.replicas
+                pending = in_flight = 0
+                if placement is not None and handle.name in placement.replicas:
+                    pending = placement.pending_tokens(handle.name)
+                    in_flight = placement.in_flight_chunks(handle.name)
+                if not handle.alive:
+                    state = "dead"
+                else:
+                    state = "ready" if handle.info is not None else "starting"
                 statuses.append(
                     ReplicaStatus(
                         name=handle.name,
-                        state="dead"
-                        if not handle.alive
-                        else ("ready" if handle.info is not None else "starting"),
+                        state=state,
                         hostname=handle.info.hostname if handle.info else None,
                         gpu_ids=handle.info.gpu_ids if handle.info else (),
-                        pending_tokens=placement.pending_tokens(handle.name) if placed else 0,
-                        in_flight_chunks=placement.in_flight_chunks(handle.name) if placed else 0,
+                        pending_tokens=pending,
+                        in_flight_chunks=in_flight,
                         completed_chunks=handle.completed_chunks,
                     )
                 )
@@ -370,7 +377,9 @@ class ChunkDispatcher:
         placement.submit(chunks)
         results: dict[int, ChunkAudio] = {}
         sent: dict[Any, _SentCall] = {}  # synthesize_chunks ObjectRef -> call
-        bar = tqdm(total=len(chunks), desc="chunks", unit="chunk", disable=not progress, leave=False)
+        bar = tqdm(
+            total=len(chunks), desc="chunks", unit="chunk", disable=not progress, leave=False
+        )
         try:
             while len(results) < len(chunks):
                 self._send(placement, handles, sent, voice_refs, report)
@@ -462,7 +471,9 @@ class ChunkDispatcher:
             results[item.order] = item
             handle.completed_chunks += 1
             handle.completed_tokens += item.speech_tokens
-            report.chunks_per_replica[handle.name] = report.chunks_per_replica.get(handle.name, 0) + 1
+            report.chunks_per_replica[handle.name] = (
+                report.chunks_per_replica.get(handle.name, 0) + 1
+            )
             report.tokens_per_replica[handle.name] = (
                 report.tokens_per_replica.get(handle.name, 0) + item.speech_tokens
             )

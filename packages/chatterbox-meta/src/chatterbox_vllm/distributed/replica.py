@@ -134,6 +134,7 @@ class ReplicaWorker:
         self._tts = source.load(config)
         self._voices: OrderedDict[str, Voice] = OrderedDict()
         self._voice_capacity = max(1, config.voice_cache_size)
+        self._voices_fetched = 0
         gpu_ids: tuple[str, ...] = ()
         node_id = ""
         try:
@@ -165,6 +166,11 @@ class ReplicaWorker:
 
     def info(self) -> ReplicaInfo:
         return self._info
+
+    def voice_stats(self) -> dict[str, int]:
+        """``prepared``: voices this replica computed from audio; ``fetched``: prepared voices it
+        fetched from the object store (each once)."""
+        return {"prepared": self._tts.voice_cache.misses, "fetched": self._voices_fetched}
 
     def default_voice(self) -> Voice | None:
         voice = self._tts.default_voice
@@ -217,6 +223,7 @@ class ReplicaWorker:
 
             for key, voice in zip(missing, ray.get(list(missing.values()))):
                 self._voices[key] = voice
+            self._voices_fetched += len(missing)
             logger.debug("fetched %d voice(s) from the object store", len(missing))
         for key in voices:
             self._voices.move_to_end(key)

@@ -1,0 +1,9 @@
+"""Running Chatterbox on several GPUs or machines with Ray.
+
+* :mod:`~chatterbox_vllm.distributed.placement`: which replica gets which chunks (pure policy);
+* :mod:`~chatterbox_vllm.distributed.replica`: the Ray actor holding one ``ChatterboxTTS``;
+* :mod:`~chatterbox_vllm.distributed.pool`: starting/replacing replicas and the driver loop;
+* :mod:`~chatterbox_vllm.distributed.bench`: the scaling benchmark.
+
+The user-facing class is :class:`chatterbox_vllm.replicas.ReplicatedChatterboxTTS`.
+"""

@@ -1,0 +1,684 @@
+"""Chatterbox past one GPU: the same API as :class:`~chatterbox_vllm.tts.ChatterboxTTS`, served by
+several replicas on a Ray cluster (one machine or many).
+
+::
+
+    from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
+
+    # 4 replicas (one GPU each) on the Ray cluster at head-node:6379 (or a local one without it)
+    with ReplicatedChatterboxTTS.from_local("/models/chatterbox", replicas=4,
+                                            address="head-node:6379") as tts:
+        tts.generate(long_text, voice="me.wav", seed=7).save("chapter.wav")
+
+A *replica* is one T3 vLLM engine plus one S3Gen on one GPU, in a Ray actor
+(:mod:`chatterbox_vllm.distributed.replica`). This driver object holds no model: it validates the
+inputs, prepares each voice once (on a replica) and ships it through Ray's object store, splits texts
+into chunks exactly as ``ChatterboxTTS`` does (same :func:`~chatterbox_vllm.text.split_text`, same
+per-chunk seeds, so a seeded call gives the same audio as one ``ChatterboxTTS``), spreads the chunks
+over the replicas by pending speech tokens (:mod:`chatterbox_vllm.distributed.placement`), and joins
+the returned audio in order with the same crossfade (and watermark). A replica that dies mid-call has
+its unfinished chunks redone elsewhere and is replaced (:mod:`chatterbox_vllm.distributed.pool`).
+See ``docs/multi-node.md`` for running a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, overload
+
+from chatterbox_vllm.audio import (
+    S3GEN_SAMPLE_RATE,
+    AudioInput,
+    equal_power_crossfade_join,
+    load_voice_audio,
+)
+from chatterbox_vllm.distributed.bench import ScalingReport, bench_scaling
+from chatterbox_vllm.distributed.placement import PlacedChunk, estimate_speech_tokens
+from chatterbox_vllm.distributed.pool import (
+    ChunkDispatcher,
+    DispatchReport,
+    ReplicaError,
+    ReplicaHandle,
+    ReplicaPool,
+    ReplicaStatus,
+)
+from chatterbox_vllm.distributed.replica import CheckpointSource, ChunkSpec, voice_on_cpu
+from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
+from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
+from chatterbox_vllm.params import GenerationParams
+from chatterbox_vllm.text import chunk_chars_for_token_budget, split_text, validate_text
+from chatterbox_vllm.tts import (
+    CONDITIONING_POSITIONS,
+    EngineConfig,
+    GenerationResult,
+    TTSRequest,
+    VoiceLike,
+)
+from chatterbox_vllm.voices import Voice, audio_content_hash
+from chatterbox_vllm.watermark import Watermarker, apply_watermark, resolve_watermarker
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CheckpointSource",
+    "ReplicaError",
+    "ReplicaHandle",
+    "ReplicaStatus",
+    "ReplicatedChatterboxTTS",
+    "ReplicatedGenerationStats",
+    "ScalingReport",
+    "bench_scaling",
+]
+
+
+@dataclass
+class ReplicatedGenerationStats:
+    """What the last call did."""
+
+    chunks: int = 0
+    audio_seconds: float = 0.0
+    voice_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    speech_tokens: int = 0
+    dispatch: DispatchReport = field(default_factory=DispatchReport)
+
+
+def engine_config(config: EngineConfig | None, overrides: dict[str, Any]) -> EngineConfig:
+    """``config`` (or the defaults) with keyword overrides of :class:`EngineConfig` fields."""
+    known = {f.name for f in fields(EngineConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidParameterError(
+            f"unknown engine option(s) {', '.join(unknown)}; EngineConfig accepts "
+            f"{', '.join(sorted(known))}"
+        )
+    return replace(config or EngineConfig(), **overrides)
+
+
+class ReplicatedChatterboxTTS:
+    """:class:`~chatterbox_vllm.tts.ChatterboxTTS`'s API over Ray replicas (see the module docs).
+
+    Build with :meth:`from_local` / :meth:`from_pretrained` (or the constructor with a
+    :class:`CheckpointSource`); ``generate``, ``generate_requests`` and ``prepare_voice`` take the
+    same arguments and return the same types as ``ChatterboxTTS``'s. :meth:`close` (or ``with``)
+    stops the replicas (and the local Ray instance if this object started it). Calls are
+    serialised; inside a call the chunks of all texts run on all replicas at once.
+
+    Cluster and replica options:
+
+    * ``address``: a Ray cluster to join (``"head-node:6379"``, ``"auto"``, ``"ray://..."``);
+      ``None`` joins the cluster in ``RAY_ADDRESS`` or the one started on this machine with
+      ``ray start``, else starts a private local one. Ignored when Ray is already initialised in
+      this process.
+    * ``replicas``: how many; default one per GPU in the cluster (one if it has no GPU).
+    * ``num_gpus_per_replica``: default 1 when the cluster has GPUs, else 0 (CPU replicas);
+      fractions share a GPU (lower ``gpu_memory_utilization`` accordingly).
+    * ``num_cpus_per_replica``: Ray CPUs each replica reserves (1).
+    * ``actor_options``: extra ``ray.remote`` options for the replica actors (placement groups,
+      node affinity, ``runtime_env``, custom resources...).
+    * ``ray_init_kwargs``: extra ``ray.init`` arguments.
+    * ``max_chunks_per_call``: chunks per replica call (default ``max_num_seqs``, one vLLM batch).
+    * ``max_calls_per_replica``: calls outstanding per replica (2: one decoding, one queued).
+    * ``replace_failed`` / ``max_replacements``: start a new replica for each failed one, at most
+      ``max_replacements`` times over this object's life (default twice the replica count).
+    * ``max_chunk_attempts``: a chunk whose replica failed this many times fails the call.
+    * ``startup_timeout_s``: longest a replica may take to load (downloads included).
+
+    Engine knobs (``config`` or keyword overrides of :class:`EngineConfig` fields) apply to every
+    replica.
+    """
+
+    sample_rate = S3GEN_SAMPLE_RATE
+
+    def __init__(
+        self,
+        source: CheckpointSource,
+        *,
+        replicas: int | None = None,
+        address: str | None = None,
+        config: EngineConfig | None = None,
+        watermark: bool | None | Watermarker = None,
+        num_gpus_per_replica: float | None = None,
+        num_cpus_per_replica: float = 1.0,
+        actor_options: dict[str, Any] | None = None,
+        ray_init_kwargs: dict[str, Any] | None = None,
+        max_chunks_per_call: int | None = None,
+        max_calls_per_replica: int = 2,
+        max_chunk_attempts: int = 3,
+        replace_failed: bool = True,
+        max_replacements: int | None = None,
+        startup_timeout_s: float = 1800.0,
+        **config_overrides: Any,
+    ) -> None:
+        if not isinstance(source, CheckpointSource):
+            raise InvalidParameterError(
+                f"source must be a CheckpointSource, got {type(source).__name__}; use "
+                "ReplicatedChatterboxTTS.from_local(directory) or .from_pretrained(repo_id)"
+            )
+        if replicas is not None and (
+            isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1
+        ):
+            raise InvalidParameterError(f"replicas must be a positive int, got {replicas!r}")
+        if num_gpus_per_replica is not None and not 0 <= num_gpus_per_replica <= 8:
+            raise InvalidParameterError(
+                f"num_gpus_per_replica must be in [0, 8], got {num_gpus_per_replica!r}"
+            )
+        if not num_cpus_per_replica >= 0:
+            raise InvalidParameterError(
+                f"num_cpus_per_replica must be >= 0, got {num_cpus_per_replica!r}"
+            )
+        self.config = engine_config(config, config_overrides)
+        chunks_per_call = max_chunks_per_call or self.config.max_num_seqs
+        if isinstance(chunks_per_call, bool) or not isinstance(chunks_per_call, int):
+            raise InvalidParameterError(
+                f"max_chunks_per_call must be a positive int, got {max_chunks_per_call!r}"
+            )
+        for name, value in (
+            ("max_calls_per_replica", max_calls_per_replica),
+            ("max_chunk_attempts", max_chunk_attempts),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidParameterError(f"{name} must be a positive int, got {value!r}")
+        self.source = source
+        self._watermarker = resolve_watermarker(watermark)
+
+        import ray
+
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            logger.info("connecting to Ray (%s)", address or "local / RAY_ADDRESS")
+            ray.init(address=address, **(ray_init_kwargs or {}))
+        elif address is not None:
+            logger.warning(
+                "Ray is already initialised in this process; using its cluster, not %s", address
+            )
+        try:
+            num_gpus, count = self._plan_resources(
+                replicas, num_gpus_per_replica, num_cpus_per_replica
+            )
+            self._pool = ReplicaPool(
+                source,
+                self.config,
+                num_gpus=num_gpus,
+                num_cpus=num_cpus_per_replica,
+                actor_options=actor_options,
+                max_replacements=2 * count if max_replacements is None else max_replacements,
+                startup_timeout_s=startup_timeout_s,
+            )
+            logger.info(
+                "starting %d replica(s) of %s (%g GPU, %g CPU each)",
+                count,
+                source.describe(),
+                num_gpus,
+                num_cpus_per_replica,
+            )
+            self._pool.start(count)
+            self._pool.wait_until_ready()
+        except BaseException:
+            self._shutdown()
+            raise
+        self._dispatcher = ChunkDispatcher(
+            self._pool,
+            max_chunks_per_call=chunks_per_call,
+            max_calls_per_replica=max_calls_per_replica,
+            max_chunk_attempts=max_chunk_attempts,
+            replace_failed=replace_failed,
+        )
+        self._has_default_voice = all(
+            handle.info is not None and handle.info.has_default_voice for handle in self._pool.ready
+        )
+        self._default_voice: Voice | None = None
+        self._voices: OrderedDict[str, tuple[Voice, Any]] = OrderedDict()  # hash -> (voice, ref)
+        self._voice_lock = threading.Lock()
+        self.voice_cache_hits = 0
+        self.voice_cache_misses = 0
+        self._call_lock = threading.Lock()
+        self._closed = False
+        self.last_stats = ReplicatedGenerationStats()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_local(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        replicas: int | None = None,
+        address: str | None = None,
+        config: EngineConfig | None = None,
+        watermark: bool | None | Watermarker = None,
+        **options: Any,
+    ) -> ReplicatedChatterboxTTS:
+        """Replicas that each load ``directory`` (the same path on every node that runs one).
+        ``options``: the constructor's replica options and :class:`EngineConfig` overrides."""
+        return cls(
+            CheckpointSource(model_dir=os.fspath(directory)),
+            replicas=replicas,
+            address=address,
+            config=config,
+            watermark=watermark,
+            **options,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str = DEFAULT_REPO_ID,
+        revision: str | None = DEFAULT_REVISION,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = None,
+        replicas: int | None = None,
+        address: str | None = None,
+        config: EngineConfig | None = None,
+        watermark: bool | None | Watermarker = None,
+        **options: Any,
+    ) -> ReplicatedChatterboxTTS:
+        """Replicas that each download (or reuse from their node's Hugging Face cache)
+        ``repo_id`` at ``revision``, as :meth:`ChatterboxTTS.from_pretrained` does."""
+        source = CheckpointSource(
+            repo_id=repo_id,
+            revision=revision,
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+            token=token,
+            local_files_only=local_files_only,
+        )
+        return cls(
+            source,
+            replicas=replicas,
+            address=address,
+            config=config,
+            watermark=watermark,
+            **options,
+        )
+
+    def _plan_resources(
+        self, replicas: int | None, num_gpus: float | None, num_cpus: float
+    ) -> tuple[float, int]:
+        """GPUs per replica and the replica count, checked against the cluster's resources."""
+        import ray
+
+        resources = ray.cluster_resources()
+        cluster_gpus = resources.get("GPU", 0.0)
+        cluster_cpus = resources.get("CPU", 0.0)
+        if num_gpus is None:
+            num_gpus = 1.0 if cluster_gpus >= 1 else 0.0
+        if replicas is None:
+            replicas = max(1, int(cluster_gpus // num_gpus)) if num_gpus else 1
+        if num_gpus and replicas * num_gpus > cluster_gpus:
+            raise InvalidParameterError(
+                f"{replicas} replica(s) with {num_gpus:g} GPU each need {replicas * num_gpus:g} "
+                f"GPUs but the Ray cluster has {cluster_gpus:g}; add nodes (`ray start "
+                "--address=...` on each) or ask for fewer replicas"
+            )
+        if replicas * num_cpus > cluster_cpus:
+            raise InvalidParameterError(
+                f"{replicas} replica(s) with {num_cpus:g} CPU each need {replicas * num_cpus:g} "
+                f"CPUs but the Ray cluster has {cluster_cpus:g}; lower num_cpus_per_replica or "
+                "the replica count"
+            )
+        if not num_gpus:
+            logger.info("the Ray cluster has no GPU (or none was asked for): CPU replicas")
+        return num_gpus, replicas
+
+    # ------------------------------------------------------------------ replicas
+
+    @property
+    def replicas(self) -> list[ReplicaHandle]:
+        """The replicas that have loaded and are alive (each with ``.actor`` and ``.info``)."""
+        return self._pool.ready
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        """Every replica's state and, during a call, its pending tokens and in-flight chunks."""
+        return self._dispatcher.status()
+
+    def scale(self, replicas: int, *, timeout_s: float | None = None) -> None:
+        """Starts or stops replicas until ``replicas`` are alive; waits for new ones to load."""
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise InvalidParameterError(f"replicas must be a positive int, got {replicas!r}")
+        self._check_open()
+        with self._call_lock:
+            self._pool.prune_dead()
+            alive = [h for h in self._pool.handles if h.alive]
+            if replicas > len(alive):
+                self._pool.start(replicas - len(alive))
+                self._pool.wait_until_ready(timeout_s)
+            for handle in alive[replicas:]:
+                logger.info("stopping %s (scaling to %d)", handle.name, replicas)
+                self._pool.stop(handle)
+
+    def wait_for_replicas(self, timeout_s: float | None = None) -> None:
+        """Waits until replicas still loading (e.g. replacements of failed ones) are ready."""
+        self._check_open()
+        with self._call_lock:
+            self._pool.wait_until_ready(timeout_s)
+
+    def close(self) -> None:
+        """Stops every replica (vLLM engines first) and, if this object started Ray, Ray."""
+        if self._closed:
+            return
+        self._closed = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        import ray
+
+        pool = getattr(self, "_pool", None)
+        try:
+            if pool is not None:
+                pool.stop_all()
+        finally:
+            if self._owns_ray and ray.is_initialized():
+                ray.shutdown()
+
+    def __enter__(self) -> ReplicatedChatterboxTTS:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChatterboxError("this ReplicatedChatterboxTTS has been closed; create a new one")
+
+    # ------------------------------------------------------------------ voices
+
+    def prepare_voice(self, audio: AudioInput) -> Voice:
+        """Prepares (or fetches from the cache) a voice from reference audio, as
+        :meth:`ChatterboxTTS.prepare_voice`. The audio is decoded here, the voice is computed
+        once on one replica, and stored in Ray's object store for every replica to use."""
+        self._check_open()
+        voice, _ = self._voice_ref_for_audio(audio)
+        return voice
+
+    @property
+    def default_voice(self) -> Voice | None:
+        """The checkpoint's built-in voice (``conds.pt``), or ``None`` if it has none."""
+        if self._default_voice is None and self._has_default_voice:
+            voice = self._on_a_replica("default_voice")
+            self._default_voice = voice
+        return self._default_voice
+
+    def _voice_ref_for_audio(self, audio: AudioInput) -> tuple[Voice, Any]:
+        wav_24k = load_voice_audio(audio)  # decoding and validation errors are raised here
+        key = audio_content_hash(wav_24k)
+        cached = self._cached_voice(key)
+        if cached is not None:
+            return cached
+        logger.info(
+            "preparing voice %s (%.2f s of audio) on a replica",
+            key[:12],
+            wav_24k.numel() / S3GEN_SAMPLE_RATE,
+        )
+        voice = self._on_a_replica("prepare_voice", wav_24k)
+        return self._store_voice(key, voice)
+
+    def _voice_ref(self, voice: Voice) -> tuple[Voice, Any]:
+        cached = self._cached_voice(voice.content_hash)
+        if cached is not None:
+            return cached
+        return self._store_voice(voice.content_hash, voice_on_cpu(voice))
+
+    def _cached_voice(self, key: str) -> tuple[Voice, Any] | None:
+        with self._voice_lock:
+            entry = self._voices.get(key)
+            if entry is not None:
+                self._voices.move_to_end(key)
+                self.voice_cache_hits += 1
+            else:
+                self.voice_cache_misses += 1
+            return entry
+
+    def _store_voice(self, key: str, voice: Voice) -> tuple[Voice, Any]:
+        import ray
+
+        entry = (voice, ray.put(voice))
+        with self._voice_lock:
+            self._voices[key] = entry
+            while len(self._voices) > max(1, self.config.voice_cache_size):
+                self._voices.popitem(last=False)
+        return entry
+
+    def _on_a_replica(self, method: str, *args: Any) -> Any:
+        """Runs ``method`` on a ready replica; a replica that dies meanwhile is replaced and the
+        call goes to another. Input errors come back as the replica raised them."""
+        import ray
+
+        while True:
+            ready = self._pool.ready
+            if not ready:
+                if not self._pool.starting:
+                    raise ReplicaError("no replica is alive (all failed); create a new object")
+                self._pool.wait_until_ready()
+                continue
+            handle = min(ready, key=lambda h: h.completed_chunks)
+            try:
+                return ray.get(getattr(handle.actor, method).remote(*args))
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, ChatterboxError):
+                    raise error.cause from None
+                raise
+            except ray.exceptions.RayActorError as error:
+                self._pool.retire(handle, f"{type(error).__name__} during {method}")
+                if self._pool.replace(handle) is None and not self._pool.ready:
+                    raise ReplicaError(f"no replica left to run {method}") from error
+
+    def _resolve_voice(self, voice: VoiceLike) -> tuple[str | None, Any]:
+        """(content hash, object ref) of a request's voice; ``(None, None)`` for the built-in."""
+        if voice is None:
+            if not self._has_default_voice:
+                raise ChatterboxError(
+                    "no voice given and the checkpoint has no conds.pt default voice; "
+                    "pass voice=<audio path | (waveform, sample_rate) | Voice>"
+                )
+            return None, None
+        if isinstance(voice, Voice):
+            prepared, ref = self._voice_ref(voice)
+        else:
+            prepared, ref = self._voice_ref_for_audio(voice)
+        return prepared.content_hash, ref
+
+    # ------------------------------------------------------------------ generation
+
+    @overload
+    def generate(
+        self,
+        text: str,
+        voice: VoiceLike = ...,
+        *,
+        exaggeration: float = ...,
+        cfg_weight: float = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: int | None = ...,
+        max_new_tokens: int | None = ...,
+        max_tokens_per_expected_second: float | None = ...,
+        progress: bool = ...,
+    ) -> GenerationResult: ...
+
+    @overload
+    def generate(
+        self,
+        text: list[str],
+        voice: VoiceLike | list[VoiceLike] = ...,
+        *,
+        exaggeration: float = ...,
+        cfg_weight: float = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: int | None = ...,
+        max_new_tokens: int | None = ...,
+        max_tokens_per_expected_second: float | None = ...,
+        progress: bool = ...,
+    ) -> list[GenerationResult]: ...
+
+    def generate(
+        self,
+        text: str | list[str],
+        voice: VoiceLike | list[VoiceLike] = None,
+        *,
+        exaggeration: float = 0.5,
+        cfg_weight: float = 0.5,
+        temperature: float = 0.8,
+        top_p: float = 1.0,
+        min_p: float = 0.05,
+        repetition_penalty: float = 1.2,
+        seed: int | None = None,
+        max_new_tokens: int | None = None,
+        max_tokens_per_expected_second: float | None = None,
+        progress: bool = True,
+    ) -> GenerationResult | list[GenerationResult]:
+        """Speaks ``text`` exactly as :meth:`ChatterboxTTS.generate` (same arguments, same
+        results; with ``seed``, the same audio), with the chunks spread over the replicas."""
+        params = GenerationParams(
+            exaggeration=exaggeration,
+            cfg_weight=cfg_weight,
+            temperature=temperature,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            max_new_tokens=self.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            max_tokens_per_expected_second=max_tokens_per_expected_second,
+        )
+        if isinstance(text, str):
+            if isinstance(voice, list):
+                raise InvalidParameterError(
+                    "a list of voices needs a list of texts (one voice per text)"
+                )
+            return self.generate_requests([TTSRequest(text, voice, params)], progress=progress)[0]
+        if not isinstance(text, list) or not text:
+            raise InvalidParameterError(
+                f"text must be a str or a non-empty list of str, got {type(text).__name__}"
+                + (" (empty list)" if isinstance(text, list) else "")
+            )
+        if isinstance(voice, list):
+            if len(voice) != len(text):
+                raise InvalidParameterError(
+                    f"got {len(text)} texts but {len(voice)} voices; pass one voice per text "
+                    "or a single voice for all"
+                )
+            voices: list[VoiceLike] = list(voice)
+        else:
+            voices = [voice] * len(text)
+        requests = [TTSRequest(t, v, params) for t, v in zip(text, voices)]
+        return self.generate_requests(requests, progress=progress)
+
+    def generate_requests(
+        self, requests: Sequence[TTSRequest], *, progress: bool = True
+    ) -> list[GenerationResult]:
+        """Speaks several requests, each with its own text, voice and controls, on all replicas."""
+        self._check_open()
+        if not requests:
+            raise InvalidParameterError("requests is empty")
+        with self._call_lock:
+            return self._generate(list(requests), progress)
+
+    def _validate(self, requests: list[TTSRequest]) -> None:
+        """The checks ``ChatterboxTTS`` makes before any engine work, with the same messages."""
+        for index, request in enumerate(requests):
+            try:
+                validate_text(request.text)
+            except ChatterboxError as error:
+                raise type(error)(
+                    f"text {index}: {error}" if len(requests) > 1 else str(error)
+                ) from None
+            if not isinstance(request.params, GenerationParams):
+                raise InvalidParameterError(
+                    f"request {index}: params must be GenerationParams, got "
+                    f"{type(request.params).__name__}"
+                )
+            budget = self.config.model_len - CONDITIONING_POSITIONS - 4 - self.config.chunk_chars
+            if request.params.max_new_tokens > budget:
+                raise InvalidParameterError(
+                    f"max_new_tokens={request.params.max_new_tokens} does not fit the engine "
+                    f"(max_model_len={self.config.model_len} leaves {budget} speech positions); "
+                    "load with a larger max_new_tokens/max_model_len"
+                )
+
+    def _generate(self, requests: list[TTSRequest], progress: bool) -> list[GenerationResult]:
+        start = time.perf_counter()
+        self._validate(requests)
+        voice_start = time.perf_counter()
+        voices = [self._resolve_voice(request.voice) for request in requests]
+        voice_seconds = time.perf_counter() - voice_start
+        # Refs held for this call even if the cache evicts them meanwhile.
+        voice_refs = {key: ref for key, ref in voices if key is not None}
+
+        placed: list[PlacedChunk[ChunkSpec]] = []
+        owners: list[int] = []  # chunk order -> request index
+        chunk_texts: list[list[str]] = []
+        for request_index, (request, (voice_key, _)) in enumerate(zip(requests, voices)):
+            params = request.params
+            # As ChatterboxTTS: a smaller token budget than the engine's means smaller chunks.
+            chunk_chars = min(
+                self.config.chunk_chars, chunk_chars_for_token_budget(params.max_new_tokens)
+            )
+            chunks = split_text(request.text, chunk_chars)
+            chunk_texts.append(chunks)
+            for chunk_index, chunk in enumerate(chunks):
+                spec = ChunkSpec(
+                    order=len(placed),
+                    text=chunk,
+                    voice=voice_key,
+                    params=replace(params, seed=params.chunk_seed(chunk_index)),
+                )
+                estimate = estimate_speech_tokens(
+                    chunk, params.max_new_tokens, params.max_tokens_per_expected_second
+                )
+                placed.append(
+                    PlacedChunk(order=spec.order, estimated_tokens=estimate, payload=spec)
+                )
+                owners.append(request_index)
+        logger.info(
+            "generating %d text(s) as %d chunk(s) on %d replica(s)",
+            len(requests),
+            len(placed),
+            len(self._pool.ready),
+        )
+        audio, report = self._dispatcher.run(placed, voice_refs, progress=progress)
+
+        crossfade = round(self.config.crossfade_seconds * self.sample_rate)
+        results = []
+        audio_seconds = 0.0
+        speech_tokens = 0
+        for request_index, request in enumerate(requests):
+            request_audio = [audio[o] for o, owner in enumerate(owners) if owner == request_index]
+            waveforms = [item.waveform for item in request_audio]
+            joined = equal_power_crossfade_join(waveforms, crossfade)
+            if self._watermarker is not None and joined.numel():
+                joined = apply_watermark(self._watermarker, joined, self.sample_rate)
+            audio_seconds += joined.numel() / self.sample_rate
+            speech_tokens += sum(item.speech_tokens for item in request_audio)
+            results.append(
+                GenerationResult(
+                    waveform=joined,
+                    sample_rate=self.sample_rate,
+                    text=request.text,
+                    chunks=tuple(chunk_texts[request_index]),
+                    speech_tokens=tuple(item.speech_tokens for item in request_audio),
+                    finish_reasons=tuple(item.finish_reason for item in request_audio),
+                    chunk_samples=tuple(w.numel() for w in waveforms),
+                    watermarked=self._watermarker is not None,
+                )
+            )
+        self.last_stats = ReplicatedGenerationStats(
+            chunks=len(placed),
+            audio_seconds=audio_seconds,
+            voice_seconds=voice_seconds,
+            wall_seconds=time.perf_counter() - start,
+            speech_tokens=speech_tokens,
+            dispatch=report,
+        )
+        return results
