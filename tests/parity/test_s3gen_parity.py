@@ -127,6 +127,15 @@ def test_embed_ref_matches_reference(voices, voice: str) -> None:
             assert conds[key].shape == value.shape and conds[key].dtype == value.dtype, key
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("max_len", [None, 40])
+def test_tokenize_matches_reference(ours, reference, max_len) -> None:
+    """The T3 prompt path: 16 kHz audio -> tokens, optionally capped (chatterbox uses 150)."""
+    wav = _chirp_reference(2.0, 16_000)
+    expected, _ = reference.tokenizer.forward([wav.numpy()], max_len=max_len)
+    assert torch.equal(ours.tokenize(wav, max_len=max_len), expected[0])
+
+
 def _reference_run(reference: ReferenceS3Gen, tokens: list[int], ref_dict: dict, seed: int):
     """``reference.inference`` with its vocoder input captured."""
     captured = {}
