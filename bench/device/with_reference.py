@@ -21,6 +21,6 @@ class _AbsentModule(types.ModuleType):
 
 if __name__ == "__main__":
     sys.modules.setdefault("perth", _AbsentModule("perth"))
-    script, *sys.argv[1:] = sys.argv[1:]
-    sys.argv[0] = script
+    script = sys.argv[1]
+    sys.argv = sys.argv[1:]  # the script sees itself as argv[0]
     runpy.run_path(script, run_name="__main__")
