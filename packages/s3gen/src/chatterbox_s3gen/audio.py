@@ -82,6 +82,8 @@ class S3GenMelSpectrogram(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.mel_basis: torch.Tensor
+        self.window: torch.Tensor
         basis = slaney_mel_filterbank(S3GEN_SAMPLE_RATE, MEL_N_FFT, MEL_CHANNELS, 0.0, MEL_FMAX)
         self.register_buffer("mel_basis", torch.from_numpy(basis), persistent=False)
         self.register_buffer("window", torch.hann_window(MEL_N_FFT), persistent=False)

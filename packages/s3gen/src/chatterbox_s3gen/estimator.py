@@ -7,6 +7,7 @@ conv, and attention masks padded keys, so right-padded batch rows equal their un
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +140,22 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(self.sinusoid(t))))
 
 
+class UNetLevel(nn.ModuleList):
+    """``[resnet, transformer stack(, causal conv)]``: a list so weight names keep the reference's
+    indices (``down_blocks.0.0`` resnet, ``down_blocks.0.1.N`` transformers, ``down_blocks.0.2`` conv)."""
+
+    def run(
+        self, h: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor, attend: torch.Tensor
+    ) -> torch.Tensor:
+        h = self[0](h, mask, time_emb).transpose(1, 2)
+        for transformer in cast(nn.ModuleList, self[1]):
+            h = transformer(h, attend)
+        return h.transpose(1, 2)
+
+    def conv(self, h: torch.Tensor) -> torch.Tensor:
+        return self[2](h)
+
+
 def _transformer_stack(config: S3GenConfig) -> nn.ModuleList:
     return nn.ModuleList(
         TransformerBlock(
@@ -159,7 +176,7 @@ class ConditionalDecoder(nn.Module):
         self.time_mlp = TimestepEmbedding(in_channels, time_dim)
         self.down_blocks = nn.ModuleList(
             [
-                nn.ModuleList(
+                UNetLevel(
                     [
                         CausalResnetBlock1D(in_channels, channels, time_dim),
                         _transformer_stack(config),
@@ -169,14 +186,14 @@ class ConditionalDecoder(nn.Module):
             ]
         )
         self.mid_blocks = nn.ModuleList(
-            nn.ModuleList(
+            UNetLevel(
                 [CausalResnetBlock1D(channels, channels, time_dim), _transformer_stack(config)]
             )
             for _ in range(config.estimator_mid_blocks)
         )
         self.up_blocks = nn.ModuleList(
             [
-                nn.ModuleList(
+                UNetLevel(
                     [
                         CausalResnetBlock1D(2 * channels, channels, time_dim),
                         _transformer_stack(config),
@@ -187,13 +204,6 @@ class ConditionalDecoder(nn.Module):
         )
         self.final_block = CausalBlock1D(channels, channels)
         self.final_proj = nn.Conv1d(channels, MEL_CHANNELS, 1)
-
-    @staticmethod
-    def _transformers(blocks: nn.Module, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        h = x.transpose(1, 2)
-        for block in blocks:  # type: ignore[attr-defined]
-            h = block(h, attend)
-        return h.transpose(1, 2)
 
     def forward(
         self,
@@ -210,19 +220,14 @@ class ConditionalDecoder(nn.Module):
         h = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[-1]), cond], dim=1)
         attend = (mask > 0).unsqueeze(1)  # [B, 1, 1, T]
 
-        resnet, transformers, conv = self.down_blocks[0]  # type: ignore[misc]
-        h = resnet(h, mask, time_emb)
-        h = self._transformers(transformers, h, attend)
+        down = cast(UNetLevel, self.down_blocks[0])
+        up = cast(UNetLevel, self.up_blocks[0])
+        h = down.run(h, mask, time_emb, attend)
         skip = h
-        h = conv(h * mask)
-
-        for resnet, transformers in self.mid_blocks:  # type: ignore[misc]
-            h = resnet(h, mask, time_emb)
-            h = self._transformers(transformers, h, attend)
-
-        resnet, transformers, conv = self.up_blocks[0]  # type: ignore[misc]
-        h = resnet(torch.cat([h, skip], dim=1), mask, time_emb)
-        h = self._transformers(transformers, h, attend)
-        h = conv(h * mask)
+        h = down.conv(h * mask)
+        for mid in self.mid_blocks:
+            h = cast(UNetLevel, mid).run(h, mask, time_emb, attend)
+        h = up.run(torch.cat([h, skip], dim=1), mask, time_emb, attend)
+        h = up.conv(h * mask)
         h = self.final_block(h, mask)
         return self.final_proj(h * mask) * mask

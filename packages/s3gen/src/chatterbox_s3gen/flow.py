@@ -30,6 +30,7 @@ class ConditionalCFM(nn.Module):
         super().__init__()
         self.cfg_rate = config.cfg_rate
         self.estimator = ConditionalDecoder(config)
+        self.noise: torch.Tensor
         self.register_buffer(
             "noise", torch.zeros(1, MEL_CHANNELS, config.flow_noise_frames), persistent=False
         )

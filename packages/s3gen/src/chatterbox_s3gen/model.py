@@ -101,6 +101,7 @@ class S3Gen(nn.Module):
         self.flow = CausalMaskedDiffWithXvec(self.config)
         self.mel2wav = HiFTGenerator(self.config)
         self.mel_extractor = S3GenMelSpectrogram()
+        self.trim_fade: torch.Tensor
         self.register_buffer("trim_fade", _trim_fade(), persistent=False)
         self._vocoder: Vocoder | None = None
         self._vocoder_takes_seeds = False
@@ -146,9 +147,7 @@ class S3Gen(nn.Module):
         model.to(device)
         model._cast_parameters(model.flow, dtype)
         model._cast_parameters(model.mel2wav, vocoder_dtype)
-        model.vocoder = (
-            vocoder if vocoder_options is None else model.make_vocoder(vocoder, **vocoder_options)
-        )  # type: ignore[arg-type]
+        model.set_vocoder(vocoder, **(vocoder_options or {}))
         logger.info(
             "loaded S3Gen (%s) from %s on %s, flow %s, vocoder %s",
             config.name,
@@ -223,15 +222,29 @@ class S3Gen(nn.Module):
 
     @property
     def vocoder(self) -> Vocoder:
+        """The mel -> waveform backend (default ``hift-torch``); assign any :class:`Vocoder`."""
         if self._vocoder is None:
-            self.vocoder = "hift-torch"  # type: ignore[assignment]
+            self.set_vocoder("hift-torch")
         assert self._vocoder is not None
         return self._vocoder
 
     @vocoder.setter
-    def vocoder(self, vocoder: str | Vocoder) -> None:
-        self._vocoder = self.make_vocoder(vocoder) if isinstance(vocoder, str) else vocoder
-        self._vocoder_takes_seeds = accepts_seeds(self._vocoder)
+    def vocoder(self, vocoder: Vocoder) -> None:
+        self.set_vocoder(vocoder)
+
+    def set_vocoder(self, vocoder: str | Vocoder, **options: Any) -> None:
+        """Use a registered vocoder by name (``options`` go to its factory) or a vocoder object."""
+        if isinstance(vocoder, str):
+            vocoder = self.make_vocoder(vocoder, **options)
+        elif options:
+            raise TypeError("vocoder options apply to a vocoder name, not to a vocoder object")
+        for attribute in ("sample_rate", "hop_length", "vocode"):
+            if not hasattr(vocoder, attribute):
+                raise TypeError(
+                    f"{type(vocoder).__name__} is not a vocoder: it lacks `{attribute}`"
+                )
+        self._vocoder = vocoder
+        self._vocoder_takes_seeds = accepts_seeds(vocoder)
 
     def make_vocoder(self, name: str, **options: Any) -> Vocoder:
         """A registered vocoder built for this model (it receives the loaded HiFT weights)."""

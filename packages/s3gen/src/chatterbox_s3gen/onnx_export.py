@@ -13,6 +13,7 @@ The Euler loop, the conformer encoder and the reference front ends stay in PyTor
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -65,7 +66,9 @@ def export_onnx(
     cond = torch.randn(batch, MEL_CHANNELS, frames, generator=generator)
     estimator_path = out_dir / ESTIMATOR_FILENAME
     frame_axes = {0: "batch", 2: "frames"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter's deprecation and constant-folding notes are not actionable here.
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             estimator,
             (x, mask, mu, t, spks, cond),
@@ -92,7 +95,8 @@ def export_onnx(
     phases = torch.rand(batch, harmonics, 1, generator=generator)
     noise = torch.randn(batch, harmonics, frames * MEL_HOP, generator=generator)
     hift_path = out_dir / HIFT_FILENAME
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             _HiFTGraph(hift),
             (mel, mel_lengths, phases, noise),

@@ -48,6 +48,8 @@ class S3SpeechTokenizer(S3TokenizerV2):
                 n_audio_layer=config.tokenizer_layers,
             ),
         )
+        self._mel_filters: torch.Tensor
+        self.window: torch.Tensor
         filters = slaney_mel_filterbank(S3_TOKENIZER_SAMPLE_RATE, TOKENIZER_N_FFT, TOKENIZER_N_MELS)
         self.register_buffer("_mel_filters", torch.from_numpy(filters))
         self.register_buffer("window", torch.hann_window(TOKENIZER_N_FFT))

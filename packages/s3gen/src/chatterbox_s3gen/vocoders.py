@@ -132,12 +132,12 @@ class HiFTOnnxVocoder:
             raise FileNotFoundError(
                 f"no ONNX model at {path}; create it with `chatterbox-s3gen export-onnx`"
             )
-        available = ort.get_available_providers()
-        chosen = (
-            list(providers)
-            if providers
-            else [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        )
+        if providers:
+            chosen = list(providers)
+        else:  # CUDA only where torch sees a GPU: onnxruntime-gpu lists it even without CUDA libraries
+            wanted = ["CUDAExecutionProvider"] if torch.cuda.is_available() else []
+            available = ort.get_available_providers()
+            chosen = [p for p in [*wanted, "CPUExecutionProvider"] if p in available]
         self.session: onnxruntime.InferenceSession = ort.InferenceSession(
             str(path), providers=chosen
         )
@@ -191,9 +191,8 @@ class GriffinLimVocoder:
             norm="slaney",
             mel_scale="slaney",
         ).to(self.device)
-        self.griffin_lim = torchaudio.transforms.GriffinLim(
-            n_fft=MEL_N_FFT, n_iter=n_iter, hop_length=MEL_HOP, power=1.0, rand_init=False
-        ).to(self.device)
+        self.n_iter = n_iter
+        self.window = torch.hann_window(MEL_N_FFT, device=self.device)
 
     @property
     def sample_rate(self) -> int:
@@ -210,10 +209,22 @@ class GriffinLimVocoder:
         for i, n in enumerate(lengths):
             magnitude_mel = torch.exp(mels[i, :, :n].to(self.device, torch.float32))
             spectrogram = self.inverse_mel(magnitude_mel)
-            wav = self.griffin_lim(spectrogram, length=n * MEL_HOP)
-            # S3Gen's mel frames are centred half a hop later than GriffinLim's (centre=True) frames.
-            shift = MEL_HOP // 2
-            wav = torch.cat([wav.new_zeros(shift), wav[:-shift]])
+            # S3Gen frame k is centred on sample 480k + 240; Griffin-Lim's (centre=True) frame j on
+            # 480j. Average neighbours onto the n + 1 Griffin-Lim centres.
+            edged = torch.cat([spectrogram[:, :1], spectrogram, spectrogram[:, -1:]], dim=1)
+            spectrogram = 0.5 * (edged[:, :-1] + edged[:, 1:])
+            wav = torchaudio.functional.griffinlim(
+                spectrogram,
+                self.window,
+                n_fft=MEL_N_FFT,
+                hop_length=MEL_HOP,
+                win_length=MEL_N_FFT,
+                power=1.0,
+                n_iter=self.n_iter,
+                momentum=0.99,
+                length=n * MEL_HOP,
+                rand_init=False,
+            )
             out.append(torch.clamp(wav, -1.0, 1.0).float())
         return out
 
