@@ -243,7 +243,7 @@ def test_requests_recomputed_after_preemption(tiny_dir, reference) -> None:
     engine = T3Engine.from_checkpoint(
         tiny_dir,
         **{**ENGINE, "max_num_seqs": 4},
-        num_gpu_blocks_override=14,  # 224 slots; 4 requests need ~4 x 80
+        num_gpu_blocks_override=14,  # 13 usable x 16 = 208 slots; 4 requests need ~4 x 90
         enable_prefix_caching=False,
         disable_log_stats=False,
     )
@@ -314,10 +314,9 @@ def _voice_sample(seconds: float, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("seconds", [0.3, 2.0, 7.5])
 def test_voice_encoder(tiny_dir, seconds) -> None:
+    import librosa
     from chatterbox.models.voice_encoder import VoiceEncoder as ReferenceVoiceEncoder
     from chatterbox.models.voice_encoder.melspec import melspectrogram
-
-    import librosa
 
     wav = _voice_sample(seconds, seed=int(seconds * 10))
     theirs = ReferenceVoiceEncoder()
@@ -330,7 +329,10 @@ def test_voice_encoder(tiny_dir, seconds) -> None:
     trimmed = librosa.effects.trim(wav, top_db=20)[0]
     assert np.array_equal(trim_silence(wav, ours.config), trimmed)
     np.testing.assert_allclose(
-        mel_spectrogram(trimmed, ours.config), melspectrogram(trimmed, theirs.hp).T, rtol=1e-5, atol=1e-7
+        mel_spectrogram(trimmed, ours.config),
+        melspectrogram(trimmed, theirs.hp).T,
+        rtol=1e-5,
+        atol=1e-7,
     )
     expected = torch.from_numpy(theirs.embeds_from_wavs([wav], sample_rate=16000)).mean(0)
     torch.testing.assert_close(ours.embed(wav), expected, rtol=1e-5, atol=1e-6)
@@ -345,6 +347,13 @@ def test_sampling_params_mirror_the_reference_defaults() -> None:
         name: p.default for name, p in inspect.signature(ChatterboxTTS.generate).parameters.items()
     }
     ours = T3SamplingParams()
-    for name in ("repetition_penalty", "min_p", "top_p", "exaggeration", "cfg_weight", "temperature"):
+    for name in (
+        "repetition_penalty",
+        "min_p",
+        "top_p",
+        "exaggeration",
+        "cfg_weight",
+        "temperature",
+    ):
         assert getattr(ours, name) == defaults[name], name
     assert replace(ours, seed=1).seed == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,11 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     # One loop for the module: AsyncLLM binds its output handler to the loop it first runs on.
     loop = asyncio.new_event_loop()
     yield loop
+    # Let the tasks the engine cancelled on shutdown finish cancelling before closing.
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 
@@ -48,7 +54,7 @@ def test_stream_is_cumulative_and_ends_final(loop, async_engine, tiny_engine, ma
     assert [item.finished for item in items] == [False] * (len(items) - 1) + [True]
     assert all(item.finish_reason == "" for item in items[:-1])
     assert items[-1].finish_reason in ("stop", "length")
-    for earlier, later in zip(items, items[1:]):
+    for earlier, later in itertools.pairwise(items):
         assert later.raw_token_ids[: len(earlier.raw_token_ids)] == earlier.raw_token_ids
         assert len(later.raw_token_ids) > len(earlier.raw_token_ids)
     # The same tokens as the synchronous engine.

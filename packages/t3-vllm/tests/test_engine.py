@@ -36,7 +36,7 @@ def constrained_engine(tiny_checkpoint: Path, tiny_engine_kwargs) -> Iterator[T3
     kwargs = dict(tiny_engine_kwargs)
     kwargs.update(
         max_num_batched_tokens=40,  # >= 34: the conditioning item must fit one step
-        num_gpu_blocks_override=12,  # 12 x 16 = 192 token slots for all running requests
+        num_gpu_blocks_override=13,  # (13 - 1 null block) x 16 = 192 token slots in all
         max_num_seqs=4,
         enable_prefix_caching=False,
         disable_log_stats=False,  # keeps vLLM's metrics (preemption counter)
@@ -150,7 +150,7 @@ def _bad_requests(voice: T3Voice) -> list[tuple[Any, type[Exception], str]]:
         (T3Request("", voice), EmptyTextError, "empty"),
         (T3Request("  \n ", voice), EmptyTextError, "empty"),
         (T3Request(huge_text, voice), TextTooLongError, "at most 2048"),
-        (T3Request(long_text, voice), TextTooLongError, "max_model_len is 320"),
+        (T3Request(long_text, voice), TextTooLongError, "at most 320 fit"),
         (T3Request("Costs 5€", voice), UnsupportedCharactersError, r"U\+20AC"),
         (T3Request("Hello.", None), MissingConditioningError, "no voice"),
         (T3Request("Hello.", "voice.wav"), InvalidVoiceError, "T3Voice"),  # type: ignore[arg-type]
@@ -191,5 +191,5 @@ def test_requests_are_limited_to_the_kv_cache(constrained_engine, make_voice) ->
     [out] = constrained_engine.generate_speech_tokens([T3Request(LONG_TEXT, voice, params)])
     assert out.finish_reason == "length"
     assert out.num_prompt_tokens + len(out.raw_token_ids) <= 192
-    with pytest.raises(TextTooLongError, match="max_model_len is 192"):
+    with pytest.raises(TextTooLongError, match="at most 192 fit"):
         constrained_engine.generate_speech_tokens([T3Request(LONG_TEXT * 2, voice, params)])

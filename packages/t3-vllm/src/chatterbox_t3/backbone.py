@@ -162,9 +162,11 @@ class T3DecoderLayer(nn.Module):
             residual = branch_rows
             hidden = self.input_layernorm(branch_rows)
         else:
+            # RMSNorm with a residual adds it first and returns (normed, new residual).
             hidden, residual = self.input_layernorm(branch_rows, residual)
         hidden = self.self_attn(positions, hidden)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
+        assert residual is not None
         return self.mlp(hidden), residual
 
 

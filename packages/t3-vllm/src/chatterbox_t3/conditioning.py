@@ -156,6 +156,24 @@ class Perceiver(nn.Module):
         return self.attn(resampled, resampled)
 
 
+class ConditioningProjections(nn.Module):
+    """The checkpoint's ``cond_enc``: speaker projection, emotion projection, perceiver."""
+
+    def __init__(self, config: T3Config) -> None:
+        super().__init__()
+        self.spkr_enc = nn.Linear(config.speaker_embed_size, config.hidden_size)
+        self.emotion_adv_fc = nn.Linear(1, config.hidden_size, bias=False)
+        self.perceiver = Perceiver(config)
+
+
+class PositionTable(nn.Module):
+    """A learned position table named like the checkpoint's (``<name>.emb.weight``)."""
+
+    def __init__(self, rows: int, width: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(rows, width)
+
+
 class ConditioningEncoder(nn.Module):
     """``cond_enc`` of the checkpoint plus the two speech tables the prompt embedding needs.
 
@@ -166,13 +184,9 @@ class ConditioningEncoder(nn.Module):
     def __init__(self, config: T3Config) -> None:
         super().__init__()
         self.config = config
-        self.cond_enc = nn.Module()
-        self.cond_enc.spkr_enc = nn.Linear(config.speaker_embed_size, config.hidden_size)
-        self.cond_enc.emotion_adv_fc = nn.Linear(1, config.hidden_size, bias=False)
-        self.cond_enc.perceiver = Perceiver(config)
+        self.cond_enc = ConditioningProjections(config)
         self.speech_emb = nn.Embedding(config.speech_tokens_dict_size, config.hidden_size)
-        self.speech_pos_emb = nn.Module()
-        self.speech_pos_emb.emb = nn.Embedding(config.speech_position_rows, config.hidden_size)
+        self.speech_pos_emb = PositionTable(config.speech_position_rows, config.hidden_size)
 
     PARAMETER_PREFIXES = ("cond_enc.", "speech_emb.", "speech_pos_emb.")
     """Checkpoint tensors this module owns."""

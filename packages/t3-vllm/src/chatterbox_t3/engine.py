@@ -118,7 +118,8 @@ class T3Frontend:
         """
         blocks = cache_config.num_gpu_blocks_override
         if blocks is not None and cache_config.block_size:
-            capacity = blocks * cache_config.block_size
+            # vLLM V1 keeps one block aside as its null block.
+            capacity = (blocks - 1) * cache_config.block_size
             if capacity < self.max_model_len:
                 logger.info(
                     "limiting T3 requests to %d positions (num_gpu_blocks_override=%d)",
@@ -170,8 +171,9 @@ class T3Frontend:
         if room < 1:
             raise TextTooLongError(
                 f"the prompt needs {num_prompt_tokens} positions ({len(text_ids)} text tokens "
-                f"with conditioning and start-of-speech), max_model_len is {self.max_model_len}; "
-                "shorten the text or raise max_model_len"
+                f"with conditioning and start-of-speech) plus one to generate, but at most "
+                f"{self.max_model_len} fit (max_model_len, or the KV cache when "
+                "num_gpu_blocks_override is set); shorten the text or allow longer sequences"
             )
         conditioning = self.conditioning.get(request.voice, params.exaggeration)
         prompt = {

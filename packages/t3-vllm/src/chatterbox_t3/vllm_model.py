@@ -29,7 +29,7 @@ from torch import nn
 from transformers import BatchFeature
 from vllm.config import VllmConfig
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
-from vllm.model_executor.models.interfaces import SupportsMultiModal
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
 from vllm.model_executor.models.utils import merge_multimodal_embeddings
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargs
@@ -76,7 +76,7 @@ class T3ProcessingInfo(BaseProcessingInfo):
         return {CONDITIONING_MODALITY: 1}
 
     def get_max_tokens_per_item(
-        self, seq_len: int, mm_counts: Mapping[str, int]
+        self, seq_len: int, mm_counts: Mapping[str, int] | None
     ) -> Mapping[str, int] | None:
         config = T3Config.from_dict(self.get_hf_config().t3_config)
         return {CONDITIONING_MODALITY: config.conditioning_len}
@@ -104,7 +104,8 @@ class T3MultiModalProcessor(BaseMultiModalProcessor[T3ProcessingInfo]):
         mm_kwargs: Mapping[str, object],
         tok_kwargs: Mapping[str, object],
     ) -> BatchFeature:
-        ids = self.info.get_tokenizer().encode(prompt, add_special_tokens=False)
+        tokenizer: Any = self.info.get_tokenizer()
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
         return BatchFeature({"input_ids": [ids]}, tensor_type="pt")
 
     def _get_mm_fields_config(
@@ -201,10 +202,10 @@ class ChatterboxT3ForCausalLM(nn.Module, SupportsMultiModal):
         # Identical conditioning for both CFG branches (reference: cond_emb.expand(2, ...)).
         return [item.to(dtype).repeat(1, NUM_BRANCHES) for item in items(rows)]
 
-    def get_input_embeddings(
+    def get_input_embeddings(  # type: ignore[override]  # V0-only overload not supported
         self,
         input_ids: torch.Tensor,
-        multimodal_embeddings: list[torch.Tensor] | torch.Tensor | None = None,
+        multimodal_embeddings: MultiModalEmbeddings | None = None,
     ) -> torch.Tensor:
         """``[n, 2 * hidden]`` token embeddings of both branches (positions come later)."""
         config = self.config
@@ -284,6 +285,6 @@ class ChatterboxT3ForCausalLM(nn.Module, SupportsMultiModal):
             if shard is None:
                 getattr(param, "weight_loader", default_weight_loader)(param, tensor)
             else:
-                param.weight_loader(param, tensor, shard)
+                param.weight_loader(param, tensor, shard)  # type: ignore[attr-defined]
             loaded.add(target)
         return loaded

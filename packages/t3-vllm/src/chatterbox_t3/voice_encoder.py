@@ -107,10 +107,10 @@ def _periodic_hann(length: int) -> np.ndarray:
     # scipy.signal.get_window("hann", length, fftbins=True): a symmetric window of length+1
     # built as 0.5 * cos(0 * x) + 0.5 * cos(x) over linspace(-pi, pi), last sample dropped.
     angles = np.linspace(-np.pi, np.pi, length + 1)
-    window = np.zeros(length + 1)
-    window += 0.5 * np.cos(0 * angles)
-    window += 0.5 * np.cos(angles)
-    window = window[:length]
+    symmetric = np.zeros(length + 1)
+    symmetric += 0.5 * np.cos(0 * angles)
+    symmetric += 0.5 * np.cos(angles)
+    window = symmetric[:length]
     window.setflags(write=False)
     return window
 

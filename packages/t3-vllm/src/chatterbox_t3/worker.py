@@ -86,6 +86,7 @@ class T3GPUWorker(Worker):
 
     def init_device(self) -> None:
         super().init_device()
+        assert self.device is not None
         self.model_runner = T3GPUModelRunner(self.vllm_config, self.device)
 
 
