@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from chatterbox_t3.config import T3_CONFIG_FILE, TINY_OVERRIDES, T3Config
 from chatterbox_t3.errors import (
@@ -236,10 +237,9 @@ def write_random_t3_checkpoint(
     generator = torch.Generator().manual_seed(seed)
     logger.info("writing a random %s T3 checkpoint to %s", size, directory)
 
-    t3 = {
-        name: _random_t3_tensor(name, shape, generator).contiguous()
-        for name, shape in t3_tensor_layout(config).items()
-    }
+    layout = t3_tensor_layout(config)
+    progress = tqdm(layout.items(), desc=f"random {size} T3 tensors", disable=size == "tiny")
+    t3 = {name: _random_t3_tensor(name, shape, generator).contiguous() for name, shape in progress}
     save_file(t3, str(directory / T3_FILE))
     del t3
     ve = {
