@@ -48,7 +48,12 @@ from chatterbox_vllm.distributed.pool import (
     ReplicaPool,
     ReplicaStatus,
 )
-from chatterbox_vllm.distributed.replica import CheckpointSource, ChunkSpec, voice_on_cpu
+from chatterbox_vllm.distributed.replica import (
+    CheckpointSource,
+    ChunkInputError,
+    ChunkSpec,
+    voice_on_cpu,
+)
 from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
 from chatterbox_vllm.params import GenerationParams
@@ -647,7 +652,14 @@ class ReplicatedChatterboxTTS:
             len(placed),
             len(self._pool.ready),
         )
-        audio, report = self._dispatcher.run(placed, voice_refs, progress=progress)
+        try:
+            audio, report = self._dispatcher.run(placed, voice_refs, progress=progress)
+        except ChunkInputError as error:
+            # Name the user's text as ChatterboxTTS does ("text 2: ..." when there are several).
+            cause = error.error
+            if error.order is None or len(requests) == 1:
+                raise cause from None
+            raise type(cause)(f"text {owners[error.order]}: {cause}") from None
 
         crossfade = round(self.config.crossfade_seconds * self.sample_rate)
         results = []

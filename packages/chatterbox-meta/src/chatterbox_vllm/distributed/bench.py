@@ -38,6 +38,8 @@ class ScalingRow:
     """One timed run."""
 
     replicas: int
+    failed_replicas: int
+    """Replicas that failed during the timed run (0 unless something broke)."""
     chunks: int
     audio_seconds: float
     wall_seconds: float
@@ -97,6 +99,7 @@ class ScalingReport:
                 f"{row.wall_seconds:>8.2f}  {row.real_time_factor:>6.3f}  "
                 f"{row.tokens_per_second:>9.1f}  {base / row.wall_seconds:>6.2f}x  "
                 f"{_same(row.difference_from_one_replica):>10}  {spread}"
+                + (f"  ({row.failed_replicas} replica(s) FAILED)" if row.failed_replicas else "")
             )
         if self.kill is not None:
             kill = self.kill
@@ -203,8 +206,7 @@ def bench_scaling(
         prepared = None if voice is None else tts.prepare_voice(voice)
         reference: GenerationResult | None = None
         for count in range(1, max_replicas + 1):
-            tts.scale(count)
-            tts.generate([WARMUP_TEXT] * count, voice=prepared, seed=seed, progress=False)
+            _ready_and_warm(tts, count, prepared, controls)
             start = time.perf_counter()
             result = tts.generate(text, voice=prepared, progress=progress, **controls)
             wall = time.perf_counter() - start
@@ -212,6 +214,7 @@ def bench_scaling(
             stats = tts.last_stats
             row = ScalingRow(
                 replicas=count,
+                failed_replicas=len(stats.dispatch.failed_replicas),
                 chunks=stats.chunks,
                 audio_seconds=result.duration_s,
                 wall_seconds=wall,
@@ -224,8 +227,23 @@ def bench_scaling(
                 "%d replica(s): %.2f s wall for %.2f s of audio", count, wall, row.audio_seconds
             )
         if kill_run and reference is not None:
+            _ready_and_warm(tts, max_replicas, prepared, controls)
             report.kill = _kill_run(tts, text, prepared, controls, reference, progress)
     return report
+
+
+def _ready_and_warm(
+    tts: ReplicatedChatterboxTTS, count: int, voice: Any, controls: dict[str, Any]
+) -> None:
+    """``count`` loaded replicas, each having spoken once (first-call costs are not timed); a
+    replica that fails here is replaced before the timed run."""
+    for _ in range(3):
+        tts.scale(count)
+        tts.generate([WARMUP_TEXT] * count, voice=voice, progress=False, **controls)
+        if not tts.last_stats.dispatch.failed_replicas:
+            return
+        tts.wait_for_replicas()
+    raise RuntimeError(f"replicas keep failing during warm-up: {tts.replica_status()}")
 
 
 def _kill_run(

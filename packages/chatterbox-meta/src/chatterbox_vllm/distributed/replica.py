@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
+from chatterbox_vllm.errors import ChatterboxError
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
 from chatterbox_vllm.params import GenerationParams
 from chatterbox_vllm.voices import Voice
@@ -37,6 +39,37 @@ if TYPE_CHECKING:
     from chatterbox_vllm.tts import ChatterboxTTS, EngineConfig
 
 logger = logging.getLogger(__name__)
+
+_REQUEST_PREFIX = re.compile(r"^text (\d+): ")
+"""How ChatterboxTTS names the failing request of a call with several."""
+
+
+class ChunkInputError(ChatterboxError):
+    """A replica rejected one chunk's input (e.g. a character T3's tokenizer cannot encode).
+
+    ``error`` is what the replica's ``ChatterboxTTS`` raised, without its request prefix;
+    ``order`` is the chunk's position in the driver's call (``None`` if it could not be told),
+    so the driver can name the user's text as ``ChatterboxTTS`` would.
+    """
+
+    def __init__(self, order: int | None, error: ChatterboxError) -> None:
+        super().__init__(order, error)
+        self.order = order
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"chunk {self.order}: {self.error}"
+
+
+def chunk_input_error(chunks: list[ChunkSpec], error: ChatterboxError) -> ChunkInputError:
+    """Maps an input error of a multi-chunk replica call back to the chunk it is about."""
+    message = str(error)
+    if len(chunks) == 1:
+        return ChunkInputError(chunks[0].order, error)
+    match = _REQUEST_PREFIX.match(message)
+    if match is None or int(match.group(1)) >= len(chunks):
+        return ChunkInputError(None, error)
+    return ChunkInputError(chunks[int(match.group(1))].order, type(error)(message[match.end() :]))
 
 
 @dataclass(frozen=True)
@@ -196,7 +229,10 @@ class ReplicaWorker:
             )
             for chunk in chunks
         ]
-        results = self._tts.generate_requests(requests, progress=False)
+        try:
+            results = self._tts.generate_requests(requests, progress=False)
+        except ChatterboxError as error:
+            raise chunk_input_error(chunks, error) from None
         audio = []
         for chunk, result in zip(chunks, results):
             if result.chunks != (chunk.text,):
