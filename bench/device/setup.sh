@@ -21,3 +21,6 @@ with open(sys.argv[2], "w") as out:
 PY
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 set +e
+# torch.compile / CUDA graphs: vLLM's fusion passes need the fp8 op schemas to exist.
+cp bench/device/compile_op_schemas.py /tmp/site/
+grep -q compile_op_schemas /tmp/site/sitecustomize.py || echo "import compile_op_schemas" >> /tmp/site/sitecustomize.py

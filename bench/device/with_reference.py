@@ -16,6 +16,8 @@ import types
 
 class _AbsentModule(types.ModuleType):
     def __getattr__(self, name: str) -> object:
+        if name.startswith("__"):  # module introspection (inspect, pickle) must see a plain module
+            raise AttributeError(name)
         raise RuntimeError(f"{self.__name__}.{name} is not available on the device machine")
 
 

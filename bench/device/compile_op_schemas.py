@@ -1,0 +1,56 @@
+"""Op schemas that vLLM 0.9.2's compilation passes reference at import time (device harness only).
+
+``vllm/compilation/fusion.py`` and friends look up fp8-quantisation ops as pattern-matching
+targets when torch.compile is on. The device's torch cannot load vLLM's compiled ``_C``, so these
+schemas (copied from vLLM 0.9.2's csrc/torch_bindings.cpp) are defined here; their kernels are
+never executed for bf16/fp32 models and raise if they ever are.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCHEMAS = {
+    "static_scaled_fp8_quant": "(Tensor(a!) result, Tensor input, Tensor scale) -> ()",
+    "dynamic_scaled_fp8_quant": "(Tensor(a!) result, Tensor input, Tensor(b!) scale) -> ()",
+    "dynamic_per_token_scaled_fp8_quant": (
+        "(Tensor(a!) result, Tensor input, Tensor(b!) scale, Tensor? scale_ub) -> ()"
+    ),
+    "rms_norm_static_fp8_quant": (
+        "(Tensor(a!) result, Tensor input, Tensor weight, Tensor scale, float epsilon) -> ()"
+    ),
+    "fused_add_rms_norm_static_fp8_quant": (
+        "(Tensor(a!) result, Tensor input, Tensor(b!) residual, Tensor weight, Tensor scale,"
+        " float epsilon) -> ()"
+    ),
+    "rms_norm_dynamic_per_token_quant": (
+        "(Tensor(a!) result, Tensor input, Tensor weight, Tensor(b!) scale, float epsilon,"
+        " Tensor? scale_ub, Tensor(c!)? residual) -> ()"
+    ),
+    "silu_and_mul_quant": "(Tensor(a!) result, Tensor input, Tensor scale) -> ()",
+}
+_libraries: list[torch.library.Library] = []
+
+
+def _not_available(name: str):
+    def kernel(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError(f"_C.{name} (fp8) is not available under the device harness")
+
+    return kernel
+
+
+def register() -> None:
+    library = torch.library.Library("_C", "FRAGMENT")
+    for name, schema in SCHEMAS.items():
+        try:
+            getattr(torch.ops._C, name)
+            continue  # already defined (a real vLLM build)
+        except (AttributeError, RuntimeError):
+            pass
+        library.define(name + schema)
+        for key in ("CUDA", "CPU"):
+            library.impl(name, _not_available(name), key)
+    _libraries.append(library)
+
+
+register()
