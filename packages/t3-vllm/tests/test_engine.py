@@ -193,3 +193,8 @@ def test_requests_are_limited_to_the_kv_cache(constrained_engine, make_voice) ->
     assert out.num_prompt_tokens + len(out.raw_token_ids) <= 192
     with pytest.raises(TextTooLongError, match="at most 192 fit"):
         constrained_engine.generate_speech_tokens([T3Request(LONG_TEXT * 2, voice, params)])
+
+
+def test_engine_owned_vllm_arguments_cannot_be_overridden(tiny_checkpoint) -> None:
+    with pytest.raises(ValueError, match="worker_cls"):
+        T3Engine.from_checkpoint(tiny_checkpoint, worker_cls="vllm.v1.worker.cpu_worker.CPUWorker")

@@ -247,6 +247,12 @@ def _engine_arguments(
     }
     if max_num_batched_tokens is not None:
         arguments["max_num_batched_tokens"] = max_num_batched_tokens
+    fixed = sorted(extra.keys() & {"model", "tokenizer", "worker_cls", "limit_mm_per_prompt"})
+    if fixed:
+        raise ValueError(
+            f"{fixed} are set by the T3 engine (its worker extension and model directory are "
+            "required for correct speech positions and CFG) and cannot be overridden"
+        )
     arguments.update(extra)
     return arguments
 
