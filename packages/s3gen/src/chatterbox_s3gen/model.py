@@ -58,7 +58,12 @@ def _as_token_tensor(tokens: object, index: int) -> torch.Tensor:
             f"token_sequences[{index}] must be a sequence of ints, got {type(tokens).__name__}"
         )
     if isinstance(tokens, torch.Tensor):
-        if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex():
+        if (
+            tokens.dim() != 1
+            or tokens.is_floating_point()
+            or tokens.is_complex()
+            or tokens.dtype == torch.bool
+        ):
             raise ValueError(
                 f"token_sequences[{index}] must be a 1-D integer tensor, got shape {tuple(tokens.shape)} "
                 f"dtype {tokens.dtype}"
