@@ -10,6 +10,7 @@ from chatterbox_vllm.errors import InvalidTextError
 from chatterbox_vllm.text import (
     MAX_TEXT_CHARS,
     chunk_chars_for_token_budget,
+    fold_accents,
     split_sentences,
     split_text,
     validate_text,
@@ -133,3 +134,13 @@ def test_hundred_thousand_characters_are_accepted_and_chunked_beyond_that_reject
 def test_unspeakable_text_is_rejected_with_a_reason(text: object, message: str) -> None:
     with pytest.raises(InvalidTextError, match=message):
         validate_text(text)
+
+
+def test_accented_letters_are_spelled_plainly_so_book_text_is_speakable() -> None:
+    # The English tokenizer has no accented letters; a book quoting "Barad-dûr" or "café" must
+    # still be read (the T3 front end rejects characters it cannot represent).
+    [chunk] = split_text("The fires of Barad-dûr lit the café\u00a0window.", 300)
+    assert chunk == "The fires of Barad-dur lit the cafe window."
+    assert fold_accents("plain ASCII stays, byte for byte.") == "plain ASCII stays, byte for byte."
+    # Characters with no plain spelling are kept so the front end can name them in its error.
+    assert fold_accents("price: 5€") == "price: 5€"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 
 from chatterbox_vllm.errors import InvalidTextError
 
@@ -114,6 +115,16 @@ def validate_text(text: object, *, max_chars: int = MAX_TEXT_CHARS) -> str:
     return text
 
 
+def fold_accents(text: str) -> str:
+    """Spells accented Latin letters without their marks (``crûsh café`` -> ``crush cafe``) and
+    replaces compatibility forms by their plain equivalents (ligatures, full-width letters,
+    no-break spaces): Chatterbox's English tokenizer has no accented letters, and a book is better
+    read with ``e`` for ``é`` than rejected. Characters with no plain form are left as they are, so
+    T3's front end can still name them in its error."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
 def split_sentences(text: str) -> list[str]:
     """Splits whitespace-normalised text into sentences, keeping their punctuation."""
     sentences = []
@@ -181,11 +192,13 @@ def _split_long(piece: str, max_chars: int, boundary: re.Pattern[str] | None) ->
 def split_text(text: str, max_chunk_chars: int) -> list[str]:
     """Splits ``text`` into chunks of at most ``max_chunk_chars`` characters (see module docs).
 
-    Text that already fits is returned unchanged as the only chunk, so a short text reaches T3's
-    front end byte-for-byte as the reference would see it.
+    Accents are folded first (:func:`fold_accents`; plain ASCII is untouched). Text that then
+    fits is returned unchanged as the only chunk, so a short text reaches T3's front end
+    byte-for-byte as the reference would see it.
     """
     if max_chunk_chars < MIN_CHUNK_CHARS:
         raise ValueError(f"max_chunk_chars must be >= {MIN_CHUNK_CHARS}, got {max_chunk_chars}")
+    text = fold_accents(text)
     if len(text) <= max_chunk_chars:
         return [text]
     normalised = " ".join(text.split())
