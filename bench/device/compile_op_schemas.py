@@ -1,8 +1,8 @@
-"""Op schemas that vLLM 0.9.2's compilation passes reference at import time (device harness only).
+"""Op stand-ins that vLLM 0.9.2's compilation passes reference at import time (device harness only).
 
 ``vllm/compilation/fusion.py`` and friends look up fp8-quantisation ops as pattern-matching
 targets when torch.compile is on. The device's torch cannot load vLLM's compiled ``_C``, so these
-schemas (copied from vLLM 0.9.2's csrc/torch_bindings.cpp) are defined here; their kernels are
+schemas (copied from vLLM 0.9.2's csrc/torch_bindings.cpp) are defined here; the fp8 kernels are
 never executed for bf16/fp32 models and raise if they ever are.
 """
 
@@ -32,6 +32,19 @@ SCHEMAS = {
 _libraries: list[torch.library.Library] = []
 
 
+def _apply_repetition_penalties(
+    logits: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    output_mask: torch.Tensor,
+    repetition_penalties: torch.Tensor,
+) -> None:
+    """vLLM's sampler calls this CUDA kernel for every batch with a repetition penalty."""
+    penalties = torch.where(
+        prompt_mask | output_mask, repetition_penalties.unsqueeze(1), torch.ones_like(logits)
+    )
+    logits.mul_(torch.where(logits > 0, 1.0 / penalties, penalties))
+
+
 def _not_available(name: str):
     def kernel(*args: object, **kwargs: object) -> None:
         raise NotImplementedError(f"_C.{name} (fp8) is not available under the device harness")
@@ -50,6 +63,15 @@ def register() -> None:
         library.define(name + schema)
         for key in ("CUDA", "CPU"):
             library.impl(name, _not_available(name), key)
+    try:
+        getattr(torch.ops._C, "apply_repetition_penalties_")
+    except (AttributeError, RuntimeError):
+        library.define(
+            "apply_repetition_penalties_(Tensor(a!) logits, Tensor prompt_mask,"
+            " Tensor output_mask, Tensor repetition_penalties) -> ()"
+        )
+        for key in ("CUDA", "CPU"):
+            library.impl("apply_repetition_penalties_", _apply_repetition_penalties, key)
     _libraries.append(library)
 
 
