@@ -150,7 +150,11 @@ def gpu(session: nox.Session) -> None:
         "pytest",
         "-m",
         "gpu",
+        "packages/t3-vllm/tests",
+        "packages/s3gen/tests",
+        "packages/chatterbox-meta/tests",
         "tests",
+        "--ignore=tests/parity",
         *session.posargs,
         env={k: v for k, v in CPU_ENV.items() if k != "OMP_NUM_THREADS"},
     )
