@@ -206,8 +206,11 @@ def test_bad_input_gets_the_same_errors_and_the_replicas_keep_working(replicated
             "Hello.", voice=(np.ones(2400, dtype=np.float32) * 0.1, 24_000), progress=False
         )
     # Raised by T3's text front end inside a replica, re-raised here as the same error type.
-    with pytest.raises(InvalidTextError):
+    with pytest.raises(InvalidTextError, match="^text contains characters"):
         replicated.generate("Hello 漢字 there.", progress=False)
+    # With several texts, the error names the user's text (not the replica's chunk batch).
+    with pytest.raises(InvalidTextError, match="^text 2: text contains characters"):
+        replicated.generate(["Fine.", "Also fine, twice over.", "Bad 漢 text."], progress=False)
     with pytest.raises(InvalidParameterError, match="unknown engine option"):
         ReplicatedChatterboxTTS.from_local("/nonexistent", replicas=1, max_num_seq=3)
     result = replicated.generate(

@@ -395,8 +395,9 @@ class ChunkDispatcher:
                     if ref in sent:
                         call = sent.pop(ref)
                         self._receive(ref, call, placement, handles, sent, results, report, bar)
-                    else:
+                    elif ref in self.pool.starting_refs:
                         self._finish_start(ref, placement, handles, report)
+                    # else: a call to a replica that failed earlier in this loop; never read
                 for handle in self.pool.expire_slow_starts():
                     report.failed_replicas.append(handle.name)
                     self._maybe_replace(handle, report)
@@ -404,7 +405,10 @@ class ChunkDispatcher:
             # Queued calls are dropped; a call already running on a replica finishes there and
             # its result is never read.
             for ref in sent:
-                ray.cancel(ref)
+                try:
+                    ray.cancel(ref)
+                except Exception as error:  # its replica is gone already
+                    logger.debug("cancel: %s", error)
             raise
         finally:
             bar.close()
@@ -462,9 +466,12 @@ class ChunkDispatcher:
         with self.pool.lock:
             planned = placement.complete(call.call_id)
         expected = {chunk.order for chunk in planned.chunks}
+        if sorted(item.order for item in audio) != sorted(expected):
+            raise RuntimeError(
+                f"{handle.name} returned chunks {sorted(item.order for item in audio)} for a call "
+                f"of {sorted(expected)}"
+            )
         for item in audio:
-            if item.order not in expected:
-                raise RuntimeError(f"{handle.name} returned chunk {item.order} it was not sent")
             if item.order in results:
                 report.duplicates_discarded += 1
                 continue
@@ -476,10 +483,6 @@ class ChunkDispatcher:
             )
             report.tokens_per_replica[handle.name] = (
                 report.tokens_per_replica.get(handle.name, 0) + item.speech_tokens
-            )
-        if len(audio) != len(expected):
-            raise RuntimeError(
-                f"{handle.name} returned {len(audio)} chunk(s) for a call of {len(expected)}"
             )
         bar.update(len(audio))
 
