@@ -55,17 +55,12 @@ def _not_available(name: str):
 def register() -> None:
     library = torch.library.Library("_C", "FRAGMENT")
     for name, schema in SCHEMAS.items():
-        try:
-            getattr(torch.ops._C, name)
+        if hasattr(torch.ops._C, name):
             continue  # already defined (a real vLLM build)
-        except (AttributeError, RuntimeError):
-            pass
         library.define(name + schema)
         for key in ("CUDA", "CPU"):
             library.impl(name, _not_available(name), key)
-    try:
-        getattr(torch.ops._C, "apply_repetition_penalties_")
-    except (AttributeError, RuntimeError):
+    if not hasattr(torch.ops._C, "apply_repetition_penalties_"):
         library.define(
             "apply_repetition_penalties_(Tensor(a!) logits, Tensor prompt_mask,"
             " Tensor output_mask, Tensor repetition_penalties) -> ()"
