@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from chatterbox_t3 import T3Engine, T3Output, T3Request, T3SamplingParams, T3Voice
+from chatterbox_t3.checkpoint import T3_FILE
 from chatterbox_t3.errors import (
     EmptyTextError,
     InvalidSamplingParameterError,
@@ -95,6 +97,19 @@ def test_cfg_weight_is_per_request(tiny_engine, make_voice) -> None:
     # Different guidance gives different speech; no CFG uses a single start-of-speech token.
     assert len({o.raw_token_ids for o in batched}) == 3
     assert batched[0].num_prompt_tokens == batched[1].num_prompt_tokens - 1
+
+
+def test_exaggeration_and_voice_steer_the_speech(tiny_engine, make_voice) -> None:
+    voice = make_voice(2)
+    text = "The quick brown fox jumps over the lazy dog."
+
+    def run(voice, exaggeration: float) -> tuple[int, ...]:
+        params = T3SamplingParams(temperature=0.0, exaggeration=exaggeration, max_new_tokens=16)
+        [out] = tiny_engine.generate_speech_tokens([T3Request(text, voice, params)])
+        return out.raw_token_ids
+
+    assert run(voice, 0.3) != run(voice, 0.9)
+    assert run(voice, 0.5) != run(make_voice(3), 0.5)
 
 
 def test_prefix_caching_never_shares_blocks_between_voices(
@@ -198,3 +213,45 @@ def test_requests_are_limited_to_the_kv_cache(constrained_engine, make_voice) ->
 def test_engine_owned_vllm_arguments_cannot_be_overridden(tiny_checkpoint) -> None:
     with pytest.raises(ValueError, match="worker_cls"):
         T3Engine.from_checkpoint(tiny_checkpoint, worker_cls="vllm.v1.worker.cpu_worker.CPUWorker")
+
+
+# ------------------------------------------------------------------------------ stop token
+STOP_STEP = 5
+
+
+@pytest.fixture(scope="module")
+def stopping_engine(
+    tiny_checkpoint: Path, tiny_engine, tiny_engine_kwargs, make_voice, tmp_path_factory
+) -> Iterator[tuple[T3Engine, T3Request]]:
+    """The tiny model with the stop token's head row set to 1.01 x the row of the token it
+    would pick at step 5: the guided logits are linear in that row, so the stop token wins
+    exactly where that token would have (random weights never stop on their own)."""
+    request = T3Request(
+        "Hello world", make_voice(1), T3SamplingParams(temperature=0.0, max_new_tokens=30)
+    )
+    [plain] = tiny_engine.generate_speech_tokens([request])
+    directory = tmp_path_factory.mktemp("t3-stopping")
+    for path in tiny_checkpoint.iterdir():
+        (directory / path.name).write_bytes(path.read_bytes())
+    state = load_file(directory / T3_FILE)
+    head = state["speech_head.weight"]
+    head[6562] = head[plain.raw_token_ids[STOP_STEP]] * 1.01
+    save_file(state, str(directory / T3_FILE))
+    engine = T3Engine.from_checkpoint(directory, **tiny_engine_kwargs)
+    yield engine, request
+    engine.shutdown()
+
+
+def test_stop_token_ends_the_utterance(stopping_engine) -> None:
+    engine, request = stopping_engine
+    [out] = engine.generate_speech_tokens([request])
+    assert out.finish_reason == "stop"
+    assert len(out.raw_token_ids) == STOP_STEP + 1 and out.raw_token_ids[-1] == 6562
+    assert 6562 not in out.token_ids
+    assert out.token_ids == tuple(t for t in out.raw_token_ids[:-1] if t < 6561)
+    # A budget that runs out first ends with "length" and no stop token.
+    short = T3Request(
+        request.text, request.voice, T3SamplingParams(temperature=0.0, max_new_tokens=3)
+    )
+    [cut] = engine.generate_speech_tokens([short])
+    assert cut.finish_reason == "length" and cut.raw_token_ids == out.raw_token_ids[:3]

@@ -186,11 +186,20 @@ def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -
 
 
 # ------------------------------------------------------------------------------------ writer
+RESIDUAL_WRITER_STD = 0.4
+"""Std of the random ``o_proj`` / ``down_proj`` weights (HF's init would be 0.02)."""
+
+
 def _random_t3_tensor(
     name: str, shape: tuple[int, ...], generator: torch.Generator
 ) -> torch.Tensor:
-    # Close to the reference's initialisation (HF Llama: N(0, 0.02) linears, unit norms; torch
-    # defaults for T3's own embeddings and heads), so random models behave like untrained ones.
+    # Mostly the reference's initialisation (HF Llama: N(0, 0.02) linears, unit norms; torch
+    # defaults for T3's own embeddings and heads). The projections that write into the residual
+    # stream are drawn larger: with 0.02 an untrained model's residual is dominated by the current
+    # token's N(0, 1) embedding, so conditioning, exaggeration and text barely steer its tokens and
+    # tests could not tell whether they are used.
+    if name.endswith(("o_proj.weight", "down_proj.weight")):
+        return torch.randn(shape, generator=generator) * RESIDUAL_WRITER_STD
     if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
         return torch.ones(shape)
     if name.endswith(".bias"):
