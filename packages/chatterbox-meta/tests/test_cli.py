@@ -97,6 +97,11 @@ def test_parser_maps_options() -> None:
             "checkpoint directory nowhere does " "not exist",
         ),
         (["speak", "--file", "missing.txt", "--model-dir", "nowhere"], "", "does not exist"),
+        (
+            ["speak", "Hello.", "--replicas", "0", "--model-dir", "nowhere"],
+            "",
+            "--replicas must be >= 1",
+        ),
     ],
 )
 def test_bad_input_exits_1_with_a_message(args: list[str], stdin: str, message: str) -> None:

@@ -33,6 +33,7 @@ from chatterbox_vllm.interfaces import (
     Vocoder,
 )
 from chatterbox_vllm.params import GenerationParams
+from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
 from chatterbox_vllm.text import MAX_TEXT_CHARS, split_text
 from chatterbox_vllm.tts import ChatterboxTTS, EngineConfig, GenerationResult, TTSRequest
 from chatterbox_vllm.voices import Voice
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidAudioError",
     "InvalidParameterError",
     "InvalidTextError",
+    "ReplicatedChatterboxTTS",
     "SilentAudioError",
     "SpeechDecoder",
     "SpeechTokenGenerator",

@@ -87,6 +87,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-watermark", action="store_true", help="do not apply the Perth watermark"
     )
 
+    scaling = parser.add_argument_group("several GPUs or machines (Ray; see docs/multi-node.md)")
+    scaling.add_argument(
+        "--replicas",
+        type=int,
+        help="run N replicas (one T3 engine + one S3Gen on one GPU each) on a Ray cluster; "
+        "with --ray-address and no --replicas: one per GPU of the cluster",
+    )
+    scaling.add_argument(
+        "--ray-address",
+        help="Ray cluster to use (HEAD_IP:6379, or auto for the cluster this machine is part "
+        "of); without it, --replicas starts a private Ray instance on this machine",
+    )
+
 
 def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation controls (defaults: chatterbox-tts 0.1.2)")
@@ -220,10 +233,38 @@ def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _replicated(args: argparse.Namespace) -> bool:
+    if args.replicas is not None and args.replicas < 1:
+        raise ChatterboxError(f"--replicas must be >= 1, got {args.replicas}")
+    return args.replicas is not None or args.ray_address is not None
+
+
+def _checkpoint_source(args: argparse.Namespace) -> Any:
+    from chatterbox_vllm.replicas import CheckpointSource
+
+    if args.model_dir is not None:
+        return CheckpointSource(model_dir=str(args.model_dir))
+    return CheckpointSource(
+        repo_id=args.repo_id,
+        revision=args.revision,
+        cache_dir=None if args.cache_dir is None else str(args.cache_dir),
+    )
+
+
 def _load(args: argparse.Namespace) -> Any:
     from chatterbox_vllm.tts import ChatterboxTTS
 
     watermark = False if args.no_watermark else None
+    if _replicated(args):
+        from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
+
+        return ReplicatedChatterboxTTS(
+            _checkpoint_source(args),
+            replicas=args.replicas,
+            address=args.ray_address,
+            watermark=watermark,
+            **_engine_overrides(args),
+        )
     if args.model_dir is not None:
         return ChatterboxTTS.from_local(
             args.model_dir, watermark=watermark, **_engine_overrides(args)
@@ -336,6 +377,8 @@ def _bench(args: argparse.Namespace) -> int:
     GenerationParams(**controls, max_tokens_per_expected_second=cap)
     if args.out is not None:
         _check_output_suffix(args.out)
+    if _replicated(args):
+        return _bench_replicas(args, text, controls, cap)
     with _GpuMemorySampler() as memory:
         load_start = time.perf_counter()
         tts = _load(args)
@@ -383,6 +426,38 @@ def _bench(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def _bench_replicas(
+    args: argparse.Namespace, text: str, controls: dict[str, Any], cap: float | None
+) -> int:
+    """``bench --replicas N``: throughput on 1..N replicas, then a run with one replica killed."""
+    import ray
+
+    from chatterbox_vllm.replicas import bench_scaling
+
+    if args.out is not None:
+        raise ChatterboxError(
+            "--out is not supported with --replicas (the benchmark runs the text several "
+            "times); use `speak --replicas` to save audio"
+        )
+    max_replicas = args.replicas
+    if max_replicas is None:  # --ray-address alone: one replica per GPU of that cluster
+        ray.init(address=args.ray_address)
+        max_replicas = max(1, int(ray.cluster_resources().get("GPU", 0)))
+    report = bench_scaling(
+        _checkpoint_source(args),
+        text,
+        max_replicas=max_replicas,
+        voice=args.voice,
+        seed=0 if controls["seed"] is None else controls["seed"],
+        max_tokens_per_expected_second=cap,
+        address=args.ray_address,
+        controls={name: value for name, value in controls.items() if name != "seed"},
+        **_engine_overrides(args),
+    )
+    print(report.format())
     return 0
 
 
