@@ -30,12 +30,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, overload
+from typing import Any
 
 from chatterbox_vllm.audio import (
     S3GEN_SAMPLE_RATE,
     AudioInput,
-    equal_power_crossfade_join,
     load_voice_audio,
 )
 from chatterbox_vllm.distributed.bench import ScalingReport, bench_scaling
@@ -56,17 +55,16 @@ from chatterbox_vllm.distributed.replica import (
 )
 from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
-from chatterbox_vllm.params import GenerationParams
-from chatterbox_vllm.text import chunk_chars_for_token_budget, split_text, validate_text
+from chatterbox_vllm.text import chunk_chars_for_token_budget, split_text
 from chatterbox_vllm.tts import (
-    CONDITIONING_POSITIONS,
     EngineConfig,
     GenerationResult,
+    SpeechFront,
     TTSRequest,
     VoiceLike,
 )
 from chatterbox_vllm.voices import Voice, audio_content_hash
-from chatterbox_vllm.watermark import Watermarker, apply_watermark, resolve_watermarker
+from chatterbox_vllm.watermark import Watermarker, resolve_watermarker
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +104,7 @@ def engine_config(config: EngineConfig | None, overrides: dict[str, Any]) -> Eng
     return replace(config or EngineConfig(), **overrides)
 
 
-class ReplicatedChatterboxTTS:
+class ReplicatedChatterboxTTS(SpeechFront):
     """:class:`~chatterbox_vllm.tts.ChatterboxTTS`'s API over Ray replicas (see the module docs).
 
     Build with :meth:`from_local` / :meth:`from_pretrained` (or the constructor with a
@@ -492,94 +490,6 @@ class ReplicatedChatterboxTTS:
 
     # ------------------------------------------------------------------ generation
 
-    @overload
-    def generate(
-        self,
-        text: str,
-        voice: VoiceLike = ...,
-        *,
-        exaggeration: float = ...,
-        cfg_weight: float = ...,
-        temperature: float = ...,
-        top_p: float = ...,
-        min_p: float = ...,
-        repetition_penalty: float = ...,
-        seed: int | None = ...,
-        max_new_tokens: int | None = ...,
-        max_tokens_per_expected_second: float | None = ...,
-        progress: bool = ...,
-    ) -> GenerationResult: ...
-
-    @overload
-    def generate(
-        self,
-        text: list[str],
-        voice: VoiceLike | list[VoiceLike] = ...,
-        *,
-        exaggeration: float = ...,
-        cfg_weight: float = ...,
-        temperature: float = ...,
-        top_p: float = ...,
-        min_p: float = ...,
-        repetition_penalty: float = ...,
-        seed: int | None = ...,
-        max_new_tokens: int | None = ...,
-        max_tokens_per_expected_second: float | None = ...,
-        progress: bool = ...,
-    ) -> list[GenerationResult]: ...
-
-    def generate(
-        self,
-        text: str | list[str],
-        voice: VoiceLike | list[VoiceLike] = None,
-        *,
-        exaggeration: float = 0.5,
-        cfg_weight: float = 0.5,
-        temperature: float = 0.8,
-        top_p: float = 1.0,
-        min_p: float = 0.05,
-        repetition_penalty: float = 1.2,
-        seed: int | None = None,
-        max_new_tokens: int | None = None,
-        max_tokens_per_expected_second: float | None = None,
-        progress: bool = True,
-    ) -> GenerationResult | list[GenerationResult]:
-        """Speaks ``text`` exactly as :meth:`ChatterboxTTS.generate` (same arguments, same
-        results; with ``seed``, the same audio), with the chunks spread over the replicas."""
-        params = GenerationParams(
-            exaggeration=exaggeration,
-            cfg_weight=cfg_weight,
-            temperature=temperature,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            max_new_tokens=self.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            max_tokens_per_expected_second=max_tokens_per_expected_second,
-        )
-        if isinstance(text, str):
-            if isinstance(voice, list):
-                raise InvalidParameterError(
-                    "a list of voices needs a list of texts (one voice per text)"
-                )
-            return self.generate_requests([TTSRequest(text, voice, params)], progress=progress)[0]
-        if not isinstance(text, list) or not text:
-            raise InvalidParameterError(
-                f"text must be a str or a non-empty list of str, got {type(text).__name__}"
-                + (" (empty list)" if isinstance(text, list) else "")
-            )
-        if isinstance(voice, list):
-            if len(voice) != len(text):
-                raise InvalidParameterError(
-                    f"got {len(text)} texts but {len(voice)} voices; pass one voice per text "
-                    "or a single voice for all"
-                )
-            voices: list[VoiceLike] = list(voice)
-        else:
-            voices = [voice] * len(text)
-        requests = [TTSRequest(t, v, params) for t, v in zip(text, voices)]
-        return self.generate_requests(requests, progress=progress)
-
     def generate_requests(
         self, requests: Sequence[TTSRequest], *, progress: bool = True
     ) -> list[GenerationResult]:
@@ -590,31 +500,9 @@ class ReplicatedChatterboxTTS:
         with self._call_lock:
             return self._generate(list(requests), progress)
 
-    def _validate(self, requests: list[TTSRequest]) -> None:
-        """The checks ``ChatterboxTTS`` makes before any engine work, with the same messages."""
-        for index, request in enumerate(requests):
-            try:
-                validate_text(request.text)
-            except ChatterboxError as error:
-                raise type(error)(
-                    f"text {index}: {error}" if len(requests) > 1 else str(error)
-                ) from None
-            if not isinstance(request.params, GenerationParams):
-                raise InvalidParameterError(
-                    f"request {index}: params must be GenerationParams, got "
-                    f"{type(request.params).__name__}"
-                )
-            budget = self.config.model_len - CONDITIONING_POSITIONS - 4 - self.config.chunk_chars
-            if request.params.max_new_tokens > budget:
-                raise InvalidParameterError(
-                    f"max_new_tokens={request.params.max_new_tokens} does not fit the engine "
-                    f"(max_model_len={self.config.model_len} leaves {budget} speech positions); "
-                    "load with a larger max_new_tokens/max_model_len"
-                )
-
     def _generate(self, requests: list[TTSRequest], progress: bool) -> list[GenerationResult]:
         start = time.perf_counter()
-        self._validate(requests)
+        self._validate_requests(requests)
         voice_start = time.perf_counter()
         voices = [self._resolve_voice(request.voice) for request in requests]
         voice_seconds = time.perf_counter() - voice_start
@@ -661,16 +549,13 @@ class ReplicatedChatterboxTTS:
                 raise cause from None
             raise type(cause)(f"text {owners[error.order]}: {cause}") from None
 
-        crossfade = round(self.config.crossfade_seconds * self.sample_rate)
         results = []
         audio_seconds = 0.0
         speech_tokens = 0
         for request_index, request in enumerate(requests):
             request_audio = [audio[o] for o, owner in enumerate(owners) if owner == request_index]
             waveforms = [item.waveform for item in request_audio]
-            joined = equal_power_crossfade_join(waveforms, crossfade)
-            if self._watermarker is not None and joined.numel():
-                joined = apply_watermark(self._watermarker, joined, self.sample_rate)
+            joined = self._join_chunks(waveforms)
             audio_seconds += joined.numel() / self.sample_rate
             speech_tokens += sum(item.speech_tokens for item in request_audio)
             results.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import threading
@@ -176,7 +177,148 @@ class GenerationStats:
     voice_seconds: float = 0.0
 
 
-class ChatterboxTTS:
+class SpeechFront(abc.ABC):
+    """What :class:`ChatterboxTTS` and ``ReplicatedChatterboxTTS`` share: the ``generate``
+    signature, the checks made before any engine work, and how chunk audio becomes one result.
+    Subclasses provide ``config``, ``sample_rate``, ``_watermarker`` and ``generate_requests``."""
+
+    config: EngineConfig
+    sample_rate: int
+    _watermarker: Watermarker | None
+
+    @abc.abstractmethod
+    def generate_requests(
+        self, requests: Sequence[TTSRequest], *, progress: bool = True
+    ) -> list[GenerationResult]:
+        """Speaks several requests, each with its own text, voice and controls."""
+
+    @overload
+    def generate(
+        self,
+        text: str,
+        voice: VoiceLike = ...,
+        *,
+        exaggeration: float = ...,
+        cfg_weight: float = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: int | None = ...,
+        max_new_tokens: int | None = ...,
+        max_tokens_per_expected_second: float | None = ...,
+        progress: bool = ...,
+    ) -> GenerationResult: ...
+
+    @overload
+    def generate(
+        self,
+        text: list[str],
+        voice: VoiceLike | list[VoiceLike] = ...,
+        *,
+        exaggeration: float = ...,
+        cfg_weight: float = ...,
+        temperature: float = ...,
+        top_p: float = ...,
+        min_p: float = ...,
+        repetition_penalty: float = ...,
+        seed: int | None = ...,
+        max_new_tokens: int | None = ...,
+        max_tokens_per_expected_second: float | None = ...,
+        progress: bool = ...,
+    ) -> list[GenerationResult]: ...
+
+    def generate(
+        self,
+        text: str | list[str],
+        voice: VoiceLike | list[VoiceLike] = None,
+        *,
+        exaggeration: float = 0.5,
+        cfg_weight: float = 0.5,
+        temperature: float = 0.8,
+        top_p: float = 1.0,
+        min_p: float = 0.05,
+        repetition_penalty: float = 1.2,
+        seed: int | None = None,
+        max_new_tokens: int | None = None,
+        max_tokens_per_expected_second: float | None = None,
+        progress: bool = True,
+    ) -> GenerationResult | list[GenerationResult]:
+        """Speaks ``text`` (a string, or a list of strings decoded together as one batch).
+
+        ``voice``: ``None`` for the built-in voice, an audio path, ``(waveform, sample_rate)`` or
+        a prepared :class:`Voice`; with a list of texts, a list gives each text its own voice.
+        Controls default to chatterbox-tts 0.1.2's; see :class:`GenerationParams` for ranges.
+        Long texts are split into chunks (see :mod:`chatterbox_vllm.text`) and joined with an
+        equal-power crossfade. Returns one :class:`GenerationResult` per text.
+        """
+        params = GenerationParams(
+            exaggeration=exaggeration,
+            cfg_weight=cfg_weight,
+            temperature=temperature,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            max_new_tokens=self.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            max_tokens_per_expected_second=max_tokens_per_expected_second,
+        )
+        if isinstance(text, str):
+            if isinstance(voice, list):
+                raise InvalidParameterError(
+                    "a list of voices needs a list of texts (one voice per text)"
+                )
+            return self.generate_requests([TTSRequest(text, voice, params)], progress=progress)[0]
+        if not isinstance(text, list) or not text:
+            raise InvalidParameterError(
+                f"text must be a str or a non-empty list of str, got {type(text).__name__}"
+                + (" (empty list)" if isinstance(text, list) else "")
+            )
+        if isinstance(voice, list):
+            if len(voice) != len(text):
+                raise InvalidParameterError(
+                    f"got {len(text)} texts but {len(voice)} voices; pass one voice per text "
+                    "or a single voice for all"
+                )
+            voices: list[VoiceLike] = list(voice)
+        else:
+            voices = [voice] * len(text)
+        requests = [TTSRequest(t, v, params) for t, v in zip(text, voices)]
+        return self.generate_requests(requests, progress=progress)
+
+    def _validate_requests(self, requests: list[TTSRequest]) -> None:
+        """Validates texts and controls before the engine sees anything (same messages for every
+        front end)."""
+        for index, request in enumerate(requests):
+            try:
+                validate_text(request.text)
+            except ChatterboxError as error:
+                raise type(error)(
+                    f"text {index}: {error}" if len(requests) > 1 else str(error)
+                ) from None
+            if not isinstance(request.params, GenerationParams):
+                raise InvalidParameterError(
+                    f"request {index}: params must be GenerationParams, got "
+                    f"{type(request.params).__name__}"
+                )
+            budget = self.config.model_len - CONDITIONING_POSITIONS - 4 - self.config.chunk_chars
+            if request.params.max_new_tokens > budget:
+                raise InvalidParameterError(
+                    f"max_new_tokens={request.params.max_new_tokens} does not fit the engine "
+                    f"(max_model_len={self.config.model_len} leaves {budget} speech positions); "
+                    "load with a larger max_new_tokens/max_model_len"
+                )
+
+    def _join_chunks(self, waveforms: list[torch.Tensor]) -> torch.Tensor:
+        """Crossfades one text's chunk audio together and watermarks the result."""
+        crossfade = round(self.config.crossfade_seconds * self.sample_rate)
+        joined = equal_power_crossfade_join(waveforms, crossfade)
+        if self._watermarker is not None and joined.numel():
+            joined = apply_watermark(self._watermarker, joined, self.sample_rate)
+        return joined
+
+
+class ChatterboxTTS(SpeechFront):
     """Chatterbox text-to-speech on vLLM.
 
     Build with :meth:`from_pretrained` (Hub) or :meth:`from_local` (a checkpoint directory), call
@@ -373,100 +515,6 @@ class ChatterboxTTS:
 
     # ------------------------------------------------------------------ generation
 
-    @overload
-    def generate(
-        self,
-        text: str,
-        voice: VoiceLike = ...,
-        *,
-        exaggeration: float = ...,
-        cfg_weight: float = ...,
-        temperature: float = ...,
-        top_p: float = ...,
-        min_p: float = ...,
-        repetition_penalty: float = ...,
-        seed: int | None = ...,
-        max_new_tokens: int | None = ...,
-        max_tokens_per_expected_second: float | None = ...,
-        progress: bool = ...,
-    ) -> GenerationResult: ...
-
-    @overload
-    def generate(
-        self,
-        text: list[str],
-        voice: VoiceLike | list[VoiceLike] = ...,
-        *,
-        exaggeration: float = ...,
-        cfg_weight: float = ...,
-        temperature: float = ...,
-        top_p: float = ...,
-        min_p: float = ...,
-        repetition_penalty: float = ...,
-        seed: int | None = ...,
-        max_new_tokens: int | None = ...,
-        max_tokens_per_expected_second: float | None = ...,
-        progress: bool = ...,
-    ) -> list[GenerationResult]: ...
-
-    def generate(
-        self,
-        text: str | list[str],
-        voice: VoiceLike | list[VoiceLike] = None,
-        *,
-        exaggeration: float = 0.5,
-        cfg_weight: float = 0.5,
-        temperature: float = 0.8,
-        top_p: float = 1.0,
-        min_p: float = 0.05,
-        repetition_penalty: float = 1.2,
-        seed: int | None = None,
-        max_new_tokens: int | None = None,
-        max_tokens_per_expected_second: float | None = None,
-        progress: bool = True,
-    ) -> GenerationResult | list[GenerationResult]:
-        """Speaks ``text`` (a string, or a list of strings decoded together as one batch).
-
-        ``voice``: ``None`` for the built-in voice, an audio path, ``(waveform, sample_rate)`` or
-        a prepared :class:`Voice`; with a list of texts, a list gives each text its own voice.
-        Controls default to chatterbox-tts 0.1.2's; see :class:`GenerationParams` for ranges.
-        Long texts are split into chunks (see :mod:`chatterbox_vllm.text`) and joined with an
-        equal-power crossfade. Returns one :class:`GenerationResult` per text.
-        """
-        params = GenerationParams(
-            exaggeration=exaggeration,
-            cfg_weight=cfg_weight,
-            temperature=temperature,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            max_new_tokens=self.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            max_tokens_per_expected_second=max_tokens_per_expected_second,
-        )
-        if isinstance(text, str):
-            if isinstance(voice, list):
-                raise InvalidParameterError(
-                    "a list of voices needs a list of texts (one voice per text)"
-                )
-            return self.generate_requests([TTSRequest(text, voice, params)], progress=progress)[0]
-        if not isinstance(text, list) or not text:
-            raise InvalidParameterError(
-                f"text must be a str or a non-empty list of str, got {type(text).__name__}"
-                + (" (empty list)" if isinstance(text, list) else "")
-            )
-        if isinstance(voice, list):
-            if len(voice) != len(text):
-                raise InvalidParameterError(
-                    f"got {len(text)} texts but {len(voice)} voices; pass one voice per text "
-                    "or a single voice for all"
-                )
-            voices: list[VoiceLike] = list(voice)
-        else:
-            voices = [voice] * len(text)
-        requests = [TTSRequest(t, v, params) for t, v in zip(text, voices)]
-        return self.generate_requests(requests, progress=progress)
-
     def generate_requests(
         self, requests: Sequence[TTSRequest], *, progress: bool = True
     ) -> list[GenerationResult]:
@@ -481,26 +529,7 @@ class ChatterboxTTS:
     def _generate(self, requests: list[TTSRequest], progress: bool) -> list[GenerationResult]:
         from chatterbox_t3 import T3Request, T3SamplingParams
 
-        # Validate everything (texts, controls, voices) before the engine sees anything.
-        for index, request in enumerate(requests):
-            try:
-                validate_text(request.text)
-            except ChatterboxError as error:
-                raise type(error)(
-                    f"text {index}: {error}" if len(requests) > 1 else str(error)
-                ) from None
-            if not isinstance(request.params, GenerationParams):
-                raise InvalidParameterError(
-                    f"request {index}: params must be GenerationParams, got "
-                    f"{type(request.params).__name__}"
-                )
-            budget = self.config.model_len - CONDITIONING_POSITIONS - 4 - self.config.chunk_chars
-            if request.params.max_new_tokens > budget:
-                raise InvalidParameterError(
-                    f"max_new_tokens={request.params.max_new_tokens} does not fit the engine "
-                    f"(max_model_len={self.config.model_len} leaves {budget} speech positions); "
-                    "load with a larger max_new_tokens/max_model_len"
-                )
+        self._validate_requests(requests)
         voice_start = time.perf_counter()
         voices = [self._resolve_voice(request.voice) for request in requests]
         voice_seconds = time.perf_counter() - voice_start
@@ -554,15 +583,12 @@ class ChatterboxTTS:
             progress=progress,
         )
 
-        crossfade = round(self.config.crossfade_seconds * self.sample_rate)
         results = []
         audio_seconds = 0.0
         for request_index, request in enumerate(requests):
             request_jobs = [job for job in jobs if job.request_index == request_index]
             waveforms = [job.waveform for job in request_jobs if job.waveform is not None]
-            joined = equal_power_crossfade_join(waveforms, crossfade)
-            if self._watermarker is not None and joined.numel():
-                joined = apply_watermark(self._watermarker, joined, self.sample_rate)
+            joined = self._join_chunks(waveforms)
             audio_seconds += joined.numel() / self.sample_rate
             results.append(
                 GenerationResult(
