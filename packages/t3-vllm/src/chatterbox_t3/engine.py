@@ -268,6 +268,31 @@ def _resolve_max_model_len(config: T3Config, max_model_len: int | None) -> int:
     return max_model_len
 
 
+def _prepare_engine(
+    checkpoint_dir: str | Path,
+    *,
+    max_model_len: int | None,
+    conditioning_device: str | None,
+    conditioning_cache_size: int,
+    cache_dir: str | Path | None,
+    **engine_options: Any,
+) -> tuple[Path, T3Frontend, dict[str, Any]]:
+    """What both engines do before starting vLLM: validate the checkpoint, derive vLLM's model
+    directory, build the front end and the engine arguments."""
+    config = T3Config.from_checkpoint_dir(checkpoint_dir)
+    model_dir = prepare_vllm_model_dir(checkpoint_dir, config, cache_dir=cache_dir)
+    length = _resolve_max_model_len(config, max_model_len)
+    frontend = T3Frontend(
+        checkpoint_dir,
+        config,
+        max_model_len=length,
+        conditioning_device=conditioning_device or _default_device(),
+        conditioning_cache_size=conditioning_cache_size,
+    )
+    arguments = _engine_arguments(model_dir, config, max_model_len=length, **engine_options)
+    return model_dir, frontend, arguments
+
+
 class T3Engine:
     """Synchronous T3 on ``vllm.LLM``; satisfies ``SpeechTokenGenerator[T3Request]``."""
 
@@ -302,22 +327,14 @@ class T3Engine:
         """
         from vllm import LLM
 
-        config = T3Config.from_checkpoint_dir(checkpoint_dir)
-        model_dir = prepare_vllm_model_dir(checkpoint_dir, config, cache_dir=cache_dir)
-        length = _resolve_max_model_len(config, max_model_len)
-        frontend = T3Frontend(
+        model_dir, frontend, arguments = _prepare_engine(
             checkpoint_dir,
-            config,
-            max_model_len=length,
-            conditioning_device=conditioning_device or _default_device(),
+            max_model_len=max_model_len,
+            conditioning_device=conditioning_device,
             conditioning_cache_size=conditioning_cache_size,
-        )
-        arguments = _engine_arguments(
-            model_dir,
-            config,
+            cache_dir=cache_dir,
             dtype=dtype,
             max_num_seqs=max_num_seqs,
-            max_model_len=length,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
@@ -405,22 +422,14 @@ class AsyncT3Engine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        config = T3Config.from_checkpoint_dir(checkpoint_dir)
-        model_dir = prepare_vllm_model_dir(checkpoint_dir, config, cache_dir=cache_dir)
-        length = _resolve_max_model_len(config, max_model_len)
-        frontend = T3Frontend(
+        model_dir, frontend, arguments = _prepare_engine(
             checkpoint_dir,
-            config,
-            max_model_len=length,
-            conditioning_device=conditioning_device or _default_device(),
+            max_model_len=max_model_len,
+            conditioning_device=conditioning_device,
             conditioning_cache_size=conditioning_cache_size,
-        )
-        arguments = _engine_arguments(
-            model_dir,
-            config,
+            cache_dir=cache_dir,
             dtype=dtype,
             max_num_seqs=max_num_seqs,
-            max_model_len=length,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
