@@ -136,7 +136,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def gpu(session: nox.Session) -> None:
-    """Tests marked `gpu` (need CUDA). On the lent device machine use tests/gpu/run-on-device.sh."""
+    """Tests marked `gpu` (need CUDA). On the lent device machine, see bench/device/setup.sh."""
     session.run_install(
         "uv",
         "sync",
