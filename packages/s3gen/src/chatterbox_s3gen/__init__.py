@@ -7,14 +7,20 @@ pluggable vocoders and ONNX export. No vLLM dependency.
     wavs = s3gen.synthesize([tokens_a, tokens_b], [voice, voice], seeds=[0, 1])
 """
 
-from chatterbox_s3gen.checkpoint import CheckpointError, write_random_s3gen_checkpoint
 from chatterbox_s3gen.config import S3GenConfig
 from chatterbox_s3gen.constants import (
     S3_TOKENIZER_SAMPLE_RATE,
     S3GEN_SAMPLE_RATE,
     SPEECH_VOCAB_SIZE,
 )
+from chatterbox_s3gen.errors import (
+    CheckpointError,
+    S3GenError,
+    S3GenInputError,
+    S3GenInputTypeError,
+)
 from chatterbox_s3gen.model import S3Gen
+from chatterbox_s3gen.random_checkpoint import write_random_s3gen_checkpoint
 from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.vocoders import (
     Vocoder,
@@ -33,6 +39,9 @@ __all__ = [
     "CheckpointError",
     "S3Gen",
     "S3GenConfig",
+    "S3GenError",
+    "S3GenInputError",
+    "S3GenInputTypeError",
     "S3GenReference",
     "Vocoder",
     "VocoderContext",

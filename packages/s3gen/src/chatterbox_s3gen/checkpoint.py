@@ -3,7 +3,11 @@ see ``tests/data/s3gen.json``) and a writer of random checkpoints in the same la
 
 A checkpoint is a directory holding ``s3gen.safetensors`` and, for non-released sizes,
 ``s3gen_config.json`` (absent means :class:`S3GenConfig` defaults, i.e. the real model). A path
-to the ``.safetensors`` file itself works too (the config is looked up next to it)."""
+to the ``.safetensors`` file itself works too (the config is looked up next to it). Every problem
+is a :class:`~chatterbox_s3gen.errors.CheckpointError` naming the file: missing, not a directory,
+truncated or corrupt (say so and suggest re-downloading instead of a safetensors traceback), or a
+layout mismatch. The random-weight writer is :mod:`chatterbox_s3gen.random_checkpoint` (it builds
+an :class:`~chatterbox_s3gen.model.S3Gen`, which loads through this module)."""
 
 from __future__ import annotations
 
@@ -11,17 +15,30 @@ import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from chatterbox_s3gen.config import S3GenConfig
 from chatterbox_s3gen.constants import CHECKPOINT_FILENAME, CONFIG_FILENAME
+from chatterbox_s3gen.errors import (
+    CheckpointError,
+    CorruptCheckpointFileError,
+    MissingCheckpointFileError,
+    NotADirectoryCheckpointError,
+)
+from chatterbox_s3gen.hift import HiFTGenerator
 
-if TYPE_CHECKING:
-    from chatterbox_s3gen.hift import HiFTGenerator
+__all__ = [
+    "CheckpointError",
+    "check_state_dict",
+    "load_checkpoint_file",
+    "load_hift",
+    "load_into",
+    "resolve_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,26 +48,46 @@ _LEGACY_WEIGHT_NORM = re.compile(r"^(.*)\.weight_(g|v)$")
 _MAX_LISTED = 12
 
 
-class CheckpointError(ValueError):
-    """The checkpoint does not match the model layout (names the offending tensors)."""
-
-
 def resolve_checkpoint(path: str | Path) -> tuple[Path, S3GenConfig]:
     """``(safetensors file, config)`` for a checkpoint directory or file."""
     path = Path(path)
     if path.is_dir():
         weights = path / CHECKPOINT_FILENAME
         config_file = path / CONFIG_FILENAME
+    elif path.is_file() and path.suffix != ".safetensors":
+        # A model directory given as some other file: say what it is, not "no checkpoint".
+        raise NotADirectoryCheckpointError(
+            f"S3Gen checkpoint path {path} is not a directory (expected a directory with "
+            f"{CHECKPOINT_FILENAME} or the .safetensors file itself)"
+        )
     else:
         weights = path
         config_file = path.parent / CONFIG_FILENAME
     if not weights.is_file():
-        raise FileNotFoundError(
+        raise MissingCheckpointFileError(
             f"no S3Gen checkpoint at {weights} (expected a directory with {CHECKPOINT_FILENAME} "
             "or the .safetensors file itself)"
         )
-    config = S3GenConfig.load(config_file) if config_file.is_file() else S3GenConfig()
-    return weights, config
+    if not config_file.is_file():
+        return weights, S3GenConfig()
+    try:
+        return weights, S3GenConfig.load(config_file)
+    except ValueError as error:
+        raise CheckpointError(f"{config_file}: {error}") from error
+
+
+def load_checkpoint_file(weights: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``.safetensors`` file, on CPU. A file safetensors cannot parse (cut short
+    by an interrupted download, or not a safetensors file) raises
+    :class:`~chatterbox_s3gen.errors.CorruptCheckpointFileError` naming it."""
+    weights = Path(weights)
+    try:
+        return load_file(str(weights))
+    except SafetensorError as error:
+        raise CorruptCheckpointFileError(
+            f"{weights} is incomplete or corrupt ({error}); delete it and download the "
+            "checkpoint again"
+        ) from error
 
 
 def _legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -132,66 +169,9 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
 
 def load_hift(checkpoint: str | Path, device: torch.device | str = "cpu") -> HiFTGenerator:
     """Only the HiFT vocoder (``mel2wav.*``) of a checkpoint, weight norm folded, eval mode."""
-    from chatterbox_s3gen.hift import HiFTGenerator
-
     weights, config = resolve_checkpoint(checkpoint)
     hift = HiFTGenerator(config)
-    state = check_state_dict(hift, load_file(str(weights)), str(weights), prefix="mel2wav.")
+    state = check_state_dict(hift, load_checkpoint_file(weights), str(weights), prefix="mel2wav.")
     hift.load_state_dict(state, strict=True)
     hift.fold_weight_norm()
     return hift.to(device).eval()
-
-
-@torch.no_grad()
-def _sanitize_random_state(model: nn.Module, generator: torch.Generator) -> None:
-    """Turn default initialisation into a plausible trained state: BatchNorm running statistics
-    near N(0, 1) inputs (and a positive tracked-batch count), LayerNorm/BN affine near identity."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-            assert module.running_var is not None and module.num_batches_tracked is not None
-            module.running_mean.copy_(
-                0.1 * torch.randn(module.running_mean.shape, generator=generator)
-            )
-            module.running_var.copy_(
-                torch.empty(module.running_var.shape).uniform_(0.5, 1.5, generator=generator)
-            )
-            module.num_batches_tracked.fill_(1000)
-        if (
-            isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm)
-            and module.weight is not None
-        ):
-            module.weight.copy_(1.0 + 0.05 * torch.randn(module.weight.shape, generator=generator))
-            module.bias.copy_(0.05 * torch.randn(module.bias.shape, generator=generator))
-
-
-def write_random_s3gen_checkpoint(directory: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a random-weight ``s3gen.safetensors`` in the released layout and return its path.
-
-    ``size="full"`` writes every one of the real model's 2490 tensors with their real names,
-    shapes and dtypes (~1.06 GB float32); ``"tiny"`` writes the same names at small sizes plus
-    ``s3gen_config.json``. Weights are PyTorch's default initialisation (deterministic in
-    ``seed``) with sane normalisation statistics; the tokenizer's mel filterbank and window are
-    the true derived values."""
-    from chatterbox_s3gen.model import S3Gen
-
-    if size not in ("tiny", "full"):
-        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
-    config = S3GenConfig.tiny() if size == "tiny" else S3GenConfig()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = S3Gen(config)
-    _sanitize_random_state(model, torch.Generator().manual_seed(seed + 1))
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    path = directory / CHECKPOINT_FILENAME
-    save_file(
-        state, str(path), metadata={"format": "pt", "chatterbox_s3gen": f"random-{size}-seed{seed}"}
-    )
-    config_path = directory / CONFIG_FILENAME
-    if size == "tiny":
-        config.save(config_path)
-    elif config_path.exists():
-        config_path.unlink()  # a stale tiny config would make the loader build the wrong sizes
-    logger.info("wrote random %s S3Gen checkpoint (%d tensors) to %s", size, len(state), path)
-    return path

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 0
-    from chatterbox_s3gen.checkpoint import write_random_s3gen_checkpoint
+    from chatterbox_s3gen.random_checkpoint import write_random_s3gen_checkpoint
 
     print(write_random_s3gen_checkpoint(args.out_dir, size=args.size, seed=args.seed))
     return 0

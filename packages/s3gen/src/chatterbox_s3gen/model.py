@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -18,7 +17,7 @@ from chatterbox_s3gen.audio import (
     check_sample_rate,
     resample,
 )
-from chatterbox_s3gen.checkpoint import load_into, resolve_checkpoint
+from chatterbox_s3gen.checkpoint import load_checkpoint_file, load_into, resolve_checkpoint
 from chatterbox_s3gen.config import S3GenConfig
 from chatterbox_s3gen.constants import (
     MEL_CHANNELS,
@@ -145,7 +144,7 @@ class S3Gen(nn.Module):
         weights, config = resolve_checkpoint(path)
         with torch.random.fork_rng(devices=[]):  # construction must not disturb the caller's RNG
             model = cls(config)
-        load_into(model, load_file(str(weights)), str(weights))
+        load_into(model, load_checkpoint_file(weights), str(weights))
         model.mel2wav.fold_weight_norm()
         model._checkpoint_dir = weights.parent
         model.set_flow_noise_seed(DEFAULT_NOISE_SEED if noise_seed is None else noise_seed)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 import torchaudio
 
+from chatterbox_s3gen.checkpoint import load_hift
 from chatterbox_s3gen.constants import MEL_CHANNELS, MEL_FMAX, MEL_HOP, MEL_N_FFT, S3GEN_SAMPLE_RATE
 from chatterbox_s3gen.hift import HiFTGenerator, draw_source_noise
 
@@ -236,8 +237,6 @@ def _hift_torch_factory(
     if options:
         raise TypeError(f"hift-torch takes only `checkpoint`, got {sorted(options)}")
     if checkpoint is not None:
-        from chatterbox_s3gen.checkpoint import load_hift
-
         return HiFTTorchVocoder(load_hift(checkpoint, device=context.device))
     if context.hift is None:
         raise ValueError(

@@ -24,14 +24,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from chatterbox_t3.config import T3_CONFIG_FILE, TINY_OVERRIDES, T3Config
+from chatterbox_t3.config import (
+    T3_CONFIG_FILE,
+    TINY_OVERRIDES,
+    VE_FILE,
+    T3Config,
+    VoiceEncoderConfig,
+)
 from chatterbox_t3.errors import (
     MissingCheckpointFileError,
     MissingTensorError,
     TensorShapeError,
     UnexpectedTensorError,
 )
-from chatterbox_t3.voice_encoder import VE_FILE, VoiceEncoderConfig
+from chatterbox_t3.tokenizer_builder import build_english_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -256,8 +262,6 @@ def write_random_t3_checkpoint(
         for name, shape in voice_encoder_tensor_layout().items()
     }
     save_file(ve, str(directory / VE_FILE))
-
-    from chatterbox_t3.tokenizer_builder import build_english_tokenizer
 
     build_english_tokenizer().save(str(directory / TOKENIZER_FILE))
     config_path = directory / T3_CONFIG_FILE

@@ -3,7 +3,9 @@
 :class:`T3Config` mirrors chatterbox-tts 0.1.2's ``T3Config`` plus its ``Llama_520M`` backbone
 settings. The real checkpoint has no config file, so :meth:`T3Config.from_checkpoint_dir` returns
 the real values unless the directory holds a ``t3_config.json`` (written for the small random
-``tiny`` checkpoints), whose keys override single fields.
+``tiny`` checkpoints), whose keys override single fields. :class:`VoiceEncoderConfig` holds the
+voice encoder's fixed settings (here rather than in :mod:`~chatterbox_t3.voice_encoder` because the
+checkpoint layouts need them and the voice encoder needs the checkpoint loaders).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 T3_CONFIG_FILE = "t3_config.json"
 """Optional file in a checkpoint directory that overrides :class:`T3Config` fields."""
@@ -161,3 +165,36 @@ TINY_OVERRIDES: Mapping[str, Any] = {
     "intermediate_size": 512,
 }
 """Fields that differ between the real layout and the ``tiny`` random test checkpoints."""
+
+
+VE_FILE = "ve.safetensors"
+"""The voice encoder's weights in a checkpoint directory."""
+
+
+@dataclass(frozen=True)
+class VoiceEncoderConfig:
+    """``VoiceEncConfig`` of the reference (only the fields inference reads)."""
+
+    sample_rate: int = 16000
+    num_mels: int = 40
+    n_fft: int = 400
+    hop_size: int = 160
+    win_size: int = 400
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    hidden_size: int = 256
+    speaker_embed_size: int = 256
+    num_lstm_layers: int = 3
+    partial_frames: int = 160
+    trim_top_db: float = 20.0
+    trim_frame_length: int = 2048
+    trim_hop_length: int = 512
+    partial_rate: float = 1.3
+    """Partials per second of audio the reference asks for (``rate=1.3``)."""
+    min_coverage: float = 0.8
+    batch_size: int = 32
+
+    @property
+    def frame_step(self) -> int:
+        """Mel frames between two partials: round((16000 / 1.3) / 160) = 77."""
+        return int(np.round((self.sample_rate / self.partial_rate) / self.partial_frames))

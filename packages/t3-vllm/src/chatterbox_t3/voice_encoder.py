@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -20,40 +19,11 @@ import torch.nn.functional as F
 from numpy.lib.stride_tricks import as_strided
 from torch import nn
 
+from chatterbox_t3.checkpoint import load_voice_encoder_state_dict
+from chatterbox_t3.config import VE_FILE, VoiceEncoderConfig
 from chatterbox_t3.errors import T3InputError
 
 logger = logging.getLogger(__name__)
-
-VE_FILE = "ve.safetensors"
-
-
-@dataclass(frozen=True)
-class VoiceEncoderConfig:
-    """``VoiceEncConfig`` of the reference (only the fields inference reads)."""
-
-    sample_rate: int = 16000
-    num_mels: int = 40
-    n_fft: int = 400
-    hop_size: int = 160
-    win_size: int = 400
-    fmin: float = 0.0
-    fmax: float = 8000.0
-    hidden_size: int = 256
-    speaker_embed_size: int = 256
-    num_lstm_layers: int = 3
-    partial_frames: int = 160
-    trim_top_db: float = 20.0
-    trim_frame_length: int = 2048
-    trim_hop_length: int = 512
-    partial_rate: float = 1.3
-    """Partials per second of audio the reference asks for (``rate=1.3``)."""
-    min_coverage: float = 0.8
-    batch_size: int = 32
-
-    @property
-    def frame_step(self) -> int:
-        """Mel frames between two partials: round((16000 / 1.3) / 160) = 77."""
-        return int(np.round((self.sample_rate / self.partial_rate) / self.partial_frames))
 
 
 # ------------------------------------------------------------------------------ signal processing
@@ -194,8 +164,6 @@ class VoiceEncoder(nn.Module):
     def from_checkpoint_dir(
         cls, directory: str | Path, *, device: str | torch.device = "cpu"
     ) -> VoiceEncoder:
-        from chatterbox_t3.checkpoint import load_voice_encoder_state_dict
-
         encoder = cls()
         encoder.load_state_dict(load_voice_encoder_state_dict(Path(directory) / VE_FILE))
         return encoder.to(device).eval()
