@@ -21,6 +21,7 @@ import torch
 from chatterbox_t3.checkpoint import TOKENIZER_FILE
 from chatterbox_t3.conditioning import ConditioningCache, ConditioningEncoder, T3Voice
 from chatterbox_t3.config import T3Config
+from chatterbox_t3.cuda_graphs import CudaGraphMode, CudaGraphPlan, check_mode, plan_cuda_graphs
 from chatterbox_t3.errors import (
     EmptyTextError,
     InvalidSamplingParameterError,
@@ -45,6 +46,9 @@ class T3Request:
     text: str
     voice: T3Voice | None
     params: T3SamplingParams = field(default_factory=T3SamplingParams)
+    text_token_ids: tuple[int, ...] | None = None
+    """``text``'s T3 text ids when already computed (:meth:`T3Frontend.text_token_ids`), so a
+    caller that checked the text first does not normalise and tokenise it twice."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,11 @@ class T3Frontend:
             raise InvalidVoiceError(f"voice must be a T3Voice, got {type(request.voice).__name__}")
         request.voice.validate_for(self.config)
         config = self.config
-        text_ids = self.text_token_ids(request.text)
+        text_ids = (
+            list(request.text_token_ids)
+            if request.text_token_ids is not None
+            else self.text_token_ids(request.text)
+        )
         num_bos = 2 if params.uses_cfg else 1  # reference: a second BOS only with CFG
         prompt_ids = (
             [config.conditioning_placeholder_id]
@@ -189,9 +197,14 @@ class T3Frontend:
             num_prompt_tokens=num_prompt_tokens,
         )
 
-    def to_output(self, request_output: Any, num_prompt_tokens: int) -> T3Output:
+    def to_output(
+        self, request_output: Any, num_prompt_tokens: int, raw: tuple[int, ...] | None = None
+    ) -> T3Output:
+        """``raw``: every id sampled so far when ``request_output`` carries only the newest
+        (vLLM's DELTA output kind)."""
         completion = request_output.outputs[0]
-        raw = tuple(int(t) for t in completion.token_ids)
+        if raw is None:
+            raw = tuple(int(t) for t in completion.token_ids)
         finished = bool(request_output.finished)
         reason = completion.finish_reason or ""
         if finished and reason not in ("stop", "length"):
@@ -213,13 +226,14 @@ def _engine_arguments(
     max_num_seqs: int,
     max_model_len: int,
     gpu_memory_utilization: float,
-    enforce_eager: bool,
+    cuda_graphs: str,
+    enforce_eager: bool | None,
     enable_prefix_caching: bool,
     max_num_batched_tokens: int | None,
     num_gpu_blocks_override: int | None,
     seed: int,
     extra: dict[str, Any],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], CudaGraphPlan]:
     from vllm.platforms import current_platform
 
     from chatterbox_t3.worker import CPU_WORKER, GPU_WORKER
@@ -238,7 +252,6 @@ def _engine_arguments(
         "max_num_seqs": max_num_seqs,
         "max_model_len": max_model_len,
         "gpu_memory_utilization": gpu_memory_utilization,
-        "enforce_eager": enforce_eager,
         "enable_prefix_caching": enable_prefix_caching,
         "num_gpu_blocks_override": num_gpu_blocks_override,
         "seed": seed,
@@ -253,8 +266,17 @@ def _engine_arguments(
             f"{fixed} are set by the T3 engine (its worker extension and model directory are "
             "required for correct speech positions and CFG) and cannot be overridden"
         )
+    extra = dict(extra)
+    plan = plan_cuda_graphs(
+        cuda_graphs,
+        dtype=dtype,
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        enforce_eager=enforce_eager,
+    )
+    arguments.update(plan.vllm_arguments(extra.pop("compilation_config", None)))
     arguments.update(extra)
-    return arguments
+    return arguments, plan
 
 
 def _resolve_max_model_len(config: T3Config, max_model_len: int | None) -> int:
@@ -276,9 +298,10 @@ def _prepare_engine(
     conditioning_cache_size: int,
     cache_dir: str | Path | None,
     **engine_options: Any,
-) -> tuple[Path, T3Frontend, dict[str, Any]]:
+) -> tuple[Path, T3Frontend, dict[str, Any], CudaGraphPlan]:
     """What both engines do before starting vLLM: validate the checkpoint, derive vLLM's model
     directory, build the front end and the engine arguments."""
+    check_mode(engine_options["cuda_graphs"])  # before any loading work
     config = T3Config.from_checkpoint_dir(checkpoint_dir)
     model_dir = prepare_vllm_model_dir(checkpoint_dir, config, cache_dir=cache_dir)
     length = _resolve_max_model_len(config, max_model_len)
@@ -289,16 +312,20 @@ def _prepare_engine(
         conditioning_device=conditioning_device or _default_device(),
         conditioning_cache_size=conditioning_cache_size,
     )
-    arguments = _engine_arguments(model_dir, config, max_model_len=length, **engine_options)
-    return model_dir, frontend, arguments
+    arguments, plan = _engine_arguments(model_dir, config, max_model_len=length, **engine_options)
+    return model_dir, frontend, arguments, plan
 
 
 class T3Engine:
     """Synchronous T3 on ``vllm.LLM``; satisfies ``SpeechTokenGenerator[T3Request]``."""
 
-    def __init__(self, llm: Any, frontend: T3Frontend) -> None:
+    def __init__(
+        self, llm: Any, frontend: T3Frontend, cuda_graph_plan: CudaGraphPlan | None = None
+    ) -> None:
         self._llm = llm
         self.frontend = frontend
+        self.cuda_graph_plan = cuda_graph_plan
+        """How ``cuda_graphs`` was resolved (mode, reason, captured batch sizes)."""
 
     @classmethod
     def from_checkpoint(
@@ -309,7 +336,8 @@ class T3Engine:
         max_num_seqs: int = 64,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
-        enforce_eager: bool = False,
+        cuda_graphs: CudaGraphMode = "auto",
+        enforce_eager: bool | None = None,
         enable_prefix_caching: bool = True,
         max_num_batched_tokens: int | None = None,
         num_gpu_blocks_override: int | None = None,
@@ -322,12 +350,17 @@ class T3Engine:
         """Validate the checkpoint, derive vLLM's model directory and start the engine.
 
         ``dtype="auto"``: bfloat16 on GPUs, float32 on CPU. ``max_model_len`` defaults to what the
-        position tables allow (conditioning + 2050 text + 4100 speech positions). Remaining
-        keyword arguments go to ``vllm.LLM``.
+        position tables allow (conditioning + 2050 text + 4100 speech positions).
+        ``cuda_graphs`` (see :mod:`chatterbox_t3.cuda_graphs`): ``"auto"`` (full graphs where the
+        attention backend supports them, piecewise otherwise, eager on CPU), ``"full"``,
+        ``"piecewise"`` or ``"off"``; ``enforce_eager=True`` is the older spelling of ``"off"``.
+        Batch sizes up to ``max_num_seqs`` are captured. A ``compilation_config`` (dict or
+        ``vllm.config.CompilationConfig``) in the keyword arguments is merged with the mode.
+        Remaining keyword arguments go to ``vllm.LLM``.
         """
         from vllm import LLM
 
-        model_dir, frontend, arguments = _prepare_engine(
+        model_dir, frontend, arguments, plan = _prepare_engine(
             checkpoint_dir,
             max_model_len=max_model_len,
             conditioning_device=conditioning_device,
@@ -336,6 +369,7 @@ class T3Engine:
             dtype=dtype,
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,
+            cuda_graphs=cuda_graphs,
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -346,7 +380,7 @@ class T3Engine:
         logger.info("starting vLLM for T3 (%s)", model_dir)
         llm = LLM(**arguments)
         frontend.limit_to_kv_cache(llm.llm_engine.vllm_config.cache_config)
-        return cls(llm, frontend)
+        return cls(llm, frontend, plan)
 
     @property
     def config(self) -> T3Config:
@@ -395,9 +429,12 @@ class T3Engine:
 class AsyncT3Engine:
     """Streaming T3 on vLLM V1's ``AsyncLLM``; satisfies ``StreamingSpeechTokenGenerator``."""
 
-    def __init__(self, engine: Any, frontend: T3Frontend) -> None:
+    def __init__(
+        self, engine: Any, frontend: T3Frontend, cuda_graph_plan: CudaGraphPlan | None = None
+    ) -> None:
         self._engine = engine
         self.frontend = frontend
+        self.cuda_graph_plan = cuda_graph_plan
 
     @classmethod
     def from_checkpoint(
@@ -408,7 +445,8 @@ class AsyncT3Engine:
         max_num_seqs: int = 64,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
-        enforce_eager: bool = False,
+        cuda_graphs: CudaGraphMode = "auto",
+        enforce_eager: bool | None = None,
         enable_prefix_caching: bool = True,
         max_num_batched_tokens: int | None = None,
         num_gpu_blocks_override: int | None = None,
@@ -422,7 +460,7 @@ class AsyncT3Engine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        model_dir, frontend, arguments = _prepare_engine(
+        model_dir, frontend, arguments, plan = _prepare_engine(
             checkpoint_dir,
             max_model_len=max_model_len,
             conditioning_device=conditioning_device,
@@ -431,6 +469,7 @@ class AsyncT3Engine:
             dtype=dtype,
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,
+            cuda_graphs=cuda_graphs,
             enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -442,7 +481,7 @@ class AsyncT3Engine:
         logger.info("starting vLLM (async) for T3 (%s)", model_dir)
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
         frontend.limit_to_kv_cache(engine.vllm_config.cache_config)
-        return cls(engine, frontend)
+        return cls(engine, frontend, plan)
 
     @property
     def config(self) -> T3Config:
@@ -457,19 +496,34 @@ class AsyncT3Engine:
     ) -> T3Voice:
         return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
 
-    async def stream_speech_tokens(self, request: T3Request) -> AsyncIterator[T3Output]:
+    async def stream_speech_tokens(
+        self, request: T3Request, *, final_only: bool = False
+    ) -> AsyncIterator[T3Output]:
         """Cumulative outputs as tokens arrive; the last item has ``finished=True``.
 
         Each item is the clean-up of everything sampled so far, so treat it as replacing the
         previous one (a mid-utterance start-of-speech id discards earlier tokens, as in the
-        reference).
+        reference). vLLM is asked for deltas and they are accumulated here: its CUMULATIVE mode
+        would copy the whole id list on every step. ``final_only=True`` yields just the final
+        item (vLLM's FINAL_ONLY: no intermediate outputs are built at all).
         """
+        from vllm.sampling_params import RequestOutputKind
+
         prepared = self.frontend.prepare(request)
+        sampling_params = prepared.sampling_params
+        sampling_params.output_kind = (
+            RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA
+        )
         request_id = f"t3-{uuid.uuid4().hex}"
-        async for output in self._engine.generate(
-            prepared.prompt, prepared.sampling_params, request_id
-        ):
-            yield self.frontend.to_output(output, prepared.num_prompt_tokens)
+        raw: list[int] = []
+        async for output in self._engine.generate(prepared.prompt, sampling_params, request_id):
+            raw.extend(int(t) for t in output.outputs[0].token_ids)
+            yield self.frontend.to_output(output, prepared.num_prompt_tokens, tuple(raw))
+
+    @property
+    def is_running(self) -> bool:
+        """False once vLLM's engine core has died (``AsyncLLM.errored``)."""
+        return not bool(getattr(self._engine, "errored", False))
 
     def shutdown(self) -> None:
         self._engine.shutdown()

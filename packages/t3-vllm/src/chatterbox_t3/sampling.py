@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chatterbox_t3.cfg import CFG_WEIGHT_KEY
+from chatterbox_t3.cfg import CFG_WEIGHT_KEY, DEFAULT_CFG_WEIGHT
 from chatterbox_t3.config import T3Config
 from chatterbox_t3.errors import InvalidSamplingParameterError
 
@@ -42,15 +42,53 @@ if TYPE_CHECKING:
     from vllm import SamplingParams
 
 
-def _check_number(name: str, value: object, low: float, high: float, *, low_open: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidSamplingParameterError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise InvalidSamplingParameterError(f"{name} must be finite, got {value!r}")
-    below = value <= low if low_open else value < low
-    if below or value > high:
-        interval = f"{'(' if low_open else '['}{low}, {high}]"
-        raise InvalidSamplingParameterError(f"{name} must lie in {interval}, got {value!r}")
+@dataclass(frozen=True)
+class ControlLimit:
+    """The accepted range of one sampling control and what it does (the single rule for it:
+    the product's controls contract and its CLI/server schema are generated from these)."""
+
+    low: float
+    high: float
+    meaning: str
+    low_open: bool = False
+
+    @property
+    def interval(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def check(self, name: str, value: object) -> None:
+        """Raises :class:`InvalidSamplingParameterError` naming ``name``, the accepted interval
+        and what the control does."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidSamplingParameterError(
+                f"{name} must be a number in {self.interval} ({self.meaning}), got "
+                f"{type(value).__name__} {value!r}"
+            )
+        if not math.isfinite(value):
+            raise InvalidSamplingParameterError(
+                f"{name} must be finite, in {self.interval} ({self.meaning}), got {value!r}"
+            )
+        below = value <= self.low if self.low_open else value < self.low
+        if below or value > self.high:
+            raise InvalidSamplingParameterError(
+                f"{name} must lie in {self.interval} ({self.meaning}), got {value!r}"
+            )
+
+
+SAMPLING_LIMITS: dict[str, ControlLimit] = {
+    # 0 is greedy (the reference divides by it and so has no 0); beyond 5 sampling is noise.
+    "temperature": ControlLimit(0.0, 5.0, "sampling temperature; 0 is greedy"),
+    "top_p": ControlLimit(0.0, 1.0, "nucleus sampling; 1 disables it", low_open=True),
+    "min_p": ControlLimit(0.0, 1.0, "min-p filter; 0 disables it"),
+    # Below 1 a "penalty" would reward repetition, which only ever loops an utterance.
+    "repetition_penalty": ControlLimit(
+        1.0, 10.0, "penalty on repeated speech tokens; 1 disables it"
+    ),
+    # Guidance extrapolates cond - uncond; past 3 the logits leave the trained distribution.
+    "cfg_weight": ControlLimit(0.0, 3.0, "classifier-free guidance weight; 0 disables it"),
+    "exaggeration": ControlLimit(0.0, 2.0, "emotion intensity; 0.5 is neutral"),
+}
+"""Accepted range of each float control of :class:`T3SamplingParams`."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +100,7 @@ class T3SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.05
     repetition_penalty: float = 1.2
-    cfg_weight: float = 0.5
+    cfg_weight: float = DEFAULT_CFG_WEIGHT
     """Classifier-free guidance weight; 0 disables CFG (one start-of-speech token, cond logits)."""
     exaggeration: float = 0.5
     """Emotion exaggeration fed to the conditioning encoder (0.5 = neutral)."""
@@ -70,13 +108,8 @@ class T3SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        inf = math.inf
-        _check_number("temperature", self.temperature, 0.0, inf, low_open=False)
-        _check_number("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _check_number("min_p", self.min_p, 0.0, 1.0, low_open=False)
-        _check_number("repetition_penalty", self.repetition_penalty, 0.0, inf, low_open=True)
-        _check_number("cfg_weight", self.cfg_weight, 0.0, inf, low_open=False)
-        _check_number("exaggeration", self.exaggeration, 0.0, inf, low_open=False)
+        for name, limit in SAMPLING_LIMITS.items():
+            limit.check(name, getattr(self, name))
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
             raise InvalidSamplingParameterError(
                 f"max_new_tokens must be an int, got {self.max_new_tokens!r}"
