@@ -9,6 +9,9 @@ Public API::
     [out] = engine.generate_speech_tokens([T3Request("Hello there.", voice, T3SamplingParams())])
     out.token_ids  # S3 codes for the decoder
 
+Every error it raises on purpose is a :class:`T3Error` (:mod:`chatterbox_t3.errors`): per-request
+:class:`T3InputError`, :class:`CheckpointError`, :class:`ConfigurationError`.
+
 Importing this package does not import vLLM; :mod:`chatterbox_t3.engine` does.
 """
 
@@ -20,14 +23,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncT3Engine",
+    "CheckpointError",
     "ConditioningEncoder",
+    "ConfigurationError",
     "EnglishTokenizer",
+    "MalformedTextError",
     "T3Config",
     "T3Engine",
+    "T3Error",
+    "T3InputError",
     "T3Output",
     "T3Request",
     "T3SamplingParams",
     "T3Voice",
+    "UnsupportedCharactersError",
     "VoiceEncoder",
     "normalize_text",
     "write_random_t3_checkpoint",
@@ -46,6 +55,13 @@ _LOCATIONS = {
     "T3Config": "chatterbox_t3.config",
     "VoiceEncoder": "chatterbox_t3.voice_encoder",
     "write_random_t3_checkpoint": "chatterbox_t3.checkpoint",
+    # The error root and the families callers sort by (all of them: chatterbox_t3.errors).
+    "T3Error": "chatterbox_t3.errors",
+    "T3InputError": "chatterbox_t3.errors",
+    "CheckpointError": "chatterbox_t3.errors",
+    "ConfigurationError": "chatterbox_t3.errors",
+    "MalformedTextError": "chatterbox_t3.errors",
+    "UnsupportedCharactersError": "chatterbox_t3.errors",
 }
 
 if TYPE_CHECKING:
@@ -53,6 +69,14 @@ if TYPE_CHECKING:
     from chatterbox_t3.conditioning import ConditioningEncoder, T3Voice
     from chatterbox_t3.config import T3Config
     from chatterbox_t3.engine import AsyncT3Engine, T3Engine, T3Output, T3Request
+    from chatterbox_t3.errors import (
+        CheckpointError,
+        ConfigurationError,
+        MalformedTextError,
+        T3Error,
+        T3InputError,
+        UnsupportedCharactersError,
+    )
     from chatterbox_t3.sampling import T3SamplingParams
     from chatterbox_t3.text import EnglishTokenizer, normalize_text
     from chatterbox_t3.voice_encoder import VoiceEncoder

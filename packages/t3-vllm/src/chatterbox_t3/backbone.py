@@ -26,6 +26,7 @@ from vllm.model_executor.layers.rotary_embedding import get_rope
 
 from chatterbox_t3.cfg import NUM_BRANCHES, as_branch_rows, as_token_rows
 from chatterbox_t3.config import T3Config
+from chatterbox_t3.errors import ConfigurationError
 from chatterbox_t3.speech_positions import LearnedPositions
 
 
@@ -76,7 +77,7 @@ class T3DualBranchAttention(nn.Module):
         super().__init__()
         tp_size = get_tensor_model_parallel_world_size()
         if config.num_attention_heads % tp_size or config.num_key_value_heads % tp_size:
-            raise ValueError(
+            raise ConfigurationError(
                 f"tensor parallel size {tp_size} must divide the attention heads "
                 f"({config.num_attention_heads}) and key/value heads ({config.num_key_value_heads})"
             )

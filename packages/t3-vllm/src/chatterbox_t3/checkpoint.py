@@ -3,7 +3,9 @@
 A Chatterbox checkpoint directory holds, for T3: ``t3_cfg.safetensors`` (292 tensors, 532M params),
 ``ve.safetensors`` (the voice encoder, 16 tensors) and ``tokenizer.json``. The loaders compare file
 contents with the layout :func:`t3_tensor_layout` derives from a :class:`T3Config` and raise a
-specific :class:`~chatterbox_t3.errors.CheckpointError` naming the first problems found.
+specific :class:`~chatterbox_t3.errors.CheckpointError` naming the first problems found (a file
+safetensors cannot parse, e.g. cut short by an interrupted download, is named as incomplete or
+corrupt, with the advice to download it again).
 
 :func:`write_random_t3_checkpoint` writes the same files with random weights (``full``: the real
 names, shapes and dtypes; ``tiny``: the same names with a shallow backbone plus ``t3_config.json``)
@@ -15,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -32,8 +35,11 @@ from chatterbox_t3.config import (
     VoiceEncoderConfig,
 )
 from chatterbox_t3.errors import (
+    ConfigurationError,
+    CorruptCheckpointFileError,
     MissingCheckpointFileError,
     MissingTensorError,
+    NotADirectoryCheckpointError,
     TensorShapeError,
     UnexpectedTensorError,
 )
@@ -119,6 +125,21 @@ def _require_file(path: Path) -> None:
         raise MissingCheckpointFileError(f"checkpoint file not found: {path}")
 
 
+@contextmanager
+def _open_safetensors(path: Path) -> Iterator[Any]:
+    """``safe_open`` whose parse errors (also those raised while tensors are read) become
+    :class:`CorruptCheckpointFileError` naming the file instead of a bare safetensors error."""
+    _require_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
+    except SafetensorError as error:
+        raise CorruptCheckpointFileError(
+            f"{path} is incomplete or corrupt ({error}); delete it and download the checkpoint "
+            "again"
+        ) from error
+
+
 def _describe(names: Iterable[str], layout: Mapping[str, tuple[int, ...]] | None = None) -> str:
     names = sorted(names)
     shown = [f"{n!r} {list(layout[n])}" if layout else repr(n) for n in names[:5]]
@@ -134,8 +155,7 @@ def _names(handle: Any) -> list[str]:
 def check_tensor_layout(path: str | Path, expected: Mapping[str, tuple[int, ...]]) -> None:
     """Raise if the safetensors file's names or shapes differ from ``expected`` (header only)."""
     path = Path(path)
-    _require_file(path)
-    with safe_open(str(path), framework="pt") as handle:
+    with _open_safetensors(path) as handle:
         shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in _names(handle)}
     missing = expected.keys() - shapes.keys()
     if missing:
@@ -166,7 +186,7 @@ def load_t3_state_dict(
     """The T3 tensors (validated against ``config``), optionally only names with given prefixes."""
     check_tensor_layout(path, t3_tensor_layout(config))
     state: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as handle:
+    with _open_safetensors(Path(path)) as handle:
         for name in _names(handle):
             if only_prefixes is None or name.startswith(only_prefixes):
                 state[name] = handle.get_tensor(name)
@@ -176,13 +196,18 @@ def load_t3_state_dict(
 def load_voice_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The voice-encoder tensors of ``ve.safetensors`` (validated)."""
     check_tensor_layout(path, voice_encoder_tensor_layout())
-    with safe_open(str(path), framework="pt") as handle:
+    with _open_safetensors(Path(path)) as handle:
         return {name: handle.get_tensor(name) for name in _names(handle)}
 
 
 def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -> T3Config:
     """Validate the T3 files of a checkpoint directory; returns its configuration."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryCheckpointError(
+            f"checkpoint directory {directory} is not a directory (expected a directory holding "
+            f"{T3_FILE}, {VE_FILE} and {TOKENIZER_FILE})"
+        )
     if not directory.is_dir():
         raise MissingCheckpointFileError(f"checkpoint directory not found: {directory}")
     config = config or T3Config.from_checkpoint_dir(directory)
@@ -245,7 +270,7 @@ def write_random_t3_checkpoint(
     ``t3_config.json`` recording that. Both get a ``tokenizer.json`` in the real layout.
     """
     if size not in ("tiny", "full"):
-        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+        raise ConfigurationError(f"size must be 'tiny' or 'full', got {size!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = T3Config(**TINY_OVERRIDES) if size == "tiny" else T3Config()

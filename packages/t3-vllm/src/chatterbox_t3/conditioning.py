@@ -17,16 +17,16 @@ import hashlib
 import logging
 import math
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cachetools import LRUCache
 from torch import nn
 
 from chatterbox_t3.config import T3Config
-from chatterbox_t3.errors import InvalidVoiceError
+from chatterbox_t3.errors import ConfigurationError, InvalidVoiceError
 
 logger = logging.getLogger(__name__)
 
@@ -225,14 +225,18 @@ class ConditioningEncoder(nn.Module):
 
 
 class ConditioningCache:
-    """Thread-safe LRU of conditioning tensors keyed by (voice content hash, exaggeration)."""
+    """Thread-safe LRU (``cachetools.LRUCache``) of conditioning tensors keyed by (voice content
+    hash, exaggeration); ``max_entries=0`` computes every time and keeps nothing."""
 
     def __init__(self, encoder: ConditioningEncoder, max_entries: int = 256) -> None:
-        if max_entries < 0:
-            raise ValueError(f"max_entries must be >= 0, got {max_entries}")
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 0:
+            raise ConfigurationError(f"max_entries must be an int >= 0, got {max_entries!r}")
         self.encoder = encoder
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, float], torch.Tensor] = OrderedDict()
+        # LRUCache(maxsize=0) refuses every insertion, so "no cache" is simply no LRUCache.
+        self._entries: LRUCache[tuple[str, float], torch.Tensor] | None = (
+            LRUCache(maxsize=max_entries) if max_entries else None
+        )
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -241,19 +245,18 @@ class ConditioningCache:
         """Conditioning rows on the CPU (float32); computed on a miss."""
         key = (voice.content_hash, float(exaggeration))
         with self._lock:
-            cached = self._entries.get(key)
+            # LRUCache.get marks the entry most recently used.
+            cached = self._entries.get(key) if self._entries is not None else None
             if cached is not None:
-                self._entries.move_to_end(key)
                 self.hits += 1
                 return cached
+        # Computed outside the lock so other voices are not held up behind this one.
         rows = self.encoder(voice, exaggeration).to("cpu", torch.float32).contiguous()
         with self._lock:
             self.misses += 1
-            if self.max_entries:
+            if self._entries is not None:
                 self._entries[key] = rows
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
         return rows
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) if self._entries is not None else 0

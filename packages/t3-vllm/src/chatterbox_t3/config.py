@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from chatterbox_t3.errors import CheckpointError, ConfigurationError
+
 T3_CONFIG_FILE = "t3_config.json"
 """Optional file in a checkpoint directory that overrides :class:`T3Config` fields."""
 
@@ -68,26 +70,26 @@ class T3Config:
             value = getattr(self, f.name)
             kinds = (int,) if f.type == "int" else (int, float)
             if isinstance(value, bool) or not isinstance(value, kinds):
-                raise ValueError(f"T3Config.{f.name} must be {f.type}, got {value!r}")
+                raise ConfigurationError(f"T3Config.{f.name} must be {f.type}, got {value!r}")
             # Every size/count/factor is positive; only the stop text id is legitimately 0.
             if f.name != "stop_text_token" and not value > 0:
-                raise ValueError(f"T3Config.{f.name} must be positive, got {value!r}")
+                raise ConfigurationError(f"T3Config.{f.name} must be positive, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise ConfigurationError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
         if self.hidden_size % self.perceiver_heads:
-            raise ValueError(
+            raise ConfigurationError(
                 f"hidden_size ({self.hidden_size}) must divide into perceiver_heads "
                 f"({self.perceiver_heads})"
             )
         for name in ("start_text_token", "stop_text_token"):
             if not 0 <= getattr(self, name) < self.text_tokens_dict_size:
-                raise ValueError(f"{name} must lie in [0, {self.text_tokens_dict_size})")
+                raise ConfigurationError(f"{name} must lie in [0, {self.text_tokens_dict_size})")
         for name in ("start_speech_token", "stop_speech_token"):
             if not 0 <= getattr(self, name) < self.speech_tokens_dict_size:
-                raise ValueError(f"{name} must lie in [0, {self.speech_tokens_dict_size})")
+                raise ConfigurationError(f"{name} must lie in [0, {self.speech_tokens_dict_size})")
 
     # ----------------------------------------------------------------------------- derived sizes
     @property
@@ -140,7 +142,9 @@ class T3Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown T3Config fields {unknown}; known: {sorted(known)}")
+            raise ConfigurationError(
+                f"{source}: unknown T3Config fields {unknown}; known: {sorted(known)}"
+            )
         return cls(**dict(values))
 
     @classmethod
@@ -152,10 +156,14 @@ class T3Config:
         try:
             values = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+            raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a JSON object of T3Config fields")
-        return cls.from_dict(values, source=str(path))
+            raise CheckpointError(f"{path} must hold a JSON object of T3Config fields")
+        try:
+            return cls.from_dict(values, source=str(path))
+        except ConfigurationError as exc:
+            # The file is part of the checkpoint: a bad value there is a checkpoint problem.
+            raise CheckpointError(str(exc)) from exc
 
 
 TINY_OVERRIDES: Mapping[str, Any] = {

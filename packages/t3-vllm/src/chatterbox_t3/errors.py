@@ -1,9 +1,19 @@
-"""Exceptions raised by chatterbox_t3 (all before anything reaches vLLM)."""
+"""Exceptions raised by chatterbox_t3, all under one root, :class:`T3Error`.
+
+Three families: :class:`T3InputError` (a request, text, voice or sampling setting; raised before
+anything reaches vLLM, so the engine keeps serving), :class:`CheckpointError` (the files T3 loads)
+and :class:`ConfigurationError` (engine/model settings). Each keeps :class:`ValueError` as a second
+base (missing files also :class:`FileNotFoundError`), so handlers of the built-ins keep working.
+"""
 
 from __future__ import annotations
 
 
-class T3InputError(ValueError):
+class T3Error(Exception):
+    """Root of every error chatterbox_t3 raises on purpose."""
+
+
+class T3InputError(T3Error, ValueError):
     """A request, voice or sampling setting that T3 cannot accept."""
 
 
@@ -29,6 +39,19 @@ class UnsupportedCharactersError(T3InputError):
         )
 
 
+class MalformedTextError(T3InputError):
+    """The text is not valid Unicode: it holds a lone surrogate (half of a UTF-16 pair, e.g. from
+    a badly decoded file), which no tokenizer or encoder can represent."""
+
+    def __init__(self, position: int, character: str) -> None:
+        self.position = position
+        self.code_point = ord(character)
+        super().__init__(
+            f"text is not valid Unicode: lone surrogate U+{self.code_point:04X} at position "
+            f"{position} (half of a UTF-16 pair; decode the source text correctly or remove it)"
+        )
+
+
 class InvalidSamplingParameterError(T3InputError):
     """A sampling parameter outside its accepted range."""
 
@@ -41,12 +64,25 @@ class MissingConditioningError(T3InputError):
     """A request without a voice to condition on."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing or does not have the expected tensor layout."""
+class ConfigurationError(T3Error, ValueError):
+    """A model or engine setting T3 does not support (not a per-request input)."""
+
+
+class CheckpointError(T3Error, ValueError):
+    """A checkpoint file is missing, unreadable or does not have the expected tensor layout."""
 
 
 class MissingCheckpointFileError(CheckpointError, FileNotFoundError):
     """A file the checkpoint directory must contain is absent."""
+
+
+class NotADirectoryCheckpointError(CheckpointError, NotADirectoryError):
+    """The checkpoint directory given is a file."""
+
+
+class CorruptCheckpointFileError(CheckpointError):
+    """A checkpoint file exists but cannot be read: truncated (an interrupted download) or not a
+    safetensors file at all."""
 
 
 class MissingTensorError(CheckpointError):

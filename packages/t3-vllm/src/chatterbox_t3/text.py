@@ -4,18 +4,27 @@ Both reproduce chatterbox-tts 0.1.2 (``punc_norm`` in ``tts.py`` and ``EnTokeniz
 deliberate difference is that characters the tokenizer cannot represent are rejected by default
 (:class:`~chatterbox_t3.errors.UnsupportedCharactersError` names them) instead of silently becoming
 ``[UNK]``, which the model was not trained to speak. ``EnglishTokenizer(path, unknown="unk")`` keeps
-the reference behaviour.
+the reference behaviour. Text that is not valid Unicode (a lone surrogate) is rejected by both with
+:class:`~chatterbox_t3.errors.MalformedTextError` naming the position and code point (the Rust
+tokenizer would raise a bare ``TypeError``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Literal
 
 from tokenizers import Tokenizer
 
-from chatterbox_t3.errors import UnsupportedCharactersError
+from chatterbox_t3.errors import (
+    CheckpointError,
+    ConfigurationError,
+    MalformedTextError,
+    MissingCheckpointFileError,
+    UnsupportedCharactersError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +52,21 @@ _PUNCTUATION_REPLACEMENTS = (
     ("’", "'"),
 )
 _SENTENCE_ENDINGS = (".", "!", "?", "-", ",")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(text: str) -> None:
+    """Raise :class:`MalformedTextError` at the first lone surrogate of ``text``. A Python ``str``
+    never holds a valid surrogate pair (those decode to one code point), so any surrogate is one."""
+    match = _SURROGATE.search(text)
+    if match is not None:
+        raise MalformedTextError(match.start(), match.group())
 
 
 def normalize_text(text: str) -> str:
     """Clean punctuation the way the reference's ``punc_norm`` does, step for step."""
+    # Checked on the raw text so the reported position is the caller's.
+    check_unicode(text)
     if len(text) == 0:
         return EMPTY_TEXT_REPLACEMENT
     # Checked before whitespace is collapsed, so a leading space prevents capitalisation.
@@ -71,18 +91,16 @@ class EnglishTokenizer:
         self, tokenizer_file: str | Path, *, unknown: Literal["error", "unk"] = "error"
     ) -> None:
         if unknown not in ("error", "unk"):
-            raise ValueError(f"unknown must be 'error' or 'unk', got {unknown!r}")
+            raise ConfigurationError(f"unknown must be 'error' or 'unk', got {unknown!r}")
         path = Path(tokenizer_file)
         if not path.is_file():
-            from chatterbox_t3.errors import MissingCheckpointFileError
-
             raise MissingCheckpointFileError(f"tokenizer file not found: {path}")
         self._tokenizer = Tokenizer.from_file(str(path))
         self.unknown = unknown
         vocab = self._tokenizer.get_vocab()
         missing = [t for t in (START_TEXT, STOP_TEXT, UNKNOWN, SPACE) if t not in vocab]
         if missing:
-            raise ValueError(f"{path} lacks the special tokens {missing}")
+            raise CheckpointError(f"{path} lacks the special tokens {missing}")
         self.start_id = vocab[START_TEXT]
         self.stop_id = vocab[STOP_TEXT]
         self.unknown_id = vocab[UNKNOWN]
@@ -91,6 +109,7 @@ class EnglishTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` (already normalised); raises on unrepresentable characters."""
+        check_unicode(text)
         encoding = self._tokenizer.encode(text.replace(" ", SPACE))
         ids = list(encoding.ids)
         if self.unknown == "error" and self.unknown_id in ids:

@@ -46,7 +46,7 @@ from vllm.sequence import IntermediateTensors
 from chatterbox_t3.backbone import T3Backbone
 from chatterbox_t3.cfg import NUM_BRANCHES, branch_inputs, guided_logits
 from chatterbox_t3.config import T3Config
-from chatterbox_t3.errors import UnexpectedTensorError
+from chatterbox_t3.errors import CheckpointError, UnexpectedTensorError
 from chatterbox_t3.speech_positions import T3StepContext
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def t3_config_of(vllm_config: VllmConfig) -> T3Config:
     """The :class:`T3Config` stored in the derived ``config.json`` under ``t3_config``."""
     values = getattr(vllm_config.model_config.hf_config, "t3_config", None)
     if not isinstance(values, dict):
-        raise ValueError(
+        raise CheckpointError(
             "config.json has no 't3_config' entry; build the model directory with "
             "chatterbox_t3.model_dir.prepare_vllm_model_dir"
         )
