@@ -5,6 +5,10 @@ pluggable vocoders and ONNX export. No vLLM dependency.
     s3gen = S3Gen.from_checkpoint("path/to/checkpoint_dir", device="cuda")
     voice = s3gen.embed_ref(wav, sample_rate)
     wavs = s3gen.synthesize([tokens_a, tokens_b], [voice, voice], seeds=[0, 1])
+
+Every error it raises on purpose is an :class:`S3GenError` (:mod:`chatterbox_s3gen.errors`): bad
+arguments :class:`S3GenInputError`, broken files :class:`CheckpointError`, unsupported sizes
+:class:`ConfigurationError`.
 """
 
 from chatterbox_s3gen.config import S3GenConfig
@@ -15,6 +19,7 @@ from chatterbox_s3gen.constants import (
 )
 from chatterbox_s3gen.errors import (
     CheckpointError,
+    ConfigurationError,
     S3GenError,
     S3GenInputError,
     S3GenInputTypeError,
@@ -37,6 +42,7 @@ __all__ = [
     "S3_TOKENIZER_SAMPLE_RATE",
     "SPEECH_VOCAB_SIZE",
     "CheckpointError",
+    "ConfigurationError",
     "S3Gen",
     "S3GenConfig",
     "S3GenError",

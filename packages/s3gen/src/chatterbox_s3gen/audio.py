@@ -15,6 +15,7 @@ import torchaudio
 from torch import nn
 
 from chatterbox_s3gen.constants import MEL_CHANNELS, MEL_FMAX, MEL_HOP, MEL_N_FFT, S3GEN_SAMPLE_RATE
+from chatterbox_s3gen.errors import S3GenInputError, S3GenInputTypeError
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +134,11 @@ def resample(wav: torch.Tensor, source_rate: int, target_rate: int) -> torch.Ten
 
 def check_sample_rate(sample_rate: object, argument: str = "sample_rate") -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
-        raise TypeError(
+        raise S3GenInputTypeError(
             f"{argument} must be an int (Hz), got {type(sample_rate).__name__} {sample_rate!r}"
         )
     if sample_rate <= 0:
-        raise ValueError(f"{argument} must be a positive number of Hz, got {sample_rate}")
+        raise S3GenInputError(f"{argument} must be a positive number of Hz, got {sample_rate}")
     return int(sample_rate)
 
 
@@ -151,11 +152,13 @@ def as_mono_waveform(wav: object, argument: str = "wav") -> torch.Tensor:
     if isinstance(wav, np.ndarray):
         wav = torch.from_numpy(np.ascontiguousarray(wav))
     if not isinstance(wav, torch.Tensor):
-        raise TypeError(
+        raise S3GenInputTypeError(
             f"{argument} must be a torch.Tensor or numpy array, got {type(wav).__name__}"
         )
     if not (wav.is_floating_point() or wav.dtype in (torch.int16, torch.int32)):
-        raise TypeError(f"{argument} must hold float samples in [-1, 1], got dtype {wav.dtype}")
+        raise S3GenInputTypeError(
+            f"{argument} must hold float samples in [-1, 1], got dtype {wav.dtype}"
+        )
     if wav.dtype == torch.int16:
         wav = wav.float() / 32768.0
     elif wav.dtype == torch.int32:
@@ -163,7 +166,7 @@ def as_mono_waveform(wav: object, argument: str = "wav") -> torch.Tensor:
     if wav.dim() == 2:
         channels = wav.shape[0]
         if channels > MAX_CHANNELS:
-            raise ValueError(
+            raise S3GenInputError(
                 f"{argument} has shape {tuple(wav.shape)}; 2-D audio must be (channels, samples) "
                 f"with at most {MAX_CHANNELS} channels (as torchaudio.load returns). Transpose "
                 "(samples, channels) arrays such as soundfile's first."
@@ -172,19 +175,19 @@ def as_mono_waveform(wav: object, argument: str = "wav") -> torch.Tensor:
             logger.info("%s: averaging %d channels to mono", argument, channels)
         wav = wav.float().mean(dim=0)
     elif wav.dim() != 1:
-        raise ValueError(
+        raise S3GenInputError(
             f"{argument} must be 1-D (samples,) or 2-D (channels, samples), got shape {tuple(wav.shape)}"
         )
     wav = wav.to(torch.float32)
     if wav.numel() == 0:
-        raise ValueError(f"{argument} is empty (0 samples)")
+        raise S3GenInputError(f"{argument} is empty (0 samples)")
     finite = torch.isfinite(wav)
     if not bool(finite.all()):
         bad = int((~finite).sum())
-        raise ValueError(f"{argument} contains {bad} NaN/Inf samples; clean the audio first")
+        raise S3GenInputError(f"{argument} contains {bad} NaN/Inf samples; clean the audio first")
     peak = float(wav.abs().max())
     if peak < SILENCE_PEAK:
-        raise ValueError(
+        raise S3GenInputError(
             f"{argument} is silent (peak amplitude {peak:.2e} < {SILENCE_PEAK:g}); a voice reference "
             "needs audible speech"
         )

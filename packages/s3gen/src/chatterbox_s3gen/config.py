@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from chatterbox_s3gen.constants import MEL_HOP
+from chatterbox_s3gen.errors import ConfigurationError
 
 
 def _tuple3(value: Any) -> tuple[int, ...]:
@@ -76,33 +77,37 @@ class S3GenConfig:
         if self.tokenizer_state % self.tokenizer_heads or (
             self.tokenizer_state // self.tokenizer_heads != 64
         ):
-            raise ValueError(
+            raise ConfigurationError(
                 "tokenizer_state / tokenizer_heads must be 64 (S3TokenizerV2's rotary table); got "
                 f"{self.tokenizer_state} / {self.tokenizer_heads}"
             )
         if self.encoder_dim % self.encoder_heads:
-            raise ValueError(
+            raise ConfigurationError(
                 f"encoder_dim ({self.encoder_dim}) must be divisible by encoder_heads "
                 f"({self.encoder_heads})"
             )
         hop = math.prod(self.hift_upsample_rates) * self.hift_istft_hop
         if hop != MEL_HOP:
-            raise ValueError(
+            raise ConfigurationError(
                 f"prod(hift_upsample_rates) * hift_istft_hop must be {MEL_HOP} samples per mel "
                 f"frame; got {hop}"
             )
         n_levels = len(self.hift_upsample_rates)
         for name in ("hift_upsample_kernel_sizes", "hift_source_resblock_kernel_sizes"):
             if len(getattr(self, name)) != n_levels:
-                raise ValueError(f"{name} needs one entry per upsampling level ({n_levels})")
+                raise ConfigurationError(
+                    f"{name} needs one entry per upsampling level ({n_levels})"
+                )
         if len(self.hift_resblock_kernel_sizes) != len(self.hift_resblock_dilations):
-            raise ValueError(
+            raise ConfigurationError(
                 "hift_resblock_kernel_sizes and hift_resblock_dilations differ in length"
             )
         if self.hift_base_channels % (2**n_levels):
-            raise ValueError(f"hift_base_channels must be divisible by {2**n_levels}")
+            raise ConfigurationError(f"hift_base_channels must be divisible by {2**n_levels}")
         if len(self.speaker_block_layers) != 3:
-            raise ValueError("speaker_block_layers needs three entries (CAMPPlus has three blocks)")
+            raise ConfigurationError(
+                "speaker_block_layers needs three entries (CAMPPlus has three blocks)"
+            )
 
     @classmethod
     def tiny(cls) -> S3GenConfig:
@@ -139,7 +144,9 @@ class S3GenConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown S3GenConfig fields {unknown}; known fields: {sorted(known)}")
+            raise ConfigurationError(
+                f"unknown S3GenConfig fields {unknown}; known fields: {sorted(known)}"
+            )
         values = dict(data)
         for f in dataclasses.fields(cls):
             if f.name not in values:
@@ -161,7 +168,7 @@ class S3GenConfig:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+            raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object of S3GenConfig fields")
+            raise ConfigurationError(f"{path} must hold a JSON object of S3GenConfig fields")
         return cls.from_dict(data)

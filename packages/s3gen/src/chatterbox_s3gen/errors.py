@@ -1,10 +1,11 @@
 """Exceptions raised by chatterbox_s3gen, all under one root, :class:`S3GenError`.
 
-Two families: :class:`S3GenInputError` (a token sequence, reference, waveform, seed or option the
-caller passed; nothing about the model changes and the same ``S3Gen`` keeps working) and
-:class:`CheckpointError` (the files S3Gen loads from). Both keep :class:`ValueError` as a second base
-(and the type-shaped input errors :class:`TypeError`, missing files :class:`FileNotFoundError`), so
-code written against the built-in exceptions keeps catching them.
+Three families: :class:`S3GenInputError` (a token sequence, reference, waveform, seed or option the
+caller passed; nothing about the model changes and the same ``S3Gen`` keeps working),
+:class:`CheckpointError` (the files S3Gen loads from) and :class:`ConfigurationError` (an
+:class:`~chatterbox_s3gen.config.S3GenConfig` or writer setting). All keep :class:`ValueError` as a
+second base (type-shaped input errors also :class:`TypeError`, missing files
+:class:`FileNotFoundError`), so code written against the built-in exceptions keeps catching them.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ class S3GenInputTypeError(S3GenInputError, TypeError):
     """An argument of the wrong type (e.g. a string where speech-token ids are expected)."""
 
 
+class ConfigurationError(S3GenError, ValueError):
+    """Model sizes or tool settings S3Gen does not support (an invalid ``S3GenConfig``; read from
+    a checkpoint's ``s3gen_config.json`` it is reported as a :class:`CheckpointError`)."""
+
+
 class CheckpointError(S3GenError, ValueError):
     """A checkpoint file is missing, unreadable or does not match the S3Gen layout (the message
     names the file and the offending tensors)."""
 
 
 class MissingCheckpointFileError(CheckpointError, FileNotFoundError):
-    """No checkpoint at the given path."""
+    """No checkpoint (or exported ONNX vocoder) at the given path."""
 
 
 class NotADirectoryCheckpointError(CheckpointError, NotADirectoryError):

@@ -27,6 +27,7 @@ from chatterbox_s3gen.constants import (
     TOKEN_MEL_RATIO,
     TRIM_SAMPLES,
 )
+from chatterbox_s3gen.errors import S3GenInputError, S3GenInputTypeError
 from chatterbox_s3gen.flow import CausalMaskedDiffWithXvec
 from chatterbox_s3gen.hift import HiFTGenerator
 from chatterbox_s3gen.reference import S3GenReference
@@ -53,7 +54,7 @@ def _trim_fade() -> torch.Tensor:
 
 def _as_token_tensor(tokens: object, index: int) -> torch.Tensor:
     if isinstance(tokens, str | bytes):
-        raise TypeError(
+        raise S3GenInputTypeError(
             f"token_sequences[{index}] must be a sequence of ints, got {type(tokens).__name__}"
         )
     if isinstance(tokens, torch.Tensor):
@@ -63,7 +64,7 @@ def _as_token_tensor(tokens: object, index: int) -> torch.Tensor:
             or tokens.is_complex()
             or tokens.dtype == torch.bool
         ):
-            raise ValueError(
+            raise S3GenInputError(
                 f"token_sequences[{index}] must be a 1-D integer tensor, got shape {tuple(tokens.shape)} "
                 f"dtype {tokens.dtype}"
             )
@@ -72,19 +73,19 @@ def _as_token_tensor(tokens: object, index: int) -> torch.Tensor:
         try:
             values = list(tokens)  # type: ignore[call-overload]
         except TypeError:
-            raise TypeError(
+            raise S3GenInputTypeError(
                 f"token_sequences[{index}] must be a sequence of ints, got {type(tokens).__name__}"
             ) from None
         if not all(hasattr(v, "__index__") and not isinstance(v, bool) for v in values):
-            raise TypeError(f"token_sequences[{index}] must contain ints")
+            raise S3GenInputTypeError(f"token_sequences[{index}] must contain ints")
         ids = torch.tensor([v.__index__() for v in values], dtype=torch.int64)
     if ids.numel() == 0:
-        raise ValueError(
+        raise S3GenInputError(
             f"token_sequences[{index}] is empty; S3Gen needs at least one speech token"
         )
     bad = ids[(ids < 0) | (ids >= SPEECH_VOCAB_SIZE)]
     if bad.numel():
-        raise ValueError(
+        raise S3GenInputError(
             f"token_sequences[{index}] has {bad.numel()} id(s) outside [0, {SPEECH_VOCAB_SIZE}), e.g. "
             f"{bad[:5].tolist()}; drop start/stop and other control tokens first"
         )
@@ -138,7 +139,7 @@ class S3Gen(nn.Module):
         :func:`~chatterbox_s3gen.available_vocoders`) or a vocoder object."""
         for name, value in (("dtype", dtype), ("vocoder_dtype", vocoder_dtype)):
             if value not in (torch.float32, torch.bfloat16, torch.float16):
-                raise ValueError(
+                raise S3GenInputError(
                     f"{name} must be torch.float32, torch.bfloat16 or torch.float16, got {value}"
                 )
         weights, config = resolve_checkpoint(path)
@@ -197,7 +198,7 @@ class S3Gen(nn.Module):
             or noise.shape[:2] != (1, MEL_CHANNELS)
         ):
             shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-            raise ValueError(
+            raise S3GenInputError(
                 f"flow_noise must be a [1, {MEL_CHANNELS}, frames] tensor, got {shape}"
             )
         if (
@@ -205,7 +206,7 @@ class S3Gen(nn.Module):
             or not noise.is_floating_point()
             or not bool(torch.isfinite(noise).all())
         ):
-            raise ValueError("flow_noise must be finite floats with at least 2 frames")
+            raise S3GenInputError("flow_noise must be finite floats with at least 2 frames")
         self.flow.decoder.noise = noise.detach().to(self.device, torch.float32).clone()
 
     def set_flow_noise_seed(self, seed: torch.Generator | int) -> None:
@@ -214,7 +215,9 @@ class S3Gen(nn.Module):
             seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
         )
         if generator.device.type != "cpu":
-            raise ValueError("noise_seed must be a CPU torch.Generator (the noise is drawn on CPU)")
+            raise S3GenInputError(
+                "noise_seed must be a CPU torch.Generator (the noise is drawn on CPU)"
+            )
         self.flow_noise = torch.randn(
             (1, MEL_CHANNELS, self.config.flow_noise_frames), generator=generator
         )
@@ -241,10 +244,12 @@ class S3Gen(nn.Module):
         if isinstance(vocoder, str):
             vocoder = self.make_vocoder(vocoder, **options)
         elif options:
-            raise TypeError("vocoder options apply to a vocoder name, not to a vocoder object")
+            raise S3GenInputTypeError(
+                "vocoder options apply to a vocoder name, not to a vocoder object"
+            )
         for attribute in ("sample_rate", "hop_length", "vocode"):
             if not hasattr(vocoder, attribute):
-                raise TypeError(
+                raise S3GenInputTypeError(
                     f"{type(vocoder).__name__} is not a vocoder: it lacks `{attribute}`"
                 )
         self._vocoder = vocoder
@@ -265,15 +270,15 @@ class S3Gen(nn.Module):
         if max_len is not None and (
             isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1
         ):
-            raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+            raise S3GenInputError(f"max_len must be a positive int or None, got {max_len!r}")
         wav = as_mono_waveform(wav_16k, "wav_16k")
         if wav.numel() < MIN_TOKENIZER_SAMPLES:
-            raise ValueError(
+            raise S3GenInputError(
                 f"wav_16k has {wav.numel()} samples; the tokenizer needs at least {MIN_TOKENIZER_SAMPLES} "
                 f"({MIN_TOKENIZER_SAMPLES / S3_TOKENIZER_SAMPLE_RATE * 1000:.1f} ms at 16 kHz)"
             )
         if max_len is None and wav.numel() > self.tokenizer.max_samples():
-            raise ValueError(
+            raise S3GenInputError(
                 f"wav_16k is {wav.numel() / S3_TOKENIZER_SAMPLE_RATE:.1f} s; the tokenizer handles at most "
                 f"{self.tokenizer.max_samples() / S3_TOKENIZER_SAMPLE_RATE:.1f} s (pass max_len or trim)"
             )
@@ -289,7 +294,7 @@ class S3Gen(nn.Module):
         wav = as_mono_waveform(wav, "wav")
         seconds = wav.numel() / sample_rate
         if seconds < MIN_REFERENCE_SECONDS:
-            raise ValueError(
+            raise S3GenInputError(
                 f"reference is {seconds * 1000:.1f} ms long; embed_ref needs at least "
                 f"{MIN_REFERENCE_SECONDS * 1000:.0f} ms"
             )
@@ -304,11 +309,11 @@ class S3Gen(nn.Module):
         wav_24k = resample(wav, sample_rate, S3GEN_SAMPLE_RATE)
         wav_16k = resample(wav, sample_rate, S3_TOKENIZER_SAMPLE_RATE)[0]
         if wav_16k.numel() < max(MIN_SPEAKER_SAMPLES, MIN_TOKENIZER_SAMPLES):
-            raise ValueError(
+            raise S3GenInputError(
                 f"reference is too short after resampling ({wav_16k.numel()} samples at 16 kHz)"
             )
         if wav_16k.numel() > self.tokenizer.max_samples():
-            raise ValueError(
+            raise S3GenInputError(
                 f"reference is {seconds:.1f} s; the tokenizer handles at most "
                 f"{self.tokenizer.max_samples() / S3_TOKENIZER_SAMPLE_RATE:.0f} s"
             )
@@ -332,33 +337,33 @@ class S3Gen(nn.Module):
         if isinstance(token_sequences, str | bytes | torch.Tensor) or not isinstance(
             token_sequences, Sequence
         ):
-            raise TypeError(
+            raise S3GenInputTypeError(
                 "token_sequences must be a sequence of token sequences (one per utterance)"
             )
         if isinstance(references, S3GenReference) or not isinstance(references, Sequence):
-            raise TypeError(
+            raise S3GenInputTypeError(
                 "references must be a sequence of S3GenReference (one per token sequence)"
             )
         if len(token_sequences) != len(references):
-            raise ValueError(
+            raise S3GenInputError(
                 f"got {len(token_sequences)} token sequences but {len(references)} references; they pair up by index"
             )
         for i, ref in enumerate(references):
             if not isinstance(ref, S3GenReference):
-                raise TypeError(
+                raise S3GenInputTypeError(
                     f"references[{i}] must be an S3GenReference (from embed_ref), got {type(ref).__name__}"
                 )
         if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
-            raise ValueError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
+            raise S3GenInputError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+            raise S3GenInputError(f"batch_size must be a positive int or None, got {batch_size!r}")
         tokens = [_as_token_tensor(seq, i) for i, seq in enumerate(token_sequences)]
         for i, (ids, ref) in enumerate(zip(tokens, references)):
             frames = TOKEN_MEL_RATIO * (ids.numel() + ref.num_prompt_tokens)
             if frames > self.max_frames:
-                raise ValueError(
+                raise S3GenInputError(
                     f"item {i}: prompt + tokens make {frames} mel frames ({frames / 50:.0f} s); the CFM "
                     f"noise covers at most {self.max_frames} frames"
                 )
@@ -466,7 +471,7 @@ class S3Gen(nn.Module):
         """The second half of :meth:`synthesize`: mels ``[80, frames]`` (e.g. from
         :meth:`synthesize_mels`) -> faded-in waveforms, all items as one padded vocoder batch."""
         if isinstance(mels, torch.Tensor) or not isinstance(mels, Sequence) or not mels:
-            raise TypeError("mels must be a non-empty sequence of [80, frames] tensors")
+            raise S3GenInputTypeError("mels must be a non-empty sequence of [80, frames] tensors")
         for i, mel in enumerate(mels):
             if (
                 not isinstance(mel, torch.Tensor)
@@ -475,7 +480,7 @@ class S3Gen(nn.Module):
                 or mel.shape[1] < 1
             ):
                 shape = tuple(mel.shape) if isinstance(mel, torch.Tensor) else type(mel).__name__
-                raise ValueError(
+                raise S3GenInputError(
                     f"mels[{i}] must be a [{MEL_CHANNELS}, frames] tensor with frames >= 1, got {shape}"
                 )
         seeds = self._check_seeds(seeds, len(mels))
@@ -490,9 +495,9 @@ class S3Gen(nn.Module):
         if seeds is None:
             return [int(s) for s in torch.randint(0, 2**62, (count,)).tolist()]
         if isinstance(seeds, str | bytes) or not isinstance(seeds, Sequence) or len(seeds) != count:
-            raise ValueError(f"seeds must hold one int per utterance ({count})")
+            raise S3GenInputError(f"seeds must hold one int per utterance ({count})")
         if not all(hasattr(s, "__index__") and not isinstance(s, bool) for s in seeds):
-            raise TypeError("seeds must be ints")
+            raise S3GenInputTypeError("seeds must be ints")
         return [s.__index__() for s in seeds]
 
     def _vocode_batch(

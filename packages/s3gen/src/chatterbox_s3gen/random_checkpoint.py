@@ -15,6 +15,7 @@ from torch import nn
 
 from chatterbox_s3gen.config import S3GenConfig
 from chatterbox_s3gen.constants import CHECKPOINT_FILENAME, CONFIG_FILENAME
+from chatterbox_s3gen.errors import ConfigurationError
 from chatterbox_s3gen.model import S3Gen
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def write_random_s3gen_checkpoint(directory: str | Path, size: str = "tiny", see
     ``seed``) with sane normalisation statistics; the tokenizer's mel filterbank and window are
     the true derived values."""
     if size not in ("tiny", "full"):
-        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+        raise ConfigurationError(f"size must be 'tiny' or 'full', got {size!r}")
     config = S3GenConfig.tiny() if size == "tiny" else S3GenConfig()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

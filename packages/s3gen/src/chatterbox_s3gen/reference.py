@@ -14,6 +14,7 @@ from chatterbox_s3gen.constants import (
     SPEECH_VOCAB_SIZE,
     TOKEN_MEL_RATIO,
 )
+from chatterbox_s3gen.errors import S3GenInputError, S3GenInputTypeError
 
 
 @dataclass(frozen=True)
@@ -39,32 +40,32 @@ class S3GenReference:
             ("speaker_embedding", emb),
         ):
             if not isinstance(value, torch.Tensor):
-                raise TypeError(
+                raise S3GenInputTypeError(
                     f"S3GenReference.{name} must be a torch.Tensor, got {type(value).__name__}"
                 )
         if tokens.dim() != 1 or tokens.dtype != torch.int64 or tokens.numel() == 0:
-            raise ValueError(
+            raise S3GenInputError(
                 f"prompt_tokens must be a non-empty 1-D int64 tensor, got shape {tuple(tokens.shape)} "
                 f"dtype {tokens.dtype}"
             )
         if bool(((tokens < 0) | (tokens >= SPEECH_VOCAB_SIZE)).any()):
-            raise ValueError(f"prompt_tokens must lie in [0, {SPEECH_VOCAB_SIZE})")
+            raise S3GenInputError(f"prompt_tokens must lie in [0, {SPEECH_VOCAB_SIZE})")
         num_tokens = tokens.numel()
         if mel.dim() != 2 or mel.shape[1] != MEL_CHANNELS or not mel.is_floating_point():
-            raise ValueError(
+            raise S3GenInputError(
                 f"prompt_mel must be a float [frames, {MEL_CHANNELS}] tensor, got {tuple(mel.shape)}"
             )
         if mel.shape[0] not in (TOKEN_MEL_RATIO * num_tokens, TOKEN_MEL_RATIO * num_tokens + 1):
-            raise ValueError(
+            raise S3GenInputError(
                 f"prompt_mel has {mel.shape[0]} frames but {num_tokens} prompt tokens need "
                 f"{TOKEN_MEL_RATIO * num_tokens} (or one more)"
             )
         if emb.shape != (SPEAKER_EMBEDDING_DIM,) or not emb.is_floating_point():
-            raise ValueError(
+            raise S3GenInputError(
                 f"speaker_embedding must be a float [{SPEAKER_EMBEDDING_DIM}] tensor, got {tuple(emb.shape)}"
             )
         if not (bool(torch.isfinite(mel).all()) and bool(torch.isfinite(emb).all())):
-            raise ValueError("prompt_mel and speaker_embedding must be finite (no NaN/Inf)")
+            raise S3GenInputError("prompt_mel and speaker_embedding must be finite (no NaN/Inf)")
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -105,7 +106,7 @@ class S3GenReference:
         mel = torch.as_tensor(conds["prompt_feat"])
         emb = torch.as_tensor(conds["embedding"])
         if tokens.dim() != 2 or tokens.shape[0] != 1 or mel.dim() != 3 or mel.shape[0] != 1:
-            raise ValueError(
+            raise S3GenInputError(
                 f"expected prompt_token (1, T) and prompt_feat (1, F, 80), got {tuple(tokens.shape)} "
                 f"and {tuple(mel.shape)}"
             )
@@ -116,7 +117,7 @@ class S3GenReference:
             token_len is not None
             and int(torch.as_tensor(token_len).reshape(-1)[0]) != tokens.shape[1]
         ):
-            raise ValueError(
+            raise S3GenInputError(
                 f"prompt_token_len {int(torch.as_tensor(token_len).reshape(-1)[0])} does not match "
                 f"prompt_token length {tokens.shape[1]}"
             )

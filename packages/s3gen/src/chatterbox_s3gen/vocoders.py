@@ -25,6 +25,7 @@ import torchaudio
 
 from chatterbox_s3gen.checkpoint import load_hift
 from chatterbox_s3gen.constants import MEL_CHANNELS, MEL_FMAX, MEL_HOP, MEL_N_FFT, S3GEN_SAMPLE_RATE
+from chatterbox_s3gen.errors import MissingCheckpointFileError, S3GenInputError, S3GenInputTypeError
 from chatterbox_s3gen.hift import HiFTGenerator, draw_source_noise
 
 if TYPE_CHECKING:
@@ -64,15 +65,15 @@ VocoderFactory = Callable[..., Vocoder]
 def _check_mels(mels: torch.Tensor, mel_lengths: torch.Tensor) -> list[int]:
     if not isinstance(mels, torch.Tensor) or mels.dim() != 3 or mels.shape[1] != MEL_CHANNELS:
         shape = tuple(mels.shape) if isinstance(mels, torch.Tensor) else type(mels).__name__
-        raise ValueError(f"mels must be a [batch, {MEL_CHANNELS}, frames] tensor, got {shape}")
+        raise S3GenInputError(f"mels must be a [batch, {MEL_CHANNELS}, frames] tensor, got {shape}")
     lengths = [int(v) for v in torch.as_tensor(mel_lengths).reshape(-1).tolist()]
     if len(lengths) != mels.shape[0]:
-        raise ValueError(
+        raise S3GenInputError(
             f"mel_lengths has {len(lengths)} entries for a batch of {mels.shape[0]} mels"
         )
     bad = [n for n in lengths if not 1 <= n <= mels.shape[2]]
     if bad:
-        raise ValueError(
+        raise S3GenInputError(
             f"mel_lengths must lie in [1, {mels.shape[2]}] (the padded frame count), got {bad}"
         )
     return lengths
@@ -111,7 +112,7 @@ class HiFTTorchVocoder:
         lengths = _check_mels(mels, mel_lengths)
         seeds = _default_seeds(len(lengths)) if seeds is None else list(seeds)
         if len(seeds) != len(lengths):
-            raise ValueError(f"got {len(seeds)} seeds for {len(lengths)} mels")
+            raise S3GenInputError(f"got {len(seeds)} seeds for {len(lengths)} mels")
         device = next(self.hift.parameters()).device
         phases, noise = draw_source_noise(
             [n * MEL_HOP for n in lengths], seeds, self.hift.num_harmonics, device
@@ -130,7 +131,7 @@ class HiFTOnnxVocoder:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingCheckpointFileError(
                 f"no ONNX model at {path}; create it with `chatterbox-s3gen export-onnx`"
             )
         if providers:
@@ -159,7 +160,7 @@ class HiFTOnnxVocoder:
         lengths = _check_mels(mels, mel_lengths)
         seeds = _default_seeds(len(lengths)) if seeds is None else list(seeds)
         if len(seeds) != len(lengths):
-            raise ValueError(f"got {len(seeds)} seeds for {len(lengths)} mels")
+            raise S3GenInputError(f"got {len(seeds)} seeds for {len(lengths)} mels")
         frames = mels.shape[2]
         phases, noise = draw_source_noise([n * MEL_HOP for n in lengths], seeds, self.num_harmonics)
         padded_noise = torch.zeros(len(lengths), self.num_harmonics, frames * MEL_HOP)
@@ -235,11 +236,11 @@ def _hift_torch_factory(
     context: VocoderContext, *, checkpoint: str | Path | None = None, **options: Any
 ) -> Vocoder:
     if options:
-        raise TypeError(f"hift-torch takes only `checkpoint`, got {sorted(options)}")
+        raise S3GenInputTypeError(f"hift-torch takes only `checkpoint`, got {sorted(options)}")
     if checkpoint is not None:
         return HiFTTorchVocoder(load_hift(checkpoint, device=context.device))
     if context.hift is None:
-        raise ValueError(
+        raise S3GenInputError(
             "hift-torch needs S3Gen's HiFT weights: pass checkpoint=<s3gen checkpoint>"
         )
     return HiFTTorchVocoder(context.hift)
@@ -253,7 +254,7 @@ def _hift_onnx_factory(
 ) -> Vocoder:
     if path is None:
         if context.checkpoint_dir is None:
-            raise ValueError(
+            raise S3GenInputError(
                 "hift-onnx needs path=<hift.onnx> (see `chatterbox-s3gen export-onnx`)"
             )
         path = context.checkpoint_dir / "onnx" / "hift.onnx"
@@ -275,11 +276,13 @@ _REGISTERED: dict[str, VocoderFactory] = {}
 def register_vocoder(name: str, factory: VocoderFactory, *, replace: bool = False) -> None:
     """Make ``factory(context, **options)`` available as ``get_vocoder(name)``."""
     if not isinstance(name, str) or not name:
-        raise ValueError("vocoder name must be a non-empty string")
+        raise S3GenInputError("vocoder name must be a non-empty string")
     if not callable(factory):
-        raise TypeError(f"factory for {name!r} must be callable")
+        raise S3GenInputTypeError(f"factory for {name!r} must be callable")
     if not replace and (name in _BUILTIN or name in _REGISTERED):
-        raise ValueError(f"vocoder {name!r} is already registered; pass replace=True to override")
+        raise S3GenInputError(
+            f"vocoder {name!r} is already registered; pass replace=True to override"
+        )
     _REGISTERED[name] = factory
 
 
@@ -299,18 +302,18 @@ def get_vocoder(name: str, context: VocoderContext | None = None, **options: Any
     if factory is None:
         entry_point = _entry_points().get(name)
         if entry_point is None:
-            raise ValueError(
+            raise S3GenInputError(
                 f"unknown vocoder {name!r}; available: {', '.join(available_vocoders())}"
             )
         factory = entry_point.load()
     vocoder = factory(context, **options)
     for attribute in ("sample_rate", "hop_length", "vocode"):
         if not hasattr(vocoder, attribute):
-            raise TypeError(
+            raise S3GenInputTypeError(
                 f"vocoder {name!r} lacks `{attribute}` (see chatterbox_s3gen.vocoders.Vocoder)"
             )
     if vocoder.sample_rate != S3GEN_SAMPLE_RATE or vocoder.hop_length != MEL_HOP:
-        raise ValueError(
+        raise S3GenInputError(
             f"vocoder {name!r} runs at {vocoder.sample_rate} Hz / hop {vocoder.hop_length}; S3Gen mels need "
             f"{S3GEN_SAMPLE_RATE} Hz / hop {MEL_HOP}"
         )
