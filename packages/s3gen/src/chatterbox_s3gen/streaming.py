@@ -1,0 +1,713 @@
+"""Streaming synthesis: a growing list of speech tokens of one utterance -> audio chunks in order.
+
+How a stream cuts the work (frame numbers are generated 50 Hz mel frames, 480 samples each):
+
+* **Flow windows.** Window ``k`` runs the flow on the prompt plus *all* utterance tokens received
+  so far up to ``keep + lookahead`` and keeps the mel of the first ``keep`` tokens only (the
+  reference's ``finalize=False``: the last ``lookahead_tokens`` tokens are context for the encoder's
+  pre-lookahead conv and the full attention, their frames are dropped). The prefix is recomputed
+  every window, as CosyVoice2 does, because the encoder and the CFM estimator attend over the
+  whole sequence: that keeps earlier frames conditioned on everything before them, and every frame
+  starts from the same column of S3Gen's fixed CFM noise as in :meth:`S3Gen.synthesize`, so the
+  only difference from the non-streamed mel is the not-yet-seen future. Window sizes are
+  ``first_chunk_tokens``, then doubling up to ``chunk_tokens``; the last window (after
+  :meth:`S3GenStream.finish`) keeps everything.
+* **Vocoder windows.** HiFT runs on the window's fresh mel from ``context_frames`` before the
+  first frame still to be emitted up to the end of the kept mel. The last ``lookahead_frames``
+  and the ``crossfade_frames`` before them are not emitted yet: the next window recomputes them
+  with more right context and blends its first ``crossfade_frames`` with the held-back samples
+  (complementary raised-cosine weights that sum to exactly 1).
+* **Source continuity.** HiFT's excitation is a sine at the predicted F0 plus noise. Instead of
+  the reference's ``cache_source`` (overwriting the start of each window's source with the
+  previous one's), each window's sine is started at the phase that makes it agree with the
+  previous window at the centre of their crossfade (the *anchor*): the harmonics' cumulative
+  cycles up to the anchor, as the previous window computed them, minus the cycles this window's
+  own F0 adds between its first frame and the anchor, folded into HiFT's ``phases`` input. Both
+  sums avoid the frames where a window's F0 is disturbed by its edges, so the phase at each
+  anchor equals the non-streamed one to the extent the F0 does. The noise is read at absolute
+  sample positions from a per-seed sequence (:func:`stream_source_noise`), so overlapping
+  windows see the same noise.
+
+Everything is deterministic for a given ``(tokens, reference, seed, n_timesteps, config)``: window
+boundaries depend on token counts only, never on how the tokens were pushed.
+
+Batched use (what a server does): each stream's :meth:`S3GenStream.next_window` returns a
+:class:`StreamWindow` when it has enough tokens; :func:`synthesize_windows` runs windows of many
+streams (any voices) as one padded flow batch and one padded HiFT batch; each
+:class:`WindowResult` goes back to its stream's :meth:`S3GenStream.accept`, which returns the new
+audio. :meth:`S3GenStream.push` / :meth:`S3GenStream.finish` do that loop for a single stream."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from chatterbox_s3gen.constants import (
+    MEL_CHANNELS,
+    MEL_HOP,
+    S3GEN_SAMPLE_RATE,
+    SPEECH_VOCAB_SIZE,
+    TOKEN_MEL_RATIO,
+)
+from chatterbox_s3gen.hift import draw_source_noise
+from chatterbox_s3gen.masks import length_mask
+from chatterbox_s3gen.model import S3Gen
+from chatterbox_s3gen.reference import S3GenReference
+
+NOISE_BLOCK_SAMPLES = S3GEN_SAMPLE_RATE
+"""The stream's vocoder noise is drawn in blocks of this many samples (1 s), each from its own
+generator, so any sample range can be drawn without knowing the utterance's final length."""
+
+_stream_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """How a :class:`S3GenStream` cuts an utterance into windows. Token counts are 25 Hz speech
+    tokens (40 ms of audio each), frame counts 50 Hz mel frames (20 ms, 480 samples each).
+
+    * ``first_chunk_tokens``: tokens whose audio the first window produces (default 12 = 0.48 s
+      of mel; the first chunk is that minus the held-back ``crossfade_frames + lookahead_frames``);
+      it needs ``first_chunk_tokens + lookahead_tokens`` tokens.
+    * ``chunk_tokens``: the largest later window; windows double from ``first_chunk_tokens`` up to
+      it (small early windows keep playback ahead of synthesis, large later ones need fewer flow
+      passes over the recomputed prefix).
+    * ``lookahead_tokens``: future tokens a non-final window gives the flow as context and drops
+      (3 = the flow's pre-lookahead conv; more gives the full-attention encoder and estimator more
+      right context, i.e. less error, at the cost of latency).
+    * ``crossfade_frames``: overlap between consecutive vocoder windows, blended with
+      complementary raised-cosine weights (0 = butt joins).
+    * ``context_frames``: frames before the first new one that the vocoder recomputes (not
+      emitted) so its convolutions see real left context.
+    * ``lookahead_frames``: frames after the crossfade region that the vocoder computes but does
+      not emit yet, so the crossfaded samples are not at the vocoder's right edge.
+    """
+
+    first_chunk_tokens: int = 16
+    chunk_tokens: int = 50
+    lookahead_tokens: int = 3
+    crossfade_frames: int = 4
+    context_frames: int = 8
+    lookahead_frames: int = 6
+
+    def __post_init__(self) -> None:
+        minimum = {
+            "first_chunk_tokens": 1,
+            "chunk_tokens": 1,
+            "lookahead_tokens": 0,
+            "crossfade_frames": 0,
+            "context_frames": 0,
+            "lookahead_frames": 0,
+        }
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(
+                    f"StreamingConfig.{f.name} must be an int, got {type(value).__name__}"
+                )
+            if value < minimum[f.name]:
+                raise ValueError(
+                    f"StreamingConfig.{f.name} must be >= {minimum[f.name]}, got {value}"
+                )
+        if self.chunk_tokens < self.first_chunk_tokens:
+            raise ValueError(
+                f"StreamingConfig.chunk_tokens ({self.chunk_tokens}) must be >= first_chunk_tokens "
+                f"({self.first_chunk_tokens}): later windows are the larger ones"
+            )
+        held = self.held_frames
+        # The first window's mel can be one frame short (odd prompt-mel frame count), and it must
+        # still emit at least one frame beyond what it holds back.
+        if TOKEN_MEL_RATIO * self.first_chunk_tokens - 1 <= held:
+            raise ValueError(
+                f"StreamingConfig.first_chunk_tokens ({self.first_chunk_tokens}) is too small: its "
+                f"{TOKEN_MEL_RATIO * self.first_chunk_tokens} mel frames must exceed the "
+                f"{held} held back (crossfade_frames + lookahead_frames) by at least 2"
+            )
+
+    @property
+    def held_frames(self) -> int:
+        """Frames at the end of a non-final window that are computed but emitted later."""
+        return self.crossfade_frames + self.lookahead_frames
+
+    def window_tokens(self, index: int) -> int:
+        """Tokens kept by non-final window ``index`` (0-based): doubling, capped at ``chunk_tokens``."""
+        return min(self.chunk_tokens, self.first_chunk_tokens * 2 ** min(index, 30))
+
+
+@dataclass(frozen=True)
+class StreamWindow:
+    """One unit of work of a stream, to run (possibly batched with other streams' windows) through
+    :func:`synthesize_windows`. Frame indices count the utterance's generated mel frames.
+
+    * ``tokens``: utterance tokens ``[0, token_stop)`` (int64 CPU), prompt not included;
+    * ``keep_tokens``: tokens whose mel is kept (``token_stop`` minus the dropped look-ahead);
+    * ``mel_start``/``mel_stop``: generated frames handed to the vocoder;
+    * ``phases``: ``[H, 1]`` float32 random initial phases of the harmonics (per seed);
+    * ``anchor_frame`` / ``anchor_cycles``: the frame (``>= mel_start``) at which the sine must
+      have accumulated ``anchor_cycles`` (``[H]`` float64, mod 1) cycles per harmonic;
+    * ``noise``: ``[H, 480 * (mel_stop - mel_start)]`` float32 source noise of those samples.
+    """
+
+    stream_id: int
+    index: int
+    reference: S3GenReference
+    tokens: torch.Tensor
+    keep_tokens: int
+    final: bool
+    n_timesteps: int
+    mel_start: int
+    mel_stop: int
+    phases: torch.Tensor
+    anchor_frame: int
+    anchor_cycles: torch.Tensor
+    noise: torch.Tensor
+
+    @property
+    def frames(self) -> int:
+        return self.mel_stop - self.mel_start
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What :func:`synthesize_windows` computed for one :class:`StreamWindow`: the mel
+    ``[80, frames]`` (float32, on the model's device), the vocoder's F0 per frame ``[frames]``
+    (float64 CPU), the cycles per harmonic its sine started with at ``mel_start`` (``[H]``
+    float64; with the F0 they give the next window's anchor) and the waveform ``[480 * frames]``
+    (float32 CPU, before any fade, crossfade or hold-back)."""
+
+    stream_id: int
+    index: int
+    mel: torch.Tensor
+    f0: torch.Tensor
+    cycles: torch.Tensor
+    wav: torch.Tensor
+
+
+def _splitmix64(value: int) -> int:
+    # A fixed integer mixer: block seeds that are unrelated for neighbouring (seed, block) pairs.
+    value = (value + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (value ^ (value >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def _noise_block(seed: int, block: int, num_harmonics: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(_splitmix64(_splitmix64(seed) ^ block))
+    return torch.randn((num_harmonics, NOISE_BLOCK_SAMPLES), generator=generator)
+
+
+def stream_source_noise(seed: int, start: int, stop: int, num_harmonics: int) -> torch.Tensor:
+    """Samples ``[start, stop)`` of the standard-normal source noise a stream with ``seed`` uses
+    (``[num_harmonics, stop - start]`` float32 CPU). Any range of the same seed is a slice of one
+    infinite sequence, so overlapping vocoder windows see the same noise; it differs from the
+    noise :meth:`S3Gen.synthesize` draws (which depends on the utterance's total length)."""
+    if start < 0 or stop < start:
+        raise ValueError(f"need 0 <= start <= stop, got [{start}, {stop})")
+    out = torch.empty(num_harmonics, stop - start)
+    position = start
+    while position < stop:
+        block, offset = divmod(position, NOISE_BLOCK_SAMPLES)
+        take = min(NOISE_BLOCK_SAMPLES - offset, stop - position)
+        out[:, position - start : position - start + take] = _noise_block(
+            seed, block, num_harmonics
+        )[:, offset : offset + take]
+        position += take
+    return out
+
+
+def _cycles_after(start: torch.Tensor, f0: torch.Tensor, num_harmonics: int) -> torch.Tensor:
+    """Cycles per harmonic (mod 1, float64) after ``f0`` (Hz per mel frame, each held for 480
+    samples) starting from ``start`` cycles: what HiFT's sine source accumulates."""
+    harmonics = torch.arange(1, num_harmonics + 1, dtype=torch.float64)
+    total = float(f0.detach().to("cpu", torch.float64).sum()) * MEL_HOP / S3GEN_SAMPLE_RATE
+    return (start.to(torch.float64) + harmonics * total).remainder(1.0)
+
+
+def _crossfade_weights(samples: int) -> torch.Tensor:
+    """Rising weights ``sin^2`` over ``samples`` points; ``1 - w`` is the falling side, so the two
+    sides always sum to exactly 1 (the reference's Hamming halves sum to up to 1.08)."""
+    position = (torch.arange(samples, dtype=torch.float64) + 0.5) / samples
+    return torch.sin(0.5 * math.pi * position).pow(2).float()
+
+
+def _as_token_list(tokens: object) -> list[int]:
+    if isinstance(tokens, str | bytes):
+        raise TypeError(f"push() takes a sequence of ints, got {type(tokens).__name__}")
+    if isinstance(tokens, torch.Tensor):
+        if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex():
+            raise ValueError(
+                f"push() takes a 1-D integer tensor, got shape {tuple(tokens.shape)} dtype {tokens.dtype}"
+            )
+        if tokens.dtype == torch.bool:
+            raise TypeError("push() takes integer token ids, not booleans")
+        values: list[int] = [int(v) for v in tokens.tolist()]
+    else:
+        try:
+            items = list(tokens)  # type: ignore[call-overload]
+        except TypeError:
+            raise TypeError(
+                f"push() takes a sequence of ints, got {type(tokens).__name__}"
+            ) from None
+        if not all(hasattr(v, "__index__") and not isinstance(v, bool) for v in items):
+            raise TypeError("push() takes a sequence of ints (token ids)")
+        values = [v.__index__() for v in items]
+    bad = [v for v in values if not 0 <= v < SPEECH_VOCAB_SIZE]
+    if bad:
+        raise ValueError(
+            f"push() got {len(bad)} id(s) outside [0, {SPEECH_VOCAB_SIZE}), e.g. {bad[:5]}; "
+            "drop T3's start/stop and other control tokens first"
+        )
+    return values
+
+
+class S3GenStream:
+    """Streaming synthesis of one utterance in one voice.
+
+    ``push(tokens)`` adds tokens as T3 produces them and returns the audio chunks (1-D float32 CPU
+    tensors at 24 kHz) that became ready; ``finish()`` returns the rest. Concatenated, the chunks
+    have exactly the length of :meth:`S3Gen.synthesize`'s waveform for the same tokens (see the
+    package README for how close the samples are). For batching across streams use
+    :meth:`next_window` / :func:`synthesize_windows` / :meth:`accept` instead of ``push``.
+
+    ``seed`` seeds the vocoder's source (the harmonic phases are the ones :meth:`S3Gen.synthesize`
+    uses for that seed; the noise comes from :func:`stream_source_noise`). The stream always
+    vocodes with the model's PyTorch HiFT (``s3gen.mel2wav``), whatever ``s3gen.vocoder`` is: it
+    needs HiFT's source inputs. Not thread-safe: drive one stream from one thread."""
+
+    def __init__(
+        self,
+        s3gen: S3Gen,
+        reference: S3GenReference,
+        *,
+        seed: int = 0,
+        n_timesteps: int = 10,
+        config: StreamingConfig | None = None,
+    ) -> None:
+        if not isinstance(s3gen, S3Gen):
+            raise TypeError(f"s3gen must be an S3Gen, got {type(s3gen).__name__}")
+        if not isinstance(reference, S3GenReference):
+            raise TypeError(
+                f"reference must be an S3GenReference (from embed_ref), got {type(reference).__name__}"
+            )
+        if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
+            raise ValueError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
+        if config is None:
+            config = StreamingConfig()
+        elif not isinstance(config, StreamingConfig):
+            raise TypeError(f"config must be a StreamingConfig, got {type(config).__name__}")
+        self.s3gen = s3gen
+        self.reference = reference
+        self.seed = seed.__index__()
+        self.n_timesteps = n_timesteps
+        self.config = config
+        self.stream_id = next(_stream_ids)
+        self._num_harmonics = s3gen.mel2wav.num_harmonics
+        self._max_tokens = s3gen.max_frames // TOKEN_MEL_RATIO - reference.num_prompt_tokens
+        # The reference's harmonic phases for this seed (the first draws after manual_seed).
+        phases, _ = draw_source_noise([0], [self.seed], self._num_harmonics)
+        self._base_phases = phases[0, :, 0].double()
+        self._fade = s3gen.trim_fade.detach().to("cpu", torch.float32)
+        self._weights = _crossfade_weights(config.crossfade_frames * MEL_HOP)
+        self._tokens: list[int] = []
+        self._finish_requested = False
+        self._done = False
+        self._windows = 0  # windows accepted so far
+        self._pending: StreamWindow | None = None
+        self._kept_tokens = 0  # utterance tokens whose mel has been produced
+        self._emitted_frames = 0  # frames whose audio has been returned
+        self._emitted_samples = 0
+        # Phase anchor of the next window: frame 0 with no cycles, exactly as unstreamed.
+        self._anchor_frame = 0
+        self._anchor_cycles = torch.zeros(self._num_harmonics, dtype=torch.float64)
+        # Samples of the last window after the emitted ones (crossfade + look-ahead frames).
+        self._tail = torch.zeros(0)
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        """Tokens pushed so far."""
+        return len(self._tokens)
+
+    @property
+    def emitted_samples(self) -> int:
+        """Audio samples returned so far."""
+        return self._emitted_samples
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` was called (no more tokens are accepted)."""
+        return self._finish_requested
+
+    @property
+    def done(self) -> bool:
+        """True once the last audio has been returned."""
+        return self._done
+
+    @property
+    def pending(self) -> StreamWindow | None:
+        """The window handed out by :meth:`next_window` and not yet accepted."""
+        return self._pending
+
+    def _generated_frames(self, tokens: int) -> int:
+        """Generated mel frames for the first ``tokens`` utterance tokens (an odd prompt mel eats
+        the first frame, as in :meth:`S3Gen.synthesize`)."""
+        prompt = self.reference
+        return max(
+            0,
+            TOKEN_MEL_RATIO * (prompt.num_prompt_tokens + tokens) - prompt.num_prompt_frames,
+        )
+
+    # -- feeding ---------------------------------------------------------------------------------
+    def add_tokens(self, tokens: Sequence[int] | torch.Tensor) -> None:
+        """Append tokens without running anything (for batched driving; :meth:`push` runs too)."""
+        if self._finish_requested:
+            raise RuntimeError(
+                f"stream {self.stream_id} is finished; start a new S3GenStream for more tokens"
+            )
+        values = _as_token_list(tokens)
+        if len(self._tokens) + len(values) > self._max_tokens:
+            raise ValueError(
+                f"stream {self.stream_id}: {len(self._tokens) + len(values)} tokens after a "
+                f"{self.reference.num_prompt_tokens}-token prompt exceed the CFM noise "
+                f"({self.s3gen.max_frames} frames); at most {self._max_tokens} tokens"
+            )
+        self._tokens.extend(values)
+
+    def end_of_tokens(self) -> None:
+        """Declare that no more tokens will come (the final window may then run)."""
+        self._finish_requested = True
+
+    def next_window(self) -> StreamWindow | None:
+        """The next window to synthesize, or None: not enough tokens yet, a window is already
+        pending (each window needs the previous one's result), or the stream is done."""
+        if self._done or self._pending is not None:
+            return None
+        cfg = self.config
+        available = len(self._tokens)
+        hop = cfg.window_tokens(self._windows)
+        if available >= self._kept_tokens + hop + cfg.lookahead_tokens:
+            keep, stop, final = (
+                self._kept_tokens + hop,
+                self._kept_tokens + hop + cfg.lookahead_tokens,
+                False,
+            )
+        elif self._finish_requested:
+            if available == self._kept_tokens:
+                return None  # nothing new for the flow: finish() flushes the held-back tail
+            keep, stop, final = available, available, True
+        else:
+            return None
+        mel_stop = self._generated_frames(keep)
+        mel_start = max(0, self._emitted_frames - cfg.context_frames)
+        phases = self._base_phases.float().unsqueeze(-1)
+        noise = stream_source_noise(
+            self.seed, mel_start * MEL_HOP, mel_stop * MEL_HOP, self._num_harmonics
+        )
+        window = StreamWindow(
+            stream_id=self.stream_id,
+            index=self._windows,
+            reference=self.reference,
+            tokens=torch.tensor(self._tokens[:stop], dtype=torch.int64),
+            keep_tokens=keep,
+            final=final,
+            n_timesteps=self.n_timesteps,
+            mel_start=mel_start,
+            mel_stop=mel_stop,
+            phases=phases,
+            anchor_frame=self._anchor_frame,
+            anchor_cycles=self._anchor_cycles.clone(),
+            noise=noise,
+        )
+        self._pending = window
+        return window
+
+    def accept(self, result: WindowResult) -> list[torch.Tensor]:
+        """Take the result of the pending window; returns the audio it completes (zero or one
+        chunk). Crossfades with the previous window's held-back samples, holds back this window's
+        last ``crossfade_frames + lookahead_frames`` (unless final) and applies the reference's
+        20 ms silence + 20 ms fade-in at the utterance's start."""
+        window = self._pending
+        if window is None:
+            raise RuntimeError(f"stream {self.stream_id} has no pending window to accept")
+        if not isinstance(result, WindowResult):
+            raise TypeError(f"accept() takes a WindowResult, got {type(result).__name__}")
+        if result.stream_id != self.stream_id or result.index != window.index:
+            raise ValueError(
+                f"result of stream {result.stream_id} window {result.index} given to stream "
+                f"{self.stream_id}, whose pending window is {window.index}"
+            )
+        if result.wav.numel() != window.frames * MEL_HOP or result.f0.numel() != window.frames:
+            raise ValueError(
+                f"result has {result.wav.numel()} samples / {result.f0.numel()} F0 frames for a "
+                f"{window.frames}-frame window"
+            )
+        cfg = self.config
+        wav = result.wav.detach().to("cpu", torch.float32)
+        start = self._emitted_frames
+        stop = window.mel_stop if window.final else window.mel_stop - cfg.held_frames
+        stop = max(stop, start)
+        offset = (start - window.mel_start) * MEL_HOP
+        chunk = wav[offset : (stop - window.mel_start) * MEL_HOP].clone()
+        overlap = min(self._tail.numel(), self._weights.numel(), chunk.numel())
+        if overlap:
+            # The previous window's tail covers the same samples, computed with less right context.
+            rising = self._weights[:overlap]
+            chunk[:overlap] = chunk[:overlap] * rising + self._tail[:overlap] * (1 - rising)
+        self._tail = wav[(stop - window.mel_start) * MEL_HOP :].clone()
+        # The next window's sine must agree with this one at the centre of their crossfade.
+        anchor = min(stop + cfg.crossfade_frames // 2, window.mel_stop)
+        self._anchor_cycles = _cycles_after(
+            result.cycles, result.f0[: anchor - window.mel_start], self._num_harmonics
+        )
+        self._anchor_frame = anchor
+        self._kept_tokens = window.keep_tokens
+        self._emitted_frames = stop
+        self._windows += 1
+        self._pending = None
+        if window.final:
+            self._done = True
+            self._tail = torch.zeros(0)
+        return self._emit(chunk)
+
+    def _emit(self, chunk: torch.Tensor) -> list[torch.Tensor]:
+        if chunk.numel() == 0:
+            return []
+        start = self._emitted_samples
+        if start < self._fade.numel():
+            fade = self._fade[start : start + chunk.numel()]
+            chunk[: fade.numel()] *= fade
+        self._emitted_samples += chunk.numel()
+        return [chunk]
+
+    def _flush_tail(self) -> list[torch.Tensor]:
+        """End without a new flow window: the last window's held-back samples are final audio."""
+        self._done = True
+        tail, self._tail = self._tail, torch.zeros(0)
+        self._emitted_frames += tail.numel() // MEL_HOP
+        return self._emit(tail.clone())
+
+    # -- single-stream driving -----------------------------------------------------------------------
+    def _run(self) -> list[torch.Tensor]:
+        chunks: list[torch.Tensor] = []
+        while (window := self.next_window()) is not None:
+            (result,) = synthesize_windows(self.s3gen, [window])
+            chunks.extend(self.accept(result))
+        return chunks
+
+    def push(self, tokens: Sequence[int] | torch.Tensor) -> list[torch.Tensor]:
+        """Add tokens and synthesize every window they complete; returns the new audio chunks
+        (possibly none). Raises RuntimeError after :meth:`finish`."""
+        self.add_tokens(tokens)
+        return self._run()
+
+    def finish(self) -> list[torch.Tensor]:
+        """No more tokens: synthesize the final window (no look-ahead trim) and return the
+        remaining audio. A stream that never got a token returns no audio."""
+        if self._done:
+            raise RuntimeError(f"stream {self.stream_id} is already finished")
+        self.end_of_tokens()
+        chunks = self._run()
+        return chunks + self.flush()
+
+    def flush(self) -> list[torch.Tensor]:
+        """After :meth:`end_of_tokens` and once :meth:`next_window` returns None with nothing
+        pending: return the held-back tail and mark the stream done (batched drivers call this)."""
+        if not self._finish_requested:
+            raise RuntimeError("flush() needs end_of_tokens() first")
+        if self._pending is not None:
+            raise RuntimeError("flush() with a window still pending; accept its result first")
+        if self._done:
+            return []
+        if len(self._tokens) != self._kept_tokens:
+            raise RuntimeError("tokens remain to synthesize; run next_window() first")
+        return self._flush_tail()
+
+
+def _flow_windows(
+    s3gen: S3Gen, windows: Sequence[StreamWindow], n_timesteps: int
+) -> list[torch.Tensor]:
+    """Mels ``[80, frames]`` of every window's ``[mel_start, mel_stop)``, as one padded batch.
+
+    The same computation as :meth:`CausalMaskedDiffWithXvec.inference` except that each item's
+    decoder length is its kept frames (the look-ahead tokens reach the encoder only): the estimator
+    masks everything past an item's length, so this equals running the trimmed item alone."""
+    flow = s3gen.flow
+    device = s3gen.device
+    dtype = flow.input_embedding.weight.dtype
+    batch = len(windows)
+    full = [torch.cat([w.reference.prompt_tokens.to("cpu"), w.tokens]) for w in windows]
+    token_lengths = torch.tensor([t.numel() for t in full])
+    padded = torch.zeros(batch, int(token_lengths.max()), dtype=torch.int64)
+    for i, t in enumerate(full):
+        padded[i, : t.numel()] = t
+    prompt_lengths = torch.tensor([w.reference.num_prompt_frames for w in windows])
+    prompt_mel = torch.zeros(batch, int(prompt_lengths.max()), MEL_CHANNELS, device=device)
+    for i, w in enumerate(windows):
+        prompt_mel[i, : w.reference.num_prompt_frames] = w.reference.prompt_mel.to(
+            device, torch.float32
+        )
+    keep = torch.tensor(
+        [TOKEN_MEL_RATIO * (w.reference.num_prompt_tokens + w.keep_tokens) for w in windows]
+    )
+    speakers = torch.stack(
+        [w.reference.speaker_embedding.to(device, torch.float32) for w in windows]
+    )
+
+    padded, token_lengths = padded.to(device), token_lengths.to(device)
+    spks = flow.spk_embed_affine_layer(F.normalize(speakers.to(dtype), dim=1))
+    token_mask = length_mask(token_lengths, padded.shape[1]).unsqueeze(-1).to(dtype)
+    embedded = flow.input_embedding(torch.clamp(padded, min=0)) * token_mask
+    hidden, _ = flow.encoder(embedded, token_lengths)
+    mu = flow.encoder_proj(hidden).transpose(1, 2)
+    frames = int(keep.max())  # columns past every kept length are never needed
+    mu = mu[:, :, :frames]
+    mel_mask = length_mask(keep.to(device), frames).unsqueeze(1)
+    mu = mu * mel_mask.to(mu.dtype)
+    prompt_frames = min(prompt_mel.shape[1], frames)
+    prompt_mask = length_mask(prompt_lengths.to(device), prompt_frames).unsqueeze(-1)
+    cond = torch.zeros(batch, frames, MEL_CHANNELS, device=device, dtype=dtype)
+    cond[:, :prompt_frames] = (prompt_mel[:, :prompt_frames] * prompt_mask).to(dtype)
+    mel = flow.decoder.solve(mu, mel_mask.to(dtype), spks, cond.transpose(1, 2), n_timesteps)
+    out = []
+    for i, w in enumerate(windows):
+        first = w.reference.num_prompt_frames + w.mel_start
+        out.append(mel[i, :, first : first + w.frames].float())
+    return out
+
+
+def _check_windows(windows: object) -> Sequence[StreamWindow]:
+    if isinstance(windows, StreamWindow) or not isinstance(windows, Sequence):
+        raise TypeError("windows must be a sequence of StreamWindow")
+    for i, w in enumerate(windows):
+        if not isinstance(w, StreamWindow):
+            raise TypeError(f"windows[{i}] must be a StreamWindow, got {type(w).__name__}")
+    seen = [(w.stream_id, w.index) for w in windows]
+    if len(set(seen)) != len(seen):
+        raise ValueError("windows must not contain the same stream window twice")
+    return windows
+
+
+@torch.inference_mode()
+def flow_windows(s3gen: S3Gen, windows: Sequence[StreamWindow]) -> list[torch.Tensor]:
+    """The flow half of :func:`synthesize_windows`: each window's mel ``[80, frames]`` (float32,
+    on the model's device), one padded batch per distinct ``n_timesteps``."""
+    windows = _check_windows(windows)
+    mels: list[torch.Tensor] = [torch.empty(0)] * len(windows)
+    steps: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        steps.setdefault(w.n_timesteps, []).append(i)
+    for n_timesteps, members in steps.items():
+        batch = [windows[i] for i in members]
+        for i, mel in zip(members, _flow_windows(s3gen, batch, n_timesteps)):
+            mels[i] = mel
+    return mels
+
+
+@torch.inference_mode()
+def vocode_windows(
+    s3gen: S3Gen, windows: Sequence[StreamWindow], mels: Sequence[torch.Tensor]
+) -> list[WindowResult]:
+    """The vocoder half of :func:`synthesize_windows`: HiFT on each window's mel
+    ``[80, window.frames]`` (normally from :func:`flow_windows`), all windows as one padded batch,
+    each started at the sine phase its anchor asks for."""
+    windows = _check_windows(windows)
+    if (
+        isinstance(mels, torch.Tensor)
+        or not isinstance(mels, Sequence)
+        or len(mels) != len(windows)
+    ):
+        raise ValueError(f"mels must be a sequence of one mel per window ({len(windows)})")
+    for i, (w, m) in enumerate(zip(windows, mels)):
+        if not isinstance(m, torch.Tensor) or tuple(m.shape) != (MEL_CHANNELS, w.frames):
+            shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"mels[{i}] must be [{MEL_CHANNELS}, {w.frames}], got {shape}")
+    if not windows:
+        return []
+    hift = s3gen.mel2wav
+    device = s3gen.device
+    lengths = torch.tensor([w.frames for w in windows])
+    frames = int(lengths.max())
+    harmonics = hift.num_harmonics
+    mel = torch.zeros(len(windows), MEL_CHANNELS, frames, device=device)
+    noise = torch.zeros(len(windows), harmonics, frames * MEL_HOP)
+    for i, (w, m) in enumerate(zip(windows, mels)):
+        mel[i, :, : w.frames] = m.to(device, torch.float32)
+        noise[i, :, : w.noise.shape[1]] = w.noise
+    lengths_d = lengths.to(device)
+    # The F0 HiFT will compute (same masked input as its forward), needed before it runs: each
+    # window's starting phase depends on the cycles its own F0 adds up to the anchor.
+    conv_dtype = hift.conv_pre.weight.dtype
+    mask = length_mask(lengths_d, frames).unsqueeze(1).to(conv_dtype)
+    f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask).to("cpu", torch.float64)
+    sizes = lengths.tolist()
+    f0s = [f0[i, :n].clone() for i, n in enumerate(sizes)]
+    cycles = []
+    phases = torch.empty(len(windows), harmonics, 1)
+    for i, w in enumerate(windows):
+        before = _cycles_after(
+            torch.zeros(harmonics), f0s[i][: w.anchor_frame - w.mel_start], harmonics
+        )
+        start = (w.anchor_cycles.to(torch.float64) - before).remainder(1.0)
+        cycles.append(start)
+        # sin(2pi(c + cumsum) + phase) == sin(2pi cumsum + (phase + 2pi c)): fold c into phases.
+        phases[i] = (w.phases[:, 0].double() + 2 * math.pi * start).float().unsqueeze(-1)
+    wav = hift(mel, lengths_d, phases.to(device), noise.to(device)).float().cpu()
+    return [
+        WindowResult(w.stream_id, w.index, m, f0s[i], cycles[i], wav[i, : n * MEL_HOP].clone())
+        for i, (w, m, n) in enumerate(zip(windows, mels, sizes))
+    ]
+
+
+@torch.inference_mode()
+def synthesize_windows(s3gen: S3Gen, windows: Sequence[StreamWindow]) -> list[WindowResult]:
+    """Run windows of any streams (any voices, lengths, final or not) as padded batches: one flow
+    batch per distinct ``n_timesteps`` (:func:`flow_windows`) and one HiFT batch for all
+    (:func:`vocode_windows`). Each result equals running its window alone (to float rounding)
+    and goes back to its stream's :meth:`S3GenStream.accept`."""
+    return vocode_windows(s3gen, windows, flow_windows(s3gen, windows))
+
+
+def stream_synthesize(
+    s3gen: S3Gen,
+    tokens: Sequence[int] | torch.Tensor,
+    reference: S3GenReference,
+    *,
+    seed: int = 0,
+    n_timesteps: int = 10,
+    config: StreamingConfig | None = None,
+    push_sizes: Iterable[int] | None = None,
+) -> list[torch.Tensor]:
+    """All chunks of one utterance streamed at once (tests, benchmarks): pushes ``tokens`` in
+    pieces of ``push_sizes`` (default: one token at a time) and finishes."""
+    stream = S3GenStream(s3gen, reference, seed=seed, n_timesteps=n_timesteps, config=config)
+    values = _as_token_list(tokens)
+    sizes = iter(push_sizes) if push_sizes is not None else itertools.repeat(1)
+    chunks: list[torch.Tensor] = []
+    position = 0
+    while position < len(values):
+        size = max(1, next(sizes, len(values) - position))
+        chunks.extend(stream.push(values[position : position + size]))
+        position += size
+    chunks.extend(stream.finish())
+    return chunks
+
+
+__all__ = [
+    "NOISE_BLOCK_SAMPLES",
+    "S3GenStream",
+    "StreamWindow",
+    "StreamingConfig",
+    "WindowResult",
+    "flow_windows",
+    "stream_source_noise",
+    "stream_synthesize",
+    "synthesize_windows",
+    "vocode_windows",
+]
