@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatterbox_vllm import ChatterboxTTS
+from chatterbox_vllm import ChatterboxTTS, ReplicatedChatterboxTTS
 from chatterbox_vllm.distributed.bench import kill_when_busy
-from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
 
 pytestmark = pytest.mark.gpu
 
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.gpu
 # supports.
 GPU_ENGINE = {
     "dtype": "float32",
-    "enforce_eager": True,
+    "cuda_graphs": "off",
     "gpu_memory_utilization": 0.3,
     "max_num_seqs": 8,
     "max_new_tokens": 200,

@@ -10,7 +10,6 @@ import pytest
 from chatterbox_vllm.distributed.placement import (
     LoadAwarePlacement,
     PlacedChunk,
-    estimate_speech_tokens,
 )
 
 
@@ -25,16 +24,6 @@ def drain_calls(placement: LoadAwarePlacement) -> list:
     while (call := placement.next_call()) is not None:
         calls.append(call)
     return calls
-
-
-def test_estimate_follows_text_length_and_the_token_caps() -> None:
-    # 15 characters per second of speech, 25 speech tokens per second.
-    assert estimate_speech_tokens("x" * 150, max_new_tokens=1000) == 250
-    assert estimate_speech_tokens("x" * 30, max_new_tokens=1000) == 50
-    assert estimate_speech_tokens("x" * 150, max_new_tokens=100) == 100
-    assert estimate_speech_tokens("x" * 150, 1000, max_tokens_per_expected_second=10) == 100
-    assert estimate_speech_tokens("x", max_new_tokens=1000) == 2
-    assert estimate_speech_tokens("", max_new_tokens=1000) == 1
 
 
 def test_one_long_chunk_weighs_as_much_as_many_short_ones() -> None:

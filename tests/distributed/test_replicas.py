@@ -27,23 +27,12 @@ from chatterbox_vllm import (
     GenerationParams,
     InvalidParameterError,
     InvalidTextError,
+    ReplicatedChatterboxTTS,
     TTSRequest,
 )
 from chatterbox_vllm.distributed.bench import kill_when_busy
-from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
+from vllm_cpu_test_support.settings import CHATTERBOX_ENGINE as TEST_ENGINE
 
-# Small engine settings for the vLLM CPU test support: a short token budget keeps every chunk cheap
-# (random weights never emit the stop token, so each chunk runs to its cap).
-TEST_ENGINE = {
-    "dtype": "float32",
-    "enforce_eager": True,
-    "num_gpu_blocks_override": 128,
-    "max_num_seqs": 8,
-    "max_new_tokens": 200,
-    "max_chunk_chars": 60,
-    "cfm_steps": 4,
-    "s3gen_batch_size": 4,
-}
 CAP = 25.0  # speech tokens per expected second of speech: keeps random-weight chunks short
 SEED = 7
 LONG_TEXT = (

@@ -41,7 +41,7 @@ def test_help_lists_the_commands() -> None:
         "--no-watermark",
     ):
         assert option in speak_help
-    assert "--max-tokens-per-second-of-speech" in run_cli("bench", "--help").stdout
+    assert "--max-tokens-per-expected-second" in run_cli("bench", "--help").stdout
 
 
 def test_parser_maps_options() -> None:

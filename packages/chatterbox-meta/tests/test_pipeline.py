@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from chatterbox_vllm.controls import GenerationParams
 from chatterbox_vllm.pipeline import ChunkJob, EventLoopThread, run_pipeline
+from chatterbox_vllm.planner import PlanItem
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,11 @@ class RecordingS3Gen:
 
 
 def _jobs(n: int) -> list[ChunkJob]:
-    return [ChunkJob(0, i, f"chunk {i}", t3_request=i, reference=i, seed=10 + i) for i in range(n)]
+    items = [
+        PlanItem(i, 0, i, f"chunk {i}", GenerationParams(), max_tokens=10, seed=10 + i)
+        for i in range(n)
+    ]
+    return [ChunkJob(item, t3_request=item.order, reference=item.order) for item in items]
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +91,13 @@ def test_s3gen_starts_while_t3_is_still_decoding(loop: EventLoopThread) -> None:
     assert timings.overlap > 0 and timings.s3gen_batches == len(s3gen.calls)
     assert all(len(tokens) <= 2 for _, tokens, _ in s3gen.calls)
     for job in jobs:
-        assert job.token_ids == (100 + job.chunk_index,) * (job.chunk_index + 1)
-        assert job.finish_reason == "stop"
+        index = job.item.chunk_index
+        assert job.tokens is not None
+        assert job.tokens.token_ids == (100 + index,) * (index + 1)
+        assert job.tokens.finish_reason == "stop"
         assert job.waveform is not None
-        assert job.waveform.shape == (480 * (job.chunk_index + 1),)
-        assert torch.all(job.waveform == job.chunk_index)  # paired with its own reference
+        assert job.waveform.shape == (480 * (index + 1),)
+        assert torch.all(job.waveform == index)  # paired with its own reference
     seeds = sorted(seed for _, _, call_seeds in s3gen.calls for seed in call_seeds)
     assert seeds == [10 + i for i in range(6)]
     assert timings.speech_tokens == sum(range(1, 7))
@@ -133,3 +141,29 @@ def test_s3gen_error_cancels_t3(loop: EventLoopThread) -> None:
         )
     time.sleep(0.3)
     assert t3.cancelled and len(t3.finished_at) < 6
+
+
+def test_a_dead_engine_ends_the_call_instead_of_hanging(loop: EventLoopThread) -> None:
+    """vLLM 0.9.2 waits forever for outputs of a vanished engine-core process; the pipeline polls
+    the engine's health while it waits and turns a death into EngineDeadError."""
+    import asyncio
+
+    from chatterbox_vllm.errors import EngineDeadError
+
+    async def never_finishes(request: int) -> AsyncIterator[Output]:
+        await asyncio.sleep(3600)
+        yield Output((), "stop")
+
+    deaths = iter([None, "EngineCore_0 was killed by signal 9"])
+    start = time.perf_counter()
+    with pytest.raises(EngineDeadError, match="killed by signal 9.*load a new one"):
+        run_pipeline(
+            _jobs(2),
+            stream_tokens=never_finishes,
+            loop=loop,
+            synthesize=RecordingS3Gen().synthesize,
+            s3gen_batch_size=2,
+            engine_failure=lambda: next(deaths, "EngineCore_0 was killed by signal 9"),
+            progress=False,
+        )
+    assert time.perf_counter() - start < 10

@@ -9,12 +9,16 @@ with ChatterboxTTS.from_pretrained() as tts:
 from chatterbox_vllm.audio import DEFAULT_CROSSFADE_SECONDS, load_voice_audio, save_audio
 from chatterbox_vllm.checkpoint import make_random_checkpoint
 from chatterbox_vllm.conds import VoiceConditionals
+from chatterbox_vllm.config import EngineConfig
+from chatterbox_vllm.controls import CONTROLS, GenerationParams
+from chatterbox_vllm.distributed.replicated import ReplicatedChatterboxTTS
 from chatterbox_vllm.errors import (
     AudioError,
     AudioTooShortError,
     ChatterboxError,
     CheckpointError,
     CorruptAudioError,
+    EngineDeadError,
     InvalidAudioError,
     InvalidParameterError,
     InvalidTextError,
@@ -30,17 +34,16 @@ from chatterbox_vllm.interfaces import (
     SpeechTokens,
     SpeechTokenSequence,
     StreamingSpeechTokenGenerator,
-    Vocoder,
 )
-from chatterbox_vllm.params import GenerationParams
-from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
+from chatterbox_vllm.results import GenerationResult, TTSRequest
 from chatterbox_vllm.text import MAX_TEXT_CHARS, split_text
-from chatterbox_vllm.tts import ChatterboxTTS, EngineConfig, GenerationResult, TTSRequest
+from chatterbox_vllm.tts import ChatterboxTTS
 from chatterbox_vllm.voices import Voice
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONTROLS",
     "DEFAULT_CROSSFADE_SECONDS",
     "DEFAULT_REPO_ID",
     "DEFAULT_REVISION",
@@ -54,6 +57,7 @@ __all__ = [
     "CheckpointError",
     "CorruptAudioError",
     "EngineConfig",
+    "EngineDeadError",
     "GenerationParams",
     "GenerationResult",
     "InvalidAudioError",
@@ -68,7 +72,6 @@ __all__ = [
     "StreamingSpeechTokenGenerator",
     "TTSRequest",
     "UnsupportedAudioFormatError",
-    "Vocoder",
     "Voice",
     "VoiceConditionals",
     "__version__",

@@ -10,14 +10,18 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from chatterbox_s3gen import S3Gen, S3GenReference
-    from chatterbox_s3gen.vocoders import GriffinLimVocoder, HiFTOnnxVocoder, HiFTTorchVocoder
+    from chatterbox_s3gen.vocoders import (
+        GriffinLimVocoder,
+        HiFTOnnxVocoder,
+        HiFTTorchVocoder,
+        Vocoder,
+    )
     from chatterbox_t3 import AsyncT3Engine, T3Engine, T3Output, T3Request
     from chatterbox_vllm.interfaces import (
         SpeechDecoder,
         SpeechTokenGenerator,
         SpeechTokenSequence,
         StreamingSpeechTokenGenerator,
-        Vocoder,
     )
 
 

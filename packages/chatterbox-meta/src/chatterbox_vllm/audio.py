@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -240,21 +241,64 @@ def crossfade_overlaps(lengths: Sequence[int], crossfade_samples: int) -> list[i
     ]
 
 
-def save_audio(path: str | os.PathLike, waveform: torch.Tensor, sample_rate: int) -> Path:
-    """Writes mono audio; the format follows the suffix (.wav 16-bit PCM, .flac, .ogg, .mp3 where
-    the installed libsndfile has MP3)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    supported = supported_audio_suffixes()
+# What each output suffix is written as: (libsndfile major format, subtype). Only these are
+# offered for writing; every one is written and read back in the tests.
+_OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
+    ".wav": ("WAV", "PCM_16"),
+    ".wave": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".oga": ("OGG", "VORBIS"),
+    ".opus": ("OGG", "OPUS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".aiff": ("AIFF", "PCM_16"),
+    ".aif": ("AIFF", "PCM_16"),
+}
+
+
+def supported_output_suffixes() -> list[str]:
+    """Output suffixes the installed libsndfile can encode (format and codec both present)."""
+    formats = set(soundfile.available_formats())
+    supported = []
+    for suffix, (major, subtype) in _OUTPUT_FORMATS.items():
+        if major in formats and subtype in soundfile.available_subtypes(major):
+            supported.append(suffix)
+    return sorted(supported)
+
+
+def output_format(path: str | os.PathLike) -> tuple[str, str]:
+    """``(format, subtype)`` for writing ``path`` (``"-"``: WAV); raises
+    :class:`UnsupportedAudioFormatError` naming the accepted suffixes."""
+    if os.fspath(path) == "-":
+        return _OUTPUT_FORMATS[".wav"]
+    suffix = Path(path).suffix.lower()
+    supported = supported_output_suffixes()
     if suffix not in supported:
         raise UnsupportedAudioFormatError(
             f"cannot write {suffix or '(no suffix)'!r} audio ({path}); choose one of "
             f"{', '.join(supported)}"
         )
-    data = waveform.detach().to("cpu", torch.float32).reshape(-1).numpy()
-    subtype = (
-        "PCM_16" if _SUFFIX_FORMATS[suffix] in {"WAV", "AIFF", "AU", "CAF", "W64", "RF64"} else None
-    )
+    return _OUTPUT_FORMATS[suffix]
+
+
+def encode_audio(
+    destination: str | os.PathLike | BinaryIO,
+    waveform: torch.Tensor,
+    sample_rate: int,
+    format_and_subtype: tuple[str, str],
+) -> None:
+    """Encodes mono float audio (clipped to [-1, 1]) with libsndfile into a path or binary file."""
+    major, subtype = format_and_subtype
+    data = np.clip(waveform.detach().to("cpu", torch.float32).reshape(-1).numpy(), -1.0, 1.0)
+    target = destination if hasattr(destination, "write") else os.fspath(destination)  # type: ignore[arg-type]
+    soundfile.write(target, data, sample_rate, format=major, subtype=subtype)
+
+
+def save_audio(path: str | os.PathLike, waveform: torch.Tensor, sample_rate: int) -> Path:
+    """Writes mono audio; the format follows the suffix (:func:`supported_output_suffixes`:
+    16-bit PCM for .wav/.flac/.aiff, Vorbis for .ogg/.oga, Opus for .opus, MP3 for .mp3)."""
+    path = Path(path)
+    fmt = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(str(path), np.clip(data, -1.0, 1.0), sample_rate, subtype=subtype)
+    encode_audio(path, waveform, sample_rate, fmt)
     return path

@@ -1,25 +1,41 @@
 """``chatterbox-vllm``: speak text, make random checkpoints, benchmark.
 
+Control and engine flags are generated from :data:`chatterbox_vllm.controls.CONTROLS` and
+:class:`chatterbox_vllm.config.EngineConfig`, so ``--help`` lists every one with its range and
+default. Everything that can be checked without the model (text, voice, checkpoint, output path,
+device) is checked before it loads. Results go to stdout (or the audio itself with ``--out -``);
+logs and progress go to stderr.
+
 Exit codes: 0 success, 1 bad input or runtime failure (the message says what to fix), 2 bad
-command line (argparse).
+command line (argparse), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from chatterbox_vllm.config import (
+    EngineConfig,
+    add_engine_arguments,
+    engine_overrides_from_namespace,
+)
+from chatterbox_vllm.controls import (
+    GenerationParams,
+    add_control_arguments,
+    controls_from_namespace,
+)
 from chatterbox_vllm.errors import ChatterboxError
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BENCH_TOKENS_PER_SECOND = 25.0
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,56 +53,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="Hub revision (default: the pinned commit %(default)s)",
     )
     group.add_argument("--cache-dir", type=Path, help="Hugging Face cache directory")
-
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    engine.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "float16", "bfloat16"],
-        help="T3 dtype in vLLM (auto: bfloat16 on CUDA, float32 on CPU)",
-    )
-    engine.add_argument(
-        "--s3gen-dtype", default="float32", choices=["float32", "float16", "bfloat16"]
-    )
-    engine.add_argument(
-        "--gpu-memory-utilization",
-        type=float,
-        default=0.4,
-        help="share of GPU memory for T3 weights + KV cache (%(default)s)",
-    )
-    engine.add_argument(
-        "--max-num-seqs", type=int, default=32, help="most chunks decoded at once (%(default)s)"
-    )
-    engine.add_argument(
-        "--max-model-len",
-        type=int,
-        help="T3 positions per chunk (default: derived from --max-new-tokens)",
-    )
-    engine.add_argument("--vocoder", default="hift-torch", help="S3Gen vocoder backend")
-    engine.add_argument(
-        "--cfm-steps",
-        type=int,
-        default=10,
-        help="flow-matching steps (%(default)s, the reference's)",
-    )
-    engine.add_argument("--s3gen-batch-size", type=int, default=8)
-    engine.add_argument(
-        "--max-chunk-chars",
-        type=int,
-        help="long-text chunk size (default: derived from --max-new-tokens)",
-    )
-    engine.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs in vLLM")
-    engine.add_argument(
-        "--num-gpu-blocks",
-        type=int,
-        dest="num_gpu_blocks_override",
-        help="fixed KV-cache size in blocks (vLLM num_gpu_blocks_override)",
-    )
-    engine.add_argument(
+    group.add_argument(
         "--no-watermark", action="store_true", help="do not apply the Perth watermark"
     )
-
+    add_engine_arguments(parser)
     scaling = parser.add_argument_group("several GPUs or machines (Ray; see docs/multi-node.md)")
     scaling.add_argument(
         "--replicas",
@@ -101,21 +71,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_control_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("generation controls (defaults: chatterbox-tts 0.1.2)")
-    group.add_argument("--exaggeration", type=float, default=0.5, help="0-2, 0.5 neutral")
-    group.add_argument("--cfg-weight", type=float, default=0.5, help="0-3, 0 disables CFG")
-    group.add_argument("--temperature", type=float, default=0.8)
-    group.add_argument("--top-p", type=float, default=1.0)
-    group.add_argument("--min-p", type=float, default=0.05)
-    group.add_argument("--repetition-penalty", type=float, default=1.2)
-    group.add_argument("--seed", type=int, help="make the output reproducible")
-    group.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=1000,
-        help="speech tokens per chunk, 25 per second (%(default)s)",
-    )
+VOICE_HELP = (
+    "reference recording to clone (wav/flac/ogg/mp3, >= 1 s; 5-10 s of clean speech is best) or "
+    "a voice saved with Voice.save (.pt); default: the checkpoint's built-in voice"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,12 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n"
         "  chatterbox-vllm speak 'Hello there.' --voice me.wav --out hello.wav\n"
         "  cat chapter.txt | chatterbox-vllm speak --out chapter.flac\n"
+        "  chatterbox-vllm speak 'Hi.' --out - | aplay\n"
         "  chatterbox-vllm make-random-checkpoint ./tiny --size tiny\n"
         "  chatterbox-vllm bench --model-dir ./tiny --text-file chapter.txt --voice me.wav",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs"
+        "-v", "--verbose", action="count", default=0, help="-v: info logs (vLLM's too), -vv: debug"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -142,21 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speak.add_argument("text", nargs="?", help="text to speak; '-' or omitted: read stdin")
     speak.add_argument("--file", type=Path, help="read the text from this UTF-8 file")
-    speak.add_argument(
-        "--voice",
-        type=Path,
-        help="reference recording to clone (wav/flac/ogg/mp3, >= 1 s; 5-10 s "
-        "of clean speech is best); default: the checkpoint's built-in voice",
-    )
+    speak.add_argument("--voice", type=Path, help=VOICE_HELP)
     speak.add_argument(
         "--out",
-        type=Path,
-        default=Path("speech.wav"),
-        help="output file; the suffix picks the format: .wav .flac .ogg .mp3 "
-        "(default %(default)s)",
+        default="speech.wav",
+        help="output file; the suffix picks the format (.wav .flac .ogg .opus .mp3 .aiff ...); "
+        "'-' writes WAV to standard output (default %(default)s)",
     )
-    speak.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_control_arguments(speak)
+    speak.add_argument("--quiet", action="store_true", help="no progress, only errors")
+    add_control_arguments(speak)
     _add_model_arguments(speak)
 
     make = commands.add_parser(
@@ -178,34 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="time a long text end to end",
         description="Generate speech for a text file and report chunks, audio duration, wall time "
-        "(model load / T3 / S3Gen / overlap), real-time factor, T3 tokens/s and peak GPU memory.",
+        "(model load / T3 / S3Gen / overlap), real-time factor, T3 tokens/s and peak GPU memory. "
+        "Random weights never emit the stop token, so each chunk is capped at "
+        "--max-tokens-per-expected-second (default 25, the real token rate).",
     )
     bench.add_argument("--text-file", type=Path, required=True)
-    bench.add_argument("--voice", type=Path, help="reference recording (default: built-in voice)")
-    bench.add_argument(
-        "--max-tokens-per-second-of-speech",
-        type=float,
-        default=DEFAULT_BENCH_TOKENS_PER_SECOND,
-        help="cap each chunk at this many speech tokens per second of speech its text should "
-        "take (characters / 15). Random weights never emit the stop token, so without a cap "
-        "every chunk runs to --max-new-tokens (default %(default)s, the real token rate)",
-    )
-    bench.add_argument("--out", type=Path, help="also save the audio here")
-    _add_control_arguments(bench)
+    bench.add_argument("--voice", type=Path, help=VOICE_HELP)
+    bench.add_argument("--out", help="also save the audio here")
+    bench.add_argument("--quiet", action="store_true", help="no progress, only errors")
+    add_control_arguments(bench)
     _add_model_arguments(bench)
     return parser
 
 
-def _read_text(args: argparse.Namespace) -> str:
+def read_text(args: argparse.Namespace) -> str:
     if args.file is not None and args.text not in (None, "-"):
         raise ChatterboxError("give the text either as an argument or with --file, not both")
     if args.file is not None:
-        try:
-            return args.file.read_text(encoding="utf-8")
-        except FileNotFoundError as error:
-            raise ChatterboxError(f"--file {args.file} does not exist") from error
-        except UnicodeDecodeError as error:
-            raise ChatterboxError(f"--file {args.file} is not UTF-8 text ({error})") from error
+        return read_text_file(args.file, "--file")
     if args.text not in (None, "-"):
         return str(args.text)
     if sys.stdin is None or sys.stdin.isatty():
@@ -213,34 +157,35 @@ def _read_text(args: argparse.Namespace) -> str:
     return sys.stdin.read()
 
 
-def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {
-        "dtype": args.dtype,
-        "s3gen_dtype": args.s3gen_dtype,
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "max_num_seqs": args.max_num_seqs,
-        "max_model_len": args.max_model_len,
-        "vocoder": args.vocoder,
-        "cfm_steps": args.cfm_steps,
-        "s3gen_batch_size": args.s3gen_batch_size,
-        "max_chunk_chars": args.max_chunk_chars,
-        "enforce_eager": args.enforce_eager,
-        "num_gpu_blocks_override": args.num_gpu_blocks_override,
-        "max_new_tokens": args.max_new_tokens,
-    }
-    if args.device:
-        overrides["device"] = args.device
-    return overrides
+def read_text_file(path: Path, flag: str) -> str:
+    if path.is_dir():
+        raise ChatterboxError(f"{flag} {path} is a directory; give a UTF-8 text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ChatterboxError(f"{flag} {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        raise ChatterboxError(f"{flag} {path} is not UTF-8 text ({error})") from None
+    except OSError as error:
+        raise ChatterboxError(f"{flag} {path}: cannot read it ({error.strerror})") from None
 
 
-def _replicated(args: argparse.Namespace) -> bool:
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The engine the command loads: its flags, plus ``--max-new-tokens`` sizing the engine."""
+    overrides = engine_overrides_from_namespace(args)
+    if args.max_new_tokens is not None:
+        overrides["max_new_tokens"] = args.max_new_tokens
+    return EngineConfig().with_overrides(overrides)
+
+
+def replicated(args: argparse.Namespace) -> bool:
     if args.replicas is not None and args.replicas < 1:
         raise ChatterboxError(f"--replicas must be >= 1, got {args.replicas}")
     return args.replicas is not None or args.ray_address is not None
 
 
-def _checkpoint_source(args: argparse.Namespace) -> Any:
-    from chatterbox_vllm.replicas import CheckpointSource
+def checkpoint_source(args: argparse.Namespace) -> Any:
+    from chatterbox_vllm.distributed.replica import CheckpointSource
 
     if args.model_dir is not None:
         return CheckpointSource(model_dir=str(args.model_dir))
@@ -251,76 +196,90 @@ def _checkpoint_source(args: argparse.Namespace) -> Any:
     )
 
 
-def _load(args: argparse.Namespace) -> Any:
+def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> EngineConfig:
+    """Every check that needs no model; returns the config with the device made explicit."""
+    from chatterbox_vllm import preflight as checks
+
+    if args.voice is not None:
+        checks.check_voice(args.voice)
+    if args.out is not None:
+        checks.check_output(args.out)
+    if not replicated(args):
+        config = config.with_overrides({"device": checks.check_device(config.device)})
+    if args.model_dir is not None:
+        path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
+        checks.check_text(text, path, config.chunk_chars)
+    else:
+        from chatterbox_vllm.text import validate_text
+
+        validate_text(text)
+    return config
+
+
+def load(args: argparse.Namespace, config: EngineConfig) -> Any:
     from chatterbox_vllm.tts import ChatterboxTTS
 
     watermark = False if args.no_watermark else None
-    if _replicated(args):
-        from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
+    if replicated(args):
+        from chatterbox_vllm.distributed.replicated import ReplicatedChatterboxTTS
 
         return ReplicatedChatterboxTTS(
-            _checkpoint_source(args),
+            checkpoint_source(args),
             replicas=args.replicas,
             address=args.ray_address,
             watermark=watermark,
-            **_engine_overrides(args),
+            config=config,
         )
     if args.model_dir is not None:
-        return ChatterboxTTS.from_local(
-            args.model_dir, watermark=watermark, **_engine_overrides(args)
-        )
+        return ChatterboxTTS.from_local(args.model_dir, watermark=watermark, config=config)
     return ChatterboxTTS.from_pretrained(
-        args.repo_id,
-        args.revision,
-        cache_dir=args.cache_dir,
-        watermark=watermark,
-        **_engine_overrides(args),
+        args.repo_id, args.revision, cache_dir=args.cache_dir, watermark=watermark, config=config
     )
 
 
-def _controls(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "exaggeration": args.exaggeration,
-        "cfg_weight": args.cfg_weight,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "min_p": args.min_p,
-        "repetition_penalty": args.repetition_penalty,
-        "seed": args.seed,
-        "max_new_tokens": args.max_new_tokens,
-    }
+def write_result(result: Any, out: str) -> str:
+    """Writes the audio to ``out`` (``-``: WAV on stdout). If writing fails after generation,
+    the audio is kept in a temporary WAV file and the error says where it is."""
+    from chatterbox_vllm.audio import encode_audio, output_format
 
-
-def _check_output_suffix(path: Path) -> None:
-    from chatterbox_vllm.audio import supported_audio_suffixes
-
-    if path.suffix.lower() not in supported_audio_suffixes():
+    if out == "-":
+        encode_audio(sys.stdout.buffer, result.waveform, result.sample_rate, output_format("-"))
+        sys.stdout.buffer.flush()
+        return "standard output"
+    try:
+        return str(result.save(out))
+    except (OSError, RuntimeError, ChatterboxError) as error:
+        fd, rescue = tempfile.mkstemp(prefix="chatterbox-", suffix=".wav")
+        os.close(fd)
+        result.save(rescue)
         raise ChatterboxError(
-            f"--out {path}: unsupported format {path.suffix or '(no suffix)'!r}; use one of "
-            f"{', '.join(supported_audio_suffixes())}"
+            f"could not write {out} ({error}); the audio is kept in {rescue}"
+        ) from None
+
+
+def speak(args: argparse.Namespace) -> int:
+    text = read_text(args)
+    controls = controls_from_namespace(args)
+    GenerationParams.from_controls(controls)  # bad controls fail before anything loads
+    config = preflight(args, text, engine_config(args))
+    with load(args, config) as tts:
+        result = tts.generate(text, voice=args.voice, progress=not args.quiet, **controls)
+        where = write_result(result, args.out)
+    if args.out != "-":
+        print(
+            f"wrote {where} ({result.duration_s:.2f} s, {result.sample_rate} Hz, "
+            f"{len(result.chunks)} chunk(s){', watermarked' if result.watermarked else ''})"
         )
-
-
-def _speak(args: argparse.Namespace) -> int:
-    from chatterbox_vllm.params import GenerationParams
-    from chatterbox_vllm.text import validate_text
-
-    text = validate_text(_read_text(args))
-    GenerationParams(**_controls(args))  # fail on bad controls before loading anything
-    _check_output_suffix(args.out)
-    with _load(args) as tts:
-        result = tts.generate(text, voice=args.voice, progress=not args.quiet, **_controls(args))
-        path = result.save(args.out)
-    print(
-        f"wrote {path} ({result.duration_s:.2f} s, {result.sample_rate} Hz, "
-        f"{len(result.chunks)} chunk(s){', watermarked' if result.watermarked else ''})"
-    )
     return 0
 
 
-def _make_checkpoint(args: argparse.Namespace) -> int:
+def make_checkpoint(args: argparse.Namespace) -> int:
     from chatterbox_vllm.checkpoint import make_random_checkpoint
 
+    if args.directory.exists() and not args.directory.is_dir():
+        raise ChatterboxError(
+            f"{args.directory} exists and is a file; give a new or existing directory"
+        )
     start = time.perf_counter()
     path = make_random_checkpoint(args.directory, size=args.size, seed=args.seed)
     total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
@@ -331,151 +290,33 @@ def _make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-class _GpuMemorySampler:
-    """Peak device memory in use (all processes: vLLM's engine core runs in its own), sampled."""
-
-    def __init__(self, interval_s: float = 0.05) -> None:
-        import threading
-
-        import torch
-
-        self.available = torch.cuda.is_available()
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._interval = interval_s
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import torch
-
-        while not self._stop.is_set():
-            free, total = torch.cuda.mem_get_info()
-            self.peak_bytes = max(self.peak_bytes, total - free)
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> _GpuMemorySampler:
-        if self.available:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.available:
-            self._stop.set()
-            self._thread.join()
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from chatterbox_vllm.params import GenerationParams
-    from chatterbox_vllm.text import validate_text
-
-    try:
-        text = validate_text(args.text_file.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise ChatterboxError(f"--text-file {args.text_file} does not exist") from error
-    controls = _controls(args)
-    cap = args.max_tokens_per_second_of_speech
-    GenerationParams(**controls, max_tokens_per_expected_second=cap)
-    if args.out is not None:
-        _check_output_suffix(args.out)
-    if _replicated(args):
-        return _bench_replicas(args, text, controls, cap)
-    with _GpuMemorySampler() as memory:
-        load_start = time.perf_counter()
-        tts = _load(args)
-        load_seconds = time.perf_counter() - load_start
-        with tts:
-            start = time.perf_counter()
-            result = tts.generate(
-                text, voice=args.voice, max_tokens_per_expected_second=cap, **controls
-            )
-            wall = time.perf_counter() - start
-            stats = tts.last_stats
-    if args.out is not None:
-        result.save(args.out)
-    timings = stats.timings
-    audio = result.duration_s
-    tokens = sum(result.speech_tokens)
-    capped = sum(1 for reason in result.finish_reasons if reason == "length")
-    rows = [
-        ("text", f"{len(text):,} characters, {len(text.split()):,} words"),
-        ("chunks", f"{len(result.chunks)} ({capped} stopped by the token cap)"),
-        (
-            "token cap",
-            f"{cap:g} tokens per expected second of speech (random weights never "
-            "emit the stop token)"
-            if cap
-            else "none",
-        ),
-        ("audio duration", f"{audio:.2f} s"),
-        ("model load", f"{load_seconds:.2f} s"),
-        ("voice preparation", f"{stats.voice_seconds:.2f} s"),
-        ("generate wall time", f"{wall:.2f} s"),
-        ("  T3 (first request to last token)", f"{timings.t3:.2f} s"),
-        ("  S3Gen (busy)", f"{timings.s3gen:.2f} s in {timings.s3gen_batches} batch(es)"),
-        ("  S3Gen overlapping T3", f"{timings.overlap:.2f} s"),
-        ("real-time factor (wall / audio)", f"{wall / audio:.3f}" if audio else "n/a"),
-        (
-            "T3 speech tokens",
-            f"{tokens:,} ({tokens / timings.t3:.1f} tokens/s)" if timings.t3 > 0 else f"{tokens:,}",
-        ),
-        (
-            "peak GPU memory (device, all processes)",
-            f"{memory.peak_bytes / 2**30:.2f} GiB" if memory.available else "n/a (no CUDA device)",
-        ),
-    ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    return 0
-
-
-def _bench_replicas(
-    args: argparse.Namespace, text: str, controls: dict[str, Any], cap: float | None
-) -> int:
-    """``bench --replicas N``: throughput on 1..N replicas, then a run with one replica killed."""
-    import ray
-
-    from chatterbox_vllm.replicas import bench_scaling
-
-    if args.out is not None:
-        raise ChatterboxError(
-            "--out is not supported with --replicas (the benchmark runs the text several "
-            "times); use `speak --replicas` to save audio"
-        )
-    max_replicas = args.replicas
-    if max_replicas is None:  # --ray-address alone: one replica per GPU of that cluster
-        ray.init(address=args.ray_address)
-        max_replicas = max(1, int(ray.cluster_resources().get("GPU", 0)))
-    report = bench_scaling(
-        _checkpoint_source(args),
-        text,
-        max_replicas=max_replicas,
-        voice=args.voice,
-        seed=0 if controls["seed"] is None else controls["seed"],
-        max_tokens_per_expected_second=cap,
-        address=args.ray_address,
-        controls={name: value for name, value in controls.items() if name != "seed"},
-        **_engine_overrides(args),
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Logs to stderr only. vLLM is told not to install its own stdout handler (it must be set
+    before vLLM is imported; the engine-core process inherits it), so its records reach our root
+    handler and ``-v`` applies to them too."""
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
     )
-    print(report.format())
-    return 0
+    # Load stages and chunk counts are progress: shown unless --quiet.
+    logging.getLogger("chatterbox_vllm").setLevel(
+        logging.ERROR if quiet else min(level, logging.INFO)
+    )
+    if verbose >= 1:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", logging.getLevelName(level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = (
-        logging.WARNING
-        if args.verbose == 0
-        else logging.INFO
-        if args.verbose == 1
-        else (logging.DEBUG)
-    )
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"speak": _speak, "make-random-checkpoint": _make_checkpoint, "bench": _bench}
+    configure_logging(args.verbose, getattr(args, "quiet", False))
+    from chatterbox_vllm.benchmark import bench
+
+    handlers = {"speak": speak, "make-random-checkpoint": make_checkpoint, "bench": bench}
     try:
         return handlers[args.command](args)
-    except (ChatterboxError, ValueError, FileNotFoundError, ImportError) as error:
+    except (ChatterboxError, ValueError, OSError, ImportError) as error:
         print(f"chatterbox-vllm {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

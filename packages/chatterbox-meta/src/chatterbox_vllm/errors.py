@@ -47,3 +47,44 @@ class InvalidAudioError(AudioError):
 
 class CheckpointError(ChatterboxError, FileNotFoundError):
     """A checkpoint directory lacks a file, or a file has the wrong structure."""
+
+
+class EngineDeadError(ChatterboxError, RuntimeError):
+    """The T3 engine process is gone (killed, crashed, out of memory): this object cannot speak
+    any more; load a new one."""
+
+
+class ChunkInputError(ChatterboxError):
+    """An executor rejected one plan item's input (e.g. a character T3's tokenizer cannot
+    encode). ``cause`` is the error to show; ``order`` the item's position in the call's plan
+    (``None`` if unknown), so the front names the user's text the same way on every path."""
+
+    def __init__(self, order: int | None, cause: ChatterboxError) -> None:
+        super().__init__(order, cause)
+        self.order = order
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"chunk {self.order}: {self.cause}"
+
+
+def from_component_error(error: BaseException) -> ChatterboxError | None:
+    """The product error for an error a component raised on purpose (``None`` for anything
+    else): the one boundary where component errors become :class:`ChatterboxError` subclasses."""
+    from chatterbox_s3gen import errors as s3gen
+    from chatterbox_t3 import errors as t3
+
+    if isinstance(error, ChatterboxError):
+        return error
+    message = str(error)
+    if isinstance(error, t3.CheckpointError | s3gen.CheckpointError):
+        return CheckpointError(message)
+    if isinstance(error, t3.InvalidSamplingParameterError):
+        return InvalidParameterError(message)
+    if isinstance(
+        error, t3.InvalidVoiceError | t3.MissingConditioningError | s3gen.S3GenInputError
+    ):
+        return InvalidAudioError(message)
+    if isinstance(error, t3.T3InputError):
+        return InvalidTextError(message)
+    return None

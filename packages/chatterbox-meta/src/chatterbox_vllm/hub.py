@@ -34,6 +34,11 @@ def check_checkpoint_dir(directory: str | os.PathLike, *, require_conds: bool = 
     Raises :class:`CheckpointError` naming each missing file and what it should contain.
     """
     path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint directory {path} is not a directory (it is a file); pass the directory "
+            f"that holds {', '.join(CHECKPOINT_FILES)}"
+        )
     if not path.is_dir():
         raise CheckpointError(
             f"checkpoint directory {path} does not exist (expected a directory with "

@@ -3,7 +3,8 @@
 ``chatterbox-t3-vllm`` produces speech tokens, ``chatterbox-s3gen`` turns them into audio. Neither
 imports this package: they satisfy these protocols structurally, and ``nox -s typecheck`` proves it
 (see :mod:`chatterbox_vllm._conformance`). Anything else that matches a protocol can replace a
-component, e.g. a different vocoder (:class:`Vocoder`) or another speech-token model.
+component, e.g. another speech-token model. The vocoder plug-in point is S3Gen's own
+``chatterbox_s3gen.vocoders.Vocoder`` protocol (one definition, next to the registry).
 """
 
 from __future__ import annotations
@@ -89,10 +90,22 @@ class SpeechTokenGenerator(Protocol[RequestT_contra]):
 
 
 class StreamingSpeechTokenGenerator(Protocol[RequestT_contra]):
-    """A generator that can hand out tokens while it is still decoding."""
+    """What the local executor needs from T3: text checking and token streams."""
 
-    def stream_speech_tokens(self, request: RequestT_contra) -> AsyncIterator[SpeechTokenSequence]:
-        """Yields the tokens generated so far (cumulative), the last item being final."""
+    def check_text(self, text: str) -> Sequence[int]:
+        """The model's text ids for ``text``; raises a ``ValueError`` subclass naming what is
+        wrong for text the model cannot speak (checked before anything is queued)."""
+        ...
+
+    def stream_speech_tokens(
+        self, request: RequestT_contra, *, final_only: bool = False
+    ) -> AsyncIterator[SpeechTokenSequence]:
+        """Yields the tokens generated so far (cumulative), the last item being final; only the
+        final item with ``final_only``."""
+        ...
+
+    def engine_failure(self) -> str | None:
+        """Why the generator can no longer serve (its engine died), ``None`` while it can."""
         ...
 
 
@@ -106,23 +119,10 @@ class SpeechDecoder(Protocol[ReferenceT_contra]):
         self,
         token_sequences: Sequence[Sequence[int]],
         references: Sequence[ReferenceT_contra],
+        *,
+        n_timesteps: int = ...,
+        seeds: Sequence[int] | None = ...,
     ) -> list[torch.Tensor]:
-        """One mono float waveform per token sequence; references pair up by index."""
-        ...
-
-
-class Vocoder(Protocol):
-    """Mel spectrogram -> waveform; implement this to swap S3Gen's vocoder."""
-
-    @property
-    def sample_rate(self) -> int: ...
-
-    @property
-    def hop_length(self) -> int:
-        """Output samples per mel frame."""
-        ...
-
-    def vocode(self, mels: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
-        """``mels``: ``[batch, 80, frames]`` log-mel (padded); ``mel_lengths``: ``[batch]``.
-        Returns one 1-D waveform per item of ``mel_lengths[i] * hop_length`` samples."""
+        """One mono float waveform per token sequence; references pair up by index;
+        ``n_timesteps`` flow-matching steps; ``seeds`` fix each item's noise."""
         ...

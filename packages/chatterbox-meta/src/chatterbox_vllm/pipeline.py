@@ -15,13 +15,16 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
-from chatterbox_vllm.interfaces import SPEECH_VOCAB_SIZE
+from chatterbox_vllm.errors import EngineDeadError
+from chatterbox_vllm.interfaces import SPEECH_VOCAB_SIZE, SpeechTokens
+from chatterbox_vllm.planner import PlanItem
+from chatterbox_vllm.results import PipelineTimings
 
 logger = logging.getLogger(__name__)
 
@@ -58,30 +61,23 @@ class EventLoopThread:
 
 @dataclass
 class ChunkJob:
-    """One chunk of one request as it moves through the pipeline."""
+    """One plan item as it moves through the pipeline."""
 
-    request_index: int
-    chunk_index: int
-    text: str
+    item: PlanItem
     t3_request: Any
+    """What ``stream_tokens`` takes (a ``chatterbox_t3.T3Request`` for T3)."""
     reference: Any
-    seed: int | None
-    token_ids: tuple[int, ...] = ()
-    finish_reason: str = ""
+    """What ``synthesize`` takes as the voice (an ``S3GenReference`` for S3Gen)."""
+    tokens: SpeechTokens | None = None
     waveform: torch.Tensor | None = None
 
+    @property
+    def seed(self) -> int | None:
+        return self.item.seed
 
-@dataclass
-class PipelineTimings:
-    """Wall-clock seconds of one pipelined call (``overlap``: S3Gen busy while T3 decoded)."""
 
-    t3: float = 0.0
-    s3gen: float = 0.0
-    overlap: float = 0.0
-    total: float = 0.0
-    speech_tokens: int = 0
-    s3gen_batches: int = 0
-    s3gen_intervals: list[tuple[float, float]] = field(default_factory=list, repr=False)
+ENGINE_POLL_SECONDS = 1.0
+"""How often a waiting pipeline checks that the T3 engine is still alive."""
 
 
 _T3_FINISHED = object()
@@ -94,13 +90,16 @@ def run_pipeline(
     loop: EventLoopThread,
     synthesize: Callable[[list[list[int]], list[Any], list[int | None]], list[torch.Tensor]],
     s3gen_batch_size: int,
+    engine_failure: Callable[[], str | None] = lambda: None,
     progress: bool = True,
 ) -> PipelineTimings:
     """Runs every job through T3 (all at once) and S3Gen (in batches as they finish); fills
-    ``job.token_ids``, ``job.finish_reason`` and ``job.waveform``. Returns timings.
+    ``job.tokens`` and ``job.waveform``. Returns timings.
 
-    ``stream_tokens(t3_request)`` is an async iterator of cumulative outputs (last = final);
+    ``stream_tokens(t3_request)`` is an async iterator whose last item is the final output;
     ``synthesize(token_lists, references, seeds)`` returns one 1-D waveform per item.
+    ``engine_failure()`` says why the T3 engine died (``None`` while alive): it is polled while
+    waiting, so a killed engine ends the call with :class:`EngineDeadError` instead of a hang.
     """
     finished: queue.Queue[Any] = queue.Queue()
     timings = PipelineTimings()
@@ -132,7 +131,17 @@ def run_pipeline(
     bar = tqdm(total=len(jobs), desc="chunks", unit="chunk", disable=not progress, leave=False)
     try:
         while remaining:
-            item = finished.get()
+            try:
+                item = finished.get(timeout=ENGINE_POLL_SECONDS)
+            except queue.Empty:
+                failure = engine_failure()
+                if failure is not None:
+                    raise EngineDeadError(
+                        f"the T3 engine died during generation ({failure}); {remaining} of "
+                        f"{len(jobs)} chunk(s) were not finished. This object cannot speak any "
+                        "more: load a new one"
+                    ) from None
+                continue
             if item is _T3_FINISHED:
                 t3_end = time.perf_counter()
                 error = t3_future.exception()
@@ -153,15 +162,13 @@ def run_pipeline(
             for job_index, output in batch:
                 job = jobs[job_index]
                 ids = [int(t) for t in output.token_ids]
-                job.token_ids = tuple(t for t in ids if 0 <= t < SPEECH_VOCAB_SIZE)
-                if len(job.token_ids) != len(ids):
+                kept = tuple(t for t in ids if 0 <= t < SPEECH_VOCAB_SIZE)
+                if len(kept) != len(ids):
                     logger.debug(
-                        "chunk %d: dropped %d non-speech token ids",
-                        job_index,
-                        len(ids) - len(job.token_ids),
+                        "chunk %d: dropped %d non-speech token ids", job_index, len(ids) - len(kept)
                     )
-                job.finish_reason = output.finish_reason
-                timings.speech_tokens += len(job.token_ids)
+                job.tokens = SpeechTokens(kept, output.finish_reason)
+                timings.speech_tokens += len(kept)
             _synthesize_batch([jobs[i] for i, _ in batch], synthesize, timings)
             remaining -= len(batch)
             bar.update(len(batch))
@@ -187,16 +194,18 @@ def _synthesize_batch(
     synthesize: Callable[[list[list[int]], list[Any], list[int | None]], list[torch.Tensor]],
     timings: PipelineTimings,
 ) -> None:
-    with_tokens = [job for job in batch if job.token_ids]
+    with_tokens = [job for job in batch if job.tokens]
     for job in batch:
-        if not job.token_ids:
-            logger.warning("chunk %r produced no speech tokens; it will be silent", job.text[:40])
+        if not job.tokens:
+            logger.warning(
+                "chunk %r produced no speech tokens; it will be silent", job.item.text[:40]
+            )
             job.waveform = torch.zeros(0)
     if not with_tokens:
         return
     begin = time.perf_counter()
     waveforms = synthesize(
-        [list(job.token_ids) for job in with_tokens],
+        [list(job.tokens.token_ids) for job in with_tokens if job.tokens],
         [job.reference for job in with_tokens],
         [job.seed for job in with_tokens],
     )

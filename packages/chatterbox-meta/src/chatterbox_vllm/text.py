@@ -102,6 +102,14 @@ def validate_text(text: object, *, max_chars: int = MAX_TEXT_CHARS) -> str:
         raise InvalidTextError(f"text must be a str, got {type(text).__name__}")
     if not text.strip():
         raise InvalidTextError("text is empty (or only whitespace); pass something to say")
+    for position, char in enumerate(text):
+        if "\ud800" <= char <= "\udfff":
+            # A lone surrogate: not a character at all (text decoded with errors="surrogateescape"
+            # or a broken UTF-16 pair); no tokenizer can encode it.
+            raise InvalidTextError(
+                f"text has an unpaired surrogate U+{ord(char):04X} at position {position}: it is "
+                "not valid Unicode text; decode the input as UTF-8 (or remove that code point)"
+            )
     if not _SPEAKABLE.search(text):
         raise InvalidTextError(
             f"text {text[:40]!r} has no letters or digits (only punctuation/symbols); "

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from cachetools import LRUCache
 
 from chatterbox_vllm.audio import (
     S3_TOKENIZER_SAMPLE_RATE,
@@ -65,8 +65,15 @@ class Voice:
         )
 
     def save(self, path: Any) -> Any:
-        """Writes the voice as a reference-compatible ``conds.pt``."""
+        """Writes the voice as a reference-compatible ``conds.pt`` (read back by :meth:`load`,
+        or passed as ``voice="my-voice.pt"``)."""
         return self.to_conditionals().save(path)
+
+    @classmethod
+    def load(cls, path: Any) -> Voice:
+        """A voice saved by :meth:`save` (or any reference ``conds.pt``), loaded with
+        ``torch.load(weights_only=True)`` and checked tensor by tensor."""
+        return cls.from_conditionals(VoiceConditionals.load(path))
 
     @classmethod
     def from_conditionals(cls, conds: VoiceConditionals) -> Voice:
@@ -119,13 +126,14 @@ def build_voice(
 
 
 class VoiceCache:
-    """Prepared voices by audio content hash (least recently used evicted beyond ``capacity``)."""
+    """Prepared voices by audio content hash (least recently used evicted beyond ``capacity``;
+    0 disables caching). Thread-safe."""
 
     def __init__(self, capacity: int = 32) -> None:
         if capacity < 0:
             raise ValueError(f"voice cache capacity must be >= 0, got {capacity}")
         self.capacity = capacity
-        self._voices: OrderedDict[str, Voice] = OrderedDict()
+        self._voices: LRUCache[str, Voice] = LRUCache(maxsize=max(1, capacity))
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -136,7 +144,6 @@ class VoiceCache:
         with self._lock:
             voice = self._voices.get(key)
             if voice is not None:
-                self._voices.move_to_end(key)
                 self.hits += 1
                 logger.debug("voice cache hit %s", key[:12])
                 return voice
@@ -145,11 +152,9 @@ class VoiceCache:
             "preparing voice %s (%.2f s of audio)", key[:12], wav_24k.numel() / S3GEN_SAMPLE_RATE
         )
         voice = build_voice(wav_24k, voice_encoder, s3gen, content_hash=key)
-        with self._lock:
-            if self.capacity:
+        if self.capacity:
+            with self._lock:
                 self._voices[key] = voice
-                while len(self._voices) > self.capacity:
-                    self._voices.popitem(last=False)
         return voice
 
     def __len__(self) -> int:

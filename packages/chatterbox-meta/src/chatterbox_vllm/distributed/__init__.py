@@ -5,5 +5,6 @@
 * :mod:`~chatterbox_vllm.distributed.pool`: starting/replacing replicas and the driver loop;
 * :mod:`~chatterbox_vllm.distributed.bench`: the scaling benchmark.
 
-The user-facing class is :class:`chatterbox_vllm.replicas.ReplicatedChatterboxTTS`.
+* :mod:`~chatterbox_vllm.distributed.replicated`: :class:`ReplicatedChatterboxTTS`, the Ray executor
+  (the user-facing class, also exported as ``chatterbox_vllm.ReplicatedChatterboxTTS``).
 """

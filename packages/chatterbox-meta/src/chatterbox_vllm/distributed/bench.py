@@ -3,7 +3,7 @@ is killed mid-call, counting lost and duplicated chunks (both must be 0).
 
 ``chatterbox-vllm bench --replicas N`` calls :func:`bench_scaling`; it also runs from Python::
 
-    from chatterbox_vllm.replicas import bench_scaling
+    from chatterbox_vllm.distributed.bench import bench_scaling
     report = bench_scaling("/models/chatterbox", text, max_replicas=4)
     print(report.format())
 
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chatterbox_vllm.distributed.replica import CheckpointSource
-    from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
-    from chatterbox_vllm.tts import GenerationResult
+    from chatterbox_vllm.distributed.replicated import ReplicatedChatterboxTTS
+    from chatterbox_vllm.results import GenerationResult
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def bench_scaling(
     engine overrides (the watermark is off: it is driver-side work that does not scale).
     """
     from chatterbox_vllm.distributed.replica import CheckpointSource
-    from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
+    from chatterbox_vllm.distributed.replicated import ReplicatedChatterboxTTS
 
     if isinstance(max_replicas, bool) or not isinstance(max_replicas, int) or max_replicas < 1:
         raise ValueError(f"max_replicas must be a positive int, got {max_replicas!r}")
@@ -217,14 +217,16 @@ def bench_scaling(
             wall = time.perf_counter() - start
             reference = reference or result
             stats = tts.last_stats
+            dispatch = tts.dispatch_report
+            assert dispatch is not None
             row = ScalingRow(
                 replicas=count,
-                failed_replicas=len(stats.dispatch.failed_replicas),
+                failed_replicas=len(dispatch.failed_replicas),
                 chunks=stats.chunks,
                 audio_seconds=result.duration_s,
                 wall_seconds=wall,
                 speech_tokens=stats.speech_tokens,
-                chunks_per_replica=dict(stats.dispatch.chunks_per_replica),
+                chunks_per_replica=dict(dispatch.chunks_per_replica),
                 difference_from_one_replica=audio_difference(result, reference),
             )
             report.rows.append(row)
@@ -245,7 +247,8 @@ def _ready_and_warm(
     for _ in range(3):
         tts.scale(count)
         tts.generate([WARMUP_TEXT] * count, voice=voice, progress=False, **controls)
-        if not tts.last_stats.dispatch.failed_replicas:
+        report = tts.dispatch_report
+        if report is not None and not report.failed_replicas:
             return
         tts.wait_for_replicas()
     raise RuntimeError(f"replicas keep failing during warm-up: {tts.replica_status()}")
@@ -274,7 +277,8 @@ def _kill_run(
         stop.set()
         killer.join()
     wall = time.perf_counter() - start
-    dispatch = tts.last_stats.dispatch
+    dispatch = tts.dispatch_report
+    assert dispatch is not None
     delivered = sum(dispatch.chunks_per_replica.values())
     return KillRun(
         replicas=replicas,

@@ -7,7 +7,8 @@ call back as completed or its replica as failed.
 
 Why pending tokens and not round-robin: the work of a chunk is the speech tokens T3 decodes for it
 (and S3Gen turns into audio), which grows with its text; a 20-character tail chunk is a tenth of a
-full one. Each chunk carries an estimate (:func:`estimate_speech_tokens`); a replica's *pending
+full one. Each chunk carries an estimate (the plan item's
+:attr:`~chatterbox_vllm.planner.PlanItem.estimated_tokens`); a replica's *pending
 tokens* are the estimates of the chunks it has been sent and not yet returned. The next call goes to
 the replica with the fewest pending tokens, and is filled (in text order, from the head of the
 queue) up to that replica's fair share of all outstanding work - so replicas end up with equal
@@ -29,26 +30,10 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from chatterbox_vllm.interfaces import SPEECH_TOKEN_RATE_HZ
-from chatterbox_vllm.text import SPEECH_CHARS_PER_SECOND
-
 logger = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R", bound=Hashable)
-
-
-def estimate_speech_tokens(
-    text: str, max_new_tokens: int, max_tokens_per_expected_second: float | None = None
-) -> int:
-    """Speech tokens a chunk is expected to need: its text's expected duration (characters / 15
-    per second) at 25 tokens per second, capped by the chunk's token budget exactly as
-    :class:`~chatterbox_vllm.tts.ChatterboxTTS` caps it. Always at least 1."""
-    expected_seconds = len(text) / SPEECH_CHARS_PER_SECOND
-    budget = max_new_tokens
-    if max_tokens_per_expected_second is not None:
-        budget = min(budget, max(1, round(expected_seconds * max_tokens_per_expected_second)))
-    return max(1, min(budget, round(expected_seconds * SPEECH_TOKEN_RATE_HZ)))
 
 
 @dataclass

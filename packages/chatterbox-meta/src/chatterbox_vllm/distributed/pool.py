@@ -33,15 +33,15 @@ from tqdm.auto import tqdm
 from chatterbox_vllm.distributed.placement import LoadAwarePlacement, PlacedChunk
 from chatterbox_vllm.distributed.replica import (
     CheckpointSource,
-    ChunkAudio,
     ChunkSpec,
     ReplicaInfo,
     ReplicaWorker,
 )
-from chatterbox_vllm.errors import ChatterboxError
+from chatterbox_vllm.errors import ChatterboxError, EngineDeadError
+from chatterbox_vllm.results import ChunkAudio
 
 if TYPE_CHECKING:
-    from chatterbox_vllm.tts import EngineConfig
+    from chatterbox_vllm.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ class ChunkDispatcher:
 
     def run(
         self,
-        chunks: Sequence[PlacedChunk[ChunkSpec]],
+        specs: Sequence[ChunkSpec],
         voice_refs: dict[str, Any],
         *,
         progress: bool = True,
@@ -362,6 +362,10 @@ class ChunkDispatcher:
         """Speaks every chunk on the pool; returns audio by chunk order and a report."""
         import ray
 
+        chunks = [
+            PlacedChunk(order=spec.order, estimated_tokens=spec.item.estimated_tokens, payload=spec)
+            for spec in specs
+        ]
         report = DispatchReport(chunks=len(chunks))
         placement: LoadAwarePlacement[str, ChunkSpec] = LoadAwarePlacement(
             max_chunks_per_call=self.max_chunks_per_call,
@@ -456,8 +460,11 @@ class ChunkDispatcher:
         try:
             audio = ray.get(ref)
         except ray.exceptions.RayTaskError as error:
-            if isinstance(error.cause, ChatterboxError):
-                raise error.cause from None  # bad input: the same error a ChatterboxTTS raises
+            cause = error.cause
+            if isinstance(cause, ChatterboxError) and not isinstance(cause, EngineDeadError):
+                # Bad input: the same error a ChatterboxTTS raises; another replica would
+                # reject it too. A dead engine, like any other failure, is the replica's fault.
+                raise cause from None
             self._fail_replica(handle, _describe(error), placement, handles, sent, report)
             return
         except ray.exceptions.RayError as error:
@@ -477,13 +484,13 @@ class ChunkDispatcher:
                 continue
             results[item.order] = item
             handle.completed_chunks += 1
-            handle.completed_tokens += item.speech_tokens
+            handle.completed_tokens += len(item.tokens)
             report.chunks_per_replica[handle.name] = (
                 report.chunks_per_replica.get(handle.name, 0) + 1
             )
-            report.tokens_per_replica[handle.name] = (
-                report.tokens_per_replica.get(handle.name, 0) + item.speech_tokens
-            )
+            report.tokens_per_replica[handle.name] = report.tokens_per_replica.get(
+                handle.name, 0
+            ) + len(item.tokens)
         bar.update(len(audio))
 
     def _fail_replica(
@@ -517,7 +524,7 @@ class ChunkDispatcher:
         worst = max(requeued, key=lambda chunk: chunk.attempts, default=None)
         if worst is not None and worst.attempts >= self.max_chunk_attempts:
             raise ReplicaError(
-                f"chunk {worst.order} ({worst.payload.text[:40]!r}...) was on {worst.attempts} "
+                f"chunk {worst.order} ({worst.payload.item.text[:40]!r}...) was on {worst.attempts} "
                 f"replicas that failed (last: {reason}); giving up on this call"
             )
         self._maybe_replace(handle, report)

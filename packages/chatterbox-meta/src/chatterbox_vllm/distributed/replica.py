@@ -5,12 +5,13 @@ a Ray actor.
 ``ray.remote(ReplicaWorker).options(num_gpus=1, ...)`` so Ray picks the node and the GPU (it sets
 ``CUDA_VISIBLE_DEVICES`` for the actor, so the engine inside sees exactly one device).
 
-The driver sends chunks, never whole texts: each :class:`ChunkSpec` is one chunk that the driver
-cut with :func:`~chatterbox_vllm.text.split_text`, carrying that chunk's own seed. The replica
-speaks a batch of them with :meth:`ChatterboxTTS.generate_requests` - one vLLM batch, S3Gen
-pipelined - as one-chunk requests: a chunk never exceeds the chunk size, so ``split_text`` returns
-it unchanged, and the replica's audio for it is exactly what a single ``ChatterboxTTS`` produces
-for that chunk inside the whole text. Joining, crossfading and watermarking happen in the driver.
+The driver sends plan items, never text to re-split: each :class:`ChunkSpec` is one
+:class:`~chatterbox_vllm.planner.PlanItem` (its text, seed and token cap) plus its voice's key.
+The replica runs a batch of them with :meth:`ChatterboxTTS.execute_items` - the local executor
+itself, one vLLM batch, S3Gen pipelined - so its audio for an item is exactly what a single
+``ChatterboxTTS`` produces for that item. An input error about one item comes back as the typed
+:class:`~chatterbox_vllm.errors.ChunkInputError` (with the item's order). Joining, crossfading and
+watermarking happen in the driver.
 
 Voices travel through Ray's object store: the driver ``ray.put``\\ s each prepared voice once and
 sends only its reference; a replica fetches a voice the first time it needs it and keeps it.
@@ -20,56 +21,25 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
+from cachetools import LRUCache
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
-from chatterbox_vllm.errors import ChatterboxError
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
-from chatterbox_vllm.params import GenerationParams
+from chatterbox_vllm.planner import PlanItem
+from chatterbox_vllm.results import ChunkAudio
 from chatterbox_vllm.voices import Voice
 
 if TYPE_CHECKING:
-    from chatterbox_vllm.tts import ChatterboxTTS, EngineConfig
+    from chatterbox_vllm.config import EngineConfig
+    from chatterbox_vllm.tts import ChatterboxTTS
 
 logger = logging.getLogger(__name__)
-
-_REQUEST_PREFIX = re.compile(r"^text (\d+): ")
-"""How ChatterboxTTS names the failing request of a call with several."""
-
-
-class ChunkInputError(ChatterboxError):
-    """A replica rejected one chunk's input (e.g. a character T3's tokenizer cannot encode).
-
-    ``error`` is what the replica's ``ChatterboxTTS`` raised, without its request prefix;
-    ``order`` is the chunk's position in the driver's call (``None`` if it could not be told),
-    so the driver can name the user's text as ``ChatterboxTTS`` would.
-    """
-
-    def __init__(self, order: int | None, error: ChatterboxError) -> None:
-        super().__init__(order, error)
-        self.order = order
-        self.error = error
-
-    def __str__(self) -> str:
-        return f"chunk {self.order}: {self.error}"
-
-
-def chunk_input_error(chunks: list[ChunkSpec], error: ChatterboxError) -> ChunkInputError:
-    """Maps an input error of a multi-chunk replica call back to the chunk it is about."""
-    message = str(error)
-    if len(chunks) == 1:
-        return ChunkInputError(chunks[0].order, error)
-    match = _REQUEST_PREFIX.match(message)
-    if match is None or int(match.group(1)) >= len(chunks):
-        return ChunkInputError(None, error)
-    return ChunkInputError(chunks[int(match.group(1))].order, type(error)(message[match.end() :]))
 
 
 @dataclass(frozen=True)
@@ -113,26 +83,15 @@ class CheckpointSource:
 
 @dataclass(frozen=True)
 class ChunkSpec:
-    """One chunk for a replica to speak."""
+    """One plan item for a replica, with its voice's key in the call's voice table (``None``:
+    the checkpoint's built-in voice)."""
 
-    order: int
-    """Position of the chunk in the driver's call (only echoed back)."""
-    text: str
+    item: PlanItem
     voice: str | None
-    """Content hash of the chunk's voice in the call's voice table; ``None``: the checkpoint's
-    built-in voice."""
-    params: GenerationParams
-    """The request's controls with ``seed`` already set to this chunk's seed."""
 
-
-@dataclass(frozen=True)
-class ChunkAudio:
-    """A replica's audio for one chunk (float32 CPU waveform at 24 kHz)."""
-
-    order: int
-    waveform: torch.Tensor
-    speech_tokens: int
-    finish_reason: str
+    @property
+    def order(self) -> int:
+        return self.item.order
 
 
 @dataclass(frozen=True)
@@ -165,8 +124,7 @@ class ReplicaWorker:
     def __init__(self, source: CheckpointSource, config: EngineConfig) -> None:
         start = time.perf_counter()
         self._tts = source.load(config)
-        self._voices: OrderedDict[str, Voice] = OrderedDict()
-        self._voice_capacity = max(1, config.voice_cache_size)
+        self._voices: LRUCache[str, Voice] = LRUCache(maxsize=max(1, config.voice_cache_size))
         self._voices_fetched = 0
         gpu_ids: tuple[str, ...] = ()
         node_id = ""
@@ -218,54 +176,29 @@ class ReplicaWorker:
     ) -> list[ChunkAudio]:
         """Speaks ``chunks`` as one batch. ``voices`` maps content hash -> ``ray.ObjectRef`` of
         the :class:`Voice`; only voices this replica has not seen yet are fetched."""
-        from chatterbox_vllm.tts import TTSRequest
+        call_voices = self._fetch_voices(voices)
+        default = self._tts.default_voice
+        item_voices = []
+        for chunk in chunks:
+            voice = default if chunk.voice is None else call_voices[chunk.voice]
+            assert voice is not None, "the driver checked that every replica has a default voice"
+            item_voices.append(voice)
+        audio, _ = self._tts.execute_items([c.item for c in chunks], item_voices)
+        return [audio[chunk.order] for chunk in chunks]
 
-        self._fetch_voices(voices)
-        requests = [
-            TTSRequest(
-                chunk.text,
-                None if chunk.voice is None else self._voices[chunk.voice],
-                chunk.params,
-            )
-            for chunk in chunks
-        ]
-        try:
-            results = self._tts.generate_requests(requests, progress=False)
-        except ChatterboxError as error:
-            raise chunk_input_error(chunks, error) from None
-        audio = []
-        for chunk, result in zip(chunks, results):
-            if result.chunks != (chunk.text,):
-                # split_text returns a chunk that fits unchanged; a re-split means the driver and
-                # this replica disagree on the chunk size, and the audio would not match.
-                raise RuntimeError(
-                    f"replica split chunk {chunk.order} ({len(chunk.text)} characters) into "
-                    f"{len(result.chunks)} pieces; driver and replica chunk sizes differ"
-                )
-            audio.append(
-                ChunkAudio(
-                    order=chunk.order,
-                    waveform=result.waveform,
-                    speech_tokens=result.speech_tokens[0],
-                    finish_reason=result.finish_reasons[0],
-                )
-            )
-        return audio
-
-    def _fetch_voices(self, voices: dict[str, Any]) -> None:
-        missing = {key: ref for key, ref in voices.items() if key not in self._voices}
+    def _fetch_voices(self, voices: dict[str, Any]) -> dict[str, Voice]:
+        """This call's voices by key, fetching (once) those not cached here."""
+        found = {key: self._voices.get(key) for key in voices}
+        missing = {key: ref for key, ref in voices.items() if found[key] is None}
         if missing:
             import ray
 
             for key, voice in zip(missing, ray.get(list(missing.values()))):
+                found[key] = voice
                 self._voices[key] = voice
             self._voices_fetched += len(missing)
             logger.debug("fetched %d voice(s) from the object store", len(missing))
-        for key in voices:
-            self._voices.move_to_end(key)
-        # Keep the voices of this call even when they exceed the capacity.
-        while len(self._voices) > max(self._voice_capacity, len(voices)):
-            self._voices.popitem(last=False)
+        return {key: voice for key, voice in found.items() if voice is not None}
 
     def shutdown(self) -> None:
         """Stops the vLLM engine (its engine-core process) and the event loop thread."""

@@ -3,7 +3,7 @@ several replicas on a Ray cluster (one machine or many).
 
 ::
 
-    from chatterbox_vllm.replicas import ReplicatedChatterboxTTS
+    from chatterbox_vllm import ReplicatedChatterboxTTS
 
     # 4 replicas (one GPU each) on the Ray cluster at head-node:6379 (or a local one without it)
     with ReplicatedChatterboxTTS.from_local("/models/chatterbox", replicas=4,
@@ -11,12 +11,13 @@ several replicas on a Ray cluster (one machine or many).
         tts.generate(long_text, voice="me.wav", seed=7).save("chapter.wav")
 
 A *replica* is one T3 vLLM engine plus one S3Gen on one GPU, in a Ray actor
-(:mod:`chatterbox_vllm.distributed.replica`). This driver object holds no model: it validates the
-inputs, prepares each voice once (on a replica) and ships it through Ray's object store, splits texts
-into chunks exactly as ``ChatterboxTTS`` does (same :func:`~chatterbox_vllm.text.split_text`, same
-per-chunk seeds, so a seeded call gives the same audio as one ``ChatterboxTTS``), spreads the chunks
-over the replicas by pending speech tokens (:mod:`chatterbox_vllm.distributed.placement`), and joins
-the returned audio in order with the same crossfade (and watermark). A replica that dies mid-call has
+(:mod:`chatterbox_vllm.distributed.replica`). This driver object holds no model. The call itself is
+:class:`~chatterbox_vllm.front.SpeechFront`'s, shared with ``ChatterboxTTS``: the same plan
+(:mod:`chatterbox_vllm.planner`: chunks, seeds, token caps), so a seeded call gives the same audio
+as one ``ChatterboxTTS``, and the same join (crossfade, watermark). What this executor adds:
+each voice is prepared once (on a replica) and shipped through Ray's object store, and the plan's
+items are spread over the replicas by pending speech tokens
+(:mod:`chatterbox_vllm.distributed.placement`); replicas run the items as they are. A replica that dies mid-call has
 its unfinished chunks redone elsewhere and is replaced (:mod:`chatterbox_vllm.distributed.pool`).
 See ``docs/multi-node.md`` for running a cluster.
 """
@@ -26,19 +27,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
-from chatterbox_vllm.audio import (
-    S3GEN_SAMPLE_RATE,
-    AudioInput,
-    load_voice_audio,
-)
-from chatterbox_vllm.distributed.bench import ScalingReport, bench_scaling
-from chatterbox_vllm.distributed.placement import PlacedChunk, estimate_speech_tokens
+from cachetools import LRUCache
+
+from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, AudioInput, load_voice_audio
+from chatterbox_vllm.config import EngineConfig
 from chatterbox_vllm.distributed.pool import (
     ChunkDispatcher,
     DispatchReport,
@@ -47,22 +43,12 @@ from chatterbox_vllm.distributed.pool import (
     ReplicaPool,
     ReplicaStatus,
 )
-from chatterbox_vllm.distributed.replica import (
-    CheckpointSource,
-    ChunkInputError,
-    ChunkSpec,
-    voice_on_cpu,
-)
+from chatterbox_vllm.distributed.replica import CheckpointSource, ChunkSpec, voice_on_cpu
 from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
+from chatterbox_vllm.front import SpeechFront
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
-from chatterbox_vllm.text import chunk_chars_for_token_budget, split_text
-from chatterbox_vllm.tts import (
-    EngineConfig,
-    GenerationResult,
-    SpeechFront,
-    TTSRequest,
-    VoiceLike,
-)
+from chatterbox_vllm.planner import Plan
+from chatterbox_vllm.results import ChunkAudio, GenerationStats, TTSRequest, VoiceLike
 from chatterbox_vllm.voices import Voice, audio_content_hash
 from chatterbox_vllm.watermark import Watermarker, resolve_watermarker
 
@@ -74,37 +60,19 @@ __all__ = [
     "ReplicaHandle",
     "ReplicaStatus",
     "ReplicatedChatterboxTTS",
-    "ReplicatedGenerationStats",
-    "ScalingReport",
-    "bench_scaling",
 ]
 
 
-@dataclass
-class ReplicatedGenerationStats:
-    """What the last call did."""
+@dataclass(frozen=True)
+class _VoiceHandle:
+    """A request's voice on the Ray path: content hash and object-store reference (both
+    ``None`` for the checkpoint's built-in voice, which every replica has)."""
 
-    chunks: int = 0
-    audio_seconds: float = 0.0
-    voice_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    speech_tokens: int = 0
-    dispatch: DispatchReport = field(default_factory=DispatchReport)
+    key: str | None
+    ref: Any
 
 
-def engine_config(config: EngineConfig | None, overrides: dict[str, Any]) -> EngineConfig:
-    """``config`` (or the defaults) with keyword overrides of :class:`EngineConfig` fields."""
-    known = {f.name for f in fields(EngineConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise InvalidParameterError(
-            f"unknown engine option(s) {', '.join(unknown)}; EngineConfig accepts "
-            f"{', '.join(sorted(known))}"
-        )
-    return replace(config or EngineConfig(), **overrides)
-
-
-class ReplicatedChatterboxTTS(SpeechFront):
+class ReplicatedChatterboxTTS(SpeechFront[_VoiceHandle]):
     """:class:`~chatterbox_vllm.tts.ChatterboxTTS`'s API over Ray replicas (see the module docs).
 
     Build with :meth:`from_local` / :meth:`from_pretrained` (or the constructor with a
@@ -136,8 +104,6 @@ class ReplicatedChatterboxTTS(SpeechFront):
     Engine knobs (``config`` or keyword overrides of :class:`EngineConfig` fields) apply to every
     replica.
     """
-
-    sample_rate = S3GEN_SAMPLE_RATE
 
     def __init__(
         self,
@@ -176,7 +142,10 @@ class ReplicatedChatterboxTTS(SpeechFront):
             raise InvalidParameterError(
                 f"num_cpus_per_replica must be >= 0, got {num_cpus_per_replica!r}"
             )
-        self.config = engine_config(config, config_overrides)
+        super().__init__(
+            (config or EngineConfig()).with_overrides(config_overrides),
+            resolve_watermarker(watermark),
+        )
         chunks_per_call = max_chunks_per_call or self.config.max_num_seqs
         if isinstance(chunks_per_call, bool) or not isinstance(chunks_per_call, int):
             raise InvalidParameterError(
@@ -189,7 +158,6 @@ class ReplicatedChatterboxTTS(SpeechFront):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidParameterError(f"{name} must be a positive int, got {value!r}")
         self.source = source
-        self._watermarker = resolve_watermarker(watermark)
 
         import ray
 
@@ -237,13 +205,13 @@ class ReplicatedChatterboxTTS(SpeechFront):
             handle.info is not None and handle.info.has_default_voice for handle in self._pool.ready
         )
         self._default_voice: Voice | None = None
-        self._voices: OrderedDict[str, tuple[Voice, Any]] = OrderedDict()  # hash -> (voice, ref)
+        # content hash -> (voice, object ref)
+        self._voices: LRUCache[str, tuple[Voice, Any]] = LRUCache(
+            maxsize=max(1, self.config.voice_cache_size)
+        )
         self._voice_lock = threading.Lock()
         self.voice_cache_hits = 0
         self.voice_cache_misses = 0
-        self._call_lock = threading.Lock()
-        self._closed = False
-        self.last_stats = ReplicatedGenerationStats()
 
     # ------------------------------------------------------------------ loading
 
@@ -381,16 +349,6 @@ class ReplicatedChatterboxTTS(SpeechFront):
             if self._owns_ray and ray.is_initialized():
                 ray.shutdown()
 
-    def __enter__(self) -> ReplicatedChatterboxTTS:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ChatterboxError("this ReplicatedChatterboxTTS has been closed; create a new one")
-
     # ------------------------------------------------------------------ voices
 
     def prepare_voice(self, audio: AudioInput) -> Voice:
@@ -433,7 +391,6 @@ class ReplicatedChatterboxTTS(SpeechFront):
         with self._voice_lock:
             entry = self._voices.get(key)
             if entry is not None:
-                self._voices.move_to_end(key)
                 self.voice_cache_hits += 1
             else:
                 self.voice_cache_misses += 1
@@ -445,8 +402,6 @@ class ReplicatedChatterboxTTS(SpeechFront):
         entry = (voice, ray.put(voice))
         with self._voice_lock:
             self._voices[key] = entry
-            while len(self._voices) > max(1, self.config.voice_cache_size):
-                self._voices.popitem(last=False)
         return entry
 
     def _on_a_replica(self, method: str, *args: Any) -> Any:
@@ -473,109 +428,40 @@ class ReplicatedChatterboxTTS(SpeechFront):
                 if self._pool.replace(handle) is None and not self._pool.ready:
                     raise ReplicaError(f"no replica left to run {method}") from error
 
-    def _resolve_voice(self, voice: VoiceLike) -> tuple[str | None, Any]:
-        """(content hash, object ref) of a request's voice; ``(None, None)`` for the built-in."""
+    def _resolve_voice(self, voice: VoiceLike) -> _VoiceHandle:
         if voice is None:
             if not self._has_default_voice:
                 raise ChatterboxError(
                     "no voice given and the checkpoint has no conds.pt default voice; "
-                    "pass voice=<audio path | (waveform, sample_rate) | Voice>"
+                    "pass voice=<audio path | saved voice .pt | (waveform, sample_rate) | Voice>"
                 )
-            return None, None
+            return _VoiceHandle(None, None)
+        if isinstance(voice, str | os.PathLike) and str(voice).lower().endswith(".pt"):
+            voice = Voice.load(voice)
         if isinstance(voice, Voice):
             prepared, ref = self._voice_ref(voice)
         else:
             prepared, ref = self._voice_ref_for_audio(voice)
-        return prepared.content_hash, ref
+        return _VoiceHandle(prepared.content_hash, ref)
 
-    # ------------------------------------------------------------------ generation
+    def _resolve_voices(self, requests: Sequence[TTSRequest]) -> list[_VoiceHandle]:
+        return [self._resolve_voice(request.voice) for request in requests]
 
-    def generate_requests(
-        self, requests: Sequence[TTSRequest], *, progress: bool = True
-    ) -> list[GenerationResult]:
-        """Speaks several requests, each with its own text, voice and controls, on all replicas."""
-        self._check_open()
-        if not requests:
-            raise InvalidParameterError("requests is empty")
-        with self._call_lock:
-            return self._generate(list(requests), progress)
+    # ------------------------------------------------------------------ execution
 
-    def _generate(self, requests: list[TTSRequest], progress: bool) -> list[GenerationResult]:
-        start = time.perf_counter()
-        self._validate_requests(requests)
-        voice_start = time.perf_counter()
-        voices = [self._resolve_voice(request.voice) for request in requests]
-        voice_seconds = time.perf_counter() - voice_start
+    def _execute(
+        self, plan: Plan, voices: list[_VoiceHandle], stats: GenerationStats, progress: bool
+    ) -> dict[int, ChunkAudio]:
         # Refs held for this call even if the cache evicts them meanwhile.
-        voice_refs = {key: ref for key, ref in voices if key is not None}
+        voice_refs = {v.key: v.ref for v in voices if v.key is not None}
+        specs = [ChunkSpec(item, voices[item.request_index].key) for item in plan.items]
+        logger.info("running %d chunk(s) on %d replica(s)", len(specs), len(self._pool.ready))
+        audio, report = self._dispatcher.run(specs, voice_refs, progress=progress)
+        stats.dispatch = report
+        return audio
 
-        placed: list[PlacedChunk[ChunkSpec]] = []
-        owners: list[int] = []  # chunk order -> request index
-        chunk_texts: list[list[str]] = []
-        for request_index, (request, (voice_key, _)) in enumerate(zip(requests, voices)):
-            params = request.params
-            # As ChatterboxTTS: a smaller token budget than the engine's means smaller chunks.
-            chunk_chars = min(
-                self.config.chunk_chars, chunk_chars_for_token_budget(params.max_new_tokens)
-            )
-            chunks = split_text(request.text, chunk_chars)
-            chunk_texts.append(chunks)
-            for chunk_index, chunk in enumerate(chunks):
-                spec = ChunkSpec(
-                    order=len(placed),
-                    text=chunk,
-                    voice=voice_key,
-                    params=replace(params, seed=params.chunk_seed(chunk_index)),
-                )
-                estimate = estimate_speech_tokens(
-                    chunk, params.max_new_tokens, params.max_tokens_per_expected_second
-                )
-                placed.append(
-                    PlacedChunk(order=spec.order, estimated_tokens=estimate, payload=spec)
-                )
-                owners.append(request_index)
-        logger.info(
-            "generating %d text(s) as %d chunk(s) on %d replica(s)",
-            len(requests),
-            len(placed),
-            len(self._pool.ready),
-        )
-        try:
-            audio, report = self._dispatcher.run(placed, voice_refs, progress=progress)
-        except ChunkInputError as error:
-            # Name the user's text as ChatterboxTTS does ("text 2: ..." when there are several).
-            cause = error.error
-            if error.order is None or len(requests) == 1:
-                raise cause from None
-            raise type(cause)(f"text {owners[error.order]}: {cause}") from None
-
-        results = []
-        audio_seconds = 0.0
-        speech_tokens = 0
-        for request_index, request in enumerate(requests):
-            request_audio = [audio[o] for o, owner in enumerate(owners) if owner == request_index]
-            waveforms = [item.waveform for item in request_audio]
-            joined = self._join_chunks(waveforms)
-            audio_seconds += joined.numel() / self.sample_rate
-            speech_tokens += sum(item.speech_tokens for item in request_audio)
-            results.append(
-                GenerationResult(
-                    waveform=joined,
-                    sample_rate=self.sample_rate,
-                    text=request.text,
-                    chunks=tuple(chunk_texts[request_index]),
-                    speech_tokens=tuple(item.speech_tokens for item in request_audio),
-                    finish_reasons=tuple(item.finish_reason for item in request_audio),
-                    chunk_samples=tuple(w.numel() for w in waveforms),
-                    watermarked=self._watermarker is not None,
-                )
-            )
-        self.last_stats = ReplicatedGenerationStats(
-            chunks=len(placed),
-            audio_seconds=audio_seconds,
-            voice_seconds=voice_seconds,
-            wall_seconds=time.perf_counter() - start,
-            speech_tokens=speech_tokens,
-            dispatch=report,
-        )
-        return results
+    @property
+    def dispatch_report(self) -> DispatchReport | None:
+        """Where the last call's chunks ran (replicas, retries, failures)."""
+        report = self.last_stats.dispatch
+        return report if isinstance(report, DispatchReport) else None

@@ -1,0 +1,205 @@
+"""Engine configuration: every engine knob with its one default, and how derived values resolve.
+
+:class:`EngineConfig` is what ``ChatterboxTTS.from_local(dir, **knobs)``,
+``ReplicatedChatterboxTTS`` and the CLI's engine flags (generated from the fields' metadata by
+:func:`add_engine_arguments`) configure. ``None`` means "derive it"; :meth:`EngineConfig.resolve`
+is the one place that derives device, dtypes and sizes (logged at load time).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from chatterbox_vllm.audio import DEFAULT_CROSSFADE_SECONDS
+from chatterbox_vllm.errors import InvalidParameterError
+from chatterbox_vllm.text import chunk_chars_for_token_budget
+
+CONDITIONING_POSITIONS = 34
+"""T3's prefill starts with 34 conditioning positions (speaker, 32 perceiver outputs, emotion)."""
+SPECIAL_POSITIONS = 4
+"""Start/stop of text and start/stop of speech around a chunk's text and speech tokens."""
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+S3GEN_DTYPES = ("float32", "float16", "bfloat16")
+CUDA_GRAPH_MODES = ("auto", "full", "piecewise", "off")
+
+
+def _knob(default: Any, help: str, **cli: Any) -> Any:
+    """A field whose metadata carries its CLI help (and argparse extras such as ``choices``)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine knobs (one default each). ``None`` means "derive it" (see :meth:`resolve`)."""
+
+    device: str | None = _knob(
+        None, "cuda or cpu for S3Gen and the voice encoder (default: cuda when available)"
+    )
+    dtype: str = _knob(
+        "auto", "T3 dtype in vLLM (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES
+    )
+    s3gen_dtype: str = _knob(
+        "float32", "S3Gen dtype (float32: the reference's numerics)", choices=S3GEN_DTYPES
+    )
+    gpu_memory_utilization: float = _knob(
+        0.4, "share of GPU memory vLLM may take for T3 weights + KV cache; the rest is S3Gen's"
+    )
+    max_num_seqs: int = _knob(32, "most chunks T3 decodes at once (vLLM batch size)")
+    max_model_len: int | None = _knob(
+        None,
+        "T3 positions per chunk (default: 34 + chunk text + 4 + max_new_tokens, rounded up to 16)",
+    )
+    max_new_tokens: int = _knob(
+        1000, "speech-token budget per chunk the engine is sized for (1000 = 40 s, the reference's)"
+    )
+    max_chunk_chars: int | None = _knob(
+        None, "long-text chunk size in characters (default: derived from max_new_tokens)"
+    )
+    vocoder: str = _knob(
+        "hift-torch", "S3Gen vocoder backend (chatterbox_s3gen.available_vocoders())"
+    )
+    cfm_steps: int = _knob(10, "S3Gen flow-matching Euler steps (10, the reference's)")
+    s3gen_batch_size: int = _knob(8, "most finished chunks S3Gen synthesises in one batch")
+    crossfade_seconds: float = _knob(
+        DEFAULT_CROSSFADE_SECONDS, "equal-power crossfade between chunks"
+    )
+    voice_cache_size: int = _knob(32, "prepared voices kept in memory")
+    cuda_graphs: str = _knob(
+        "auto",
+        "CUDA graphs in vLLM: auto (full where the attention backend supports them, else "
+        "piecewise; off on CPU), full, piecewise, off",
+        choices=CUDA_GRAPH_MODES,
+    )
+    num_gpu_blocks_override: int | None = _knob(
+        None,
+        "fixed KV-cache size in blocks (vLLM num_gpu_blocks_override)",
+        flag="--num-gpu-blocks",
+    )
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for ``AsyncT3Engine.from_checkpoint`` (forwarded to vLLM)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise InvalidParameterError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        for name in (
+            "max_num_seqs",
+            "max_new_tokens",
+            "cfm_steps",
+            "s3gen_batch_size",
+            "voice_cache_size",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidParameterError(f"{name} must be a positive int, got {value!r}")
+        if self.max_model_len is not None and self.max_model_len < 64:
+            raise InvalidParameterError(f"max_model_len must be >= 64, got {self.max_model_len}")
+        if self.max_chunk_chars is not None and self.max_chunk_chars < 1:
+            raise InvalidParameterError(f"max_chunk_chars must be >= 1, got {self.max_chunk_chars}")
+        if not 0.0 <= self.crossfade_seconds <= 1.0:
+            raise InvalidParameterError(
+                f"crossfade_seconds must be in [0, 1], got {self.crossfade_seconds}"
+            )
+        for name, accepted in (
+            ("dtype", DTYPES),
+            ("s3gen_dtype", S3GEN_DTYPES),
+            ("cuda_graphs", CUDA_GRAPH_MODES),
+        ):
+            if getattr(self, name) not in accepted:
+                raise InvalidParameterError(
+                    f"{name} must be one of {', '.join(accepted)}, got {getattr(self, name)!r}"
+                )
+        if self.device is not None and self.device.split(":")[0] not in ("cuda", "cpu"):
+            raise InvalidParameterError(
+                f"device must be cuda, cuda:N or cpu, got {self.device!r} (vLLM 0.9.2 runs T3 "
+                "on NVIDIA GPUs; cpu is the slow path the tests use)"
+            )
+
+    def with_overrides(self, overrides: dict[str, Any]) -> EngineConfig:
+        """This config with keyword overrides of its fields (an unknown name is an error listing
+        the known ones)."""
+        known = {f.name for f in fields(EngineConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InvalidParameterError(
+                f"unknown engine option(s) {', '.join(unknown)}; EngineConfig accepts "
+                f"{', '.join(sorted(known))}"
+            )
+        return replace(self, **overrides)
+
+    @property
+    def chunk_chars(self) -> int:
+        return self.max_chunk_chars or chunk_chars_for_token_budget(self.max_new_tokens)
+
+    @property
+    def model_len(self) -> int:
+        if self.max_model_len is not None:
+            return self.max_model_len
+        needed = CONDITIONING_POSITIONS + self.chunk_chars + SPECIAL_POSITIONS + self.max_new_tokens
+        return -(-needed // 16) * 16
+
+    @property
+    def speech_positions(self) -> int:
+        """Speech tokens a chunk of ``chunk_chars`` characters can have within ``model_len``."""
+        return self.model_len - CONDITIONING_POSITIONS - SPECIAL_POSITIONS - self.chunk_chars
+
+    def resolve(self, *, cuda_available: bool) -> EngineConfig:
+        """Device and T3 dtype made explicit (the one place they are derived)."""
+        device = self.device or ("cuda" if cuda_available else "cpu")
+        dtype = self.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        return replace(self, device=device, dtype=dtype)
+
+    def describe(self) -> str:
+        """The knobs as logged at load time (derived values marked)."""
+        return (
+            f"device={self.device} T3 dtype={self.dtype} S3Gen dtype={self.s3gen_dtype} "
+            f"vocoder={self.vocoder} cfm_steps={self.cfm_steps} cuda_graphs={self.cuda_graphs} "
+            f"max_num_seqs={self.max_num_seqs} max_model_len={self.model_len}"
+            f"{'' if self.max_model_len else ' (derived)'} max_new_tokens={self.max_new_tokens} "
+            f"chunk_chars={self.chunk_chars}{'' if self.max_chunk_chars else ' (derived)'} "
+            f"s3gen_batch_size={self.s3gen_batch_size} "
+            f"gpu_memory_utilization={self.gpu_memory_utilization:.2f}"
+        )
+
+
+# Knobs that are not CLI flags: max_new_tokens is the per-request control's flag (which also sizes
+# the engine the CLI loads), engine_kwargs is Python-only.
+_NOT_FLAGS = ("max_new_tokens", "engine_kwargs")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """One CLI flag per engine knob, from the :class:`EngineConfig` field metadata (defaults
+    ``None``: only the knobs a user sets override the config's defaults)."""
+    group = parser.add_argument_group("engine")
+    for knob in fields(EngineConfig):
+        if knob.name in _NOT_FLAGS:
+            continue
+        flag = knob.metadata.get("flag", "--" + knob.name.replace("_", "-"))
+        kind = {"float": float, "int": int}.get(
+            str(knob.type).replace(" | None", "").replace("'", ""), str
+        )
+        default = knob.default
+        help_text = knob.metadata["help"] + ("" if default is None else f" (default: {default})")
+        extras = {"choices": knob.metadata["choices"]} if "choices" in knob.metadata else {}
+        group.add_argument(flag, dest=knob.name, type=kind, default=None, help=help_text, **extras)
+    group.add_argument(
+        "--enforce-eager",
+        dest="cuda_graphs",
+        action="store_const",
+        const="off",
+        help="alias of --cuda-graphs off (eager mode in vLLM)",
+    )
+
+
+def engine_overrides_from_namespace(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine knobs a user set on the command line."""
+    return {
+        knob.name: getattr(args, knob.name)
+        for knob in fields(EngineConfig)
+        if knob.name not in _NOT_FLAGS and getattr(args, knob.name, None) is not None
+    }

@@ -1,0 +1,213 @@
+"""The controls contract: every per-request generation control, defined once.
+
+Each control has one :class:`Control` entry here: its type, default, accepted range and meaning.
+Everything else is generated from :data:`CONTROLS`: :class:`GenerationParams` (defaults and
+validation), the CLI flags (:func:`add_control_arguments`), the ``generate``/``stream`` keyword
+arguments (:meth:`GenerationParams.from_controls`) and the server's request schema. T3's sampling
+controls take their range and default from the component that implements them
+(:data:`chatterbox_t3.sampling.SAMPLING_LIMITS`, :class:`chatterbox_t3.T3SamplingParams`), so the
+product can never accept a value T3 rejects or the other way round.
+
+Rules worth knowing: ``temperature=0`` is greedy decoding; ``cfg_weight=0`` disables guidance (one
+branch); ``seed`` makes a request reproducible, chunk ``i`` of a long text using ``seed + i``;
+``max_new_tokens=None`` means the engine's budget (:class:`~chatterbox_vllm.config.EngineConfig`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from chatterbox_t3.sampling import SAMPLING_LIMITS, T3SamplingParams
+from chatterbox_vllm.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    from chatterbox_t3.sampling import ControlLimit
+
+MAX_NEW_TOKENS_LIMIT = 4096
+"""T3 has learned speech positions for 4096 tokens (plus start/stop)."""
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Control:
+    """One generation control: ``kind`` is ``float`` or ``int``; ``None`` is accepted (and is the
+    default) when ``optional``; the range is ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+
+    name: str
+    kind: type
+    default: float | int | None
+    low: float
+    high: float
+    meaning: str
+    low_open: bool = False
+    optional: bool = False
+
+    @property
+    def interval(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        """One line for ``--help`` and the server schema: meaning, range, default."""
+        default = "the engine's" if self.default is None and self.optional else self.default
+        return f"{self.meaning}; {self.kind.__name__} in {self.interval}, default {default}"
+
+    def check(self, value: object) -> None:
+        """Raises :class:`InvalidParameterError` naming the control, the accepted range and the
+        meaning when ``value`` is not acceptable."""
+        if value is None and self.optional:
+            return
+        expected = "an int" if self.kind is int else "a number"
+        wrong_type = isinstance(value, bool) or not isinstance(value, int | float)
+        if self.kind is int and isinstance(value, float):
+            wrong_type = True
+        if wrong_type:
+            raise InvalidParameterError(
+                f"{self.name} must be {expected} in {self.interval} ({self.meaning}), got "
+                f"{type(value).__name__} {value!r}"
+            )
+        assert isinstance(value, int | float)
+        inside = math.isfinite(value) and value <= self.high
+        inside = inside and (value > self.low if self.low_open else value >= self.low)
+        if not inside:
+            raise InvalidParameterError(
+                f"{self.name} must be in {self.interval} ({self.meaning}), got {value!r}"
+            )
+
+
+def _sampling_control(name: str) -> Control:
+    limit: ControlLimit = SAMPLING_LIMITS[name]
+    default = getattr(T3SamplingParams(), name)
+    return Control(name, float, default, limit.low, limit.high, limit.meaning, limit.low_open)
+
+
+CONTROLS: dict[str, Control] = {
+    control.name: control
+    for control in (
+        _sampling_control("exaggeration"),
+        _sampling_control("cfg_weight"),
+        _sampling_control("temperature"),
+        _sampling_control("top_p"),
+        _sampling_control("min_p"),
+        _sampling_control("repetition_penalty"),
+        Control(
+            "seed",
+            int,
+            None,
+            0,
+            MAX_SEED,
+            "makes the output reproducible (T3 sampling and S3Gen noise; chunk i uses seed+i)",
+            optional=True,
+        ),
+        Control(
+            "max_new_tokens",
+            int,
+            None,
+            1,
+            MAX_NEW_TOKENS_LIMIT,
+            "speech-token budget per chunk (25 tokens per second of audio)",
+            optional=True,
+        ),
+        Control(
+            "max_tokens_per_expected_second",
+            float,
+            None,
+            1.0,
+            1000.0,
+            "caps each chunk at this many speech tokens per second its text is expected to "
+            "take (characters / 15); a guard against run-away generations",
+            optional=True,
+        ),
+    )
+}
+"""Every per-request control, in the order ``--help`` and the server schema list them."""
+
+
+def _default(name: str) -> Any:
+    return field(default=CONTROLS[name].default)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """The controls of one request (see :data:`CONTROLS` for ranges and meanings); defaults are
+    chatterbox-tts 0.1.2's. Invalid values raise :class:`InvalidParameterError` on construction."""
+
+    exaggeration: float = _default("exaggeration")
+    cfg_weight: float = _default("cfg_weight")
+    temperature: float = _default("temperature")
+    top_p: float = _default("top_p")
+    min_p: float = _default("min_p")
+    repetition_penalty: float = _default("repetition_penalty")
+    seed: int | None = _default("seed")
+    max_new_tokens: int | None = _default("max_new_tokens")
+    max_tokens_per_expected_second: float | None = _default("max_tokens_per_expected_second")
+
+    def __post_init__(self) -> None:
+        for name, control in CONTROLS.items():
+            control.check(getattr(self, name))
+
+    @classmethod
+    def from_controls(
+        cls, controls: Mapping[str, Any] | None = None, **more: Any
+    ) -> GenerationParams:
+        """Builds params from control names (``None`` values mean "the default"); an unknown
+        name is an error listing the known ones."""
+        given = {**(controls or {}), **more}
+        unknown = sorted(set(given) - set(CONTROLS))
+        if unknown:
+            raise InvalidParameterError(
+                f"unknown generation control(s) {', '.join(unknown)}; the controls are "
+                f"{', '.join(CONTROLS)}"
+            )
+        return cls(**{name: value for name, value in given.items() if value is not None})
+
+    def with_controls(self, **controls: Any) -> GenerationParams:
+        """A copy with some controls changed (``None`` leaves a control as it is)."""
+        self.from_controls(controls)  # names and values checked
+        return replace(self, **{k: v for k, v in controls.items() if v is not None})
+
+    def chunk_seed(self, chunk_index: int) -> int | None:
+        return None if self.seed is None else (self.seed + chunk_index) % (MAX_SEED + 1)
+
+    def t3_sampling(self, *, max_tokens: int, seed: int | None) -> T3SamplingParams:
+        """T3's sampling parameters for one chunk allowed ``max_tokens`` new tokens."""
+        return T3SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            cfg_weight=self.cfg_weight,
+            exaggeration=self.exaggeration,
+            max_new_tokens=max_tokens,
+            seed=seed,
+        )
+
+
+assert [f.name for f in fields(GenerationParams)] == list(CONTROLS), "one field per control"
+
+
+def add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    """One CLI flag per control (``--cfg-weight`` ...), with its range and default in ``--help``.
+    Flags default to ``None`` so only the controls a user sets override the contract's defaults."""
+    group = parser.add_argument_group("generation controls (defaults: chatterbox-tts 0.1.2)")
+    for control in CONTROLS.values():
+        group.add_argument(
+            control.flag,
+            dest=control.name,
+            type=control.kind,
+            default=None,
+            metavar=control.kind.__name__.upper(),
+            help=control.describe(),
+        )
+
+
+def controls_from_namespace(args: argparse.Namespace) -> dict[str, Any]:
+    """The controls a user set on the command line (by name), for :meth:`GenerationParams.from_controls`."""
+    return {name: getattr(args, name) for name in CONTROLS if getattr(args, name, None) is not None}

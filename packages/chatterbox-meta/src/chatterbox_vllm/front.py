@@ -1,0 +1,241 @@
+"""What every executor shares: the ``generate`` front, planning, error naming and joining.
+
+:class:`SpeechFront` turns a call into a :class:`~chatterbox_vllm.planner.Plan`, asks its
+executor for the voices and for each plan item's audio, and joins each text's chunks into one
+:class:`~chatterbox_vllm.results.GenerationResult`. The executors (:class:`ChatterboxTTS` on one
+GPU, ``ReplicatedChatterboxTTS`` on Ray) implement only :meth:`SpeechFront._resolve_voices` and
+:meth:`SpeechFront._execute`, so the local and Ray paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar, overload
+
+import torch
+
+from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, equal_power_crossfade_join
+from chatterbox_vllm.config import EngineConfig
+from chatterbox_vllm.controls import GenerationParams
+from chatterbox_vllm.errors import ChatterboxError, ChunkInputError, InvalidParameterError
+from chatterbox_vllm.planner import Plan, plan_requests
+from chatterbox_vllm.results import (
+    ChunkAudio,
+    GenerationResult,
+    GenerationStats,
+    TTSRequest,
+    VoiceLike,
+)
+from chatterbox_vllm.watermark import Watermarker, apply_watermark
+
+logger = logging.getLogger(__name__)
+
+ResolvedVoice = TypeVar("ResolvedVoice")
+
+
+class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
+    """The public call surface (``generate``, ``generate_requests``) over one executor."""
+
+    sample_rate = S3GEN_SAMPLE_RATE
+
+    def __init__(self, config: EngineConfig, watermarker: Watermarker | None) -> None:
+        self.config = config
+        self._watermarker = watermarker
+        self._call_lock = threading.Lock()
+        self._closed = False
+        self.last_stats = GenerationStats()
+
+    # ------------------------------------------------------------------ executor hooks
+
+    @abc.abstractmethod
+    def _resolve_voices(self, requests: Sequence[TTSRequest]) -> list[ResolvedVoice]:
+        """One executor-specific voice handle per request (prepared, cached)."""
+
+    @abc.abstractmethod
+    def _execute(
+        self, plan: Plan, voices: list[ResolvedVoice], stats: GenerationStats, progress: bool
+    ) -> dict[int, ChunkAudio]:
+        """Audio of every plan item by ``order``; fills executor-specific ``stats``. An input
+        error about one item is raised as :class:`ChunkInputError` (its ``order`` set)."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChatterboxError(f"this {type(self).__name__} has been closed; load a new one")
+
+    # ------------------------------------------------------------------ calls
+
+    @overload
+    def generate(
+        self,
+        text: str,
+        voice: VoiceLike = ...,
+        *,
+        exaggeration: float | None = ...,
+        cfg_weight: float | None = ...,
+        temperature: float | None = ...,
+        top_p: float | None = ...,
+        min_p: float | None = ...,
+        repetition_penalty: float | None = ...,
+        seed: int | None = ...,
+        max_new_tokens: int | None = ...,
+        max_tokens_per_expected_second: float | None = ...,
+        progress: bool = ...,
+    ) -> GenerationResult: ...
+
+    @overload
+    def generate(
+        self,
+        text: list[str],
+        voice: VoiceLike | list[VoiceLike] = ...,
+        *,
+        exaggeration: float | None = ...,
+        cfg_weight: float | None = ...,
+        temperature: float | None = ...,
+        top_p: float | None = ...,
+        min_p: float | None = ...,
+        repetition_penalty: float | None = ...,
+        seed: int | None = ...,
+        max_new_tokens: int | None = ...,
+        max_tokens_per_expected_second: float | None = ...,
+        progress: bool = ...,
+    ) -> list[GenerationResult]: ...
+
+    def generate(
+        self,
+        text: str | list[str],
+        voice: VoiceLike | list[VoiceLike] = None,
+        *,
+        exaggeration: float | None = None,
+        cfg_weight: float | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        seed: int | None = None,
+        max_new_tokens: int | None = None,
+        max_tokens_per_expected_second: float | None = None,
+        progress: bool = True,
+    ) -> GenerationResult | list[GenerationResult]:
+        """Speaks ``text`` (a string, or a list of strings decoded together as one batch).
+
+        ``voice``: ``None`` for the built-in voice, an audio path, a saved voice (``.pt``),
+        ``(waveform, sample_rate)`` or a prepared :class:`~chatterbox_vllm.voices.Voice`; with a
+        list of texts, a list gives each text its own voice. A control left ``None`` takes its
+        default from :data:`chatterbox_vllm.controls.CONTROLS` (ranges and meanings are there).
+        Long texts are split into chunks and joined with an equal-power crossfade. Returns one
+        :class:`GenerationResult` per text.
+        """
+        params = GenerationParams.from_controls(
+            exaggeration=exaggeration,
+            cfg_weight=cfg_weight,
+            temperature=temperature,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            max_tokens_per_expected_second=max_tokens_per_expected_second,
+        )
+        if isinstance(text, str):
+            if isinstance(voice, list):
+                raise InvalidParameterError(
+                    "a list of voices needs a list of texts (one voice per text)"
+                )
+            return self.generate_requests([TTSRequest(text, voice, params)], progress=progress)[0]
+        if not isinstance(text, list) or not text:
+            raise InvalidParameterError(
+                f"text must be a str or a non-empty list of str, got {type(text).__name__}"
+                + (" (empty list)" if isinstance(text, list) else "")
+            )
+        if isinstance(voice, list):
+            if len(voice) != len(text):
+                raise InvalidParameterError(
+                    f"got {len(text)} texts but {len(voice)} voices; pass one voice per text "
+                    "or a single voice for all"
+                )
+            voices: list[VoiceLike] = list(voice)
+        else:
+            voices = [voice] * len(text)
+        requests = [TTSRequest(t, v, params) for t, v in zip(text, voices)]
+        return self.generate_requests(requests, progress=progress)
+
+    def generate_requests(
+        self, requests: Sequence[TTSRequest], *, progress: bool = True
+    ) -> list[GenerationResult]:
+        """Speaks several requests, each with its own text, voice and controls, as one batch."""
+        self._check_open()
+        if not requests:
+            raise InvalidParameterError("requests is empty")
+        with self._call_lock:
+            return self._generate(list(requests), progress)
+
+    def _generate(self, requests: list[TTSRequest], progress: bool) -> list[GenerationResult]:
+        start = time.perf_counter()
+        plan = plan_requests(
+            [request.text for request in requests],
+            [request.params for request in requests],
+            self.config,
+        )
+        voice_start = time.perf_counter()
+        voices = self._resolve_voices(requests)
+        stats = GenerationStats(chunks=len(plan.items))
+        stats.voice_seconds = time.perf_counter() - voice_start
+        logger.info("generating %d text(s) as %d chunk(s)", len(requests), len(plan.items))
+        try:
+            audio = self._execute(plan, voices, stats, progress)
+        except ChunkInputError as error:
+            raise self._name_request(plan, error) from None
+
+        results = []
+        for request_index, request in enumerate(requests):
+            outputs = [audio[item.order] for item in plan.items_of(request_index)]
+            waveforms = [output.waveform for output in outputs]
+            joined = self._join_chunks(waveforms)
+            stats.audio_seconds += joined.numel() / self.sample_rate
+            stats.speech_tokens += sum(len(output.tokens) for output in outputs)
+            results.append(
+                GenerationResult(
+                    waveform=joined,
+                    sample_rate=self.sample_rate,
+                    text=request.text,
+                    chunks=plan.chunks_of(request_index),
+                    speech_tokens=tuple(output.tokens for output in outputs),
+                    chunk_samples=tuple(w.numel() for w in waveforms),
+                    watermarked=self._watermarker is not None,
+                )
+            )
+        stats.wall_seconds = time.perf_counter() - start
+        self.last_stats = stats
+        return results
+
+    @staticmethod
+    def _name_request(plan: Plan, error: ChunkInputError) -> ChatterboxError:
+        """The user-facing error: the cause, prefixed with ``text N:`` when the call has several
+        texts (the same words on the local and the Ray path)."""
+        cause = error.cause
+        if error.order is None or len(plan.texts) == 1:
+            return cause
+        request_index = plan.items[error.order].request_index
+        return type(cause)(f"text {request_index}: {cause}")
+
+    def _join_chunks(self, waveforms: list[torch.Tensor]) -> torch.Tensor:
+        """Crossfades one text's chunk audio together and watermarks the result."""
+        crossfade = round(self.config.crossfade_seconds * self.sample_rate)
+        joined = equal_power_crossfade_join(waveforms, crossfade)
+        if self._watermarker is not None and joined.numel():
+            joined = apply_watermark(self._watermarker, joined, self.sample_rate)
+        return joined
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stops the engine(s) (idempotent)."""

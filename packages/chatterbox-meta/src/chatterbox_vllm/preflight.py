@@ -1,0 +1,129 @@
+"""Checks that need no model, made before one loads (loading takes a minute; a typo should cost a
+second): the machine can run the engine, the checkpoint is complete, the text is speakable by the
+checkpoint's tokenizer, the voice is usable, and the output can be written."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import torch
+
+from chatterbox_vllm.audio import AudioInput, load_voice_audio, output_format
+from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError, InvalidTextError
+from chatterbox_vllm.hub import check_checkpoint_dir
+from chatterbox_vllm.text import split_text, validate_text
+from chatterbox_vllm.voices import Voice
+
+logger = logging.getLogger(__name__)
+
+CPU_TRY_OUT = (
+    "to try the product on a CPU anyway (slow: for trying out, not for serving), install the "
+    "CPU platform the tests use with `uv sync --all-packages --group test` in a clone of the "
+    "repository and pass --device cpu"
+)
+
+
+def cpu_platform_installed() -> bool:
+    """Whether a vLLM platform plugin that runs the engine on the CPU is installed (the test
+    support package registers one)."""
+    return any(ep.name == "cpu_test_support" for ep in entry_points(group="vllm.platform_plugins"))
+
+
+def check_device(device: str | None) -> str:
+    """The device to run on, or a :class:`ChatterboxError` saying what the machine lacks.
+
+    vLLM 0.9.2 runs T3 on NVIDIA GPUs (CUDA); without one it fails deep inside with
+    ``libcuda.so.1: cannot open shared object file``, so this is checked first."""
+    if device is not None and device.split(":")[0] not in ("cuda", "cpu"):
+        raise InvalidParameterError(
+            f"device must be cuda, cuda:N or cpu, got {device!r} (vLLM 0.9.2 runs T3 on NVIDIA "
+            "GPUs; cpu is the slow path the tests use)"
+        )
+    cuda = torch.cuda.is_available()
+    if device is None:
+        device = "cuda" if cuda else "cpu"
+        if not cuda and not cpu_platform_installed():
+            raise ChatterboxError(
+                "no NVIDIA GPU with a working CUDA driver was found: vLLM 0.9.2 needs one to run "
+                f"T3; {CPU_TRY_OUT}"
+            )
+    if device.startswith("cuda") and not cuda:
+        raise ChatterboxError(
+            f"device {device!r}: no NVIDIA GPU with a working CUDA driver on this machine "
+            f"(torch.cuda.is_available() is False); {CPU_TRY_OUT}"
+        )
+    if device == "cpu" and not cuda and not cpu_platform_installed():
+        raise ChatterboxError(
+            f"device 'cpu': vLLM 0.9.2 has no CPU engine for T3 here; {CPU_TRY_OUT}"
+        )
+    return device
+
+
+def check_checkpoint(directory: str | os.PathLike, *, needs_default_voice: bool) -> Path:
+    """The checkpoint directory, complete (and with ``conds.pt`` when the built-in voice is
+    going to be used)."""
+    path = check_checkpoint_dir(directory)
+    if needs_default_voice and not (path / "conds.pt").is_file():
+        raise ChatterboxError(
+            f"no voice given and {path} has no conds.pt (the built-in voice); pass --voice "
+            "<recording | saved voice .pt>"
+        )
+    return path
+
+
+def check_text(text: str, checkpoint: Path, chunk_chars: int) -> str:
+    """Validates ``text`` and runs the checkpoint's tokenizer over every chunk it will be split
+    into, so unsupported characters are named before the model loads."""
+    from chatterbox_t3.errors import T3InputError
+    from chatterbox_t3.text import EnglishTokenizer, normalize_text
+
+    validate_text(text)
+    tokenizer = EnglishTokenizer(checkpoint / "tokenizer.json")
+    for chunk in split_text(text, chunk_chars):
+        try:
+            tokenizer.encode(normalize_text(chunk))
+        except T3InputError as error:
+            raise InvalidTextError(str(error)) from None
+    return text
+
+
+def check_voice(voice: AudioInput) -> None:
+    """Decodes and validates a voice file (or loads a saved ``.pt`` voice) without a model."""
+    if isinstance(voice, str | os.PathLike) and Path(voice).suffix.lower() == ".pt":
+        Voice.load(voice)
+        return
+    load_voice_audio(voice)
+
+
+def check_output(path: str | os.PathLike) -> None:
+    """Checks that audio of ``path``'s format can be written there (``"-"``: standard output),
+    by creating and removing a file in its directory."""
+    output_format(path)
+    if os.fspath(path) == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ChatterboxError(
+            f"--out {target} is a directory; give a file name such as {target / 'speech.wav'}"
+        )
+    parent = target.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ChatterboxError(
+                    f"--out {target}: {ancestor} is a file, not a directory, so nothing can be "
+                    "written under it"
+                )
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".chatterbox-write-check-"):
+            pass
+    except OSError as error:
+        raise ChatterboxError(
+            f"--out {target}: cannot write there ({error.strerror or error})"
+        ) from None
