@@ -45,6 +45,7 @@ from chatterbox_t3.checkpoint import T3_FILE, TOKENIZER_FILE  # noqa: E402
 from chatterbox_t3.conditioning import ConditioningEncoder  # noqa: E402
 from chatterbox_t3.text import EnglishTokenizer, normalize_text  # noqa: E402
 from chatterbox_t3.voice_encoder import VE_FILE, VoiceEncoder  # noqa: E402
+from vllm_cpu_test_support.checkpoints import random_t3_voice as make_voice  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +67,6 @@ LONG_TEXT = (
     "scheduler step of the chunked engine allows, which forces vLLM to split the prefill."
 )
 CHUNK_BUDGET = 48
-
-
-def make_voice(seed: int, num_prompt_tokens: int = 150) -> T3Voice:
-    generator = torch.Generator().manual_seed(seed)
-    embedding = torch.nn.functional.normalize(torch.randn(256, generator=generator), dim=0)
-    return T3Voice(embedding, torch.randint(0, 6561, (num_prompt_tokens,), generator=generator))
 
 
 def deterministic(

@@ -1,72 +1,38 @@
-"""Shared fixtures of the chatterbox-t3-vllm tests (CPU; vLLM through vllm-cpu-test-support)."""
+"""Fixtures of the chatterbox-t3-vllm tests (CPU; vLLM through vllm-cpu-test-support).
+
+The checkpoint, random voices and engine settings come from the shared test-support plugin
+(``vllm_cpu_test_support.fixtures``: ``t3_checkpoint``, ``make_t3_voice``, ``t3_engine_options``);
+the names below are what this folder's tests call them."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-# vLLM on a 2-core CPU box: one OpenMP thread per process, a small KV-cache reservation.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from vllm_cpu_test_support.settings import T3_ENGINE, use_cpu_env
 
-DATA = Path(__file__).parent / "data"
-
-# Tiny engines: small KV cache and lengths keep a vLLM engine at well under a GB.
-TINY_ENGINE = {
-    "dtype": "float32",
-    "enforce_eager": True,
-    "max_model_len": 320,
-    "max_num_seqs": 8,
-    "num_gpu_blocks_override": 96,
-    "max_num_batched_tokens": 512,
-    "seed": 0,
-}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Derived vLLM model directories go to a temporary cache, never to ~/.cache."""
-    path = tmp_path_factory.mktemp("chatterbox-vllm-cache")
-    previous = os.environ.get("CHATTERBOX_VLLM_CACHE")
-    os.environ["CHATTERBOX_VLLM_CACHE"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("CHATTERBOX_VLLM_CACHE", None)
-    else:
-        os.environ["CHATTERBOX_VLLM_CACHE"] = previous
+# Before any engine (or torch thread pool) starts.
+use_cpu_env()
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from chatterbox_t3.checkpoint import write_random_t3_checkpoint
-
-    return write_random_t3_checkpoint(tmp_path_factory.mktemp("t3-tiny"), "tiny", seed=0)
-
-
-def random_voice(seed: int, num_prompt_tokens: int = 150) -> Any:
-    """A voice with a unit-norm random speaker embedding and random S3 prompt tokens."""
-    from chatterbox_t3 import T3Voice
-
-    generator = torch.Generator().manual_seed(seed)
-    embedding = torch.nn.functional.normalize(torch.randn(256, generator=generator), dim=0)
-    tokens = torch.randint(0, 6561, (num_prompt_tokens,), generator=generator)
-    return T3Voice(embedding, tokens)
+def tiny_checkpoint(t3_checkpoint: Path) -> Path:
+    """This folder's tiny checkpoint: T3's files only."""
+    return t3_checkpoint
 
 
 @pytest.fixture(scope="session")
-def make_voice() -> Callable[..., object]:
-    return random_voice
+def make_voice(make_t3_voice: Callable[..., Any]) -> Callable[..., Any]:
+    """``make_voice(seed, num_prompt_tokens=150)`` -> a random T3Voice."""
+    return make_t3_voice
 
 
 @pytest.fixture(scope="session")
-def tiny_engine_kwargs() -> dict[str, object]:
-    return dict(TINY_ENGINE)
+def tiny_engine_kwargs(t3_engine_options: dict[str, Any]) -> dict[str, Any]:
+    return t3_engine_options
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +40,6 @@ def tiny_engine(tiny_checkpoint: Path) -> Iterator[Any]:
     """The tiny model on vLLM with prefix caching and a roomy KV cache (shared: ~15 s to start)."""
     from chatterbox_t3 import T3Engine
 
-    engine = T3Engine.from_checkpoint(tiny_checkpoint, **TINY_ENGINE)
+    engine = T3Engine.from_checkpoint(tiny_checkpoint, **T3_ENGINE)
     yield engine
     engine.shutdown()
