@@ -1,11 +1,12 @@
 """T3 throughput: this package's vLLM engine vs the reference chatterbox-tts HF decode loop.
 
 Reports generated speech tokens per second at each batch size (all requests submitted together,
-one voice per request, CFG on), the KV-cache bytes per token both CFG branches cost, and optionally
+one voice per request, CFG on) for each CUDA-graph mode (one engine per mode, started in turn), the
+engine start-up time, the KV-cache bytes per token both CFG branches cost, and optionally
 the reference loop (``--reference``, needs chatterbox-tts 0.1.2 importable; it decodes one request
 at a time, so its batch-B rate is its batch-1 rate).
 
-    python bench/t3_bench.py --checkpoint DIR --batch-sizes 1,16,64,256 [--cuda-graphs] [--reference]
+    python bench/t3_bench.py --checkpoint DIR --batch-sizes 1,16,64 --cuda-graphs off,piecewise,full --reference
     python bench/t3_bench.py --random tiny --batch-sizes 1,4 --max-new-tokens 20   # CPU smoke run
 
 Random weights rarely sample the stop token, so every request runs to ``--max-new-tokens``.
@@ -44,7 +45,7 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
 
 
-def bench_engine(args: argparse.Namespace, checkpoint: Path) -> list[dict[str, Any]]:
+def bench_engine(args: argparse.Namespace, checkpoint: Path, mode: str) -> list[dict[str, Any]]:
     from chatterbox_t3 import T3Engine, T3Request, T3SamplingParams
 
     largest = max(args.batch_sizes)
@@ -53,14 +54,16 @@ def bench_engine(args: argparse.Namespace, checkpoint: Path) -> list[dict[str, A
         "max_num_seqs": largest,
         "max_model_len": args.max_model_len,
         "gpu_memory_utilization": args.gpu_memory_utilization,
-        "enforce_eager": not args.cuda_graphs,
+        "cuda_graphs": mode,
         "enable_prefix_caching": True,
     }
     if not torch.cuda.is_available():
-        kwargs.update(enforce_eager=True, num_gpu_blocks_override=args.cpu_kv_blocks)
+        kwargs.update(cuda_graphs="off", num_gpu_blocks_override=args.cpu_kv_blocks)
     started = time.perf_counter()
     engine = T3Engine.from_checkpoint(checkpoint, **kwargs)
     startup = time.perf_counter() - started
+    plan = engine.cuda_graph_plan
+    resolved = plan.mode if plan is not None else mode
     params = T3SamplingParams(max_new_tokens=args.max_new_tokens, seed=0)
     voices = [make_voice(i) for i in range(largest)]
     rows = []
@@ -77,7 +80,8 @@ def bench_engine(args: argparse.Namespace, checkpoint: Path) -> list[dict[str, A
             generated = sum(len(o.raw_token_ids) for o in outputs)
             rows.append(
                 {
-                    "engine": "vllm",
+                    "engine": f"vllm ({resolved})",
+                    "mode": resolved,
                     "batch": batch,
                     "tokens": generated,
                     "seconds": round(seconds, 3),
@@ -85,7 +89,7 @@ def bench_engine(args: argparse.Namespace, checkpoint: Path) -> list[dict[str, A
                     "per_request_tokens_per_s": round(generated / seconds / batch, 1),
                 }
             )
-            logger.info("vllm batch %d: %.1f tokens/s", batch, generated / seconds)
+            logger.info("vllm %s batch %d: %.1f tokens/s", resolved, batch, generated / seconds)
     finally:
         engine.shutdown()
     dtype = (
@@ -174,7 +178,11 @@ def main() -> None:
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
     )
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    parser.add_argument("--cuda-graphs", action="store_true", help="torch.compile + CUDA graphs")
+    parser.add_argument(
+        "--cuda-graphs",
+        default="auto",
+        help="comma-separated CUDA-graph modes to time, one engine each (auto, full, piecewise, off)",
+    )
     parser.add_argument("--reference", action="store_true", help="also time the reference loop")
     parser.add_argument("--cpu-kv-blocks", type=int, default=512, help="KV blocks on CPU runs")
     parser.add_argument("--json", type=Path, help="write the results here too")
@@ -189,15 +197,33 @@ def main() -> None:
             from chatterbox_t3 import write_random_t3_checkpoint
 
             checkpoint = write_random_t3_checkpoint(Path(scratch) / "ckpt", args.random, seed=0)
-        rows = bench_engine(args, checkpoint)
+        rows = []
+        for mode in args.cuda_graphs.split(","):
+            rows.extend(bench_engine(args, checkpoint, mode.strip()))
         if args.reference:
             rows.append(bench_reference(args, checkpoint))
 
-    columns = ["engine", "batch", "tokens", "seconds", "tokens_per_s", "per_request_tokens_per_s"]
+    columns = [
+        "engine",
+        "batch",
+        "tokens",
+        "seconds",
+        "tokens_per_s",
+        "per_request_tokens_per_s",
+        "startup_s",
+    ]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row.get(c, "")) for c in columns))
     print(f"KV cache per token (both CFG branches): {rows[0]['kv_bytes_per_token']} bytes")
+    reference = [r for r in rows if r["engine"].startswith("reference")]
+    if reference:
+        base = reference[0]["tokens_per_s"]
+        for row in rows:
+            if row["batch"] == 1 and not row["engine"].startswith("reference"):
+                print(f"{row['engine']} batch 1 vs reference: {row['tokens_per_s'] / base:.1f}x")
+    if torch.cuda.is_available():
+        print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -496,8 +496,18 @@ class AsyncT3Engine:
     ) -> T3Voice:
         return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
 
+    def check_text(self, text: str) -> list[int]:
+        """``text``'s T3 text ids (normalised, tokenised, framed); raises a
+        :class:`~chatterbox_t3.errors.T3InputError` for text T3 cannot speak. Pass the ids as
+        ``T3Request.text_token_ids`` to skip tokenising again."""
+        return self.frontend.text_token_ids(text)
+
     async def stream_speech_tokens(
-        self, request: T3Request, *, final_only: bool = False
+        self,
+        request: T3Request,
+        *,
+        final_only: bool = False,
+        on_tokens: Callable[[int], None] | None = None,
     ) -> AsyncIterator[T3Output]:
         """Cumulative outputs as tokens arrive; the last item has ``finished=True``.
 
@@ -505,25 +515,46 @@ class AsyncT3Engine:
         previous one (a mid-utterance start-of-speech id discards earlier tokens, as in the
         reference). vLLM is asked for deltas and they are accumulated here: its CUMULATIVE mode
         would copy the whole id list on every step. ``final_only=True`` yields just the final
-        item (vLLM's FINAL_ONLY: no intermediate outputs are built at all).
+        item (vLLM's FINAL_ONLY: no intermediate outputs are built at all). ``on_tokens(n)`` is
+        called with the number of new ids at every step (progress); with ``final_only`` vLLM
+        still sends deltas then, but no intermediate item is built or yielded.
         """
         from vllm.sampling_params import RequestOutputKind
 
         prepared = self.frontend.prepare(request)
         sampling_params = prepared.sampling_params
         sampling_params.output_kind = (
-            RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA
+            RequestOutputKind.FINAL_ONLY
+            if final_only and on_tokens is None
+            else RequestOutputKind.DELTA
         )
         request_id = f"t3-{uuid.uuid4().hex}"
         raw: list[int] = []
         async for output in self._engine.generate(prepared.prompt, sampling_params, request_id):
-            raw.extend(int(t) for t in output.outputs[0].token_ids)
-            yield self.frontend.to_output(output, prepared.num_prompt_tokens, tuple(raw))
+            new = output.outputs[0].token_ids
+            raw.extend(int(t) for t in new)
+            if on_tokens is not None:
+                on_tokens(len(new))
+            if output.finished or not final_only:
+                yield self.frontend.to_output(output, prepared.num_prompt_tokens, tuple(raw))
 
-    @property
-    def is_running(self) -> bool:
-        """False once vLLM's engine core has died (``AsyncLLM.errored``)."""
-        return not bool(getattr(self._engine, "errored", False))
+    def engine_failure(self) -> str | None:
+        """Why vLLM's engine core can no longer serve (``None`` while it can): its process
+        exited (killed by a signal, out of memory, crashed) or vLLM marked it dead. vLLM 0.9.2
+        itself does not notice a vanished engine-core process and would wait for its outputs
+        forever, so callers poll this while they wait."""
+        resources = getattr(getattr(self._engine, "engine_core", None), "resources", None)
+        manager = getattr(resources, "engine_manager", None)
+        finished = manager.finished_procs() if manager is not None else {}
+        if finished:
+            return "; ".join(
+                f"{name} "
+                + (f"was killed by signal {-code}" if code < 0 else f"exited with code {code}")
+                for name, code in finished.items()
+            )
+        if getattr(self._engine, "errored", False):
+            return "vLLM reported its engine core dead"
+        return None
 
     def shutdown(self) -> None:
         self._engine.shutdown()
