@@ -1,6 +1,7 @@
 """CUDA checks (``-m gpu``; skipped without a GPU): the padded batch equals unbatched runs on the
-GPU too, CUDA float32 agrees with CPU float32, low-precision flows stay finite and close, and the
-vocoder noise is reproducible per seed on the device."""
+GPU too, CUDA float32 agrees with CPU float32, low-precision flows stay finite and close, the
+vocoder noise is reproducible per seed on the device, and the CUDA-graph Euler loop (row and
+frame buckets, graph reuse, eviction) gives the eager mels."""
 
 from __future__ import annotations
 
@@ -19,7 +20,74 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def gpu_model(tiny_checkpoint: Path) -> S3Gen:
-    return S3Gen.from_checkpoint(tiny_checkpoint, device="cuda")
+    return S3Gen.from_checkpoint(tiny_checkpoint, device="cuda", cuda_graphs=False)
+
+
+@pytest.fixture(scope="module")
+def graph_model(tiny_checkpoint: Path) -> S3Gen:
+    model = S3Gen.from_checkpoint(tiny_checkpoint, device="cuda")
+    assert model.cuda_graphs
+    return model
+
+
+def _max_relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max() / y.abs().max()) for x, y in zip(a, b))
+
+
+def test_graph_euler_loop_gives_the_eager_mels(
+    graph_model: S3Gen, gpu_model: S3Gen, voice_a, voice_b, tokens
+) -> None:
+    graphs = graph_model.flow.decoder.graphs
+    assert graphs is not None
+    # 3 items -> 4 captured rows; 5 -> 8 (padded rows are copies, discarded); lengths that fall
+    # inside one 64-frame bucket and across buckets.
+    for sizes in [(3, 50, 21), (40, 41, 7, 33, 12)]:
+        sequences = [tokens(n, n + 7) for n in sizes]
+        voices = [voice_a if i % 2 else voice_b for i in range(len(sizes))]
+        before = graphs.captures
+        mels = graph_model.synthesize_mels(sequences, voices)
+        assert graphs.captures == before + 1
+        again = graph_model.synthesize_mels(sequences, voices)  # replay, no new capture
+        assert graphs.captures == before + 1
+        eager = gpu_model.synthesize_mels(sequences, voices)
+        for m, e in zip(mels, eager):
+            assert m.shape == e.shape
+        assert _max_relative(mels, eager) < 1e-4
+        for a, b in zip(mels, again):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # Another step count is another graph; its result still matches eager.
+    ids = [tokens(30, 3)]
+    four = graph_model.synthesize_mels(ids, [voice_a], n_timesteps=4)
+    assert _max_relative(four, gpu_model.synthesize_mels(ids, [voice_a], n_timesteps=4)) < 1e-4
+
+
+def test_graph_waveforms_and_eviction(
+    tiny_checkpoint: Path, gpu_model: S3Gen, voice_a, tokens
+) -> None:
+    model = S3Gen.from_checkpoint(tiny_checkpoint, device="cuda")
+    model.set_cuda_graphs(True, max_graphs=2)
+    graphs = model.flow.decoder.graphs
+    assert graphs is not None
+    for n in (10, 80, 150, 10):  # three frame buckets through a cache of two
+        ids = [tokens(n, n)]
+        (wav,) = model.synthesize(ids, [voice_a], seeds=[5])
+        (eager,) = gpu_model.synthesize(ids, [voice_a], seeds=[5])
+        torch.testing.assert_close(wav, eager, rtol=0, atol=1e-4)
+    assert len(graphs._graphs) == 2
+    assert graphs.captures == 4  # the first shape was evicted and captured again
+    model.set_cuda_graphs(False)
+    assert not model.cuda_graphs
+
+
+def test_gpu_batches_split_where_padding_would_dominate(gpu_model: S3Gen, voice_a) -> None:
+    long = [list(range(200))] * 8
+    short = [list(range(20))] * 3
+    sequences = long + short
+    batches = gpu_model._batches(
+        [torch.tensor(s) for s in sequences], [voice_a] * len(sequences), None
+    )
+    assert [len(b) for b in batches] == [8, 3]
+    assert sorted(i for b in batches for i in b) == list(range(len(sequences)))
 
 
 def test_cuda_float32_matches_cpu(gpu_model: S3Gen, s3gen: S3Gen, voice_a, tokens) -> None:
