@@ -2,9 +2,17 @@
 #   source bench/device/setup.sh
 # Needs the carried folders .gpu-bundle (gpu-harness build-bundle.sh) and .device-wheels (pure-Python
 # or cp312 wheels the device image lacks: s3tokenizer, librosa and its audio deps, the reference
-# chatterbox-tts for side-by-side runs). Our three packages are put on PYTHONPATH from source; a
-# dist-info carries the vLLM plugin entry point so the spawned engine core registers the T3 model.
+# chatterbox-tts for side-by-side runs); `bash bench/device/prepare.sh` (here) builds both. Our three
+# packages are put on PYTHONPATH from source; a dist-info carries the vLLM plugin entry point so the
+# spawned engine core registers the T3 model. `bash bench/device/session.sh PART...` runs the
+# measurements (see its header) after sourcing this.
 set -e
+# CUDA graphs need the harness shim of 2026-12-01 or later: _C.weak_ref_tensor (called by graph
+# capture) and a cache write without boolean indexing (a host sync, not capturable).
+grep -q weak_ref_tensor .gpu-bundle/vllm_shim.py || {
+  echo "bench/device/setup.sh: .gpu-bundle predates CUDA-graph support; rebuild it with bench/device/prepare.sh" >&2
+  return 1 2>/dev/null || exit 1
+}
 source .gpu-bundle/setup-device.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device-wheels/*.whl
 repo=$(pwd)

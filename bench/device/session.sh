@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One device call = several measurements, each logged under $OUT (what comes back) and bounded by
+# its own timeout so one hang cannot eat the whole call. Run from the repo root on the device:
+#   bash bench/device/session.sh PART [PART ...]
+# PARTs:
+#   t3-bench       T3 tok/s, cuda_graphs off/piecewise/full at batch 1/16/64 + the reference HF loop
+#   t3-tests       pytest -m gpu of packages/t3-vllm (CUDA-graph token identity, preemption)
+#   s3gen-tests    pytest -m gpu of packages/s3gen
+#   s3gen-before   S3Gen throughput of the previous release's source (.device-old, carried)
+#   s3gen-after    S3Gen throughput of this tree, eager and CUDA graphs, fp32/fp16/bf16
+#   s3gen-quick / s3gen-before-quick   fewer dtypes and sizes, one timed run each (first looks)
+#   s3gen-profile  top CUDA kernels of one fp16 batch of 32
+#   s3gen-long     this tree, fp16 graphs, 10 s voice prompt (chatterbox's own prompt length)
+#   s3gen-accuracy low-precision / graph errors vs float32
+set -o pipefail
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+source bench/device/setup.sh >"$out/setup.log" 2>&1 || { cat "$out/setup.log"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+run() {  # run NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "=== $name ($(date -u +%T))"
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name exit $rc ($(date -u +%T))"
+  grep -E '^\|| \| | vs reference|^KV|^device|passed|failed' "$out/$name.log" | tail -70
+  [ $rc -eq 0 ] || tail -25 "$out/$name.log"
+}
+s3gen_common=(--size full --device cuda --seconds 10 --prompt-seconds 5 --loop-items 0)
+for part in "$@"; do
+  case $part in
+    t3-bench) run t3-bench 420 python3 bench/device/with_reference.py packages/t3-vllm/bench/t3_bench.py \
+        --random full --batch-sizes 1,16,64 --max-new-tokens 100 --cuda-graphs off,piecewise,full \
+        --reference --gpu-memory-utilization 0.5 --json "$out/t3-bench.json" ;;
+    t3-tests) run t3-tests 400 python3 -m pytest packages/t3-vllm/tests/test_cuda_graphs_gpu.py -m gpu -x -q -p no:cacheprovider ;;
+    s3gen-tests) run s3gen-tests 200 python3 -m pytest packages/s3gen/tests/test_s3gen_gpu.py -m gpu -x -q -p no:cacheprovider ;;
+    s3gen-before) PYTHONPATH=$(pwd)/.device-old/packages/s3gen/src:$PYTHONPATH run s3gen-before 240 \
+        python3 bench/s3gen_bench.py "${s3gen_common[@]}" --dtypes fp16 bf16 fp32 --batch-sizes 8 32 64 --modes eager --profile ;;
+    s3gen-after) run s3gen-after 300 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
+        --dtypes fp16 bf16 fp32 --batch-sizes 8 32 64 --modes eager graphs ;;
+    s3gen-quick) run s3gen-quick 200 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
+        --dtypes fp16 fp32 --batch-sizes 8 64 --modes eager graphs --repeats 1 ;;
+    s3gen-before-quick) PYTHONPATH=$(pwd)/.device-old/packages/s3gen/src:$PYTHONPATH run s3gen-before-quick 150 \
+        python3 bench/s3gen_bench.py "${s3gen_common[@]}" --dtypes fp16 --batch-sizes 8 64 --modes eager --repeats 1 --profile ;;
+    s3gen-profile) run s3gen-profile 200 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
+        --dtypes fp16 --batch-sizes 32 --modes graphs --profile --repeats 1 ;;
+    s3gen-long) run s3gen-long 200 python3 bench/s3gen_bench.py --size full --device cuda --seconds 11.5 \
+        --prompt-seconds 10 --loop-items 0 --dtypes fp16 --batch-sizes 8 32 64 --modes graphs ;;
+    s3gen-accuracy) run s3gen-accuracy 240 python3 bench/s3gen_bench.py --size full --device cuda \
+        --accuracy-only --accuracy-items 4 --accuracy-seconds 6 --prompt-seconds 5 --modes eager graphs ;;
+    *) echo "unknown part $part"; exit 2 ;;
+  esac
+done
