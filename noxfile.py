@@ -11,6 +11,7 @@ nox -s gpu                # tests marked `gpu`, on a machine with a CUDA GPU
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
@@ -31,9 +32,11 @@ CPU_SUPPORT = "./tests/support/vllm-cpu-test-support"
 CONSTRAINTS = ("torch==2.7.0", "torchaudio==2.7.0", "transformers>=4.53.2,<4.54")
 TEST_TOOLS = ("pytest>=8.3", "pytest-timeout>=2.3")
 
-# vLLM on CPU: one OpenMP thread per process (two threads oversubscribe a 2-core box and fork with
-# >1 thread can deadlock); a small KV-cache reservation.
-CPU_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# vLLM on CPU (one OpenMP thread per process, a small KV-cache reservation): the test support's
+# settings module is the one place for it; it imports only the standard library, so it is read
+# from the source tree rather than installed into nox's own environment.
+sys.path.insert(0, str(ROOT / CPU_SUPPORT / "src"))
+from vllm_cpu_test_support.settings import CPU_ENV  # noqa: E402
 
 
 def _constraints_file(session: nox.Session) -> str:
@@ -83,6 +86,9 @@ def t3(session: nox.Session) -> None:
 def s3gen(session: nox.Session) -> None:
     """chatterbox-s3gen alone, with its ONNX extra (no vLLM in this venv)."""
     _install_isolated(session, f"{S3GEN}[onnx]")
+    # The shared test fixtures, without the support package's vLLM dependency: the fixtures this
+    # folder uses need only torch/numpy (installed with s3gen); the vLLM platform parts stay unused.
+    session.install("--no-deps", CPU_SUPPORT)
     session.run(
         "python",
         "-c",
