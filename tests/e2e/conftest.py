@@ -29,8 +29,13 @@ def run_cli(
     )
 
 
+run_cli.argv_prefix = [sys.executable, "-m", "chatterbox_vllm.cli"]  # type: ignore[attr-defined]
+run_cli.environment = {**os.environ, **CPU_ENV}  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
 def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Runs ``chatterbox-vllm`` (``.argv_prefix`` / ``.environment`` for byte-level runs)."""
     return run_cli
 
 

@@ -66,7 +66,7 @@ def test_parser_maps_options() -> None:
     assert (args.text, args.voice, args.out, args.cfg_weight) == (
         "Hi.",
         Path("v.wav"),
-        Path("o.flac"),
+        "o.flac",
         0.3,
     )
     assert (args.max_num_seqs, args.num_gpu_blocks_override, args.model_dir) == (
@@ -82,14 +82,14 @@ def test_parser_maps_options() -> None:
         (["speak", "--model-dir", "nowhere"], "", "text is empty"),
         (["speak", "...", "--model-dir", "nowhere"], "", "no letters or digits"),
         (
-            ["speak", "Hello.", "--temperature", "0", "--model-dir", "nowhere"],
+            ["speak", "Hello.", "--temperature", "6", "--model-dir", "nowhere"],
             "",
             "temperature must be in",
         ),
         (
             ["speak", "Hello.", "--out", "x.xyz", "--model-dir", "nowhere"],
             "",
-            "unsupported format '.xyz'",
+            "cannot write '.xyz' audio",
         ),
         (
             ["speak", "Hello.", "--model-dir", "nowhere"],

@@ -30,7 +30,7 @@ class StaggeredT3:
         self.finished_at: dict[int, float] = {}
         self.cancelled: set[int] = set()
 
-    async def stream(self, request: int) -> AsyncIterator[Output]:
+    async def stream(self, request: int, on_tokens=None) -> AsyncIterator[Output]:
         tokens: list[int] = []
         try:
             for _ in range(request + 1):
@@ -150,7 +150,7 @@ def test_a_dead_engine_ends_the_call_instead_of_hanging(loop: EventLoopThread) -
 
     from chatterbox_vllm.errors import EngineDeadError
 
-    async def never_finishes(request: int) -> AsyncIterator[Output]:
+    async def never_finishes(request: int, on_tokens=None) -> AsyncIterator[Output]:
         await asyncio.sleep(3600)
         yield Output((), "stop")
 

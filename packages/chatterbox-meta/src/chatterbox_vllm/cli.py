@@ -199,7 +199,9 @@ def checkpoint_source(args: argparse.Namespace) -> Any:
 def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> EngineConfig:
     """Every check that needs no model; returns the config with the device made explicit."""
     from chatterbox_vllm import preflight as checks
+    from chatterbox_vllm.text import validate_text
 
+    validate_text(text)
     if args.voice is not None:
         checks.check_voice(args.voice)
     if args.out is not None:
@@ -209,10 +211,6 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
     if args.model_dir is not None:
         path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
         checks.check_text(text, path, config.chunk_chars)
-    else:
-        from chatterbox_vllm.text import validate_text
-
-        validate_text(text)
     return config
 
 

@@ -9,7 +9,7 @@ component, e.g. another speech-token model. The vocoder plug-in point is S3Gen's
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -98,10 +98,14 @@ class StreamingSpeechTokenGenerator(Protocol[RequestT_contra]):
         ...
 
     def stream_speech_tokens(
-        self, request: RequestT_contra, *, final_only: bool = False
+        self,
+        request: RequestT_contra,
+        *,
+        final_only: bool = False,
+        on_tokens: Callable[[int], None] | None = None,
     ) -> AsyncIterator[SpeechTokenSequence]:
         """Yields the tokens generated so far (cumulative), the last item being final; only the
-        final item with ``final_only``."""
+        final item with ``final_only``; ``on_tokens(n)`` is told of new ids as they arrive."""
         ...
 
     def engine_failure(self) -> str | None:

@@ -86,7 +86,7 @@ _T3_FINISHED = object()
 def run_pipeline(
     jobs: Sequence[ChunkJob],
     *,
-    stream_tokens: Callable[[Any], Any],
+    stream_tokens: Callable[[Any, Callable[[int], Any] | None], Any],
     loop: EventLoopThread,
     synthesize: Callable[[list[list[int]], list[Any], list[int | None]], list[torch.Tensor]],
     s3gen_batch_size: int,
@@ -96,18 +96,32 @@ def run_pipeline(
     """Runs every job through T3 (all at once) and S3Gen (in batches as they finish); fills
     ``job.tokens`` and ``job.waveform``. Returns timings.
 
-    ``stream_tokens(t3_request)`` is an async iterator whose last item is the final output;
+    ``stream_tokens(t3_request, on_tokens)`` is an async iterator whose last item is the final
+    output, calling ``on_tokens(n)`` as ids arrive (``None`` without progress);
     ``synthesize(token_lists, references, seeds)`` returns one 1-D waveform per item.
     ``engine_failure()`` says why the T3 engine died (``None`` while alive): it is polled while
     waiting, so a killed engine ends the call with :class:`EngineDeadError` instead of a hang.
     """
     finished: queue.Queue[Any] = queue.Queue()
+    # Progress on stderr: T3 in speech tokens (against each chunk's cap: chunks that stop early
+    # finish below it), S3Gen in chunks.
+    token_bar = tqdm(
+        total=sum(job.item.max_tokens for job in jobs),
+        desc="T3 speech tokens",
+        unit="tok",
+        disable=not progress,
+        leave=False,
+    )
+    bar = tqdm(
+        total=len(jobs), desc="S3Gen chunks", unit="chunk", disable=not progress, leave=False
+    )
+    on_tokens = token_bar.update if progress else None
     timings = PipelineTimings()
     start = time.perf_counter()
 
     async def decode(job_index: int) -> None:
         final = None
-        async for output in stream_tokens(jobs[job_index].t3_request):
+        async for output in stream_tokens(jobs[job_index].t3_request, on_tokens):
             final = output
         if final is None:
             raise RuntimeError(f"T3 returned no output for chunk {job_index}")
@@ -128,7 +142,6 @@ def run_pipeline(
     t3_future.add_done_callback(lambda _: finished.put(_T3_FINISHED))
     t3_end: float | None = None
     remaining = len(jobs)
-    bar = tqdm(total=len(jobs), desc="chunks", unit="chunk", disable=not progress, leave=False)
     try:
         while remaining:
             try:
@@ -177,6 +190,7 @@ def run_pipeline(
         raise
     finally:
         bar.close()
+        token_bar.close()
     if t3_end is None:
         t3_future.result()
         t3_end = time.perf_counter()

@@ -102,14 +102,14 @@ def check_voice(voice: AudioInput) -> None:
 def check_output(path: str | os.PathLike) -> None:
     """Checks that audio of ``path``'s format can be written there (``"-"``: standard output),
     by creating and removing a file in its directory."""
+    if os.fspath(path) != "-" and Path(path).is_dir():
+        raise ChatterboxError(
+            f"--out {path} is a directory; give a file name such as {Path(path) / 'speech.wav'}"
+        )
     output_format(path)
     if os.fspath(path) == "-":
         return
     target = Path(path)
-    if target.is_dir():
-        raise ChatterboxError(
-            f"--out {target} is a directory; give a file name such as {target / 'speech.wav'}"
-        )
     parent = target.parent
     for ancestor in (parent, *parent.parents):
         if ancestor.exists():

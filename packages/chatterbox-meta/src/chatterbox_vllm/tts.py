@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -315,9 +315,9 @@ class ChatterboxTTS(SpeechFront[Voice]):
             audio[job.item.order] = ChunkAudio(job.item.order, job.tokens, job.waveform)
         return audio, timings
 
-    def _final_tokens(self, request: Any) -> Any:
-        # Only the final output is read: ask vLLM not to build intermediate ones.
-        return self._t3.stream_speech_tokens(request, final_only=True)  # type: ignore[call-arg]
+    def _final_tokens(self, request: Any, on_tokens: Callable[[int], Any] | None) -> Any:
+        # Only the final output is read: no intermediate outputs are built.
+        return self._t3.stream_speech_tokens(request, final_only=True, on_tokens=on_tokens)
 
     def _check_text(self, item: PlanItem) -> tuple[int, ...] | None:
         """T3's text front end on one item before anything is queued, so a chunk it rejects

@@ -1,0 +1,77 @@
+"""Writing audio: every listed format round-trips; a failed write never loses the audio; the
+device check names what the machine lacks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import soundfile
+import torch
+
+from chatterbox_vllm import preflight
+from chatterbox_vllm.audio import save_audio, supported_output_suffixes
+from chatterbox_vllm.errors import ChatterboxError, UnsupportedAudioFormatError
+from chatterbox_vllm.results import GenerationResult
+
+RATE = 24_000
+
+
+def _tone(seconds: float = 1.0) -> torch.Tensor:
+    t = torch.arange(int(RATE * seconds)) / RATE
+    return 0.5 * torch.sin(2 * math.pi * 220.0 * t)
+
+
+def test_the_common_formats_are_offered() -> None:
+    offered = supported_output_suffixes()
+    for suffix in (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif"):
+        assert suffix in offered
+
+
+@pytest.mark.parametrize("suffix", supported_output_suffixes())
+def test_every_offered_format_is_written_and_read_back(tmp_path, suffix: str) -> None:
+    path = save_audio(tmp_path / f"out{suffix}", _tone(), RATE)
+    audio, rate = soundfile.read(str(path))
+    # Lossy codecs pad or trim by up to a frame; the duration stays within 80 ms.
+    assert rate in (RATE, 48_000)
+    assert abs(len(audio) / rate - 1.0) < 0.08
+    assert 0.2 < float(abs(audio).max()) <= 1.0
+
+
+def test_unlisted_suffixes_are_refused_naming_the_listed_ones(tmp_path) -> None:
+    with pytest.raises(UnsupportedAudioFormatError, match=r"cannot write '\.xyz'.*\.wav"):
+        save_audio(tmp_path / "out.xyz", _tone(), RATE)
+
+
+def test_a_failed_write_keeps_the_audio(tmp_path) -> None:
+    from chatterbox_vllm.cli import write_result
+
+    result = GenerationResult(
+        waveform=_tone(0.5),
+        sample_rate=RATE,
+        text="x",
+        chunks=("x",),
+        speech_tokens=(),
+        chunk_samples=(RATE // 2,),
+        watermarked=False,
+    )
+    with pytest.raises(
+        ChatterboxError, match=r"could not write /proc/x\.wav .*kept in (\S+\.wav)"
+    ) as info:
+        write_result(result, "/proc/x.wav")
+    kept = str(info.value).rsplit("kept in ", 1)[1]
+    audio, rate = soundfile.read(kept)
+    assert rate == RATE and len(audio) == RATE // 2
+
+
+def test_device_check_names_the_missing_gpu_and_the_cpu_way(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(preflight, "cpu_platform_installed", lambda: False)
+    with pytest.raises(ChatterboxError, match="no NVIDIA GPU.*vLLM 0.9.2 needs one.*--device cpu"):
+        preflight.check_device(None)
+    with pytest.raises(ChatterboxError, match="device 'cuda': no NVIDIA GPU"):
+        preflight.check_device("cuda")
+    monkeypatch.setattr(preflight, "cpu_platform_installed", lambda: True)
+    assert preflight.check_device(None) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert preflight.check_device(None) == "cuda"
