@@ -138,7 +138,7 @@ def test_a_killed_engine_is_an_error_for_the_running_and_every_later_call(
                 outcome.append(
                     tts.generate("A long sentence to keep the engine busy. " * 3, progress=False)
                 )
-            except BaseException as error:  # noqa: BLE001 - the test inspects it
+            except BaseException as error:
                 outcome.append(error)
 
         worker = threading.Thread(target=speak)
