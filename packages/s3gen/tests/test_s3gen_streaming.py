@@ -430,3 +430,26 @@ def test_lookahead_tokens_shape_the_kept_frames(s3gen, voice_a, tokens) -> None:
     torch.testing.assert_close(mels[0], prefix, rtol=0, atol=2e-5)
     assert mels[3].shape == prefix.shape
     assert float((mels[3] - prefix).abs().max()) > 1e-3
+
+
+def test_shape_bucketing_does_not_change_results(
+    s3gen, voice_a, voice_b, voice_odd, tokens
+) -> None:
+    """CUDA rounds rows and lengths up (masked padding, repeated rows); forced here on CPU."""
+    streams = [
+        S3GenStream(s3gen, voice, seed=i, n_timesteps=2)
+        for i, voice in enumerate([voice_a, voice_b, voice_odd])
+    ]
+    for i, stream in enumerate(streams):
+        stream.add_tokens(tokens(19 + 7 * i, i))
+    streams[2].end_of_tokens()  # a final window among non-final ones
+    windows = [w for s in streams if (w := s.next_window()) is not None]
+    assert len(windows) == 3  # 3 rows -> 4 when bucketed
+    plain = synthesize_windows(s3gen, windows, bucket=False)
+    bucketed = synthesize_windows(s3gen, windows, bucket=True)
+    assert len(bucketed) == 3
+    for a, b in zip(plain, bucketed):
+        assert (a.stream_id, a.index) == (b.stream_id, b.index)
+        torch.testing.assert_close(a.mel, b.mel, rtol=0, atol=2e-5)
+        torch.testing.assert_close(a.wav, b.wav, rtol=0, atol=2e-5)
+        torch.testing.assert_close(a.cycles, b.cycles, rtol=0, atol=1e-9)

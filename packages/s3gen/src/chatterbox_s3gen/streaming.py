@@ -530,8 +530,30 @@ class S3GenStream:
         return self._flush_tail()
 
 
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def _row_bucket(rows: int) -> int:
+    """1, 2, 4, 8, then multiples of 8 (padded rows repeat the last window and are dropped)."""
+    return 1 << (rows - 1).bit_length() if rows <= 8 else _round_up(rows, 8)
+
+
+def _bucketing(s3gen: S3Gen, bucket: bool | None) -> bool:
+    # On CUDA every new (rows, length) shape costs kernel/plan selection in every conv and matmul;
+    # streamed windows grow every round, so shapes are rounded up to a few buckets there. Padding
+    # is masked (batch invariance), so results do not change; on a CPU it would only add work.
+    return s3gen.device.type == "cuda" if bucket is None else bool(bucket)
+
+
+TOKEN_BUCKET = 32
+"""Flow batches are padded to a multiple of this many tokens (64 frames) when bucketing."""
+VOCODER_FRAME_BUCKET = 16
+"""HiFT batches are padded to a multiple of this many frames when bucketing."""
+
+
 def _flow_windows(
-    s3gen: S3Gen, windows: Sequence[StreamWindow], n_timesteps: int
+    s3gen: S3Gen, windows: Sequence[StreamWindow], n_timesteps: int, bucket: bool
 ) -> list[torch.Tensor]:
     """Mels ``[80, frames]`` of every window's ``[mel_start, mel_stop)``, as one padded batch.
 
@@ -541,10 +563,16 @@ def _flow_windows(
     flow = s3gen.flow
     device = s3gen.device
     dtype = flow.input_embedding.weight.dtype
+    count = len(windows)
+    if bucket:
+        windows = [*windows, *[windows[-1]] * (_row_bucket(count) - count)]
     batch = len(windows)
     full = [torch.cat([w.reference.prompt_tokens.to("cpu"), w.tokens]) for w in windows]
     token_lengths = torch.tensor([t.numel() for t in full])
-    padded = torch.zeros(batch, int(token_lengths.max()), dtype=torch.int64)
+    width = int(token_lengths.max())
+    if bucket:
+        width = min(_round_up(width, TOKEN_BUCKET), s3gen.max_frames // TOKEN_MEL_RATIO)
+    padded = torch.zeros(batch, width, dtype=torch.int64)
     for i, t in enumerate(full):
         padded[i, : t.numel()] = t
     prompt_lengths = torch.tensor([w.reference.num_prompt_frames for w in windows])
@@ -567,6 +595,8 @@ def _flow_windows(
     hidden, _ = flow.encoder(embedded, token_lengths)
     mu = flow.encoder_proj(hidden).transpose(1, 2)
     frames = int(keep.max())  # columns past every kept length are never needed
+    if bucket:
+        frames = min(_round_up(frames, TOKEN_MEL_RATIO * TOKEN_BUCKET), mu.shape[2])
     mu = mu[:, :, :frames]
     mel_mask = length_mask(keep.to(device), frames).unsqueeze(1)
     mu = mu * mel_mask.to(mu.dtype)
@@ -576,7 +606,7 @@ def _flow_windows(
     cond[:, :prompt_frames] = (prompt_mel[:, :prompt_frames] * prompt_mask).to(dtype)
     mel = flow.decoder.solve(mu, mel_mask.to(dtype), spks, cond.transpose(1, 2), n_timesteps)
     out = []
-    for i, w in enumerate(windows):
+    for i, w in enumerate(windows[:count]):
         first = w.reference.num_prompt_frames + w.mel_start
         out.append(mel[i, :, first : first + w.frames].float())
     return out
@@ -595,29 +625,39 @@ def _check_windows(windows: object) -> Sequence[StreamWindow]:
 
 
 @torch.inference_mode()
-def flow_windows(s3gen: S3Gen, windows: Sequence[StreamWindow]) -> list[torch.Tensor]:
+def flow_windows(
+    s3gen: S3Gen, windows: Sequence[StreamWindow], *, bucket: bool | None = None
+) -> list[torch.Tensor]:
     """The flow half of :func:`synthesize_windows`: each window's mel ``[80, frames]`` (float32,
-    on the model's device), one padded batch per distinct ``n_timesteps``."""
+    on the model's device), one padded batch per distinct ``n_timesteps``. ``bucket`` (default:
+    on CUDA only) rounds the batch's rows and length up to a few sizes, so a stream of growing
+    windows reuses the same kernels, plans and CUDA graphs; it does not change the results."""
     windows = _check_windows(windows)
+    bucket = _bucketing(s3gen, bucket)
     mels: list[torch.Tensor] = [torch.empty(0)] * len(windows)
     steps: dict[int, list[int]] = {}
     for i, w in enumerate(windows):
         steps.setdefault(w.n_timesteps, []).append(i)
     for n_timesteps, members in steps.items():
         batch = [windows[i] for i in members]
-        for i, mel in zip(members, _flow_windows(s3gen, batch, n_timesteps)):
+        for i, mel in zip(members, _flow_windows(s3gen, batch, n_timesteps, bucket)):
             mels[i] = mel
     return mels
 
 
 @torch.inference_mode()
 def vocode_windows(
-    s3gen: S3Gen, windows: Sequence[StreamWindow], mels: Sequence[torch.Tensor]
+    s3gen: S3Gen,
+    windows: Sequence[StreamWindow],
+    mels: Sequence[torch.Tensor],
+    *,
+    bucket: bool | None = None,
 ) -> list[WindowResult]:
     """The vocoder half of :func:`synthesize_windows`: HiFT on each window's mel
     ``[80, window.frames]`` (normally from :func:`flow_windows`), all windows as one padded batch,
-    each started at the sine phase its anchor asks for."""
+    each started at the sine phase its anchor asks for. ``bucket``: as in :func:`flow_windows`."""
     windows = _check_windows(windows)
+    bucket = _bucketing(s3gen, bucket)
     if (
         isinstance(mels, torch.Tensor)
         or not isinstance(mels, Sequence)
@@ -632,8 +672,14 @@ def vocode_windows(
         return []
     hift = s3gen.mel2wav
     device = s3gen.device
+    count = len(windows)
+    if bucket:  # padded rows repeat the last window; their output is dropped
+        extra = _row_bucket(count) - count
+        windows, mels = [*windows, *[windows[-1]] * extra], [*mels, *[mels[-1]] * extra]
     lengths = torch.tensor([w.frames for w in windows])
     frames = int(lengths.max())
+    if bucket:
+        frames = _round_up(frames, VOCODER_FRAME_BUCKET)
     harmonics = hift.num_harmonics
     mel = torch.zeros(len(windows), MEL_CHANNELS, frames, device=device)
     noise = torch.zeros(len(windows), harmonics, frames * MEL_HOP)
@@ -661,17 +707,20 @@ def vocode_windows(
     wav = hift(mel, lengths_d, phases.to(device), noise.to(device)).float().cpu()
     return [
         WindowResult(w.stream_id, w.index, m, f0s[i], cycles[i], wav[i, : n * MEL_HOP].clone())
-        for i, (w, m, n) in enumerate(zip(windows, mels, sizes))
+        for i, (w, m, n) in enumerate(zip(windows[:count], mels[:count], sizes[:count]))
     ]
 
 
 @torch.inference_mode()
-def synthesize_windows(s3gen: S3Gen, windows: Sequence[StreamWindow]) -> list[WindowResult]:
+def synthesize_windows(
+    s3gen: S3Gen, windows: Sequence[StreamWindow], *, bucket: bool | None = None
+) -> list[WindowResult]:
     """Run windows of any streams (any voices, lengths, final or not) as padded batches: one flow
     batch per distinct ``n_timesteps`` (:func:`flow_windows`) and one HiFT batch for all
     (:func:`vocode_windows`). Each result equals running its window alone (to float rounding)
-    and goes back to its stream's :meth:`S3GenStream.accept`."""
-    return vocode_windows(s3gen, windows, flow_windows(s3gen, windows))
+    and goes back to its stream's :meth:`S3GenStream.accept`. ``bucket``: see :func:`flow_windows`."""
+    mels = flow_windows(s3gen, windows, bucket=bucket)
+    return vocode_windows(s3gen, windows, mels, bucket=bucket)
 
 
 def stream_synthesize(
