@@ -21,6 +21,7 @@ from chatterbox_s3gen.errors import (
     NotADirectoryCheckpointError,
     S3GenError,
     S3GenInputError,
+    S3GenInputKeyError,
     S3GenInputTypeError,
 )
 from chatterbox_s3gen.vocoders import VocoderContext
@@ -37,6 +38,7 @@ def test_every_error_class_has_the_one_root_and_a_builtin_base() -> None:
             assert issubclass(cls, ValueError), cls
             assert issubclass(cls, S3GenInputError | CheckpointError | ConfigurationError), cls
     assert issubclass(S3GenInputTypeError, TypeError)
+    assert issubclass(S3GenInputKeyError, KeyError)
     assert issubclass(MissingCheckpointFileError, FileNotFoundError)
     for name in ("S3GenError", "S3GenInputError", "CheckpointError", "ConfigurationError"):
         assert getattr(chatterbox_s3gen, name) is getattr(errors, name)

@@ -4,8 +4,9 @@ Three families: :class:`S3GenInputError` (a token sequence, reference, waveform,
 caller passed; nothing about the model changes and the same ``S3Gen`` keeps working),
 :class:`CheckpointError` (the files S3Gen loads from) and :class:`ConfigurationError` (an
 :class:`~chatterbox_s3gen.config.S3GenConfig` or writer setting). All keep :class:`ValueError` as a
-second base (type-shaped input errors also :class:`TypeError`, missing files
-:class:`FileNotFoundError`), so code written against the built-in exceptions keeps catching them.
+second base (type-shaped input errors also :class:`TypeError`, missing keys :class:`KeyError`,
+missing files :class:`FileNotFoundError`), so code written against the built-ins keeps catching
+them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ class S3GenInputError(S3GenError, ValueError):
 
 class S3GenInputTypeError(S3GenInputError, TypeError):
     """An argument of the wrong type (e.g. a string where speech-token ids are expected)."""
+
+
+class S3GenInputKeyError(S3GenInputError, KeyError):
+    """A mapping argument lacks an entry S3Gen needs (e.g. a ``conds.pt`` dict without
+    ``prompt_feat``)."""
 
 
 class ConfigurationError(S3GenError, ValueError):

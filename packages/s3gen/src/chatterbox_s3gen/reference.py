@@ -14,7 +14,7 @@ from chatterbox_s3gen.constants import (
     SPEECH_VOCAB_SIZE,
     TOKEN_MEL_RATIO,
 )
-from chatterbox_s3gen.errors import S3GenInputError, S3GenInputTypeError
+from chatterbox_s3gen.errors import S3GenInputError, S3GenInputKeyError, S3GenInputTypeError
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,9 @@ class S3GenReference:
         """Inverse of :meth:`to_conds_dict`; accepts the dict saved in chatterbox's ``conds.pt``."""
         missing = [k for k in ("prompt_token", "prompt_feat", "embedding") if conds.get(k) is None]
         if missing:
-            raise KeyError(f"conds dict lacks {missing}; expected the 'gen' entry of conds.pt")
+            raise S3GenInputKeyError(
+                f"conds dict lacks {missing}; expected the 'gen' entry of conds.pt"
+            )
         tokens = torch.as_tensor(conds["prompt_token"])
         mel = torch.as_tensor(conds["prompt_feat"])
         emb = torch.as_tensor(conds["embedding"])
