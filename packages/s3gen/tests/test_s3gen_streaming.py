@@ -453,3 +453,12 @@ def test_shape_bucketing_does_not_change_results(
         torch.testing.assert_close(a.mel, b.mel, rtol=0, atol=2e-5)
         torch.testing.assert_close(a.wav, b.wav, rtol=0, atol=2e-5)
         torch.testing.assert_close(a.cycles, b.cycles, rtol=0, atol=1e-9)
+
+
+def test_stream_source_noise_cache_gives_the_same_samples() -> None:
+    cache: dict[int, torch.Tensor] = {}
+    first = stream_source_noise(3, 1000, 2 * NOISE_BLOCK_SAMPLES + 7, 9, cache=cache)
+    assert sorted(cache) == [0, 1, 2]
+    again = stream_source_noise(3, 5000, 30_000, 9, cache=cache)
+    torch.testing.assert_close(first[:, 4000:29_000], again, rtol=0, atol=0)
+    torch.testing.assert_close(again, stream_source_noise(3, 5000, 30_000, 9), rtol=0, atol=0)

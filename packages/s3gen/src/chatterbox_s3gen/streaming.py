@@ -201,11 +201,18 @@ def _noise_block(seed: int, block: int, num_harmonics: int) -> torch.Tensor:
     return torch.randn((num_harmonics, NOISE_BLOCK_SAMPLES), generator=generator)
 
 
-def stream_source_noise(seed: int, start: int, stop: int, num_harmonics: int) -> torch.Tensor:
+def stream_source_noise(
+    seed: int,
+    start: int,
+    stop: int,
+    num_harmonics: int,
+    cache: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Samples ``[start, stop)`` of the standard-normal source noise a stream with ``seed`` uses
     (``[num_harmonics, stop - start]`` float32 CPU). Any range of the same seed is a slice of one
     infinite sequence, so overlapping vocoder windows see the same noise; it differs from the
-    noise :meth:`S3Gen.synthesize` draws (which depends on the utterance's total length)."""
+    noise :meth:`S3Gen.synthesize` draws (which depends on the utterance's total length).
+    ``cache`` (block index -> block) keeps drawn blocks for the next call of the same seed."""
     if start < 0 or stop < start:
         raise ValueError(f"need 0 <= start <= stop, got [{start}, {stop})")
     out = torch.empty(num_harmonics, stop - start)
@@ -213,9 +220,12 @@ def stream_source_noise(seed: int, start: int, stop: int, num_harmonics: int) ->
     while position < stop:
         block, offset = divmod(position, NOISE_BLOCK_SAMPLES)
         take = min(NOISE_BLOCK_SAMPLES - offset, stop - position)
-        out[:, position - start : position - start + take] = _noise_block(
-            seed, block, num_harmonics
-        )[:, offset : offset + take]
+        values = cache.get(block) if cache is not None else None
+        if values is None:
+            values = _noise_block(seed, block, num_harmonics)
+            if cache is not None:
+                cache[block] = values
+        out[:, position - start : position - start + take] = values[:, offset : offset + take]
         position += take
     return out
 
@@ -328,6 +338,7 @@ class S3GenStream:
         self._anchor_cycles = torch.zeros(self._num_harmonics, dtype=torch.float64)
         # Samples of the last window after the emitted ones (crossfade + look-ahead frames).
         self._tail = torch.zeros(0)
+        self._noise_blocks: dict[int, torch.Tensor] = {}
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -407,8 +418,17 @@ class S3GenStream:
         mel_stop = self._generated_frames(keep)
         mel_start = max(0, self._emitted_frames - cfg.context_frames)
         phases = self._base_phases.float().unsqueeze(-1)
+        # Consecutive windows overlap: keep the blocks from the window's start on (drawing a
+        # block costs ~2 ms of CPU, and a window touches 2-4 of them).
+        first_block = mel_start * MEL_HOP // NOISE_BLOCK_SAMPLES
+        for block in [b for b in self._noise_blocks if b < first_block]:
+            del self._noise_blocks[block]
         noise = stream_source_noise(
-            self.seed, mel_start * MEL_HOP, mel_stop * MEL_HOP, self._num_harmonics
+            self.seed,
+            mel_start * MEL_HOP,
+            mel_stop * MEL_HOP,
+            self._num_harmonics,
+            cache=self._noise_blocks,
         )
         window = StreamWindow(
             stream_id=self.stream_id,
