@@ -90,13 +90,13 @@ def test_unknown_control_names_list_the_known_ones() -> None:
         GenerationParams.from_controls(temprature=0.5)
 
 
-def test_generate_takes_every_control_and_nothing_else() -> None:
-    keyword_only = [
-        name
-        for name, parameter in inspect.signature(ChatterboxTTS.generate).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "progress"
-    ]
-    assert keyword_only == list(CONTROLS)
+def test_generate_and_stream_take_every_control_by_name() -> None:
+    from chatterbox_vllm.controls import ControlKwargs
+
+    assert list(ControlKwargs.__annotations__) == list(CONTROLS)
+    for method in (ChatterboxTTS.generate, ChatterboxTTS.stream, ChatterboxTTS.astream):
+        kinds = {p.kind for p in inspect.signature(method).parameters.values()}
+        assert inspect.Parameter.VAR_KEYWORD in kinds  # **controls: Unpack[ControlKwargs]
 
 
 @pytest.mark.parametrize("command", ["speak", "bench"])

@@ -19,7 +19,7 @@ import argparse
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from chatterbox_t3.sampling import SAMPLING_LIMITS, T3SamplingParams
 from chatterbox_vllm.errors import InvalidParameterError
@@ -128,6 +128,23 @@ CONTROLS: dict[str, Control] = {
     )
 }
 """Every per-request control, in the order ``--help`` and the server schema list them."""
+
+
+class ControlKwargs(TypedDict, total=False):
+    """The controls as keyword arguments of ``generate`` / ``stream`` (``None``: the default)."""
+
+    exaggeration: float | None
+    cfg_weight: float | None
+    temperature: float | None
+    top_p: float | None
+    min_p: float | None
+    repetition_penalty: float | None
+    seed: int | None
+    max_new_tokens: int | None
+    max_tokens_per_expected_second: float | None
+
+
+assert list(ControlKwargs.__annotations__) == list(CONTROLS), "one keyword per control"
 
 
 def _default(name: str) -> Any:

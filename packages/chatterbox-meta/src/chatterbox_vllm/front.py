@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar, overload
 
 import torch
+from typing_extensions import Unpack
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, equal_power_crossfade_join
 from chatterbox_vllm.config import EngineConfig
-from chatterbox_vllm.controls import GenerationParams
+from chatterbox_vllm.controls import ControlKwargs, GenerationParams
 from chatterbox_vllm.errors import ChatterboxError, ChunkInputError, InvalidParameterError
 from chatterbox_vllm.planner import Plan, plan_requests
 from chatterbox_vllm.results import (
@@ -74,16 +75,8 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         text: str,
         voice: VoiceLike = ...,
         *,
-        exaggeration: float | None = ...,
-        cfg_weight: float | None = ...,
-        temperature: float | None = ...,
-        top_p: float | None = ...,
-        min_p: float | None = ...,
-        repetition_penalty: float | None = ...,
-        seed: int | None = ...,
-        max_new_tokens: int | None = ...,
-        max_tokens_per_expected_second: float | None = ...,
         progress: bool = ...,
+        **controls: Unpack[ControlKwargs],
     ) -> GenerationResult: ...
 
     @overload
@@ -92,16 +85,8 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         text: list[str],
         voice: VoiceLike | list[VoiceLike] = ...,
         *,
-        exaggeration: float | None = ...,
-        cfg_weight: float | None = ...,
-        temperature: float | None = ...,
-        top_p: float | None = ...,
-        min_p: float | None = ...,
-        repetition_penalty: float | None = ...,
-        seed: int | None = ...,
-        max_new_tokens: int | None = ...,
-        max_tokens_per_expected_second: float | None = ...,
         progress: bool = ...,
+        **controls: Unpack[ControlKwargs],
     ) -> list[GenerationResult]: ...
 
     def generate(
@@ -109,16 +94,8 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         text: str | list[str],
         voice: VoiceLike | list[VoiceLike] = None,
         *,
-        exaggeration: float | None = None,
-        cfg_weight: float | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        repetition_penalty: float | None = None,
-        seed: int | None = None,
-        max_new_tokens: int | None = None,
-        max_tokens_per_expected_second: float | None = None,
         progress: bool = True,
+        **controls: Unpack[ControlKwargs],
     ) -> GenerationResult | list[GenerationResult]:
         """Speaks ``text`` (a string, or a list of strings decoded together as one batch).
 
@@ -129,17 +106,7 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         Long texts are split into chunks and joined with an equal-power crossfade. Returns one
         :class:`GenerationResult` per text.
         """
-        params = GenerationParams.from_controls(
-            exaggeration=exaggeration,
-            cfg_weight=cfg_weight,
-            temperature=temperature,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-            max_tokens_per_expected_second=max_tokens_per_expected_second,
-        )
+        params = GenerationParams.from_controls(dict(controls))
         if isinstance(text, str):
             if isinstance(voice, list):
                 raise InvalidParameterError(

@@ -11,18 +11,22 @@ to S3Gen in batches as they finish.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import Unpack
 
 from chatterbox_vllm.audio import AudioInput
 from chatterbox_vllm.conds import VoiceConditionals
 from chatterbox_vllm.config import EngineConfig
+from chatterbox_vllm.controls import ControlKwargs, GenerationParams
 from chatterbox_vllm.errors import (
     ChatterboxError,
     ChunkInputError,
@@ -39,7 +43,7 @@ from chatterbox_vllm.hub import (
 )
 from chatterbox_vllm.interfaces import SpeechDecoder, StreamingSpeechTokenGenerator
 from chatterbox_vllm.pipeline import ChunkJob, EventLoopThread, run_pipeline
-from chatterbox_vllm.planner import Plan, PlanItem
+from chatterbox_vllm.planner import Plan, PlanItem, plan_requests
 from chatterbox_vllm.results import (
     ChunkAudio,
     GenerationResult,
@@ -48,10 +52,20 @@ from chatterbox_vllm.results import (
     TTSRequest,
     VoiceLike,
 )
+from chatterbox_vllm.streaming import (
+    AudioChunk,
+    S3GenBatcher,
+    StreamEvents,
+    StreamItem,
+    StreamSession,
+    aiterate_stream,
+    iterate_stream,
+)
 from chatterbox_vllm.voices import Voice, VoiceCache
 from chatterbox_vllm.watermark import Watermarker, resolve_watermarker
 
 if TYPE_CHECKING:
+    from chatterbox_s3gen.streaming import StreamingConfig
     from chatterbox_t3 import AsyncT3Engine, VoiceEncoder
 
 logger = logging.getLogger(__name__)
@@ -106,6 +120,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self._loop = loop or EventLoopThread()
         self._voices = VoiceCache(config.voice_cache_size)
         self._engine_failure: str | None = None
+        self._batcher: S3GenBatcher | None = None
+        self._batcher_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
 
@@ -210,6 +226,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
         if self._closed:
             return
         self._closed = True
+        if self._batcher is not None:
+            self._batcher.close()
         shutdown = getattr(self._t3, "shutdown", None)
         try:
             if callable(shutdown):
@@ -251,6 +269,91 @@ class ChatterboxTTS(SpeechFront[Voice]):
     def _resolve_voices(self, requests: Sequence[TTSRequest]) -> list[Voice]:
         return [self._resolve_voice(request.voice) for request in requests]
 
+    # ------------------------------------------------------------------ streaming
+
+    @property
+    def batcher(self) -> S3GenBatcher:
+        """The S3Gen batcher every stream of this engine shares (started on first use)."""
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = S3GenBatcher(self._s3gen, max_batch=self.config.s3gen_batch_size)  # type: ignore[arg-type]
+            return self._batcher
+
+    def open_stream(
+        self,
+        text: str,
+        voice: VoiceLike = None,
+        *,
+        params: GenerationParams | None = None,
+        streaming: StreamingConfig | None = None,
+    ) -> StreamSession:
+        """Validates, plans and starts one stream; read it with :func:`iterate_stream` /
+        :func:`aiterate_stream` (what :meth:`stream` / :meth:`astream` do) and ``close()`` it.
+        Streams run concurrently with each other (and share S3Gen batches); all checks happen
+        here, before anything is queued."""
+        self._check_open()
+        plan = plan_requests([text], [params or GenerationParams()], self.config)
+        voice_value = self._resolve_voice(voice)
+        batcher = self.batcher
+        events = StreamEvents()
+        items = []
+        for item in plan.items:
+            request = self._t3_request(item, voice_value)
+            seed = item.seed if item.seed is not None else int(torch.randint(0, 2**62, ()).item())
+            stream_id = batcher.open(
+                voice_value.s3gen,
+                seed=seed,
+                n_timesteps=self.config.cfm_steps,
+                config=streaming,
+                deliver=functools.partial(events.put, item.order),
+            )
+            items.append(StreamItem(item.order, request, stream_id))
+        session = StreamSession(
+            items,
+            t3_stream=self._t3.stream_speech_tokens,
+            loop=self._loop,
+            batcher=batcher,
+            events=events,
+            crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
+            engine_failure=self._t3_failure,
+        )
+        session.start()
+        return session
+
+    def stream(
+        self,
+        text: str,
+        voice: VoiceLike = None,
+        *,
+        streaming: StreamingConfig | None = None,
+        **controls: Unpack[ControlKwargs],
+    ) -> Iterator[AudioChunk]:
+        """Speaks ``text`` as a stream of :class:`AudioChunk` (float32, 24 kHz) that starts as
+        soon as T3 has the first window's tokens; long text streams chunk after chunk in order.
+        Same voices and controls as :meth:`generate`; ``streaming`` sets the window sizes
+        (``chatterbox_s3gen.StreamingConfig``). Closing the iterator early stops the work."""
+        params = GenerationParams.from_controls(dict(controls))
+        session = self.open_stream(text, voice, params=params, streaming=streaming)
+        return iterate_stream(session)
+
+    async def astream(
+        self,
+        text: str,
+        voice: VoiceLike = None,
+        *,
+        streaming: StreamingConfig | None = None,
+        **controls: Unpack[ControlKwargs],
+    ) -> AsyncIterator[AudioChunk]:
+        """:meth:`stream` for asyncio code (the calling loop is never blocked)."""
+        import asyncio
+
+        params = GenerationParams.from_controls(dict(controls))
+        session = await asyncio.to_thread(
+            self.open_stream, text, voice, params=params, streaming=streaming
+        )
+        async for chunk in aiterate_stream(session):
+            yield chunk
+
     # ------------------------------------------------------------------ execution
 
     def _check_open(self) -> None:
@@ -279,23 +382,10 @@ class ChatterboxTTS(SpeechFront[Voice]):
     ) -> tuple[dict[int, ChunkAudio], PipelineTimings]:
         """Runs plan items (each with its voice) through T3 and S3Gen: the local executor, also
         what a Ray replica runs for the items it is sent. Returns audio by item ``order``."""
-        from chatterbox_t3 import T3Request
-
-        jobs = []
-        for item, voice in zip(items, voices, strict=True):
-            text_ids = self._check_text(item)
-            jobs.append(
-                ChunkJob(
-                    item=item,
-                    t3_request=T3Request(
-                        text=item.text,
-                        voice=voice.t3,
-                        params=item.t3_sampling(),
-                        text_token_ids=text_ids,
-                    ),
-                    reference=voice.s3gen,
-                )
-            )
+        jobs = [
+            ChunkJob(item=item, t3_request=self._t3_request(item, voice), reference=voice.s3gen)
+            for item, voice in zip(items, voices, strict=True)
+        ]
         try:
             timings = run_pipeline(
                 jobs,
@@ -314,6 +404,17 @@ class ChatterboxTTS(SpeechFront[Voice]):
             assert job.tokens is not None and job.waveform is not None
             audio[job.item.order] = ChunkAudio(job.item.order, job.tokens, job.waveform)
         return audio, timings
+
+    def _t3_request(self, item: PlanItem, voice: Voice) -> Any:
+        """T3's request for one plan item (its text checked and tokenised once, here)."""
+        from chatterbox_t3 import T3Request
+
+        return T3Request(
+            text=item.text,
+            voice=voice.t3,
+            params=item.t3_sampling(),
+            text_token_ids=self._check_text(item),
+        )
 
     def _final_tokens(self, request: Any, on_tokens: Callable[[int], Any] | None) -> Any:
         # Only the final output is read: no intermediate outputs are built.
