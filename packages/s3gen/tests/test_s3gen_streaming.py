@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatterbox_s3gen import S3Gen, S3GenReference
+from chatterbox_s3gen import S3Gen, S3GenError, S3GenInputError, S3GenReference
 from chatterbox_s3gen.hift import draw_source_noise
 from chatterbox_s3gen.streaming import (
     NOISE_BLOCK_SAMPLES,
     S3GenStream,
     StreamingConfig,
+    StreamStateError,
     StreamWindow,
     WindowResult,
     flow_windows,
@@ -268,8 +269,9 @@ def test_push_pattern_does_not_change_the_audio(s3gen, voice_b, tokens) -> None:
     ],
 )
 def test_d_bad_configs_name_the_field(kwargs, error, field) -> None:
-    with pytest.raises(error, match=rf"StreamingConfig\.{field}"):
+    with pytest.raises(error, match=rf"StreamingConfig\.{field}") as raised:
         StreamingConfig(**kwargs)
+    assert isinstance(raised.value, S3GenError)
 
 
 def test_d_smallest_valid_config_works(s3gen, voice_odd, tokens) -> None:
@@ -285,7 +287,7 @@ def test_d_smallest_valid_config_works(s3gen, voice_odd, tokens) -> None:
 
 def test_d_misuse_gives_clear_errors(s3gen, voice_a, tokens) -> None:
     stream = S3GenStream(s3gen, voice_a, seed=0, n_timesteps=2)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(S3GenInputError, match="outside"):
         stream.push([1, 2, 6561])
     with pytest.raises(ValueError, match="outside"):
         stream.push([-1])
@@ -300,9 +302,9 @@ def test_d_misuse_gives_clear_errors(s3gen, voice_a, tokens) -> None:
     assert stream.num_tokens == 0  # rejected pushes add nothing
     ids = tokens(30, 5)
     good = stream.push(ids) + stream.finish()
-    with pytest.raises(RuntimeError, match="finished"):
+    with pytest.raises(StreamStateError, match="finished"):
         stream.push([1])
-    with pytest.raises(RuntimeError, match="already finished"):
+    with pytest.raises(RuntimeError, match="already finished"):  # StreamStateError is one
         stream.finish()
     # the failed calls changed nothing: same audio as a clean stream
     clean = stream_synthesize(s3gen, ids, voice_a, seed=0, n_timesteps=2)

@@ -27,6 +27,7 @@ from chatterbox_s3gen.errors import (
 from chatterbox_s3gen.model import S3Gen
 from chatterbox_s3gen.random_checkpoint import write_random_s3gen_checkpoint
 from chatterbox_s3gen.reference import S3GenReference
+from chatterbox_s3gen.streaming import S3GenStream, StreamingConfig, synthesize_windows
 from chatterbox_s3gen.vocoders import (
     Vocoder,
     VocoderContext,
@@ -49,10 +50,13 @@ __all__ = [
     "S3GenInputError",
     "S3GenInputTypeError",
     "S3GenReference",
+    "S3GenStream",
+    "StreamingConfig",
     "Vocoder",
     "VocoderContext",
     "available_vocoders",
     "get_vocoder",
     "register_vocoder",
+    "synthesize_windows",
     "write_random_s3gen_checkpoint",
 ]

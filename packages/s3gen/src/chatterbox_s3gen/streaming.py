@@ -54,6 +54,12 @@ from chatterbox_s3gen.constants import (
     SPEECH_VOCAB_SIZE,
     TOKEN_MEL_RATIO,
 )
+from chatterbox_s3gen.errors import (
+    ConfigurationError,
+    S3GenError,
+    S3GenInputError,
+    S3GenInputTypeError,
+)
 from chatterbox_s3gen.hift import draw_source_noise
 from chatterbox_s3gen.masks import length_mask
 from chatterbox_s3gen.model import S3Gen
@@ -64,6 +70,11 @@ NOISE_BLOCK_SAMPLES = S3GEN_SAMPLE_RATE
 generator, so any sample range can be drawn without knowing the utterance's final length."""
 
 _stream_ids = itertools.count()
+
+
+class StreamStateError(S3GenError, RuntimeError):
+    """A stream used out of order: tokens after :meth:`S3GenStream.finish`, a second ``finish``,
+    ``accept`` with no window pending, ``flush`` before the last window."""
 
 
 @dataclass(frozen=True)
@@ -107,15 +118,15 @@ class StreamingConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(
+                raise S3GenInputTypeError(
                     f"StreamingConfig.{f.name} must be an int, got {type(value).__name__}"
                 )
             if value < minimum[f.name]:
-                raise ValueError(
+                raise ConfigurationError(
                     f"StreamingConfig.{f.name} must be >= {minimum[f.name]}, got {value}"
                 )
         if self.chunk_tokens < self.first_chunk_tokens:
-            raise ValueError(
+            raise ConfigurationError(
                 f"StreamingConfig.chunk_tokens ({self.chunk_tokens}) must be >= first_chunk_tokens "
                 f"({self.first_chunk_tokens}): later windows are the larger ones"
             )
@@ -123,7 +134,7 @@ class StreamingConfig:
         # The first window's mel can be one frame short (odd prompt-mel frame count), and it must
         # still emit at least one frame beyond what it holds back.
         if TOKEN_MEL_RATIO * self.first_chunk_tokens - 1 <= held:
-            raise ValueError(
+            raise ConfigurationError(
                 f"StreamingConfig.first_chunk_tokens ({self.first_chunk_tokens}) is too small: its "
                 f"{TOKEN_MEL_RATIO * self.first_chunk_tokens} mel frames must exceed the "
                 f"{held} held back (crossfade_frames + lookahead_frames) by at least 2"
@@ -214,7 +225,7 @@ def stream_source_noise(
     noise :meth:`S3Gen.synthesize` draws (which depends on the utterance's total length).
     ``cache`` (block index -> block) keeps drawn blocks for the next call of the same seed."""
     if start < 0 or stop < start:
-        raise ValueError(f"need 0 <= start <= stop, got [{start}, {stop})")
+        raise S3GenInputError(f"need 0 <= start <= stop, got [{start}, {stop})")
     out = torch.empty(num_harmonics, stop - start)
     position = start
     while position < stop:
@@ -247,28 +258,28 @@ def _crossfade_weights(samples: int) -> torch.Tensor:
 
 def _as_token_list(tokens: object) -> list[int]:
     if isinstance(tokens, str | bytes):
-        raise TypeError(f"push() takes a sequence of ints, got {type(tokens).__name__}")
+        raise S3GenInputTypeError(f"push() takes a sequence of ints, got {type(tokens).__name__}")
     if isinstance(tokens, torch.Tensor):
         if tokens.dim() != 1 or tokens.is_floating_point() or tokens.is_complex():
-            raise ValueError(
+            raise S3GenInputError(
                 f"push() takes a 1-D integer tensor, got shape {tuple(tokens.shape)} dtype {tokens.dtype}"
             )
         if tokens.dtype == torch.bool:
-            raise TypeError("push() takes integer token ids, not booleans")
+            raise S3GenInputTypeError("push() takes integer token ids, not booleans")
         values: list[int] = [int(v) for v in tokens.tolist()]
     else:
         try:
             items = list(tokens)  # type: ignore[call-overload]
         except TypeError:
-            raise TypeError(
+            raise S3GenInputTypeError(
                 f"push() takes a sequence of ints, got {type(tokens).__name__}"
             ) from None
         if not all(hasattr(v, "__index__") and not isinstance(v, bool) for v in items):
-            raise TypeError("push() takes a sequence of ints (token ids)")
+            raise S3GenInputTypeError("push() takes a sequence of ints (token ids)")
         values = [v.__index__() for v in items]
     bad = [v for v in values if not 0 <= v < SPEECH_VOCAB_SIZE]
     if bad:
-        raise ValueError(
+        raise S3GenInputError(
             f"push() got {len(bad)} id(s) outside [0, {SPEECH_VOCAB_SIZE}), e.g. {bad[:5]}; "
             "drop T3's start/stop and other control tokens first"
         )
@@ -299,19 +310,21 @@ class S3GenStream:
         config: StreamingConfig | None = None,
     ) -> None:
         if not isinstance(s3gen, S3Gen):
-            raise TypeError(f"s3gen must be an S3Gen, got {type(s3gen).__name__}")
+            raise S3GenInputTypeError(f"s3gen must be an S3Gen, got {type(s3gen).__name__}")
         if not isinstance(reference, S3GenReference):
-            raise TypeError(
+            raise S3GenInputTypeError(
                 f"reference must be an S3GenReference (from embed_ref), got {type(reference).__name__}"
             )
         if isinstance(seed, bool) or not hasattr(seed, "__index__"):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+            raise S3GenInputTypeError(f"seed must be an int, got {type(seed).__name__}")
         if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
-            raise ValueError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
+            raise S3GenInputError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
         if config is None:
             config = StreamingConfig()
         elif not isinstance(config, StreamingConfig):
-            raise TypeError(f"config must be a StreamingConfig, got {type(config).__name__}")
+            raise S3GenInputTypeError(
+                f"config must be a StreamingConfig, got {type(config).__name__}"
+            )
         self.s3gen = s3gen
         self.reference = reference
         self.seed = seed.__index__()
@@ -379,12 +392,12 @@ class S3GenStream:
     def add_tokens(self, tokens: Sequence[int] | torch.Tensor) -> None:
         """Append tokens without running anything (for batched driving; :meth:`push` runs too)."""
         if self._finish_requested:
-            raise RuntimeError(
+            raise StreamStateError(
                 f"stream {self.stream_id} is finished; start a new S3GenStream for more tokens"
             )
         values = _as_token_list(tokens)
         if len(self._tokens) + len(values) > self._max_tokens:
-            raise ValueError(
+            raise S3GenInputError(
                 f"stream {self.stream_id}: {len(self._tokens) + len(values)} tokens after a "
                 f"{self.reference.num_prompt_tokens}-token prompt exceed the CFM noise "
                 f"({self.s3gen.max_frames} frames); at most {self._max_tokens} tokens"
@@ -455,16 +468,16 @@ class S3GenStream:
         20 ms silence + 20 ms fade-in at the utterance's start."""
         window = self._pending
         if window is None:
-            raise RuntimeError(f"stream {self.stream_id} has no pending window to accept")
+            raise StreamStateError(f"stream {self.stream_id} has no pending window to accept")
         if not isinstance(result, WindowResult):
-            raise TypeError(f"accept() takes a WindowResult, got {type(result).__name__}")
+            raise S3GenInputTypeError(f"accept() takes a WindowResult, got {type(result).__name__}")
         if result.stream_id != self.stream_id or result.index != window.index:
-            raise ValueError(
+            raise S3GenInputError(
                 f"result of stream {result.stream_id} window {result.index} given to stream "
                 f"{self.stream_id}, whose pending window is {window.index}"
             )
         if result.wav.numel() != window.frames * MEL_HOP or result.f0.numel() != window.frames:
-            raise ValueError(
+            raise S3GenInputError(
                 f"result has {result.wav.numel()} samples / {result.f0.numel()} F0 frames for a "
                 f"{window.frames}-frame window"
             )
@@ -531,7 +544,7 @@ class S3GenStream:
         """No more tokens: synthesize the final window (no look-ahead trim) and return the
         remaining audio. A stream that never got a token returns no audio."""
         if self._done:
-            raise RuntimeError(f"stream {self.stream_id} is already finished")
+            raise StreamStateError(f"stream {self.stream_id} is already finished")
         self.end_of_tokens()
         chunks = self._run()
         return chunks + self.flush()
@@ -540,13 +553,13 @@ class S3GenStream:
         """After :meth:`end_of_tokens` and once :meth:`next_window` returns None with nothing
         pending: return the held-back tail and mark the stream done (batched drivers call this)."""
         if not self._finish_requested:
-            raise RuntimeError("flush() needs end_of_tokens() first")
+            raise StreamStateError("flush() needs end_of_tokens() first")
         if self._pending is not None:
-            raise RuntimeError("flush() with a window still pending; accept its result first")
+            raise StreamStateError("flush() with a window still pending; accept its result first")
         if self._done:
             return []
         if len(self._tokens) != self._kept_tokens:
-            raise RuntimeError("tokens remain to synthesize; run next_window() first")
+            raise StreamStateError("tokens remain to synthesize; run next_window() first")
         return self._flush_tail()
 
 
@@ -634,13 +647,15 @@ def _flow_windows(
 
 def _check_windows(windows: object) -> Sequence[StreamWindow]:
     if isinstance(windows, StreamWindow) or not isinstance(windows, Sequence):
-        raise TypeError("windows must be a sequence of StreamWindow")
+        raise S3GenInputTypeError("windows must be a sequence of StreamWindow")
     for i, w in enumerate(windows):
         if not isinstance(w, StreamWindow):
-            raise TypeError(f"windows[{i}] must be a StreamWindow, got {type(w).__name__}")
+            raise S3GenInputTypeError(
+                f"windows[{i}] must be a StreamWindow, got {type(w).__name__}"
+            )
     seen = [(w.stream_id, w.index) for w in windows]
     if len(set(seen)) != len(seen):
-        raise ValueError("windows must not contain the same stream window twice")
+        raise S3GenInputError("windows must not contain the same stream window twice")
     return windows
 
 
@@ -683,11 +698,11 @@ def vocode_windows(
         or not isinstance(mels, Sequence)
         or len(mels) != len(windows)
     ):
-        raise ValueError(f"mels must be a sequence of one mel per window ({len(windows)})")
+        raise S3GenInputError(f"mels must be a sequence of one mel per window ({len(windows)})")
     for i, (w, m) in enumerate(zip(windows, mels)):
         if not isinstance(m, torch.Tensor) or tuple(m.shape) != (MEL_CHANNELS, w.frames):
             shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
-            raise ValueError(f"mels[{i}] must be [{MEL_CHANNELS}, {w.frames}], got {shape}")
+            raise S3GenInputError(f"mels[{i}] must be [{MEL_CHANNELS}, {w.frames}], got {shape}")
     if not windows:
         return []
     hift = s3gen.mel2wav
@@ -771,6 +786,7 @@ def stream_synthesize(
 __all__ = [
     "NOISE_BLOCK_SAMPLES",
     "S3GenStream",
+    "StreamStateError",
     "StreamWindow",
     "StreamingConfig",
     "WindowResult",
