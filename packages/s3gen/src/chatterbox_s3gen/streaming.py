@@ -366,7 +366,7 @@ class S3GenStream:
 
     @property
     def finished(self) -> bool:
-        """True once :meth:`finish` was called (no more tokens are accepted)."""
+        """True once :meth:`finish` or :meth:`end_of_tokens` was called (no more tokens)."""
         return self._finish_requested
 
     @property
