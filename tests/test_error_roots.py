@@ -37,7 +37,7 @@ BUILTIN_ERRORS = {
 # convert them to the component's error classes and then remove them from this list.
 PENDING = {
     "chatterbox_t3": {"engine.py", "cuda_graphs.py"},
-    "chatterbox_s3gen": {"streaming.py", "flow.py"},
+    "chatterbox_s3gen": {"flow.py"},
 }
 
 
