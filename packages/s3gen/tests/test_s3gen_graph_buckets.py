@@ -106,3 +106,27 @@ def test_cuda_graphs_option_is_a_no_op_on_cpu(tiny_checkpoint: Path, voice_a, to
         assert torch.equal(x, y)
     assert with_option.flow.decoder.graphs is not None
     assert with_option.flow.decoder.graphs.captures == 0
+
+
+def test_a_failed_capture_falls_back_to_eager(
+    tiny_checkpoint: Path, voice_a, tokens, caplog
+) -> None:
+    """Capturing on a machine without CUDA fails like any capture error would: that shape runs
+    eagerly (same result), is not retried, and the failure is logged once."""
+    model = S3Gen.from_checkpoint(tiny_checkpoint, cuda_graphs=False)
+    eager = model.synthesize_mels([tokens(20, 3)], [voice_a])
+    graphs = EulerGraphs()  # capture=True, as on a GPU
+    model.flow.decoder.graphs = graphs
+    cfm = model.flow.decoder
+    original = cfm.solve
+    # Route the CPU batch through the graph path, which tries to capture.
+    cfm.solve = lambda mu, mask, spks, cond, n: graphs.solve(cfm, mu, mask, spks, cond, n)  # type: ignore[method-assign]
+    try:
+        with caplog.at_level("WARNING", logger="chatterbox_s3gen.flow"):
+            first = model.synthesize_mels([tokens(20, 3)], [voice_a])
+            second = model.synthesize_mels([tokens(20, 3)], [voice_a])
+    finally:
+        cfm.solve = original  # type: ignore[method-assign]
+    assert torch.equal(first[0], eager[0]) and torch.equal(second[0], eager[0])
+    assert graphs.captures == 0 and len(graphs._failed) == 1
+    assert sum("no CUDA graph" in r.message for r in caplog.records) == 1

@@ -5,6 +5,8 @@ Everything runs on right-padded batches with per-item lengths; see :meth:`Causal
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +16,8 @@ from chatterbox_s3gen.constants import MEL_CHANNELS, SPEAKER_EMBEDDING_DIM, SPEE
 from chatterbox_s3gen.encoder import UpsampleConformerEncoder
 from chatterbox_s3gen.estimator import ConditionalDecoder
 from chatterbox_s3gen.masks import length_mask
+
+logger = logging.getLogger(__name__)
 
 
 def cosine_time_steps(n_timesteps: int) -> torch.Tensor:
@@ -129,6 +133,7 @@ class EulerGraphs:
         self._graphs: dict[tuple[int, int, int, torch.dtype], _CapturedSolve] = {}
         self._pool: object | None = None
         self._fingerprint: tuple[int, ...] = ()
+        self._failed: set[tuple[int, int, int, torch.dtype]] = set()
         self.captures = 0
         """Graphs captured (or, with ``capture=False``, static buffer sets made) so far."""
 
@@ -150,20 +155,34 @@ class EulerGraphs:
             self._fingerprint = fingerprint
         dtype = next(cfm.estimator.parameters()).dtype
         key = (rows, padded, n_timesteps, dtype)
+        if key in self._failed:
+            return cfm._solve_eager(mu, mask, spks, cond, n_timesteps)
         graph = self._graphs.pop(key, None)
         if graph is None:
-            if self.capture and self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = _CapturedSolve(
-                cfm,
-                rows,
-                padded,
-                channels,
-                spks.shape[1],
-                n_timesteps,
-                mu.device,
-                self._pool if self.capture else None,
-            )
+            try:
+                if self.capture and self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                graph = _CapturedSolve(
+                    cfm,
+                    rows,
+                    padded,
+                    channels,
+                    spks.shape[1],
+                    n_timesteps,
+                    mu.device,
+                    self._pool if self.capture else None,
+                )
+            except Exception as error:  # whatever broke the capture
+                # A failed capture (no CUDA device, out of memory, an op that cannot be captured)
+                # must cost speed, not the request: this shape runs eagerly from now on.
+                self._failed.add(key)
+                logger.warning(
+                    "S3Gen: no CUDA graph for %d rows x %d frames (%s); running it eagerly",
+                    rows,
+                    padded,
+                    error,
+                )
+                return cfm._solve_eager(mu, mask, spks, cond, n_timesteps)
             self.captures += 1
             while len(self._graphs) >= self.max_graphs:
                 self._graphs.pop(next(iter(self._graphs)))
@@ -173,6 +192,7 @@ class EulerGraphs:
     def clear(self) -> None:
         """Drop every graph (their memory returns to the allocator)."""
         self._graphs.clear()
+        self._failed.clear()
         self._pool = None
         self._fingerprint = ()
 
@@ -214,7 +234,9 @@ class _CapturedSolve:
                 cfm._solve_eager(*args)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # thread_local: another thread of the process (T3 conditioning, a pipeline's main loop)
+        # may use CUDA while this one captures; only this thread's calls are restricted.
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             self.out = cfm._solve_eager(*args)
 
     def run(
