@@ -120,63 +120,81 @@ def _phases(
 def _throughput(args: argparse.Namespace, checkpoint: Path) -> None:
     rows = []
     modes = ["graphs" if m == "graphs" else "eager" for m in args.modes]
-    for dtype_name in args.dtypes:
-        for mode in modes:
-            model = _load(checkpoint, args.device, DTYPES[dtype_name], mode == "graphs")
-            voice = _voice(model, args.prompt_seconds)
-            # Warm-up (allocator, kernels, lazy init) on a short batch.
-            model.synthesize(
-                _utterances(2, 2.0, seed=99),
-                [voice] * 2,
-                seeds=[0, 1],
-                n_timesteps=args.n_timesteps,
-            )
-            loop_rate = None
-            if args.loop_items:
-                loop_items = _utterances(args.loop_items, args.seconds, seed=1)
-                _loop(model, loop_items[:1], voice, args.device, args.n_timesteps)
-                audio, wall = _loop(model, loop_items, voice, args.device, args.n_timesteps)
-                loop_rate = audio / wall
-                rows.append((dtype_name, mode, "loop", len(loop_items), audio, wall, loop_rate, ""))
-            for batch in args.batch_sizes:
-                utterances = _utterances(batch, args.seconds, seed=2)
-                # First pass untimed: graph capture for this shape, cuDNN/cuBLAS kernel choice.
-                _timed(model, utterances, voice, batch, args.device, args.n_timesteps)
-                best = None
-                for _ in range(args.repeats):
-                    audio, wall = _timed(
-                        model, utterances, voice, batch, args.device, args.n_timesteps
-                    )
-                    best = wall if best is None else min(best, wall)
-                assert best is not None
-                flow, vocoder = _phases(model, utterances, voice, args.device, args.n_timesteps)
-                rows.append(
-                    (
-                        dtype_name,
-                        mode,
-                        f"batch {batch}",
-                        batch,
-                        audio,
-                        best,
-                        audio / best,
-                        f"{flow:.2f} / {vocoder:.2f}",
-                    )
-                )
-                logging.info(
-                    "%s %s batch %d: %.1f s audio in %.3f s (flow %.3f s, vocoder %.3f s)",
+    configs = [(d, v, m) for d in args.dtypes for v in args.vocoder_dtypes for m in modes]
+    for flow_dtype, vocoder_dtype, mode in configs:
+        dtype_name = flow_dtype if vocoder_dtype == "fp32" else f"{flow_dtype}+voc {vocoder_dtype}"
+        model = _load(
+            checkpoint,
+            args.device,
+            DTYPES[flow_dtype],
+            mode == "graphs",
+            vocoder_dtype=DTYPES[vocoder_dtype],
+        )
+        if args.compile:
+            # Fuses the estimator's elementwise work (norms, masks, activations) with Inductor;
+            # dynamic shapes so every batch/frame bucket reuses one compilation.
+            estimator = model.flow.decoder.estimator
+            estimator.forward = torch.compile(estimator.forward, dynamic=True)  # type: ignore[method-assign]
+            mode = f"{mode}+compile"
+        compile_start = time.perf_counter()
+        voice = _voice(model, args.prompt_seconds)
+        # Warm-up (allocator, kernels, lazy init) on a short batch.
+        model.synthesize(
+            _utterances(2, 2.0, seed=99),
+            [voice] * 2,
+            seeds=[0, 1],
+            n_timesteps=args.n_timesteps,
+        )
+        logging.info(
+            "%s %s: load + first batch %.1f s",
+            dtype_name,
+            mode,
+            time.perf_counter() - compile_start,
+        )
+        loop_rate = None
+        if args.loop_items:
+            loop_items = _utterances(args.loop_items, args.seconds, seed=1)
+            _loop(model, loop_items[:1], voice, args.device, args.n_timesteps)
+            audio, wall = _loop(model, loop_items, voice, args.device, args.n_timesteps)
+            loop_rate = audio / wall
+            rows.append((dtype_name, mode, "loop", len(loop_items), audio, wall, loop_rate, ""))
+        for batch in args.batch_sizes:
+            utterances = _utterances(batch, args.seconds, seed=2)
+            # First pass untimed: graph capture for this shape, cuDNN/cuBLAS kernel choice.
+            _timed(model, utterances, voice, batch, args.device, args.n_timesteps)
+            best = None
+            for _ in range(args.repeats):
+                audio, wall = _timed(model, utterances, voice, batch, args.device, args.n_timesteps)
+                best = wall if best is None else min(best, wall)
+            assert best is not None
+            flow, vocoder = _phases(model, utterances, voice, args.device, args.n_timesteps)
+            rows.append(
+                (
                     dtype_name,
                     mode,
+                    f"batch {batch}",
                     batch,
                     audio,
                     best,
-                    flow,
-                    vocoder,
+                    audio / best,
+                    f"{flow:.2f} / {vocoder:.2f}",
                 )
-            if args.profile and args.device.startswith("cuda"):
-                _profile(model, voice, args, f"{dtype_name} {mode}")
-            del model
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            )
+            logging.info(
+                "%s %s batch %d: %.1f s audio in %.3f s (flow %.3f s, vocoder %.3f s)",
+                dtype_name,
+                mode,
+                batch,
+                audio,
+                best,
+                flow,
+                vocoder,
+            )
+        if args.profile and args.device.startswith("cuda"):
+            _profile(model, voice, args, f"{dtype_name} {mode}")
+        del model
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
     device_name = (
         torch.cuda.get_device_name(0)
         if args.device.startswith("cuda")
@@ -294,6 +312,16 @@ def main() -> None:
         help="graphs: replay the Euler loop from CUDA graphs (S3Gen.from_checkpoint(cuda_graphs=True))",
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per batch (best kept)")
+    parser.add_argument(
+        "--vocoder-dtypes",
+        nargs="+",
+        choices=sorted(DTYPES),
+        default=["fp32"],
+        help="HiFT precision",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also torch.compile the CFM estimator (experiment)"
+    )
     parser.add_argument("--profile", action="store_true", help="print the top CUDA kernels")
     parser.add_argument("--n-timesteps", type=int, default=10)
     parser.add_argument(

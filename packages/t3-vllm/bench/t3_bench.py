@@ -200,8 +200,13 @@ def main() -> None:
         rows = []
         for mode in args.cuda_graphs.split(","):
             rows.extend(bench_engine(args, checkpoint, mode.strip()))
+            if args.json:  # after every engine: a later failure must not lose these rows
+                args.json.write_text(json.dumps(rows, indent=2) + "\n")
         if args.reference:
-            rows.append(bench_reference(args, checkpoint))
+            try:
+                rows.append(bench_reference(args, checkpoint))
+            except Exception:  # keep the engine rows printed below
+                logger.exception("reference loop failed")
 
     columns = [
         "engine",

@@ -153,3 +153,14 @@ def test_full_graph_support_reasons_name_the_backend() -> None:
     supported, why = full_graph_support(GraphEnvironment("cuda", "FLEX_ATTENTION"))
     assert not supported and "FLEX_ATTENTION" in why
     assert set(CUDA_GRAPH_MODES) == {"auto", "full", "piecewise", "off"}
+
+
+def test_engines_reject_a_bad_mode_before_loading(tiny_checkpoint) -> None:
+    """Both engines validate ``cuda_graphs`` first (no vLLM start, no model directory)."""
+    from chatterbox_t3 import AsyncT3Engine, T3Engine
+
+    for engine in (T3Engine, AsyncT3Engine):
+        with pytest.raises(ValueError, match="cuda_graphs must be one of 'auto', 'full'"):
+            engine.from_checkpoint(tiny_checkpoint, cuda_graphs="fast")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            engine.from_checkpoint(tiny_checkpoint, cuda_graphs="full", dtype="float32")
