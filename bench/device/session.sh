@@ -10,6 +10,8 @@
 #   s3gen-after    S3Gen throughput of this tree, eager and CUDA graphs, fp32/fp16/bf16
 #   s3gen-quick / s3gen-before-quick   fewer dtypes and sizes, one timed run each (first looks)
 #   s3gen-profile  top CUDA kernels of one fp16 batch of 32
+#   s3gen-vocoder  fp16 flow with an fp16 / bf16 vocoder
+#   s3gen-compile  experiment: torch.compile(estimator) under the graphs (compile time logged)
 #   s3gen-long     this tree, fp16 graphs, 10 s voice prompt (chatterbox's own prompt length)
 #   s3gen-accuracy low-precision / graph errors vs float32
 set -o pipefail
@@ -29,14 +31,22 @@ run() {  # run NAME SECONDS COMMAND...
 s3gen_common=(--size full --device cuda --seconds 10 --prompt-seconds 5 --loop-items 0)
 for part in "$@"; do
   case $part in
-    t3-bench) run t3-bench 420 python3 bench/device/with_reference.py packages/t3-vllm/bench/t3_bench.py \
+    t3-bench) run t3-bench ${T3_BENCH_S:-380} python3 bench/device/with_reference.py packages/t3-vllm/bench/t3_bench.py \
         --random full --batch-sizes 1,16,64 --max-new-tokens 100 --cuda-graphs off,piecewise,full \
         --reference --gpu-memory-utilization 0.5 --json "$out/t3-bench.json" ;;
-    t3-tests) run t3-tests 400 python3 -m pytest packages/t3-vllm/tests/test_cuda_graphs_gpu.py -m gpu -x -q -p no:cacheprovider ;;
-    s3gen-tests) run s3gen-tests 200 python3 -m pytest packages/s3gen/tests/test_s3gen_gpu.py -m gpu -x -q -p no:cacheprovider ;;
-    s3gen-before) PYTHONPATH=$(pwd)/.device-old/packages/s3gen/src:$PYTHONPATH run s3gen-before 240 \
-        python3 bench/s3gen_bench.py "${s3gen_common[@]}" --dtypes fp16 bf16 fp32 --batch-sizes 8 32 64 --modes eager --profile ;;
-    s3gen-after) run s3gen-after 300 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
+    t3-tests) run t3-tests ${T3_TESTS_S:-420} python3 -m pytest packages/t3-vllm/tests/test_cuda_graphs_gpu.py -m gpu -x -q \
+        -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;
+    s3gen-tests) run s3gen-tests 150 python3 -m pytest packages/s3gen/tests/test_s3gen_gpu.py -m gpu -x -q \
+        -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;
+    s3gen-before) PYTHONPATH=$(pwd)/.device-old/packages/s3gen/src:$PYTHONPATH run s3gen-before 150 \
+        python3 bench/s3gen_bench.py "${s3gen_common[@]}" --dtypes fp16 bf16 --batch-sizes 8 32 64 --modes eager ;;
+    s3gen-vocoder) run s3gen-vocoder 120 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
+        --dtypes fp16 --vocoder-dtypes fp16 bf16 --batch-sizes 8 32 64 --modes graphs ;;
+    s3gen-voc16) run s3gen-voc16 45 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
+        --dtypes fp16 --vocoder-dtypes fp16 --batch-sizes 8 64 --modes graphs --repeats 1 ;;
+    s3gen-compile) run s3gen-compile 170 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
+        --dtypes fp16 --batch-sizes 32 64 --modes graphs --compile --repeats 1 ;;
+    s3gen-after) run s3gen-after 260 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
         --dtypes fp16 bf16 fp32 --batch-sizes 8 32 64 --modes eager graphs ;;
     s3gen-quick) run s3gen-quick 200 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
         --dtypes fp16 fp32 --batch-sizes 8 64 --modes eager graphs --repeats 1 ;;
@@ -44,9 +54,9 @@ for part in "$@"; do
         python3 bench/s3gen_bench.py "${s3gen_common[@]}" --dtypes fp16 --batch-sizes 8 64 --modes eager --repeats 1 --profile ;;
     s3gen-profile) run s3gen-profile 200 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \
         --dtypes fp16 --batch-sizes 32 --modes graphs --profile --repeats 1 ;;
-    s3gen-long) run s3gen-long 200 python3 bench/s3gen_bench.py --size full --device cuda --seconds 11.5 \
+    s3gen-long) run s3gen-long 120 python3 bench/s3gen_bench.py --size full --device cuda --seconds 11.5 \
         --prompt-seconds 10 --loop-items 0 --dtypes fp16 --batch-sizes 8 32 64 --modes graphs ;;
-    s3gen-accuracy) run s3gen-accuracy 240 python3 bench/s3gen_bench.py --size full --device cuda \
+    s3gen-accuracy) run s3gen-accuracy 150 python3 bench/s3gen_bench.py --size full --device cuda \
         --accuracy-only --accuracy-items 4 --accuracy-seconds 6 --prompt-seconds 5 --modes eager graphs ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac

@@ -16,7 +16,9 @@ grep -q weak_ref_tensor .gpu-bundle/vllm_shim.py || {
 source .gpu-bundle/setup-device.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device-wheels/*.whl
 repo=$(pwd)
-export PYTHONPATH="$repo/packages/t3-vllm/src:$repo/packages/s3gen/src:$repo/packages/chatterbox-meta/src:$PYTHONPATH"
+# The test-support package only for its pytest fixtures (pytest -p vllm_cpu_test_support.fixtures):
+# without a dist-info its vLLM platform plugin (CPU-only machines) is never registered here.
+export PYTHONPATH="$repo/packages/t3-vllm/src:$repo/packages/s3gen/src:$repo/packages/chatterbox-meta/src:$repo/tests/support/vllm-cpu-test-support/src:$PYTHONPATH"
 dist=/tmp/site/chatterbox_t3_vllm-0.1.0.dist-info
 mkdir -p "$dist"
 printf 'Metadata-Version: 2.1\nName: chatterbox-t3-vllm\nVersion: 0.1.0\n' > "$dist/METADATA"
