@@ -187,7 +187,7 @@ def test_bad_input_gets_the_same_errors_and_the_replicas_keep_working(replicated
     with pytest.raises(InvalidTextError, match="empty"):
         replicated.generate("   ", progress=False)
     with pytest.raises(InvalidParameterError, match="temperature"):
-        replicated.generate("Hello.", temperature=0.0, progress=False)
+        replicated.generate("Hello.", temperature=6.0, progress=False)
     with pytest.raises(InvalidParameterError, match="2 texts but 1 voices"):
         replicated.generate(["a b", "c d"], voice=[None], progress=False)
     with pytest.raises(AudioTooShortError):

@@ -44,7 +44,7 @@ def test_unlisted_suffixes_are_refused_naming_the_listed_ones(tmp_path) -> None:
 
 
 def test_a_failed_write_keeps_the_audio(tmp_path) -> None:
-    from chatterbox_vllm.cli import write_result
+    from chatterbox_vllm.commands import write_result
 
     result = GenerationResult(
         waveform=_tone(0.5),

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from chatterbox_vllm.cli import (
+from chatterbox_vllm.commands import (
     checkpoint_source,
     engine_config,
     load,

@@ -16,16 +16,13 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from chatterbox_vllm.commands import engine_config, load, preflight, read_text, write_result
 from chatterbox_vllm.config import (
-    EngineConfig,
     add_engine_arguments,
-    engine_overrides_from_namespace,
 )
 from chatterbox_vllm.controls import (
     GenerationParams,
@@ -128,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     make.add_argument("--seed", type=int, default=0)
 
+    serve = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible speech server (/v1/audio/speech)",
+        description="Serve POST /v1/audio/speech (OpenAI's schema plus every generation control), "
+        "voices (/v1/voices), /health, /v1/models and /metrics. Binds 127.0.0.1 unless --host says "
+        "otherwise.",
+    )
+    from chatterbox_vllm.server.settings import add_server_arguments
+
+    add_server_arguments(serve)
+    serve.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="speech-token budget per text chunk the engine is sized for (default 1000); "
+        "requests may ask for less",
+    )
+    _add_model_arguments(serve)
+
     bench = commands.add_parser(
         "bench",
         help="time a long text end to end",
@@ -143,116 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_arguments(bench)
     _add_model_arguments(bench)
     return parser
-
-
-def read_text(args: argparse.Namespace) -> str:
-    if args.file is not None and args.text not in (None, "-"):
-        raise ChatterboxError("give the text either as an argument or with --file, not both")
-    if args.file is not None:
-        return read_text_file(args.file, "--file")
-    if args.text not in (None, "-"):
-        return str(args.text)
-    if sys.stdin is None or sys.stdin.isatty():
-        raise ChatterboxError("no text: pass TEXT, --file FILE, or pipe text on standard input")
-    return sys.stdin.read()
-
-
-def read_text_file(path: Path, flag: str) -> str:
-    if path.is_dir():
-        raise ChatterboxError(f"{flag} {path} is a directory; give a UTF-8 text file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ChatterboxError(f"{flag} {path} does not exist") from None
-    except UnicodeDecodeError as error:
-        raise ChatterboxError(f"{flag} {path} is not UTF-8 text ({error})") from None
-    except OSError as error:
-        raise ChatterboxError(f"{flag} {path}: cannot read it ({error.strerror})") from None
-
-
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The engine the command loads: its flags, plus ``--max-new-tokens`` sizing the engine."""
-    overrides = engine_overrides_from_namespace(args)
-    if args.max_new_tokens is not None:
-        overrides["max_new_tokens"] = args.max_new_tokens
-    return EngineConfig().with_overrides(overrides)
-
-
-def replicated(args: argparse.Namespace) -> bool:
-    if args.replicas is not None and args.replicas < 1:
-        raise ChatterboxError(f"--replicas must be >= 1, got {args.replicas}")
-    return args.replicas is not None or args.ray_address is not None
-
-
-def checkpoint_source(args: argparse.Namespace) -> Any:
-    from chatterbox_vllm.distributed.replica import CheckpointSource
-
-    if args.model_dir is not None:
-        return CheckpointSource(model_dir=str(args.model_dir))
-    return CheckpointSource(
-        repo_id=args.repo_id,
-        revision=args.revision,
-        cache_dir=None if args.cache_dir is None else str(args.cache_dir),
-    )
-
-
-def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> EngineConfig:
-    """Every check that needs no model; returns the config with the device made explicit."""
-    from chatterbox_vllm import preflight as checks
-    from chatterbox_vllm.text import validate_text
-
-    validate_text(text)
-    if args.voice is not None:
-        checks.check_voice(args.voice)
-    if args.out is not None:
-        checks.check_output(args.out)
-    if not replicated(args):
-        config = config.with_overrides({"device": checks.check_device(config.device)})
-    if args.model_dir is not None:
-        path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
-        checks.check_text(text, path, config.chunk_chars)
-    return config
-
-
-def load(args: argparse.Namespace, config: EngineConfig) -> Any:
-    from chatterbox_vllm.tts import ChatterboxTTS
-
-    watermark = False if args.no_watermark else None
-    if replicated(args):
-        from chatterbox_vllm.distributed.replicated import ReplicatedChatterboxTTS
-
-        return ReplicatedChatterboxTTS(
-            checkpoint_source(args),
-            replicas=args.replicas,
-            address=args.ray_address,
-            watermark=watermark,
-            config=config,
-        )
-    if args.model_dir is not None:
-        return ChatterboxTTS.from_local(args.model_dir, watermark=watermark, config=config)
-    return ChatterboxTTS.from_pretrained(
-        args.repo_id, args.revision, cache_dir=args.cache_dir, watermark=watermark, config=config
-    )
-
-
-def write_result(result: Any, out: str) -> str:
-    """Writes the audio to ``out`` (``-``: WAV on stdout). If writing fails after generation,
-    the audio is kept in a temporary WAV file and the error says where it is."""
-    from chatterbox_vllm.audio import encode_audio, output_format
-
-    if out == "-":
-        encode_audio(sys.stdout.buffer, result.waveform, result.sample_rate, output_format("-"))
-        sys.stdout.buffer.flush()
-        return "standard output"
-    try:
-        return str(result.save(out))
-    except (OSError, RuntimeError, ChatterboxError) as error:
-        fd, rescue = tempfile.mkstemp(prefix="chatterbox-", suffix=".wav")
-        os.close(fd)
-        result.save(rescue)
-        raise ChatterboxError(
-            f"could not write {out} ({error}); the audio is kept in {rescue}"
-        ) from None
 
 
 def speak(args: argparse.Namespace) -> int:
@@ -310,8 +215,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose, getattr(args, "quiet", False))
     from chatterbox_vllm.benchmark import bench
+    from chatterbox_vllm.server.run import serve
 
-    handlers = {"speak": speak, "make-random-checkpoint": make_checkpoint, "bench": bench}
+    handlers = {
+        "speak": speak,
+        "make-random-checkpoint": make_checkpoint,
+        "bench": bench,
+        "serve": serve,
+    }
     try:
         return handlers[args.command](args)
     except (ChatterboxError, ValueError, OSError, ImportError) as error:

@@ -20,7 +20,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -474,7 +474,7 @@ def iterate_stream(session: StreamSession) -> Iterator[AudioChunk]:
         session.close()
 
 
-async def aiterate_stream(session: StreamSession) -> AsyncIterator[AudioChunk]:
+async def aiterate_stream(session: StreamSession) -> AsyncGenerator[AudioChunk, None]:
     """:func:`iterate_stream` for an event loop: events wake the loop, which is never blocked."""
     import asyncio
 

@@ -1,0 +1,124 @@
+"""What the commands (``speak``, ``bench``, ``serve``) share: reading text, the engine config
+from flags, the checks made before loading, loading, and writing results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from chatterbox_vllm.config import EngineConfig, engine_overrides_from_namespace
+from chatterbox_vllm.errors import ChatterboxError
+
+
+def read_text(args: argparse.Namespace) -> str:
+    if args.file is not None and args.text not in (None, "-"):
+        raise ChatterboxError("give the text either as an argument or with --file, not both")
+    if args.file is not None:
+        return read_text_file(args.file, "--file")
+    if args.text not in (None, "-"):
+        return str(args.text)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ChatterboxError("no text: pass TEXT, --file FILE, or pipe text on standard input")
+    return sys.stdin.read()
+
+
+def read_text_file(path: Path, flag: str) -> str:
+    if path.is_dir():
+        raise ChatterboxError(f"{flag} {path} is a directory; give a UTF-8 text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ChatterboxError(f"{flag} {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        raise ChatterboxError(f"{flag} {path} is not UTF-8 text ({error})") from None
+    except OSError as error:
+        raise ChatterboxError(f"{flag} {path}: cannot read it ({error.strerror})") from None
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The engine the command loads: its flags, plus ``--max-new-tokens`` sizing the engine."""
+    overrides = engine_overrides_from_namespace(args)
+    if getattr(args, "max_new_tokens", None) is not None:
+        overrides["max_new_tokens"] = args.max_new_tokens
+    return EngineConfig().with_overrides(overrides)
+
+
+def replicated(args: argparse.Namespace) -> bool:
+    if args.replicas is not None and args.replicas < 1:
+        raise ChatterboxError(f"--replicas must be >= 1, got {args.replicas}")
+    return args.replicas is not None or args.ray_address is not None
+
+
+def checkpoint_source(args: argparse.Namespace) -> Any:
+    from chatterbox_vllm.distributed.replica import CheckpointSource
+
+    if args.model_dir is not None:
+        return CheckpointSource(model_dir=str(args.model_dir))
+    return CheckpointSource(
+        repo_id=args.repo_id,
+        revision=args.revision,
+        cache_dir=None if args.cache_dir is None else str(args.cache_dir),
+    )
+
+
+def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> EngineConfig:
+    """Every check that needs no model; returns the config with the device made explicit."""
+    from chatterbox_vllm import preflight as checks
+    from chatterbox_vllm.text import validate_text
+
+    validate_text(text)
+    if args.voice is not None:
+        checks.check_voice(args.voice)
+    if args.out is not None:
+        checks.check_output(args.out)
+    if not replicated(args):
+        config = config.with_overrides({"device": checks.check_device(config.device)})
+    if args.model_dir is not None:
+        path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
+        checks.check_text(text, path, config.chunk_chars)
+    return config
+
+
+def load(args: argparse.Namespace, config: EngineConfig) -> Any:
+    from chatterbox_vllm.tts import ChatterboxTTS
+
+    watermark = False if args.no_watermark else None
+    if replicated(args):
+        from chatterbox_vllm.distributed.replicated import ReplicatedChatterboxTTS
+
+        return ReplicatedChatterboxTTS(
+            checkpoint_source(args),
+            replicas=args.replicas,
+            address=args.ray_address,
+            watermark=watermark,
+            config=config,
+        )
+    if args.model_dir is not None:
+        return ChatterboxTTS.from_local(args.model_dir, watermark=watermark, config=config)
+    return ChatterboxTTS.from_pretrained(
+        args.repo_id, args.revision, cache_dir=args.cache_dir, watermark=watermark, config=config
+    )
+
+
+def write_result(result: Any, out: str) -> str:
+    """Writes the audio to ``out`` (``-``: WAV on stdout). If writing fails after generation,
+    the audio is kept in a temporary WAV file and the error says where it is."""
+    from chatterbox_vllm.audio import encode_audio, output_format
+
+    if out == "-":
+        encode_audio(sys.stdout.buffer, result.waveform, result.sample_rate, output_format("-"))
+        sys.stdout.buffer.flush()
+        return "standard output"
+    try:
+        return str(result.save(out))
+    except (OSError, RuntimeError, ChatterboxError) as error:
+        fd, rescue = tempfile.mkstemp(prefix="chatterbox-", suffix=".wav")
+        os.close(fd)
+        result.save(rescue)
+        raise ChatterboxError(
+            f"could not write {out} ({error}); the audio is kept in {rescue}"
+        ) from None

@@ -1,0 +1,78 @@
+"""Prometheus metrics of the server (``GET /metrics``), next to vLLM's own ``vllm:*`` metrics
+(running requests, KV-cache usage...) from the same process registry."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+_PREFIX = "chatterbox_"
+
+
+def _get_or_create(kind: Any, name: str, documentation: str, **kwargs: Any) -> Any:
+    # One set per process even if several apps are created (tests): reuse registered collectors.
+    existing = REGISTRY._names_to_collectors.get(name)
+    if existing is not None:
+        return existing
+    return kind(name, documentation, **kwargs)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests = _get_or_create(
+            Counter,
+            _PREFIX + "requests",
+            "HTTP requests by route and status",
+            labelnames=("route", "status"),
+        )
+        self.audio_seconds = _get_or_create(
+            Counter, _PREFIX + "audio_seconds", "seconds of audio produced"
+        )
+        self.speech_tokens = _get_or_create(
+            Counter, _PREFIX + "t3_speech_tokens", "speech tokens T3 generated"
+        )
+        self.running_streams = _get_or_create(
+            Gauge, _PREFIX + "running_streams", "speech requests being served"
+        )
+        self.queue_depth = _get_or_create(
+            Gauge,
+            _PREFIX + "s3gen_open_streams",
+            "text chunks with an open S3Gen stream (queued for S3Gen windows)",
+        )
+        self.t3_unfinished = _get_or_create(
+            Gauge, _PREFIX + "t3_unfinished_requests", "T3 requests vLLM is still serving"
+        )
+        self.t3_tokens_per_second = _get_or_create(
+            Gauge,
+            _PREFIX + "t3_tokens_per_second",
+            "T3 speech tokens per second since the last scrape",
+        )
+        self.first_audio = _get_or_create(
+            Histogram,
+            _PREFIX + "first_audio_seconds",
+            "time from request to first audio bytes",
+            buckets=(0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0),
+        )
+        self._last = (time.perf_counter(), 0.0)
+
+    def refresh(self, tts: Any) -> None:
+        """Gauges read at scrape time."""
+        batcher = tts._batcher
+        self.queue_depth.set(batcher.stats.open_streams if batcher is not None else 0)
+        probe = getattr(tts._t3, "num_unfinished_requests", None)
+        if callable(probe):
+            self.t3_unfinished.set(probe())
+        now, tokens = time.perf_counter(), self._total_tokens()
+        then, before = self._last
+        if now > then:
+            self.t3_tokens_per_second.set((tokens - before) / (now - then))
+        self._last = (now, tokens)
+
+    def _total_tokens(self) -> float:
+        for metric in self.speech_tokens.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    return float(sample.value)
+        return 0.0

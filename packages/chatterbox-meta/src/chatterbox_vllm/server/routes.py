@@ -1,0 +1,337 @@
+"""The FastAPI app: OpenAI's ``/v1/audio/speech`` (+ SSE), voices, health, models, metrics.
+
+Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) with the status a
+client can act on: 400 bad request (the field is named), 401 API key, 404 unknown voice to delete,
+413 input or upload too large, 429 too many concurrent streams, 503 engine dead. A failure in one
+request never stops the server; a client that disconnects mid-stream has its T3 requests aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from chatterbox_vllm.controls import CONTROLS, GenerationParams
+from chatterbox_vllm.encoding import RESPONSE_FORMATS, StreamEncoder, available_formats
+from chatterbox_vllm.errors import (
+    AudioError,
+    ChatterboxError,
+    EngineDeadError,
+    InvalidParameterError,
+    InvalidTextError,
+)
+from chatterbox_vllm.server.metrics import Metrics
+from chatterbox_vllm.server.schema import SpeechRequest, controls_of
+from chatterbox_vllm.server.settings import ServerSettings
+from chatterbox_vllm.server.voices import DEFAULT_VOICE, UnknownVoiceError, VoiceStore
+from chatterbox_vllm.streaming import aiterate_stream
+
+if TYPE_CHECKING:
+    from chatterbox_vllm.tts import ChatterboxTTS
+
+logger = logging.getLogger(__name__)
+
+OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+"""Model ids OpenAI clients send by default; accepted as names of this model."""
+
+
+class APIError(Exception):
+    """An error answered as OpenAI-style JSON with ``status``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def error_body(
+    message: str, *, param: str | None = None, kind: str = "invalid_request_error"
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def _param_of(error: ChatterboxError) -> str | None:
+    """The request field a product error is about (its message starts with a control name)."""
+    if isinstance(error, InvalidTextError):
+        return "input"
+    if isinstance(error, AudioError):
+        return "voice"
+    first = str(error).split(" ", 1)[0]
+    return first if first in CONTROLS else None
+
+
+class _Slots:
+    """At most ``limit`` speech requests at once; beyond that, 429 (never a queue that hangs)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def acquire(self) -> None:
+        if self.used >= self.limit:
+            raise APIError(
+                429,
+                f"too many concurrent speech requests ({self.limit} running); retry later or "
+                "raise --max-concurrent-streams",
+                kind="rate_limit_error",
+            )
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+
+
+def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> FastAPI:
+    """The server's app over one loaded :class:`~chatterbox_vllm.ChatterboxTTS`."""
+    settings = settings or ServerSettings()
+    app = FastAPI(title="chatterbox-vllm", summary="Chatterbox TTS on vLLM, OpenAI-compatible")
+    voices = VoiceStore(tts, settings.voices_dir)
+    metrics = Metrics()
+    slots = _Slots(settings.max_concurrent_streams)
+    formats = available_formats()
+    app.state.tts, app.state.voices, app.state.metrics = tts, voices, metrics
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, error: APIError) -> JSONResponse:
+        return JSONResponse(
+            error_body(error.message, param=error.param, kind=error.kind), error.status
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        param = None
+        for item in error.errors():
+            where = [str(part) for part in item.get("loc", ()) if part not in ("body",)]
+            param = param or (where[0] if where else None)
+            problems.append(f"{'.'.join(where) or 'body'}: {item.get('msg')}")
+        return JSONResponse(error_body("; ".join(problems), param=param), 400)
+
+    @app.exception_handler(ChatterboxError)
+    async def _product_error(request: Request, error: ChatterboxError) -> JSONResponse:
+        if isinstance(error, EngineDeadError):
+            return JSONResponse(error_body(str(error), kind="server_error"), 503)
+        return JSONResponse(error_body(str(error), param=_param_of(error)), 400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("request %s %s failed", request.method, request.url.path)
+        return JSONResponse(
+            error_body(f"internal error: {type(error).__name__}: {error}", kind="server_error"), 500
+        )
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.requests.labels(
+            getattr(route, "path", "unmatched"), str(response.status_code)
+        ).inc()
+        return response
+
+    async def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(
+                401,
+                "missing API key: send 'Authorization: Bearer <key>'",
+                kind="authentication_error",
+            )
+        if token.strip() != settings.api_key:
+            raise APIError(401, "wrong API key", kind="authentication_error")
+
+    # ------------------------------------------------------------------ speech
+
+    @app.post("/v1/audio/speech", dependencies=[Depends(authorize)])
+    async def speech(body: SpeechRequest) -> Response:  # type: ignore[valid-type]
+        request: Any = body
+        accepted_models = (settings.model_name, *OPENAI_MODEL_ALIASES)
+        if request.model not in accepted_models:
+            raise APIError(
+                400,
+                f"unknown model {request.model!r}; use one of {', '.join(accepted_models)}",
+                param="model",
+            )
+        if len(request.input) > settings.max_input_chars:
+            raise APIError(
+                413,
+                f"input has {len(request.input):,} characters; at most {settings.max_input_chars:,} "
+                "are accepted (split the text, or raise --max-input-chars)",
+                param="input",
+            )
+        if request.response_format not in formats:
+            raise APIError(
+                400,
+                f"response_format {request.response_format!r} is not available; use one of {', '.join(formats)}",
+                param="response_format",
+            )
+        if request.speed != 1.0:
+            raise APIError(
+                400,
+                f"speed {request.speed} is not supported: Chatterbox speaks at its own pace (use 1.0)",
+                param="speed",
+            )
+        if request.instructions:
+            raise APIError(
+                400,
+                "instructions are not supported by Chatterbox (use exaggeration / cfg_weight)",
+                param="instructions",
+            )
+        try:
+            voice = voices.get(request.voice)
+        except UnknownVoiceError as error:
+            raise APIError(400, str(error), param="voice") from None
+        params = GenerationParams.from_controls(controls_of(request))
+        slots.acquire()
+        started = time.perf_counter()
+        try:
+            session = await asyncio.to_thread(tts.open_stream, request.input, voice, params=params)
+        except BaseException:
+            slots.release()
+            raise
+        metrics.running_streams.inc()
+        sse = request.stream_format == "sse"
+        encoder = StreamEncoder(request.response_format, tts.sample_rate)
+
+        async def body_bytes() -> AsyncIterator[bytes]:
+            first = True
+            try:
+                async with contextlib.aclosing(aiterate_stream(session)) as chunks:
+                    async for chunk in chunks:
+                        data = encoder.encode(chunk.waveform)
+                        if chunk.final:
+                            data += encoder.finish()
+                        metrics.audio_seconds.inc(chunk.duration_s)
+                        if not data:
+                            continue
+                        if first:
+                            metrics.first_audio.observe(time.perf_counter() - started)
+                            first = False
+                        if sse:
+                            event = {
+                                "type": "speech.audio.delta",
+                                "audio": base64.b64encode(data).decode(),
+                            }
+                            yield f"data: {json.dumps(event)}\n\n".encode()
+                        else:
+                            yield data
+                if sse:
+                    usage = {
+                        "input_tokens": len(request.input),
+                        "output_tokens": session.speech_tokens,
+                    }
+                    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+                    yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
+            except ChatterboxError as error:
+                # Headers are sent: the error can only end the stream (and is logged).
+                logger.error("speech stream failed: %s", error)
+                if sse:
+                    yield f"data: {json.dumps({'type': 'error', **error_body(str(error))})}\n\n".encode()
+            finally:
+                session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
+                metrics.speech_tokens.inc(session.speech_tokens)
+                metrics.running_streams.dec()
+                slots.release()
+
+        media_type = (
+            "text/event-stream" if sse else RESPONSE_FORMATS[request.response_format].media_type
+        )
+        return StreamingResponse(body_bytes(), media_type=media_type)
+
+    # ------------------------------------------------------------------ voices
+
+    @app.post("/v1/voices", dependencies=[Depends(authorize)], status_code=201)
+    async def upload_voice(name: str = Form(...), file: UploadFile = File(...)) -> dict[str, Any]:
+        voices.check_name(name)
+        data = await file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise APIError(
+                413,
+                f"upload is larger than {settings.max_upload_bytes:,} bytes (raise --max-upload-bytes)",
+                param="file",
+            )
+        voice = await asyncio.to_thread(_prepare_upload, tts, data, file.filename or "upload")
+        await asyncio.to_thread(voices.add, name, voice)
+        return {"object": "voice", "name": name}
+
+    @app.get("/v1/voices", dependencies=[Depends(authorize)])
+    async def list_voices() -> dict[str, Any]:
+        return {"object": "list", "data": [{"object": "voice", "name": n} for n in voices.names()]}
+
+    @app.delete("/v1/voices/{name}", dependencies=[Depends(authorize)])
+    async def delete_voice(name: str) -> dict[str, Any]:
+        try:
+            voices.delete(name)
+        except UnknownVoiceError as error:
+            raise APIError(404, str(error), param="name") from None
+        return {"object": "voice", "name": name, "deleted": True}
+
+    # ------------------------------------------------------------------ service
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        failure = tts._t3_failure()
+        if failure is not None:
+            return JSONResponse({"status": "dead", "reason": failure}, 503)
+        return JSONResponse({"status": "ok", "running_streams": slots.used})
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": settings.model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "resemble-ai",
+                }
+            ],
+        }
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        metrics.refresh(tts)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _prepare_upload(tts: ChatterboxTTS, data: bytes, filename: str) -> Any:
+    """Decodes an uploaded recording (any format libsndfile reads) and prepares the voice."""
+    import soundfile
+
+    from chatterbox_vllm.errors import CorruptAudioError
+
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as error:  # libsndfile's errors for unreadable bytes
+        raise CorruptAudioError(
+            f"could not decode the uploaded file {filename!r} as audio ({error}); upload WAV, "
+            "FLAC, OGG or MP3"
+        ) from None
+    return tts.prepare_voice((samples.T.copy(), int(rate)))
+
+
+__all__ = ["DEFAULT_VOICE", "InvalidParameterError", "create_app"]

@@ -1,0 +1,71 @@
+"""Server settings: binding, limits and the API key, each with one default (and its CLI flag)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from chatterbox_vllm.errors import InvalidParameterError
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What ``chatterbox-vllm serve`` binds to and what it accepts."""
+
+    host: str = _setting("127.0.0.1", "address to bind; 0.0.0.0 serves other machines too")
+    port: int = _setting(8000, "TCP port")
+    api_key: str | None = _setting(
+        None, "require 'Authorization: Bearer KEY' on every /v1 route (or set CHATTERBOX_API_KEY)"
+    )
+    voices_dir: Path | None = _setting(
+        None, "where uploaded voices are kept across restarts (default: in memory only)"
+    )
+    max_input_chars: int = _setting(4096, "longest input text in characters (413 beyond)")
+    max_upload_bytes: int = _setting(20_000_000, "largest voice upload (413 beyond)")
+    max_concurrent_streams: int = _setting(64, "requests served at once (429 beyond)")
+    drain_seconds: float = _setting(120.0, "on SIGTERM, how long running streams may finish")
+    model_name: str = _setting("chatterbox", "the model id /v1/models lists")
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_input_chars", "max_upload_bytes", "max_concurrent_streams"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidParameterError(f"{name} must be a positive int, got {value!r}")
+        if not 0 < self.port < 65536:
+            raise InvalidParameterError(f"port must be in [1, 65535], got {self.port}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidParameterError("api_key must not be empty (omit it to serve without one)")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    for setting in fields(ServerSettings):
+        kind = {"int": int, "float": float}.get(str(setting.type).split(" ")[0], str)
+        if setting.name == "voices_dir":
+            kind = Path
+        group.add_argument(
+            "--" + setting.name.replace("_", "-"),
+            dest=setting.name,
+            type=kind,
+            default=None,
+            help=f"{setting.metadata['help']} (default: {setting.default})",
+        )
+
+
+def settings_from_namespace(args: argparse.Namespace) -> ServerSettings:
+    import os
+
+    given = {
+        s.name: getattr(args, s.name)
+        for s in fields(ServerSettings)
+        if getattr(args, s.name, None) is not None
+    }
+    if "api_key" not in given and os.environ.get("CHATTERBOX_API_KEY"):
+        given["api_key"] = os.environ["CHATTERBOX_API_KEY"]
+    return ServerSettings(**given)

@@ -1,0 +1,92 @@
+"""Named voices of the server: prepared once from an upload, kept in memory and (with a voices
+directory) saved as ``NAME.pt`` so they survive a restart. ``default`` is the checkpoint's."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
+from chatterbox_vllm.voices import Voice
+
+if TYPE_CHECKING:
+    from chatterbox_vllm.tts import ChatterboxTTS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VOICE = "default"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class UnknownVoiceError(ChatterboxError, KeyError):
+    """A request named a voice the server does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class VoiceStore:
+    """Thread-safe name -> :class:`Voice` map, persisted in ``directory`` when one is given."""
+
+    def __init__(self, tts: ChatterboxTTS, directory: Path | None) -> None:
+        self._tts = tts
+        self._directory = directory
+        self._voices: dict[str, Voice] = {}
+        self._lock = threading.Lock()
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            for path in sorted(directory.glob("*.pt")):
+                try:
+                    self._voices[path.stem] = Voice.load(path)
+                except ChatterboxError as error:
+                    logger.warning("skipping voice file %s: %s", path, error)
+            logger.info("loaded %d voice(s) from %s", len(self._voices), directory)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            names = sorted(self._voices)
+        return ([DEFAULT_VOICE] if self._tts.default_voice is not None else []) + names
+
+    def get(self, name: str) -> Voice:
+        if name == DEFAULT_VOICE and self._tts.default_voice is not None:
+            return self._tts.default_voice
+        with self._lock:
+            voice = self._voices.get(name)
+        if voice is None:
+            raise UnknownVoiceError(
+                f"unknown voice {name!r}; known voices: {', '.join(self.names()) or '(none)'}"
+                " (upload one with POST /v1/voices)"
+            )
+        return voice
+
+    @staticmethod
+    def check_name(name: str) -> None:
+        if name == DEFAULT_VOICE:
+            raise InvalidParameterError(
+                "the name 'default' is the checkpoint's voice; pick another"
+            )
+        if not NAME_PATTERN.match(name):
+            raise InvalidParameterError(
+                f"voice name {name!r} is not accepted: 1-64 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit"
+            )
+
+    def add(self, name: str, voice: Voice) -> None:
+        """Stores a prepared voice (replacing one of the same name)."""
+        self.check_name(name)
+        if self._directory is not None:
+            voice.save(self._directory / f"{name}.pt")
+        with self._lock:
+            self._voices[name] = voice
+
+    def delete(self, name: str) -> None:
+        self.get(name)  # unknown -> UnknownVoiceError
+        if name == DEFAULT_VOICE:
+            raise InvalidParameterError("the checkpoint's default voice cannot be deleted")
+        with self._lock:
+            self._voices.pop(name, None)
+        if self._directory is not None:
+            (self._directory / f"{name}.pt").unlink(missing_ok=True)
