@@ -538,6 +538,10 @@ class AsyncT3Engine:
             if output.finished or not final_only:
                 yield self.frontend.to_output(output, prepared.num_prompt_tokens, tuple(raw))
 
+    def num_unfinished_requests(self) -> int:
+        """Requests vLLM is still serving (decoding or queued); aborted ones leave at once."""
+        return int(self._engine.output_processor.get_num_unfinished_requests())
+
     def engine_failure(self) -> str | None:
         """Why vLLM's engine core can no longer serve (``None`` while it can): its process
         exited (killed by a signal, out of memory, crashed) or vLLM marked it dead. vLLM 0.9.2
