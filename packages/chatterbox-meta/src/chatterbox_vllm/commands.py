@@ -4,6 +4,7 @@ from flags, the checks made before loading, loading, and writing results."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -12,6 +13,8 @@ from typing import Any
 
 from chatterbox_vllm.config import EngineConfig, engine_overrides_from_namespace
 from chatterbox_vllm.errors import ChatterboxError
+
+logger = logging.getLogger(__name__)
 
 
 def read_text(args: argparse.Namespace) -> str:
@@ -80,7 +83,30 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
     if args.model_dir is not None:
         path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
         checks.check_text(text, path, config.chunk_chars)
+    if config.max_num_seqs is None and not replicated(args):
+        config = size_for_text(config, text)
     return config
+
+
+def size_for_text(config: EngineConfig, text: str) -> EngineConfig:
+    """A one-text command never decodes more sequences than the text has chunks: the engine's
+    batch (and with it the KV cache the memory split reserves) is sized for the text."""
+    import torch
+
+    from chatterbox_vllm.text import split_text
+
+    chunks = len(split_text(text, config.chunk_chars))
+    cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
+    memory = torch.cuda.get_device_properties(0).total_memory if cuda else None
+    card = config.resolve(cuda_available=cuda, gpu_memory_bytes=memory).max_num_seqs or 1
+    sized = min(card, max(1, chunks))
+    logger.info(
+        "max_num_seqs=%d: the text has %d chunk(s), this machine takes up to %d",
+        sized,
+        chunks,
+        card,
+    )
+    return config.with_overrides({"max_num_seqs": sized})
 
 
 def load(args: argparse.Namespace, config: EngineConfig) -> Any:

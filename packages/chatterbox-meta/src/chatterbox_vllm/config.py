@@ -9,6 +9,7 @@ is the one place that derives device, dtypes and sizes (logged at load time).
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -21,7 +22,12 @@ CONDITIONING_POSITIONS = 34
 SPECIAL_POSITIONS = 4
 """Start/stop of text and start/stop of speech around a chunk's text and speech tokens."""
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-S3GEN_DTYPES = ("float32", "float16", "bfloat16")
+S3GEN_DTYPES = ("auto", "float32", "float16", "bfloat16")
+KV_BYTES_PER_TOKEN_BF16 = 245_760
+"""T3's KV cache per position with both CFG branches in bfloat16 (30 layers x 2 x 2 x 16 heads x 64 x 2 B)."""
+T3_FIXED_GPU_BYTES = 6 * 2**30
+"""T3 weights (1 GB in bf16), CUDA graphs, activations and vLLM's sampler buffers, with room."""
+LARGE_GPU_BYTES = 40 * 2**30
 CUDA_GRAPH_MODES = ("auto", "full", "piecewise", "off")
 
 
@@ -41,12 +47,19 @@ class EngineConfig:
         "auto", "T3 dtype in vLLM (auto: bfloat16 on CUDA, float32 on CPU)", choices=DTYPES
     )
     s3gen_dtype: str = _knob(
-        "float32", "S3Gen dtype (float32: the reference's numerics)", choices=S3GEN_DTYPES
+        "auto",
+        "S3Gen dtype (auto: float16 on CUDA, 4x float32's speed at 1.5e-3 mel / 2.6e-3 wav "
+        "error; float32 on CPU, the reference's numerics)",
+        choices=S3GEN_DTYPES,
     )
-    gpu_memory_utilization: float = _knob(
-        0.4, "share of GPU memory vLLM may take for T3 weights + KV cache; the rest is S3Gen's"
+    gpu_memory_utilization: float | None = _knob(
+        None,
+        "share of GPU memory vLLM may take for T3 weights + KV cache, the rest is S3Gen's "
+        "(default: what max_num_seqs full-length chunks need, from the card's memory)",
     )
-    max_num_seqs: int = _knob(32, "most chunks T3 decodes at once (vLLM batch size)")
+    max_num_seqs: int | None = _knob(
+        None, "most chunks T3 decodes at once (default: 64 on >= 40 GiB GPUs, 32 below, 8 on CPU)"
+    )
     max_model_len: int | None = _knob(
         None,
         "T3 positions per chunk (default: 34 + chunk text + 4 + max_new_tokens, rounded up to 16)",
@@ -61,7 +74,11 @@ class EngineConfig:
         "hift-torch", "S3Gen vocoder backend (chatterbox_s3gen.available_vocoders())"
     )
     cfm_steps: int = _knob(10, "S3Gen flow-matching Euler steps (10, the reference's)")
-    s3gen_batch_size: int = _knob(8, "most finished chunks S3Gen synthesises in one batch")
+    s3gen_batch_size: int | None = _knob(
+        None,
+        "most finished chunks (or stream windows) S3Gen synthesises in one batch "
+        "(default: 32 on >= 40 GiB GPUs, 8 below, 4 on CPU)",
+    )
     crossfade_seconds: float = _knob(
         DEFAULT_CROSSFADE_SECONDS, "equal-power crossfade between chunks"
     )
@@ -81,7 +98,7 @@ class EngineConfig:
     """Extra keyword arguments for ``AsyncT3Engine.from_checkpoint`` (forwarded to vLLM)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+        if self.gpu_memory_utilization is not None and not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidParameterError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
@@ -93,6 +110,8 @@ class EngineConfig:
             "voice_cache_size",
         ):
             value = getattr(self, name)
+            if value is None and name in ("max_num_seqs", "s3gen_batch_size"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidParameterError(f"{name} must be a positive int, got {value!r}")
         if self.max_model_len is not None and self.max_model_len < 64:
@@ -146,13 +165,37 @@ class EngineConfig:
         """Speech tokens a chunk of ``chunk_chars`` characters can have within ``model_len``."""
         return self.model_len - CONDITIONING_POSITIONS - SPECIAL_POSITIONS - self.chunk_chars
 
-    def resolve(self, *, cuda_available: bool) -> EngineConfig:
-        """Device and T3 dtype made explicit (the one place they are derived)."""
+    def resolve(self, *, cuda_available: bool, gpu_memory_bytes: int | None = None) -> EngineConfig:
+        """Every derived knob made explicit (the one place they are derived): device, dtypes,
+        batch sizes from the card's memory, and the memory split between T3 and S3Gen."""
         device = self.device or ("cuda" if cuda_available else "cpu")
-        dtype = self.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        return replace(self, device=device, dtype=dtype)
+        on_gpu = device.startswith("cuda")
+        dtype = self.dtype if self.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+        s3gen_dtype = self.s3gen_dtype
+        if s3gen_dtype == "auto":
+            s3gen_dtype = "float16" if on_gpu else "float32"
+        large = on_gpu and (gpu_memory_bytes or 0) >= LARGE_GPU_BYTES
+        max_num_seqs = self.max_num_seqs or (64 if large else 32 if on_gpu else 8)
+        s3gen_batch_size = self.s3gen_batch_size or (32 if large else 8 if on_gpu else 4)
+        utilization = self.gpu_memory_utilization
+        if utilization is None:
+            utilization = 0.4
+            if on_gpu and gpu_memory_bytes:
+                # Enough KV cache for every sequence at full length; S3Gen keeps the rest.
+                kv = max_num_seqs * self.model_len * KV_BYTES_PER_TOKEN_BF16
+                if dtype == "float32":
+                    kv *= 2
+                needed = (T3_FIXED_GPU_BYTES + kv) / gpu_memory_bytes
+                utilization = min(0.9, max(0.2, math.ceil(needed * 20) / 20))
+        return replace(
+            self,
+            device=device,
+            dtype=dtype,
+            s3gen_dtype=s3gen_dtype,
+            max_num_seqs=max_num_seqs,
+            s3gen_batch_size=s3gen_batch_size,
+            gpu_memory_utilization=utilization,
+        )
 
     def describe(self) -> str:
         """The knobs as logged at load time (derived values marked)."""
@@ -163,7 +206,7 @@ class EngineConfig:
             f"{'' if self.max_model_len else ' (derived)'} max_new_tokens={self.max_new_tokens} "
             f"chunk_chars={self.chunk_chars}{'' if self.max_chunk_chars else ' (derived)'} "
             f"s3gen_batch_size={self.s3gen_batch_size} "
-            f"gpu_memory_utilization={self.gpu_memory_utilization:.2f}"
+            f"gpu_memory_utilization={self.gpu_memory_utilization}"
         )
 
 

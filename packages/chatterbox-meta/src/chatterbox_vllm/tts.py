@@ -73,6 +73,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["ChatterboxTTS", "EngineConfig", "GenerationResult", "TTSRequest", "VoiceLike"]
 
 
+def _stop_when_built(future: Any) -> None:
+    """Waits for an engine that is being built and stops it (its loader failed elsewhere)."""
+    try:
+        future.result().shutdown()
+    except Exception as error:  # it failed to build too: nothing to stop
+        logger.debug("T3 engine did not start either: %s", error)
+
+
 @contextlib.contextmanager
 def _v1_engine_requested() -> Iterator[None]:
     """vLLM builds its V0 engine when an engine is created outside the main thread unless V1 is
@@ -168,37 +176,45 @@ class ChatterboxTTS(SpeechFront[Voice]):
         from chatterbox_s3gen import S3Gen
         from chatterbox_t3 import AsyncT3Engine
 
-        config = config.resolve(cuda_available=torch.cuda.is_available())
+        cuda = torch.cuda.is_available()
+        memory = torch.cuda.get_device_properties(0).total_memory if cuda else None
+        config = config.resolve(cuda_available=cuda, gpu_memory_bytes=memory)
         logger.info("loading %s: %s", path, config.describe())
         assert config.device is not None
         loop = EventLoopThread()
+        engine_kwargs = dict(
+            dtype=config.dtype,
+            max_num_seqs=config.max_num_seqs,
+            max_model_len=config.model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            cuda_graphs=config.cuda_graphs,
+            num_gpu_blocks_override=config.num_gpu_blocks_override,
+            conditioning_device=config.device,
+            **config.engine_kwargs,
+        )
+
+        async def start_engine() -> AsyncT3Engine:
+            # Built on the loop that will drive it: vLLM binds its output handler there.
+            return AsyncT3Engine.from_checkpoint(path, **engine_kwargs)
+
         try:
             begin = time.perf_counter()
-            s3gen = S3Gen.from_checkpoint(
-                path,
-                device=config.device,
-                dtype=getattr(torch, config.s3gen_dtype),
-                vocoder=config.vocoder,
-            )
-            logger.info("S3Gen loaded in %.1f s", time.perf_counter() - begin)
-            engine_kwargs = dict(
-                dtype=config.dtype,
-                max_num_seqs=config.max_num_seqs,
-                max_model_len=config.model_len,
-                gpu_memory_utilization=config.gpu_memory_utilization,
-                cuda_graphs=config.cuda_graphs,
-                num_gpu_blocks_override=config.num_gpu_blocks_override,
-                conditioning_device=config.device,
-                **config.engine_kwargs,
-            )
-
-            async def start_engine() -> AsyncT3Engine:
-                # Built on the loop that will drive it: vLLM binds its output handler there.
-                return AsyncT3Engine.from_checkpoint(path, **engine_kwargs)
-
-            begin = time.perf_counter()
             with _v1_engine_requested():
-                t3 = loop.run(start_engine())
+                # T3's engine (its own process: weights, memory profile, graph capture) and
+                # S3Gen load at the same time; S3Gen is the shorter of the two.
+                t3_future = loop.submit(start_engine())
+                try:
+                    s3gen = S3Gen.from_checkpoint(
+                        path,
+                        device=config.device,
+                        dtype=getattr(torch, config.s3gen_dtype),
+                        vocoder=config.vocoder,
+                    )
+                except BaseException:
+                    _stop_when_built(t3_future)
+                    raise
+                logger.info("S3Gen loaded in %.1f s", time.perf_counter() - begin)
+                t3 = t3_future.result()
             logger.info("T3 engine started in %.1f s", time.perf_counter() - begin)
         except BaseException as error:
             loop.stop()
@@ -392,7 +408,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 stream_tokens=self._final_tokens,
                 loop=self._loop,
                 synthesize=self._synthesize,
-                s3gen_batch_size=self.config.s3gen_batch_size,
+                s3gen_batch_size=self.config.s3gen_batch_size or 1,  # resolved at load
                 engine_failure=self._t3_failure,
                 progress=progress,
             )

@@ -146,7 +146,8 @@ class ReplicatedChatterboxTTS(SpeechFront[_VoiceHandle]):
             (config or EngineConfig()).with_overrides(config_overrides),
             resolve_watermarker(watermark),
         )
-        chunks_per_call = max_chunks_per_call or self.config.max_num_seqs
+        # One vLLM batch per call; replicas derive their own max_num_seqs when it is unset.
+        chunks_per_call = max_chunks_per_call or self.config.max_num_seqs or 32
         if isinstance(chunks_per_call, bool) or not isinstance(chunks_per_call, int):
             raise InvalidParameterError(
                 f"max_chunks_per_call must be a positive int, got {max_chunks_per_call!r}"

@@ -1,0 +1,65 @@
+"""Engine knobs: one default each, derived values from the machine, explicit values kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatterbox_vllm import EngineConfig
+from chatterbox_vllm.config import KV_BYTES_PER_TOKEN_BF16, T3_FIXED_GPU_BYTES
+from chatterbox_vllm.errors import InvalidParameterError
+
+GIB = 2**30
+
+
+def test_cpu_gets_the_slow_path_settings() -> None:
+    config = EngineConfig().resolve(cuda_available=False)
+    assert (config.device, config.dtype, config.s3gen_dtype) == ("cpu", "float32", "float32")
+    assert (config.max_num_seqs, config.s3gen_batch_size) == (8, 4)
+
+
+def test_a_large_gpu_gets_the_fast_path_and_a_memory_split_sized_for_it() -> None:
+    config = EngineConfig().resolve(cuda_available=True, gpu_memory_bytes=141 * GIB)
+    assert (config.device, config.dtype, config.s3gen_dtype) == ("cuda", "bfloat16", "float16")
+    assert (config.max_num_seqs, config.s3gen_batch_size, config.cuda_graphs) == (64, 32, "auto")
+    kv = 64 * config.model_len * KV_BYTES_PER_TOKEN_BF16
+    assert config.gpu_memory_utilization is not None
+    assert config.gpu_memory_utilization * 141 * GIB >= T3_FIXED_GPU_BYTES + kv  # room for all
+    assert config.gpu_memory_utilization <= 0.25  # and the rest is left to S3Gen
+
+
+def test_a_24_gib_gpu_gets_smaller_batches_that_still_fit() -> None:
+    config = EngineConfig().resolve(cuda_available=True, gpu_memory_bytes=24 * GIB)
+    assert (config.max_num_seqs, config.s3gen_batch_size) == (32, 8)
+    kv = 32 * config.model_len * KV_BYTES_PER_TOKEN_BF16
+    assert config.gpu_memory_utilization is not None
+    assert T3_FIXED_GPU_BYTES + kv <= config.gpu_memory_utilization * 24 * GIB <= 0.9 * 24 * GIB
+
+
+def test_explicit_knobs_are_kept() -> None:
+    config = EngineConfig(
+        max_num_seqs=12, s3gen_batch_size=3, gpu_memory_utilization=0.55, s3gen_dtype="bfloat16"
+    ).resolve(cuda_available=True, gpu_memory_bytes=80 * GIB)
+    assert (config.max_num_seqs, config.s3gen_batch_size) == (12, 3)
+    assert (config.gpu_memory_utilization, config.s3gen_dtype) == (0.55, "bfloat16")
+
+
+@pytest.mark.parametrize(
+    ("knob", "value", "message"),
+    [
+        ("cuda_graphs", "always", "cuda_graphs must be one of auto, full, piecewise, off"),
+        ("device", "tpu", "device must be cuda, cuda:N or cpu"),
+        ("gpu_memory_utilization", 1.5, r"gpu_memory_utilization must be in \(0, 1\]"),
+        ("max_num_seqs", 0, "max_num_seqs must be a positive int"),
+        ("s3gen_dtype", "int8", "s3gen_dtype must be one of auto, float32"),
+    ],
+)
+def test_bad_knobs_name_themselves(knob: str, value: object, message: str) -> None:
+    with pytest.raises(InvalidParameterError, match=message):
+        EngineConfig(**{knob: value})
+
+
+def test_unknown_knobs_list_the_known_ones() -> None:
+    with pytest.raises(
+        InvalidParameterError, match="unknown engine option.*max_num_seq;.*max_num_seqs"
+    ):
+        EngineConfig().with_overrides({"max_num_seq": 4})
