@@ -355,3 +355,52 @@ def test_first_audio_latency_is_measured(server) -> None:
     text = httpx.get(server["base"] + "/metrics").text
     assert "chatterbox_first_audio_seconds_bucket" in text
     assert _metric(server["base"], "chatterbox_audio_seconds_total") > 0
+
+
+def test_voices_survive_a_restart(chatterbox_checkpoint: Path, tmp_path: Path) -> None:
+    """A voice stored in the voices directory is there again for the next server process."""
+    from types import SimpleNamespace
+
+    from chatterbox_vllm import Voice, VoiceConditionals
+    from chatterbox_vllm.server.voices import VoiceStore
+
+    voice = Voice.from_conditionals(VoiceConditionals.load(chatterbox_checkpoint / "conds.pt"))
+    engine = SimpleNamespace(default_voice=voice)
+    VoiceStore(engine, tmp_path).add("narrator", voice)  # type: ignore[arg-type]
+    restarted = VoiceStore(engine, tmp_path)  # type: ignore[arg-type]
+    assert restarted.names() == ["default", "narrator"]
+    loaded = restarted.get("narrator")
+    assert loaded.content_hash == voice.content_hash
+    assert torch_equal(loaded.t3.speaker_embedding, voice.t3.speaker_embedding)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_sigterm_lets_running_streams_finish_then_exits(server) -> None:
+    """Last test of the module: it stops the server."""
+    import signal
+
+    base = server["base"]
+    body = {"model": "chatterbox", "input": "Finish me before you go. " * 3, "response_format": "pcm",
+            "stream_format": "sse", "max_new_tokens": 40}  # fmt: skip
+    events = []
+    with httpx.stream(
+        "POST", base + "/v1/audio/speech", json=body, headers=_headers(), timeout=300
+    ) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                break
+        server["process"].send_signal(signal.SIGTERM)
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    assert events[-1]["type"] == "speech.audio.done"  # the running stream was drained, not cut
+    assert server["process"].wait(timeout=120) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(base + "/health", timeout=5)
