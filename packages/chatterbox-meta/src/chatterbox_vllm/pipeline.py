@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -57,6 +57,18 @@ class EventLoopThread:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def decode_all_or_none(coroutines: Iterable[Coroutine[Any, Any, Any]]) -> None:
+    """Runs every chunk's T3 decoding at once; on the first error, or when cancelled, stops the
+    others (vLLM aborts a request when its stream is closed, freeing its KV blocks)."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass
@@ -127,18 +139,7 @@ def run_pipeline(
             raise RuntimeError(f"T3 returned no output for chunk {job_index}")
         finished.put((job_index, final))
 
-    async def decode_all() -> None:
-        tasks = [asyncio.ensure_future(decode(i)) for i in range(len(jobs))]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            # On error or cancellation, stop the other chunks' decoding (vLLM aborts a request
-            # when its stream is closed).
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    t3_future = loop.submit(decode_all())
+    t3_future = loop.submit(decode_all_or_none(decode(i) for i in range(len(jobs))))
     t3_future.add_done_callback(lambda _: finished.put(_T3_FINISHED))
     t3_end: float | None = None
     remaining = len(jobs)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
+from chatterbox_vllm.pipeline import decode_all_or_none
 
 if TYPE_CHECKING:
     from chatterbox_s3gen import S3Gen, S3GenReference
@@ -361,16 +362,7 @@ class StreamSession:
         self._future = self._loop.submit(self._decode_all())
 
     async def _decode_all(self) -> None:
-        import asyncio
-
-        tasks = [asyncio.ensure_future(self._decode(item)) for item in self.items]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            # Cancelled (consumer gone) or failed: stop the rest, which aborts their vLLM requests.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await decode_all_or_none(self._decode(item) for item in self.items)
 
     async def _decode(self, item: StreamItem) -> None:
         sent = 0
