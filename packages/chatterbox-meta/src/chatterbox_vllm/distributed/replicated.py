@@ -18,7 +18,7 @@ as one ``ChatterboxTTS``, and the same join (crossfade, watermark). What this ex
 each voice is prepared once (on a replica) and shipped through Ray's object store, and the plan's
 items are spread over the replicas by pending speech tokens
 (:mod:`chatterbox_vllm.distributed.placement`); replicas run the items as they are. A replica that dies mid-call has
-its unfinished chunks redone elsewhere and is replaced (:mod:`chatterbox_vllm.distributed.pool`).
+its unfinished chunks redone elsewhere and is replaced (:mod:`chatterbox_vllm.distributed.dispatch`).
 See ``docs/multi-node.md`` for running a cluster.
 """
 
@@ -35,9 +35,8 @@ from cachetools import LRUCache
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, AudioInput, load_voice_audio
 from chatterbox_vllm.config import EngineConfig
+from chatterbox_vllm.distributed.dispatch import ChunkDispatcher, DispatchReport
 from chatterbox_vllm.distributed.pool import (
-    ChunkDispatcher,
-    DispatchReport,
     ReplicaError,
     ReplicaHandle,
     ReplicaPool,
