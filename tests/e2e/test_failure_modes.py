@@ -115,6 +115,7 @@ def test_speak_writes_wav_to_stdout_from_a_saved_voice_and_logs_only_to_stderr(
     audio, rate = soundfile.read(io.BytesIO(result.stdout))  # stdout is exactly one WAV file
     assert rate == 24_000 and audio.ndim == 1 and len(audio) > 0
     assert LOADING in stderr and "T3 engine started in" in stderr  # load stages with times
+    assert "T3 speech tokens" in stderr and "S3Gen chunks" in stderr  # progress, on stderr
 
 
 def test_a_killed_engine_is_an_error_for_the_running_and_every_later_call(
@@ -151,3 +152,27 @@ def test_a_killed_engine_is_an_error_for_the_running_and_every_later_call(
         assert "killed by signal 9" in str(outcome[0])
         with pytest.raises(EngineDeadError, match="load a new one"):
             tts.generate("Again.", progress=False)
+
+
+def test_an_engine_killed_between_calls_fails_the_next_call_at_once(
+    chatterbox_checkpoint: Path, chatterbox_engine_options
+) -> None:
+    import os
+    import signal
+    import time
+
+    from chatterbox_vllm import ChatterboxTTS, EngineDeadError
+
+    with ChatterboxTTS.from_local(
+        chatterbox_checkpoint, watermark=False, device="cpu", **chatterbox_engine_options
+    ) as tts:
+        assert tts.generate("Fine.", max_new_tokens=4, progress=False).duration_s > 0
+        (process,) = tts._t3._engine.engine_core.resources.engine_manager.processes
+        os.kill(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the process group
+        process.join(timeout=30)
+        start = time.perf_counter()
+        with pytest.raises(EngineDeadError, match="engine is dead.*load a new one"):
+            tts.generate("Next call.", progress=False)
+        assert time.perf_counter() - start < 5
+        with pytest.raises(EngineDeadError):  # and every later one
+            tts.generate("And the next.", progress=False)

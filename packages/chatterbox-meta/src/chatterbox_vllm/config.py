@@ -28,6 +28,7 @@ KV_BYTES_PER_TOKEN_BF16 = 245_760
 T3_FIXED_GPU_BYTES = 6 * 2**30
 """T3 weights (1 GB in bf16), CUDA graphs, activations and vLLM's sampler buffers, with room."""
 LARGE_GPU_BYTES = 40 * 2**30
+HUGE_GPU_BYTES = 100 * 2**30
 CUDA_GRAPH_MODES = ("auto", "full", "piecewise", "off")
 
 
@@ -58,7 +59,8 @@ class EngineConfig:
         "(default: what max_num_seqs full-length chunks need, from the card's memory)",
     )
     max_num_seqs: int | None = _knob(
-        None, "most chunks T3 decodes at once (default: 64 on >= 40 GiB GPUs, 32 below, 8 on CPU)"
+        None,
+        "most chunks T3 decodes at once (default: 128 on >= 100 GiB GPUs, 64 on >= 40 GiB, 32 below, 8 on CPU)",
     )
     max_model_len: int | None = _knob(
         None,
@@ -174,8 +176,11 @@ class EngineConfig:
         s3gen_dtype = self.s3gen_dtype
         if s3gen_dtype == "auto":
             s3gen_dtype = "float16" if on_gpu else "float32"
-        large = on_gpu and (gpu_memory_bytes or 0) >= LARGE_GPU_BYTES
-        max_num_seqs = self.max_num_seqs or (64 if large else 32 if on_gpu else 8)
+        memory = gpu_memory_bytes or 0
+        large = on_gpu and memory >= LARGE_GPU_BYTES
+        # A long text has ~170 chunks (33 min of audio); H200-class cards hold 128 at full length.
+        huge = on_gpu and memory >= HUGE_GPU_BYTES
+        max_num_seqs = self.max_num_seqs or (128 if huge else 64 if large else 32 if on_gpu else 8)
         s3gen_batch_size = self.s3gen_batch_size or (32 if large else 8 if on_gpu else 4)
         utilization = self.gpu_memory_utilization
         if utilization is None:

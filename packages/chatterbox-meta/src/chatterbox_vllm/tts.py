@@ -208,6 +208,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
                         path,
                         device=config.device,
                         dtype=getattr(torch, config.s3gen_dtype),
+                        vocoder_dtype=getattr(torch, config.s3gen_dtype),
                         vocoder=config.vocoder,
                     )
                 except BaseException:
