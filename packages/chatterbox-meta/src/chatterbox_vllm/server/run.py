@@ -4,11 +4,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 from chatterbox_vllm.errors import ChatterboxError
 
 logger = logging.getLogger(__name__)
+
+
+def _draining_server(config: Any) -> Any:
+    """A uvicorn server for which SIGTERM/SIGINT only start the graceful drain. uvicorn itself
+    re-raises the signal once it has drained, which would kill this process before the T3 engine
+    (a child process) is shut down; here ``run()`` returns and the caller stops the engine."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    received = getattr(self, "_captured_signals", None)
+                    if received:
+                        logger.info("drained after signal(s) %s; stopping", received)
+                        received.clear()
+
+    return DrainingServer(config)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -32,7 +56,7 @@ def serve(args: argparse.Namespace) -> int:
     tts = load(args, config)
     try:
         app = create_app(tts, settings)
-        server = uvicorn.Server(
+        server = _draining_server(
             uvicorn.Config(
                 app,
                 host=settings.host,
