@@ -1,8 +1,8 @@
 """Test sessions (nox with the uv backend).
 
 nox                       # every CPU session below except `gpu` (the README's test command)
-nox -s tests              # the whole CPU suite in the workspace environment (uv.lock)
-nox -s t3 s3gen meta      # each component alone in a fresh venv: proves independent installs
+nox -s tests              # the cross-package tests (tests/) in the workspace environment (uv.lock)
+nox -s t3 s3gen meta      # each component's own tests, the component alone in a fresh venv
 nox -s parity             # our code vs the reference chatterbox-tts 0.1.2 on identical weights
 nox -s lint typecheck
 nox -s gpu                # tests marked `gpu`, on a machine with a CUDA GPU
@@ -55,7 +55,9 @@ def _pytest(session: nox.Session, *paths: str, marker: str = "not gpu") -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole CPU suite in the locked workspace environment."""
+    """The cross-package tests (tests/: end to end, server, Ray, README, boundaries) in the locked
+    workspace environment. Each package's own tests run once, in its isolated session (t3, s3gen,
+    meta), which also proves that the package installs on its own."""
     session.run_install(
         "uv",
         "sync",
@@ -65,14 +67,7 @@ def tests(session: nox.Session) -> None:
         "test",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
-    _pytest(
-        session,
-        "packages/t3-vllm/tests",
-        "packages/s3gen/tests",
-        "packages/chatterbox-meta/tests",
-        "tests",
-        "--ignore=tests/parity",
-    )
+    _pytest(session, "tests", "--ignore=tests/parity")
 
 
 @nox.session(python=PYTHON)
