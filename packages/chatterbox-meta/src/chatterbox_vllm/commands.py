@@ -91,14 +91,10 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
 def size_for_text(config: EngineConfig, text: str) -> EngineConfig:
     """A one-text command never decodes more sequences than the text has chunks: the engine's
     batch (and with it the KV cache the memory split reserves) is sized for the text."""
-    import torch
-
     from chatterbox_vllm.text import split_text
 
     chunks = len(split_text(text, config.chunk_chars))
-    cuda = torch.cuda.is_available() and (config.device or "cuda").startswith("cuda")
-    memory = torch.cuda.get_device_properties(0).total_memory if cuda else None
-    card = config.resolve(cuda_available=cuda, gpu_memory_bytes=memory).max_num_seqs or 1
+    card = config.resolve_here().max_num_seqs or 1
     sized = min(card, max(1, chunks))
     logger.info(
         "max_num_seqs=%d: the text has %d chunk(s), this machine takes up to %d",

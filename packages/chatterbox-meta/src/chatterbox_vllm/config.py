@@ -202,6 +202,14 @@ class EngineConfig:
             gpu_memory_utilization=utilization,
         )
 
+    def resolve_here(self) -> EngineConfig:
+        """:meth:`resolve` for the machine this runs on (CUDA and the first card's memory)."""
+        import torch
+
+        cuda = torch.cuda.is_available()
+        memory = torch.cuda.get_device_properties(0).total_memory if cuda else None
+        return self.resolve(cuda_available=cuda, gpu_memory_bytes=memory)
+
     def describe(self) -> str:
         """The knobs as logged at load time (derived values marked)."""
         return (

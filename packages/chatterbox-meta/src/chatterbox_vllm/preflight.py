@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from chatterbox_vllm.audio import AudioInput, load_voice_audio, output_format
-from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError, InvalidTextError
+from chatterbox_vllm.errors import ChatterboxError, InvalidTextError
 from chatterbox_vllm.hub import check_checkpoint_dir
 from chatterbox_vllm.text import split_text, validate_text
 from chatterbox_vllm.voices import Voice
@@ -37,12 +37,8 @@ def check_device(device: str | None) -> str:
     """The device to run on, or a :class:`ChatterboxError` saying what the machine lacks.
 
     vLLM 0.9.2 runs T3 on NVIDIA GPUs (CUDA); without one it fails deep inside with
-    ``libcuda.so.1: cannot open shared object file``, so this is checked first."""
-    if device is not None and device.split(":")[0] not in ("cuda", "cpu"):
-        raise InvalidParameterError(
-            f"device must be cuda, cuda:N or cpu, got {device!r} (vLLM 0.9.2 runs T3 on NVIDIA "
-            "GPUs; cpu is the slow path the tests use)"
-        )
+    ``libcuda.so.1: cannot open shared object file``, so this is checked first. ``device`` is
+    an :class:`~chatterbox_vllm.config.EngineConfig`'s, whose spelling that class validates."""
     cuda = torch.cuda.is_available()
     if device is None:
         device = "cuda" if cuda else "cpu"

@@ -15,6 +15,7 @@ non-streamed synthesis of the same tokens; lengths are identical.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import queue
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
+from chatterbox_vllm.errors import EngineDeadError
 from chatterbox_vllm.pipeline import decode_all_or_none
 
 if TYPE_CHECKING:
@@ -354,8 +356,6 @@ class StreamSession:
         self._emitted = 0
         self._finished = False
         self._future: Any = None
-        self.first_audio_at: float | None = None
-        self.started_at = time.perf_counter()
         self.speech_tokens = 0
 
     def start(self) -> None:
@@ -376,7 +376,7 @@ class StreamSession:
             self._batcher.end(item.stream_id)
         except BaseException as error:
             self._batcher.cancel(item.stream_id)
-            if not isinstance(error, GeneratorExit | KeyboardInterrupt) and not _is_cancel(error):
+            if not isinstance(error, GeneratorExit | KeyboardInterrupt | asyncio.CancelledError):
                 self.events.put(item.order, [], True, error)
             raise
 
@@ -402,8 +402,6 @@ class StreamSession:
         return out
 
     def _chunk(self, waveform: torch.Tensor, *, final: bool) -> AudioChunk:
-        if self.first_audio_at is None and waveform.numel():
-            self.first_audio_at = time.perf_counter()
         chunk = AudioChunk(
             waveform=waveform,
             sample_rate=S3GEN_SAMPLE_RATE,
@@ -425,8 +423,6 @@ class StreamSession:
         return self._next_ready()
 
     def check_engine(self) -> None:
-        from chatterbox_vllm.errors import EngineDeadError
-
         failure = self._engine_failure()
         if failure is not None:
             raise EngineDeadError(
@@ -443,12 +439,6 @@ class StreamSession:
             self._future.cancel()
         for item in self.items:
             self._batcher.cancel(item.stream_id)
-
-
-def _is_cancel(error: BaseException) -> bool:
-    import asyncio
-
-    return isinstance(error, asyncio.CancelledError)
 
 
 def iterate_stream(session: StreamSession) -> Iterator[AudioChunk]:
@@ -468,8 +458,6 @@ def iterate_stream(session: StreamSession) -> Iterator[AudioChunk]:
 
 async def aiterate_stream(session: StreamSession) -> AsyncGenerator[AudioChunk, None]:
     """:func:`iterate_stream` for an event loop: events wake the loop, which is never blocked."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
     session.events.bind(lambda: loop.call_soon_threadsafe(wake.set))

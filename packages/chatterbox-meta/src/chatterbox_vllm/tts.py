@@ -176,9 +176,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         from chatterbox_s3gen import S3Gen
         from chatterbox_t3 import AsyncT3Engine
 
-        cuda = torch.cuda.is_available()
-        memory = torch.cuda.get_device_properties(0).total_memory if cuda else None
-        config = config.resolve(cuda_available=cuda, gpu_memory_bytes=memory)
+        config = config.resolve_here()
         logger.info("loading %s: %s", path, config.describe())
         assert config.device is not None
         loop = EventLoopThread()

@@ -28,13 +28,12 @@ from chatterbox_vllm.errors import (
     AudioError,
     ChatterboxError,
     EngineDeadError,
-    InvalidParameterError,
     InvalidTextError,
 )
 from chatterbox_vllm.server.metrics import Metrics
 from chatterbox_vllm.server.schema import SpeechRequest, controls_of
 from chatterbox_vllm.server.settings import ServerSettings
-from chatterbox_vllm.server.voices import DEFAULT_VOICE, UnknownVoiceError, VoiceStore
+from chatterbox_vllm.server.voices import UnknownVoiceError, VoiceStore
 from chatterbox_vllm.streaming import aiterate_stream
 
 if TYPE_CHECKING:
@@ -334,4 +333,4 @@ def _prepare_upload(tts: ChatterboxTTS, data: bytes, filename: str) -> Any:
     return tts.prepare_voice((samples.T.copy(), int(rate)))
 
 
-__all__ = ["DEFAULT_VOICE", "InvalidParameterError", "create_app"]
+__all__ = ["create_app"]
