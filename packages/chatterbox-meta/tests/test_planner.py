@@ -50,3 +50,29 @@ def test_errors_name_the_text_when_there_are_several() -> None:
         plan_requests(["fine", "  "], [GenerationParams()] * 2, EngineConfig())
     with pytest.raises(InvalidParameterError, match="max_new_tokens=2000 does not fit the engine"):
         plan_requests(["fine"], [GenerationParams(max_new_tokens=2000)], EngineConfig())
+
+
+@pytest.mark.parametrize(
+    ("chars", "max_new_tokens", "per_second", "expected"),
+    [
+        (150, 1000, None, 250),  # 15 characters per second of speech, 25 tokens per second
+        (30, 1000, None, 50),
+        (150, 100, None, 100),  # capped by the token budget
+        (150, 1000, 10, 100),  # capped by tokens per expected second
+        (1, 1000, None, 2),
+        (0, 1000, None, 1),  # never zero: placement divides by it
+    ],
+)
+def test_estimated_tokens_follow_text_length_and_the_caps(
+    chars: int, max_new_tokens: int, per_second: float | None, expected: int
+) -> None:
+    from chatterbox_vllm.planner import PlanItem
+
+    params = GenerationParams(
+        max_new_tokens=max_new_tokens, max_tokens_per_expected_second=per_second
+    )
+    item = PlanItem(
+        order=0, request_index=0, chunk_index=0, text="x" * chars, params=params,
+        max_tokens=token_cap("x" * chars, max_new_tokens, per_second), seed=None,
+    )  # fmt: skip
+    assert item.estimated_tokens == expected
