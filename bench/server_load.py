@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import os
 import shlex
 import signal
@@ -87,6 +88,7 @@ class RoundResult:
     concurrency: int
     wall_s: float
     streams: list[StreamResult] = field(default_factory=list)
+    captures_after_start: float | None = None
 
     @property
     def ok(self) -> list[StreamResult]:
@@ -184,12 +186,58 @@ async def run_round(
     headers: dict[str, str],
     concurrency: int,
     timeout_s: float,
+    texts: list[str],
 ) -> RoundResult:
+    """N requests at once; request ``i`` speaks ``texts[i % len(texts)]``."""
     start = time.perf_counter()
     streams = await asyncio.gather(
-        *(one_stream(client, url, body, headers, i, timeout_s, start) for i in range(concurrency))
+        *(
+            one_stream(
+                client, url, {**body, "input": texts[i % len(texts)]}, headers, i, timeout_s, start
+            )
+            for i in range(concurrency)
+        )
     )
     return RoundResult(concurrency, time.perf_counter() - start, list(streams))
+
+
+def split_paragraphs(text: str, low: int = 25, high: int = 45) -> list[str]:
+    """Consecutive sentences grouped into paragraphs of ``low``..``high`` words (a sentence
+    longer than ``high`` words is a paragraph of its own): distinct requests of 10-15 s of
+    speech each, as a crowd of listeners would send."""
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s.strip()]
+    groups: list[str] = []
+    current: list[str] = []
+    words = 0
+    for sentence in sentences:
+        count = len(sentence.split())
+        if current and words + count > high:
+            groups.append(" ".join(current))
+            current, words = [], 0
+        current.append(sentence)
+        words += count
+        if words >= low:
+            groups.append(" ".join(current))
+            current, words = [], 0
+    if current and (words >= low or not groups):
+        groups.append(" ".join(current))
+    return groups
+
+
+CAPTURE_METRIC = "chatterbox_s3gen_graph_captures_after_startup_total"
+"""The server's count of CUDA-graph captures after start-up (must stay 0 while serving)."""
+
+
+async def scrape_captures(client: httpx.AsyncClient, base: str, headers: dict[str, str]) -> float | None:
+    """The server's captures-after-start-up counter, or None when it has none."""
+    try:
+        response = await client.get(base + "/metrics", headers=headers)
+    except httpx.HTTPError:
+        return None
+    for line in response.text.splitlines():
+        if line.startswith(CAPTURE_METRIC + " ") or line.startswith(CAPTURE_METRIC + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 async def check_health(base: str, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -226,6 +274,8 @@ async def benchmark(args: argparse.Namespace, base: str) -> list[RoundResult]:
     }
     if args.max_new_tokens is not None:
         body["max_new_tokens"] = args.max_new_tokens
+    if args.max_tokens_per_expected_second is not None:
+        body["max_tokens_per_expected_second"] = args.max_tokens_per_expected_second
     if args.seed is not None:
         body["seed"] = args.seed
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -234,7 +284,9 @@ async def benchmark(args: argparse.Namespace, base: str) -> list[RoundResult]:
     timeout = httpx.Timeout(args.request_timeout, connect=30.0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         logger.info("warm-up request (not timed)")
-        warm = await one_stream(client, url, body, headers, -1, args.request_timeout, 0.0)
+        warm = await one_stream(
+            client, url, {**body, "input": args.texts[0]}, headers, -1, args.request_timeout, 0.0
+        )
         if not warm.ok:
             raise LoadError(f"the warm-up request failed: {warm.error}")
         logger.info(
@@ -246,7 +298,10 @@ async def benchmark(args: argparse.Namespace, base: str) -> list[RoundResult]:
         rounds = []
         for n in args.concurrency:
             logger.info("round N=%d: %d concurrent streams", n, n)
-            result = await run_round(client, url, body, headers, n, args.request_timeout)
+            result = await run_round(
+                client, url, body, headers, n, args.request_timeout, args.texts
+            )
+            result.captures_after_start = await scrape_captures(client, base, headers)
             for failure in result.failures[:5]:
                 logger.warning("N=%d stream %d failed: %s", n, failure.index, failure.error)
             if len(result.failures) > 5:
@@ -269,11 +324,39 @@ def _fmt(value: float, digits: int = 0) -> str:
     return "-" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
+STALL_THRESHOLD_S = 0.02
+"""A stream counts as stalled when its player waited longer than this in all (one 20 ms frame)."""
+
+
+def stalled(r: RoundResult) -> int:
+    return sum(1 for s in r.ok if s.stall_s > STALL_THRESHOLD_S)
+
+
+def round_summary(r: RoundResult) -> dict[str, Any]:
+    """The product benchmark's fields for one round (bench/product.py)."""
+    ok = r.ok
+    first = [s.first_audio_s * 1000 for s in ok if s.first_audio_s is not None]
+    rtf = [s.rtf for s in ok]
+    return {
+        "n": r.concurrency,
+        "first_audio_p50_ms": percentile(first, 50),
+        "first_audio_p95_ms": percentile(first, 95),
+        "stalled_streams": stalled(r),
+        "worst_stall_ms": max((s.stall_s for s in ok), default=math.nan) * 1000,
+        "rtf_min": min(rtf) if rtf else math.nan,
+        "rtf_p50": percentile(rtf, 50),
+        "aggregate_x": sum(s.audio_s for s in ok) / r.wall_s if r.wall_s > 0 else math.nan,
+        "failures": len(r.failures),
+        "captures_after_start": r.captures_after_start,
+    }
+
+
 def markdown_table(rounds: list[RoundResult]) -> str:
     lines = [
         "| N | ok | failed | first audio p50 (ms) | first audio p95 (ms) | RTF min | RTF p50 "
-        "| worst stall (ms) | audio s / stream (p50) | audio s per s | round wall (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| worst stall (ms) | stalled streams | audio s / stream (p50) | audio s per s "
+        "| round wall (s) | captures after start |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
         ok = r.ok
@@ -285,8 +368,10 @@ def markdown_table(rounds: list[RoundResult]) -> str:
             f"| {_fmt(percentile(first, 50))} | {_fmt(percentile(first, 95))} "
             f"| {_fmt(min(rtf) if rtf else math.nan, 2)} | {_fmt(percentile(rtf, 50), 2)} "
             f"| {_fmt(max((s.stall_s for s in ok), default=math.nan) * 1000)} "
+            f"| {stalled(r)} "
             f"| {_fmt(percentile(audio, 50), 2)} | {_fmt(sum(audio) / r.wall_s, 2)} "
-            f"| {_fmt(r.wall_s, 1)} |"
+            f"| {_fmt(r.wall_s, 1)} "
+            f"| {'-' if r.captures_after_start is None else f'{r.captures_after_start:g}'} |"
         )
     reasons = Counter(s.error for r in rounds for s in r.failures)
     if reasons:
@@ -296,12 +381,21 @@ def markdown_table(rounds: list[RoundResult]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, args: argparse.Namespace, base: str, rounds: list[RoundResult]) -> None:
+def write_json(
+    path: Path,
+    args: argparse.Namespace,
+    base: str,
+    rounds: list[RoundResult],
+    startup_s: float | None,
+) -> None:
     payload = {
         "url": base,
-        "text": args.text,
+        "server_startup_s": startup_s,
+        "summary": [round_summary(r) for r in rounds],
+        "texts": args.texts,
         "voice": args.voice,
         "max_new_tokens": args.max_new_tokens,
+        "max_tokens_per_expected_second": args.max_tokens_per_expected_second,
         "seed": args.seed,
         "rounds": [
             {
@@ -358,6 +452,8 @@ class ManagedServer:
             self.log_path = Path(name)
         self.startup_timeout_s = args.startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
+        """Seconds from starting the process to its first healthy /health."""
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -388,7 +484,8 @@ class ManagedServer:
                 )
             try:
                 if httpx.get(self.base + "/health", timeout=2).status_code == 200:
-                    logger.info("server healthy after %.0f s", time.monotonic() - started)
+                    self.startup_s = time.monotonic() - started
+                    logger.info("server healthy after %.0f s", self.startup_s)
                     return
             except httpx.HTTPError:
                 pass
@@ -474,6 +571,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-new-tokens", type=_positive(int), help="speech-token cap per text chunk"
     )
+    parser.add_argument(
+        "--max-tokens-per-expected-second",
+        type=_positive(float),
+        help="speech-token cap per text chunk, per second of speech its text is expected to take",
+    )
+    parser.add_argument(
+        "--paragraphs",
+        action="store_true",
+        help="split the input text into 25-45 word paragraphs; request i of a round speaks "
+        "paragraph i (cycling), so concurrent streams differ",
+    )
     parser.add_argument("--seed", type=int, help="seed of every request (the same for all)")
     parser.add_argument(
         "--request-timeout",
@@ -533,6 +641,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         args.text = DEFAULT_TEXT
     if not args.text.strip():
         parser.error("the input text is empty")
+    args.texts = split_paragraphs(args.text) if args.paragraphs else [args.text]
     return args, server_args
 
 
@@ -564,14 +673,21 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
     tokens = "server default" if args.max_new_tokens is None else str(args.max_new_tokens)
+    inputs = (
+        f"{len(args.texts)} paragraphs of {min(len(t.split()) for t in args.texts)}-"
+        f"{max(len(t.split()) for t in args.texts)} words"
+        if args.paragraphs
+        else f"{len(args.text)}-character input"
+    )
     print(
-        f"{len(args.text)}-character input, voice {args.voice!r}, max_new_tokens {tokens}, "
-        f"seed {args.seed}, pcm 24 kHz streamed (stream_format audio)\n"
+        f"{inputs}, voice {args.voice!r}, max_new_tokens {tokens}, token cap per expected "
+        f"second {args.max_tokens_per_expected_second or 'server default'}, seed {args.seed}, "
+        "pcm 24 kHz streamed (stream_format audio)\n"
     )
     print(markdown_table(rounds))
     if args.json is not None:
         try:
-            write_json(args.json, args, base, rounds)
+            write_json(args.json, args, base, rounds, server.startup_s if server else None)
         except OSError as error:
             print(
                 f"server_load.py: error: cannot write --json {args.json}: {error}", file=sys.stderr

@@ -3,6 +3,10 @@
 # its own timeout so one hang cannot eat the whole call. Run from the repo root on the device:
 #   bash bench/device/session.sh PART [PART ...]
 # PARTs:
+#   product        THE product benchmark (issue 15/16): `chatterbox-vllm bench` on benchmark-text-1
+#                  at the defaults, then `bench/server_load.py` at N = 1, 8, 32, 64, 128 (distinct
+#                  25-45 word paragraphs, 25 tokens per expected second), merged by bench/product.py
+#                  into $OUT/product.json + product.md. Carry .gpu-bundle .device-wheels .device-data.
 #   t3-bench       T3 tok/s, cuda_graphs off/piecewise/full at batch 1/16/64 + the reference HF loop
 #   t3-tests       pytest -m gpu of packages/t3-vllm (CUDA-graph token identity, preemption)
 #   s3gen-tests    pytest -m gpu of packages/s3gen
@@ -58,6 +62,27 @@ for part in "$@"; do
         --prompt-seconds 10 --loop-items 0 --dtypes fp16 --batch-sizes 8 32 64 --modes graphs ;;
     s3gen-accuracy) run s3gen-accuracy 150 python3 bench/s3gen_bench.py --size full --device cuda \
         --accuracy-only --accuracy-items 4 --accuracy-seconds 6 --prompt-seconds 5 --modes eager graphs ;;
+    product)
+      ck=/tmp/ck-full
+      [ -f $ck/s3gen.safetensors ] || run make-checkpoint 240 python3 -m chatterbox_vllm.cli \
+          make-random-checkpoint $ck --size full --seed 0
+      nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$out/gpumem.txt" &
+      smi=$!
+      run e2e ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir $ck \
+          --text-file .device-data/benchmark-text-1.txt --voice .device-data/voice-01.wav \
+          --no-watermark --quiet --json "$out/e2e.json" $E2E_FLAGS
+      cat "$out/e2e.log" | grep -v -E '^\s*$' | tail -18
+      : > "$out/gpumem.txt"  # the server's peak only
+      run serve-load ${LOAD_S:-400} python3 bench/server_load.py --model-dir $ck \
+          --concurrency ${LOAD_N:-1,8,32,64,128} --text-file .device-data/benchmark-text-1.txt --paragraphs \
+          --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
+          --server-log "$out/server.log" --json "$out/server-load.json" -- --no-watermark $SERVE_FLAGS
+      cat "$out/serve-load.log" | grep -E 'healthy|^\|' | head -12
+      kill $smi 2>/dev/null
+      python3 bench/product.py --e2e "$out/e2e.json" --load "$out/server-load.json" \
+          --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)" \
+          --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), GPU harness (bench/device)" \
+          --gpu-memory-log "$out/gpumem.txt" --out "$out/product.json" | tee "$out/product.md" ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

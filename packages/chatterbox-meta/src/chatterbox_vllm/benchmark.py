@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 from typing import Any
@@ -107,6 +108,24 @@ def bench(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    if getattr(args, "json", None) is not None:
+        measured = {
+            "audio_s": audio,
+            "wall_s": wall,
+            "x_realtime": audio / wall if wall > 0 else None,
+            "load_s": load_seconds,
+            "chunks": len(result.chunks),
+            "speech_tokens": tokens,
+            "t3_s": timings.t3,
+            "t3_tokens_per_s": tokens / timings.t3 if timings.t3 > 0 else None,
+            "s3gen_busy_s": timings.s3gen,
+            "s3gen_batches": timings.s3gen_batches,
+            "peak_gpu_memory_gib": memory.peak_bytes / 2**30 if memory.available else None,
+        }
+        try:
+            args.json.write_text(json.dumps(measured, indent=1))
+        except OSError as error:
+            raise ChatterboxError(f"cannot write --json {args.json}: {error}") from error
     return 0
 
 
