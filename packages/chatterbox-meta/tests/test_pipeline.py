@@ -1,4 +1,5 @@
-"""The T3 -> S3Gen pipeline's orchestration, with stand-in stages whose timing we control."""
+"""``generate``'s executor (T3, then the engine's S3Gen scheduler), with stand-in stages whose
+timing we control."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from chatterbox_vllm.controls import GenerationParams
 from chatterbox_vllm.pipeline import ChunkJob, EventLoopThread, run_pipeline
 from chatterbox_vllm.planner import PlanItem
+from chatterbox_vllm.scheduler import S3GenScheduler
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,17 @@ class StaggeredT3:
 
 
 class RecordingS3Gen:
+    """A SpeechDecoder whose waveform says which reference it was paired with."""
+
+    sample_rate = 24_000
+
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[tuple[float, list[list[int]], list[int | None]]] = []
         self.fail = fail
 
-    def synthesize(self, tokens: list[list[int]], references: list, seeds: list) -> list:
+    def synthesize(
+        self, tokens: list[list[int]], references: list, *, n_timesteps: int, seeds: list
+    ) -> list:
         self.calls.append((time.perf_counter(), tokens, seeds))
         if self.fail:
             raise RuntimeError("S3Gen failed")
@@ -75,17 +83,18 @@ def loop() -> EventLoopThread:
     thread.stop()
 
 
-def test_s3gen_starts_while_t3_is_still_decoding(loop: EventLoopThread) -> None:
+def _scheduler(s3gen: RecordingS3Gen, max_batch: int, overlap: bool = False) -> S3GenScheduler:
+    return S3GenScheduler(s3gen, max_batch=max_batch, overlap_generate=overlap)
+
+
+def test_overlap_schedule_starts_s3gen_while_t3_is_still_decoding(loop: EventLoopThread) -> None:
     t3, s3gen = StaggeredT3(), RecordingS3Gen()
     jobs = _jobs(6)
+    scheduler = _scheduler(s3gen, max_batch=2, overlap=True)
     timings = run_pipeline(
-        jobs,
-        stream_tokens=t3.stream,
-        loop=loop,
-        synthesize=s3gen.synthesize,
-        s3gen_batch_size=2,
-        progress=False,
+        jobs, stream_tokens=t3.stream, loop=loop, scheduler=scheduler, progress=False
     )
+    scheduler.close()
     first_synthesis = s3gen.calls[0][0]
     assert first_synthesis < max(t3.finished_at.values())
     assert timings.overlap > 0 and timings.s3gen_batches == len(s3gen.calls)
@@ -103,42 +112,54 @@ def test_s3gen_starts_while_t3_is_still_decoding(loop: EventLoopThread) -> None:
     assert timings.speech_tokens == sum(range(1, 7))
 
 
+def test_default_schedule_runs_s3gen_after_t3_in_full_batches(loop: EventLoopThread) -> None:
+    """T3 (vLLM's process) and S3Gen (this one) time-slice one GPU: by default a call's chunks
+    reach S3Gen once T3 has decoded all of them, longest first, in batches of max_batch."""
+    t3, s3gen = StaggeredT3(), RecordingS3Gen()
+    jobs = _jobs(6)
+    scheduler = _scheduler(s3gen, max_batch=4)
+    timings = run_pipeline(
+        jobs, stream_tokens=t3.stream, loop=loop, scheduler=scheduler, progress=False
+    )
+    scheduler.close()
+    assert s3gen.calls[0][0] >= max(t3.finished_at.values())
+    assert [len(tokens) for _, tokens, _ in s3gen.calls] == [4, 2]
+    assert [len(t) for t in s3gen.calls[0][1]] == [6, 5, 4, 3]  # longest first
+    for job in jobs:
+        index = job.item.chunk_index
+        assert job.waveform is not None and torch.all(job.waveform == index)
+
+
 def test_t3_error_propagates_and_the_loop_keeps_working(loop: EventLoopThread) -> None:
     t3 = StaggeredT3(fail_on=1)
+    scheduler = _scheduler(RecordingS3Gen(), max_batch=4)
     with pytest.raises(RuntimeError, match="T3 failed on chunk 1"):
         run_pipeline(
             _jobs(4),
             stream_tokens=t3.stream,
             loop=loop,
-            synthesize=RecordingS3Gen().synthesize,
-            s3gen_batch_size=4,
+            scheduler=scheduler,
             progress=False,
         )
     time.sleep(0.3)
     assert t3.cancelled  # the other chunks' decoding was stopped
+    assert scheduler.stats.open_streams == 0  # and their S3Gen lanes closed
     jobs = _jobs(2)
     run_pipeline(
-        jobs,
-        stream_tokens=StaggeredT3().stream,
-        loop=loop,
-        synthesize=RecordingS3Gen().synthesize,
-        s3gen_batch_size=4,
-        progress=False,
+        jobs, stream_tokens=StaggeredT3().stream, loop=loop, scheduler=scheduler, progress=False
     )
+    scheduler.close()
     assert all(job.waveform is not None for job in jobs)
 
 
 def test_s3gen_error_cancels_t3(loop: EventLoopThread) -> None:
     t3 = StaggeredT3(step=0.05)
+    scheduler = _scheduler(RecordingS3Gen(fail=True), max_batch=1, overlap=True)
     with pytest.raises(RuntimeError, match="S3Gen failed"):
         run_pipeline(
-            _jobs(6),
-            stream_tokens=t3.stream,
-            loop=loop,
-            synthesize=RecordingS3Gen(fail=True).synthesize,
-            s3gen_batch_size=1,
-            progress=False,
+            _jobs(6), stream_tokens=t3.stream, loop=loop, scheduler=scheduler, progress=False
         )
+    scheduler.close()
     time.sleep(0.3)
     assert t3.cancelled and len(t3.finished_at) < 6
 
@@ -161,8 +182,7 @@ def test_a_dead_engine_ends_the_call_instead_of_hanging(loop: EventLoopThread) -
             _jobs(2),
             stream_tokens=never_finishes,
             loop=loop,
-            synthesize=RecordingS3Gen().synthesize,
-            s3gen_batch_size=2,
+            scheduler=_scheduler(RecordingS3Gen(), max_batch=2),
             engine_failure=lambda: next(deaths, "EngineCore_0 was killed by signal 9"),
             progress=False,
         )

@@ -42,7 +42,7 @@ def test_closing_a_stream_early_stops_it_and_the_engine_keeps_working(tts: Chatt
     assert first.waveform.numel() > 0
     iterator.close()  # stops T3 (vLLM abort) and the S3Gen streams
     assert tts.generate("Still fine.", max_new_tokens=8, progress=False).duration_s > 0
-    assert tts.batcher.stats.open_streams == 0
+    assert tts.scheduler.stats.open_streams == 0
 
 
 def test_concurrent_async_streams_all_complete(tts: ChatterboxTTS) -> None:
@@ -57,7 +57,7 @@ def test_concurrent_async_streams_all_complete(tts: ChatterboxTTS) -> None:
     async def main() -> list[int]:
         return await asyncio.gather(*(one(seed) for seed in range(6)))
 
-    stats = tts.batcher.stats
+    stats = tts.scheduler.stats
     batches, windows = stats.batches, stats.windows
     totals = asyncio.run(main())
     assert all(total > 0 for total in totals)

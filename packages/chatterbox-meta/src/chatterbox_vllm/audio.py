@@ -194,10 +194,68 @@ def to_tokenizer_rate(wav_24k: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _equal_power(samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fade-out, fade-in) weights of ``generate``'s equal-power crossfade."""
+    phase = (torch.arange(samples, dtype=torch.float64) + 0.5) / samples * (math.pi / 2)
+    return torch.cos(phase).float(), torch.sin(phase).float()
+
+
+class ChunkJoiner:
+    """Joins the audio of consecutive text chunks as ``generate`` does, while it streams: the end
+    of a text chunk (``min(crossfade, length / 2)`` samples) is held back and blended with the
+    next chunk's first samples by the same equal-power crossfade. Until a chunk is known to be
+    complete its last ``crossfade`` samples are held, since they may turn out to be its end."""
+
+    def __init__(self, crossfade_samples: int) -> None:
+        self.crossfade = crossfade_samples
+        self._tail = torch.zeros(0)  # the previous text chunk's end, to blend in
+        self._pending = torch.zeros(0)  # this text chunk's audio not emitted yet
+        self._length = 0  # samples of this text chunk so far
+
+    def add(self, waveform: torch.Tensor, *, chunk_done: bool) -> torch.Tensor:
+        """Audio of the current text chunk in; the audio that can be emitted now out."""
+        self._pending = torch.cat([self._pending, waveform.reshape(-1).float()])
+        self._length += waveform.numel()
+        out: list[torch.Tensor] = []
+        if self._tail.numel():
+            if self._pending.numel() < self._tail.numel() and not chunk_done:
+                return torch.zeros(0)  # wait for enough of this chunk to blend with
+            whole = chunk_done and self._length == self._pending.numel()
+            # A chunk known whole shares at most half of itself (as with its other neighbour).
+            limit = self._pending.numel() // 2 if whole else self._pending.numel()
+            overlap = min(self._tail.numel(), limit)
+            fade_out, fade_in = _equal_power(overlap) if overlap else (torch.zeros(0),) * 2
+            out.append(self._tail[: self._tail.numel() - overlap])
+            out.append(
+                self._tail[self._tail.numel() - overlap :] * fade_out
+                + self._pending[:overlap] * fade_in
+            )
+            self._pending = self._pending[overlap:]
+            self._tail = torch.zeros(0)
+        if chunk_done:
+            keep = min(self.crossfade, self._length // 2, self._pending.numel())
+            self._tail = self._pending[self._pending.numel() - keep :].clone()
+            out.append(self._pending[: self._pending.numel() - keep])
+            self._pending = torch.zeros(0)
+            self._length = 0
+        else:
+            hold = min(self.crossfade, self._pending.numel())
+            out.append(self._pending[: self._pending.numel() - hold])
+            self._pending = self._pending[self._pending.numel() - hold :].clone()
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def finish(self) -> torch.Tensor:
+        """The held-back end of the last text chunk (nothing follows it to blend with)."""
+        rest = torch.cat([self._tail, self._pending])
+        self._tail, self._pending, self._length = torch.zeros(0), torch.zeros(0), 0
+        return rest
+
+
 def equal_power_crossfade_join(
     waveforms: Sequence[torch.Tensor], crossfade_samples: int
 ) -> torch.Tensor:
-    """Concatenates 1-D waveforms, overlapping each neighbouring pair by ``crossfade_samples``.
+    """Concatenates 1-D waveforms, overlapping each neighbouring pair by ``crossfade_samples``:
+    :class:`ChunkJoiner` fed whole chunks (the one joiner of ``generate`` and ``stream``).
 
     The outgoing chunk fades with ``cos``, the incoming with ``sin`` (equal power: the two gains'
     squares sum to one, so uncorrelated signals keep their loudness through the join). The overlap
@@ -211,27 +269,11 @@ def equal_power_crossfade_join(
     for index, waveform in enumerate(waveforms):
         if waveform.dim() != 1:
             raise ValueError(f"waveform {index} must be 1-D, got shape {tuple(waveform.shape)}")
-    overlaps = crossfade_overlaps([w.numel() for w in waveforms], crossfade_samples)
-    total = sum(w.numel() for w in waveforms) - sum(overlaps)
     dtype = waveforms[0].dtype
-    out = torch.zeros(total, dtype=dtype)
-    position = 0
-    for index, waveform in enumerate(waveforms):
-        waveform = waveform.to("cpu", dtype)
-        if index == 0:
-            out[: waveform.numel()] = waveform
-            position = waveform.numel()
-            continue
-        overlap = overlaps[index - 1]
-        start = position - overlap
-        if overlap:
-            phase = (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap * (math.pi / 2)
-            fade_in = torch.sin(phase).to(dtype)
-            fade_out = torch.cos(phase).to(dtype)
-            out[start:position] = out[start:position] * fade_out + waveform[:overlap] * fade_in
-        out[position : start + waveform.numel()] = waveform[overlap:]
-        position = start + waveform.numel()
-    return out
+    joiner = ChunkJoiner(crossfade_samples)
+    pieces = [joiner.add(waveform.to("cpu", dtype), chunk_done=True) for waveform in waveforms]
+    pieces.append(joiner.finish())
+    return torch.cat(pieces).to(dtype)
 
 
 def crossfade_overlaps(lengths: Sequence[int], crossfade_samples: int) -> list[int]:

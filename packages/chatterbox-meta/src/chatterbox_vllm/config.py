@@ -30,6 +30,7 @@ T3_FIXED_GPU_BYTES = 6 * 2**30
 LARGE_GPU_BYTES = 40 * 2**30
 HUGE_GPU_BYTES = 100 * 2**30
 CUDA_GRAPH_MODES = ("auto", "full", "piecewise", "off")
+GENERATE_SCHEDULES = ("after-t3", "overlap")
 
 
 def _knob(default: Any, help: str, **cli: Any) -> Any:
@@ -81,6 +82,13 @@ class EngineConfig:
         "most finished chunks (or stream windows) S3Gen synthesises in one batch "
         "(default: 32 on >= 40 GiB GPUs, 8 below, 4 on CPU)",
     )
+    generate_schedule: str = _knob(
+        "after-t3",
+        "when generate's chunks reach S3Gen: after-t3 (once T3 has decoded every chunk of the "
+        "call: T3 runs in vLLM's engine process and S3Gen in this one, and two processes "
+        "time-slice one GPU instead of overlapping) or overlap (each chunk as it finishes)",
+        choices=GENERATE_SCHEDULES,
+    )
     crossfade_seconds: float = _knob(
         DEFAULT_CROSSFADE_SECONDS, "equal-power crossfade between chunks"
     )
@@ -128,6 +136,7 @@ class EngineConfig:
             ("dtype", DTYPES),
             ("s3gen_dtype", S3GEN_DTYPES),
             ("cuda_graphs", CUDA_GRAPH_MODES),
+            ("generate_schedule", GENERATE_SCHEDULES),
         ):
             if getattr(self, name) not in accepted:
                 raise InvalidParameterError(
@@ -218,7 +227,7 @@ class EngineConfig:
             f"max_num_seqs={self.max_num_seqs} max_model_len={self.model_len}"
             f"{'' if self.max_model_len else ' (derived)'} max_new_tokens={self.max_new_tokens} "
             f"chunk_chars={self.chunk_chars}{'' if self.max_chunk_chars else ' (derived)'} "
-            f"s3gen_batch_size={self.s3gen_batch_size} "
+            f"s3gen_batch_size={self.s3gen_batch_size} generate_schedule={self.generate_schedule} "
             f"gpu_memory_utilization={self.gpu_memory_utilization}"
         )
 

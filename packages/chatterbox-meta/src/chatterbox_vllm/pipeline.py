@@ -1,15 +1,16 @@
-"""T3 -> S3Gen pipelining: S3Gen synthesises finished chunks while T3 is still decoding others.
+"""``generate``'s executor: T3 decodes every chunk of a call at once, the engine's one S3Gen
+scheduler (:mod:`chatterbox_vllm.scheduler`, shared with streams) synthesises each chunk as one
+whole window once its tokens are final.
 
-All chunks of a call go to T3 at once, so vLLM decodes them as one continuous batch. T3 runs on a
-private asyncio event loop in a background thread (vLLM's ``AsyncLLM`` is bound to one loop); each
-chunk's stream ends with its final tokens, which are queued. The calling thread takes finished
-chunks off the queue, batches whatever has arrived (up to ``s3gen_batch_size``) and hands it to
-``S3Gen.synthesize`` - so S3Gen's work overlaps T3's decoding of the chunks still running.
+T3 runs on a private asyncio event loop in a background thread (vLLM's ``AsyncLLM`` is bound to
+one loop); each chunk's stream ends with its final tokens, which go to the chunk's scheduler
+lane. The calling thread waits for the waveforms (and checks that the engine is alive).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -25,6 +26,7 @@ from chatterbox_vllm.errors import EngineDeadError
 from chatterbox_vllm.interfaces import SPEECH_VOCAB_SIZE, SpeechTokens
 from chatterbox_vllm.planner import PlanItem
 from chatterbox_vllm.results import PipelineTimings
+from chatterbox_vllm.scheduler import S3GenScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class ChunkJob:
 
 
 ENGINE_POLL_SECONDS = 1.0
-"""How often a waiting pipeline checks that the T3 engine is still alive."""
+"""How often a waiting call checks that the T3 engine is still alive."""
 
 
 _T3_FINISHED = object()
@@ -100,17 +102,16 @@ def run_pipeline(
     *,
     stream_tokens: Callable[[Any, Callable[[int], Any] | None], Any],
     loop: EventLoopThread,
-    synthesize: Callable[[list[list[int]], list[Any], list[int | None]], list[torch.Tensor]],
-    s3gen_batch_size: int,
+    scheduler: S3GenScheduler,
     engine_failure: Callable[[], str | None] = lambda: None,
     progress: bool = True,
 ) -> PipelineTimings:
-    """Runs every job through T3 (all at once) and S3Gen (in batches as they finish); fills
-    ``job.tokens`` and ``job.waveform``. Returns timings.
+    """``generate``'s executor: every job through T3 (all at once) and the engine's S3Gen
+    scheduler (one whole-chunk lane each, the same scheduler streams use); fills ``job.tokens``
+    and ``job.waveform``. Returns timings.
 
     ``stream_tokens(t3_request, on_tokens)`` is an async iterator whose last item is the final
-    output, calling ``on_tokens(n)`` as ids arrive (``None`` without progress);
-    ``synthesize(token_lists, references, seeds)`` returns one 1-D waveform per item.
+    output, calling ``on_tokens(n)`` as ids arrive (``None`` without progress).
     ``engine_failure()`` says why the T3 engine died (``None`` while alive): it is polled while
     waiting, so a killed engine ends the call with :class:`EngineDeadError` instead of a hang.
     """
@@ -129,18 +130,40 @@ def run_pipeline(
     )
     on_tokens = token_bar.update if progress else None
     timings = PipelineTimings()
+    busy_before = scheduler.stats.whole_busy_seconds
+    batches_before = scheduler.stats.whole_batches
+    intervals_before = len(scheduler.stats.whole_intervals)
     start = time.perf_counter()
 
-    async def decode(job_index: int) -> None:
+    def on_audio(index: int, pieces: list[torch.Tensor], done: bool, error: BaseException | None) -> None:
+        finished.put((index, pieces, error))
+
+    lanes = [
+        scheduler.open_whole(
+            job.reference, seed=_seed(job.seed), deliver=functools.partial(on_audio, index)
+        )
+        for index, job in enumerate(jobs)
+    ]
+
+    async def decode(index: int) -> None:
         final = None
-        async for output in stream_tokens(jobs[job_index].t3_request, on_tokens):
+        async for output in stream_tokens(jobs[index].t3_request, on_tokens):
             final = output
         if final is None:
-            raise RuntimeError(f"T3 returned no output for chunk {job_index}")
-        finished.put((job_index, final))
+            raise RuntimeError(f"T3 returned no output for chunk {index}")
+        ids = [int(t) for t in final.token_ids]
+        kept = tuple(t for t in ids if 0 <= t < SPEECH_VOCAB_SIZE)
+        if len(kept) != len(ids):
+            logger.debug("chunk %d: dropped %d non-speech token ids", index, len(ids) - len(kept))
+        jobs[index].tokens = SpeechTokens(kept, final.finish_reason)
+        scheduler.add_tokens(lanes[index], list(kept))
+        scheduler.end(lanes[index])
 
     t3_future = loop.submit(decode_all_or_none(decode(i) for i in range(len(jobs))))
-    t3_future.add_done_callback(lambda _: finished.put(_T3_FINISHED))
+    t3_done_at: list[float] = []  # when T3's last chunk finished (on the loop thread)
+    t3_future.add_done_callback(
+        lambda _: (t3_done_at.append(time.perf_counter()), finished.put(_T3_FINISHED))
+    )
     t3_end: float | None = None
     remaining = len(jobs)
     try:
@@ -157,37 +180,21 @@ def run_pipeline(
                     ) from None
                 continue
             if item is _T3_FINISHED:
-                t3_end = time.perf_counter()
+                t3_end = t3_done_at[0]
                 error = t3_future.exception()
                 if error is not None:
                     raise error
                 continue
-            batch = [item]
-            while len(batch) < s3gen_batch_size:
-                try:
-                    extra = finished.get_nowait()
-                except queue.Empty:
-                    break
-                if extra is _T3_FINISHED:
-                    t3_end = time.perf_counter()
-                    finished.put(extra)  # handle (and raise its error) after this batch
-                    break
-                batch.append(extra)
-            for job_index, output in batch:
-                job = jobs[job_index]
-                ids = [int(t) for t in output.token_ids]
-                kept = tuple(t for t in ids if 0 <= t < SPEECH_VOCAB_SIZE)
-                if len(kept) != len(ids):
-                    logger.debug(
-                        "chunk %d: dropped %d non-speech token ids", job_index, len(ids) - len(kept)
-                    )
-                job.tokens = SpeechTokens(kept, output.finish_reason)
-                timings.speech_tokens += len(kept)
-            _synthesize_batch([jobs[i] for i, _ in batch], synthesize, timings)
-            remaining -= len(batch)
-            bar.update(len(batch))
+            index, pieces, error = item
+            if error is not None:
+                raise error
+            jobs[index].waveform = torch.cat([p.reshape(-1) for p in pieces]) if pieces else torch.zeros(0)
+            remaining -= 1
+            bar.update(1)
     except BaseException:
         t3_future.cancel()  # cancels the decoding tasks on the loop, which abort their requests
+        for lane in lanes:
+            scheduler.cancel(lane)
         raise
     finally:
         bar.close()
@@ -198,35 +205,16 @@ def run_pipeline(
     end = time.perf_counter()
     timings.t3 = t3_end - start
     timings.total = end - start
+    timings.speech_tokens = sum(len(job.tokens) for job in jobs if job.tokens is not None)
+    timings.s3gen = scheduler.stats.whole_busy_seconds - busy_before
+    timings.s3gen_batches = scheduler.stats.whole_batches - batches_before
+    timings.s3gen_intervals = list(scheduler.stats.whole_intervals[intervals_before:])
     timings.overlap = sum(
         max(0.0, min(stop, t3_end) - max(begin, start)) for begin, stop in timings.s3gen_intervals
     )
     return timings
 
 
-def _synthesize_batch(
-    batch: list[ChunkJob],
-    synthesize: Callable[[list[list[int]], list[Any], list[int | None]], list[torch.Tensor]],
-    timings: PipelineTimings,
-) -> None:
-    with_tokens = [job for job in batch if job.tokens]
-    for job in batch:
-        if not job.tokens:
-            logger.warning(
-                "chunk %r produced no speech tokens; it will be silent", job.item.text[:40]
-            )
-            job.waveform = torch.zeros(0)
-    if not with_tokens:
-        return
-    begin = time.perf_counter()
-    waveforms = synthesize(
-        [list(job.tokens.token_ids) for job in with_tokens if job.tokens],
-        [job.reference for job in with_tokens],
-        [job.seed for job in with_tokens],
-    )
-    stop = time.perf_counter()
-    timings.s3gen += stop - begin
-    timings.s3gen_batches += 1
-    timings.s3gen_intervals.append((begin, stop))
-    for job, waveform in zip(with_tokens, waveforms):
-        job.waveform = waveform.detach().to("cpu", torch.float32).reshape(-1)
+def _seed(seed: int | None) -> int:
+    # Unseeded chunks draw their vocoder noise seed from torch's global RNG, as S3Gen does.
+    return int(torch.randint(0, 2**62, ()).item()) if seed is None else seed

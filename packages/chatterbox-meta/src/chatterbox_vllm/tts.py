@@ -52,9 +52,9 @@ from chatterbox_vllm.results import (
     TTSRequest,
     VoiceLike,
 )
+from chatterbox_vllm.scheduler import Listener, S3GenScheduler
 from chatterbox_vllm.streaming import (
     AudioChunk,
-    S3GenBatcher,
     StreamEvents,
     StreamItem,
     StreamSession,
@@ -128,8 +128,10 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self._loop = loop or EventLoopThread()
         self._voices = VoiceCache(config.voice_cache_size)
         self._engine_failure: str | None = None
-        self._batcher: S3GenBatcher | None = None
-        self._batcher_lock = threading.Lock()
+        self._scheduler: S3GenScheduler | None = None
+        self._scheduler_lock = threading.Lock()
+        self.on_stream_done: Callable[[Listener], None] | None = None
+        """Called with each finished stream's playback clock (the server's buffer metrics)."""
 
     # ------------------------------------------------------------------ loading
 
@@ -241,8 +243,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
         if self._closed:
             return
         self._closed = True
-        if self._batcher is not None:
-            self._batcher.close()
+        if self._scheduler is not None:
+            self._scheduler.close()
         shutdown = getattr(self._t3, "shutdown", None)
         try:
             if callable(shutdown):
@@ -287,12 +289,29 @@ class ChatterboxTTS(SpeechFront[Voice]):
     # ------------------------------------------------------------------ streaming
 
     @property
-    def batcher(self) -> S3GenBatcher:
-        """The S3Gen batcher every stream of this engine shares (started on first use)."""
-        with self._batcher_lock:
-            if self._batcher is None:
-                self._batcher = S3GenBatcher(self._s3gen, max_batch=self.config.s3gen_batch_size)  # type: ignore[arg-type]
-            return self._batcher
+    def scheduler(self) -> S3GenScheduler:
+        """The S3Gen scheduler every call of this engine shares: ``generate``'s chunks, every
+        stream's windows (started on first use)."""
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                self._scheduler = S3GenScheduler(
+                    self._s3gen,
+                    max_batch=self.config.s3gen_batch_size or 1,  # resolved at load
+                    n_timesteps=self.config.cfm_steps,
+                    overlap_generate=self.config.generate_schedule == "overlap",
+                    on_stream_done=self._stream_done,
+                )
+            return self._scheduler
+
+    def s3gen_graph_stats(self) -> Any | None:
+        """S3Gen's CUDA-graph bookkeeping (captures and eager solves after start-up), if the
+        decoder keeps any."""
+        probe = getattr(self._s3gen, "graph_stats", None)
+        return probe() if callable(probe) else None
+
+    def _stream_done(self, listener: Listener) -> None:
+        if self.on_stream_done is not None:
+            self.on_stream_done(listener)
 
     def open_stream(
         self,
@@ -309,25 +328,27 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self._check_open()
         plan = plan_requests([text], [params or GenerationParams()], self.config)
         voice_value = self._resolve_voice(voice)
-        batcher = self.batcher
+        scheduler = self.scheduler
         events = StreamEvents()
+        listener = Listener()
         items = []
         for item in plan.items:
             request = self._t3_request(item, voice_value)
             seed = item.seed if item.seed is not None else int(torch.randint(0, 2**62, ()).item())
-            stream_id = batcher.open(
+            lane_id = scheduler.open_stream(
                 voice_value.s3gen,
                 seed=seed,
-                n_timesteps=self.config.cfm_steps,
                 config=streaming,
+                listener=listener,
+                order=item.order,
                 deliver=functools.partial(events.put, item.order),
             )
-            items.append(StreamItem(item.order, request, stream_id))
+            items.append(StreamItem(item.order, request, lane_id))
         session = StreamSession(
             items,
             t3_stream=self._t3.stream_speech_tokens,
             loop=self._loop,
-            batcher=batcher,
+            scheduler=scheduler,
             events=events,
             crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
             engine_failure=self._t3_failure,
@@ -406,8 +427,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 jobs,
                 stream_tokens=self._final_tokens,
                 loop=self._loop,
-                synthesize=self._synthesize,
-                s3gen_batch_size=self.config.s3gen_batch_size or 1,  # resolved at load
+                scheduler=self.scheduler,
                 engine_failure=self._t3_failure,
                 progress=progress,
             )
@@ -444,14 +464,3 @@ class ChatterboxTTS(SpeechFront[Voice]):
         except ValueError as error:
             translated = from_component_error(error) or InvalidTextError(str(error))
             raise ChunkInputError(item.order, translated) from error
-
-    def _synthesize(
-        self, token_lists: list[list[int]], references: list[Any], seeds: list[int | None]
-    ) -> list[torch.Tensor]:
-        # Unseeded requests draw their vocoder noise seed from torch's global RNG, as S3Gen does.
-        filled = [
-            int(torch.randint(0, 2**62, ()).item()) if seed is None else seed for seed in seeds
-        ]
-        return self._s3gen.synthesize(
-            token_lists, references, n_timesteps=self.config.cfm_steps, seeds=filled
-        )

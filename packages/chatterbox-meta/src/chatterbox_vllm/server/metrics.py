@@ -55,12 +55,38 @@ class Metrics:
             "time from request to first audio bytes",
             buckets=(0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0),
         )
+        self.stream_min_buffer = _get_or_create(
+            Histogram,
+            _PREFIX + "stream_min_buffer_seconds",
+            "per finished stream: the least audio its player had buffered when new audio "
+            "arrived (below 0: the player stalled that long)",
+            buckets=(-1.0, -0.25, -0.05, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+        )
+        self.captures_after_startup = _get_or_create(
+            Gauge,
+            _PREFIX + "s3gen_graph_captures_after_startup_total",
+            "CUDA graphs S3Gen captured after start-up (on the request path; should stay 0)",
+        )
+        self.eager_after_startup = _get_or_create(
+            Gauge,
+            _PREFIX + "s3gen_eager_solves_after_startup_total",
+            "S3Gen flow batches of a shape outside the captured set, run without a CUDA graph",
+        )
         self._last = (time.perf_counter(), 0.0)
+
+    def observe_stream(self, listener: Any) -> None:
+        """A stream finished (called on the S3Gen scheduler thread)."""
+        if listener.min_buffer_s != float("inf"):
+            self.stream_min_buffer.observe(listener.min_buffer_s)
 
     def refresh(self, tts: Any) -> None:
         """Gauges read at scrape time."""
-        batcher = tts._batcher
-        self.queue_depth.set(batcher.stats.open_streams if batcher is not None else 0)
+        scheduler = tts._scheduler
+        self.queue_depth.set(scheduler.stats.open_streams if scheduler is not None else 0)
+        graphs = tts.s3gen_graph_stats()
+        if graphs is not None:
+            self.captures_after_startup.set(graphs.captures_after_seal)
+            self.eager_after_startup.set(graphs.eager_after_seal)
         probe = getattr(tts._t3, "num_unfinished_requests", None)
         if callable(probe):
             self.t3_unfinished.set(probe())

@@ -105,6 +105,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     slots = _Slots(settings.max_concurrent_streams)
     formats = available_formats()
     app.state.tts, app.state.voices, app.state.metrics = tts, voices, metrics
+    tts.on_stream_done = metrics.observe_stream
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError) -> JSONResponse:

@@ -1,0 +1,435 @@
+"""The S3Gen scheduler: ONE per engine, for ``generate``, ``stream``, the server and Ray replicas.
+
+Every text chunk in flight is a *lane*. A streamed lane (``stream``/the server) is a
+``chatterbox_s3gen.S3GenStream`` that turns growing token lists into audio windows; a whole lane
+(``generate``) is one final window: the chunk's tokens synthesised at once by the decoder's
+``synthesize`` (the :class:`~chatterbox_vllm.interfaces.SpeechDecoder` seam, so a vocoder
+plug-in is used and float32 results equal the reference's synthesis exactly).
+
+A thread takes batches in the order listeners need them:
+
+1. streamed windows before whole ones (a listener waits, a file does not);
+2. among streamed windows, a stream that has not played anything yet first (its first audio is
+   the latency a user sees), then the one whose buffered audio runs out soonest
+   (:class:`Listener` keeps each stream's playback clock);
+3. whole windows, longest first, in batches of similar lengths; by default only once T3 has
+   decoded every whole lane's tokens (``overlap_generate=False``). T3 runs in vLLM's engine-core
+   process and S3Gen in this one: two CUDA contexts on one GPU time-slice rather than overlap,
+   so interleaving them slows both (measured: T3 -41 % while S3Gen works beside it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from chatterbox_vllm.interfaces import SpeechDecoder
+
+if TYPE_CHECKING:
+    from chatterbox_s3gen import S3Gen
+    from chatterbox_s3gen.streaming import S3GenStream, StreamingConfig
+
+logger = logging.getLogger(__name__)
+
+Deliver = Callable[[list[torch.Tensor], bool, BaseException | None], None]
+"""``deliver(audio_pieces, done, error)``, called on the scheduler thread for every lane."""
+
+PADDING_SPLIT = 0.25
+"""A whole-window batch stops growing where an item would be padded by more than this share of
+the batch's longest item (a padded frame costs as much as a real one)."""
+MIN_SPLIT_BATCH = 8
+"""...but only once the batch holds this many items (small batches leave the GPU idle)."""
+
+
+@dataclass
+class Listener:
+    """The playback clock of one stream (all of its text chunks): a player that starts at the
+    first audio and plays in real time runs dry at :meth:`deadline`."""
+
+    opened_at: float = field(default_factory=time.perf_counter)
+    first_audio_at: float | None = None
+    delivered: dict[int, float] = field(default_factory=dict)
+    """Seconds of audio delivered per text chunk (plan item ``order``)."""
+    min_buffer_s: float = math.inf
+    """The least audio that was buffered when new audio arrived (negative: the player stalled)."""
+
+    @property
+    def playing(self) -> bool:
+        return self.first_audio_at is not None
+
+    def deadline(self, order: int) -> float:
+        """When the player needs more audio of chunk ``order``: the audio delivered up to and
+        including that chunk, played from the first audio (or, before any, the stream's start:
+        its first window is overdue from the moment it was asked for)."""
+        start = self.first_audio_at if self.first_audio_at is not None else self.opened_at
+        return start + sum(seconds for k, seconds in self.delivered.items() if k <= order)
+
+    def on_audio(self, order: int, seconds: float, now: float) -> None:
+        if self.first_audio_at is None:
+            self.first_audio_at = now
+        else:
+            buffered = self.first_audio_at + sum(self.delivered.values()) - now
+            self.min_buffer_s = min(self.min_buffer_s, buffered)
+        self.delivered[order] = self.delivered.get(order, 0.0) + seconds
+
+
+@dataclass
+class SchedulerStats:
+    """What the scheduler has done since it started (read by benchmarks and the server)."""
+
+    batches: int = 0
+    windows: int = 0
+    busy_seconds: float = 0.0
+    whole_batches: int = 0
+    whole_busy_seconds: float = 0.0
+    whole_intervals: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    open_streams: int = 0
+    """Lanes (text chunks of any call) open now."""
+
+
+_lane_ids = itertools.count()
+
+
+@dataclass
+class _Lane:
+    lane_id: int
+    deliver: Deliver
+    order: int = 0
+    stream: S3GenStream | None = None
+    """Streamed lanes: the window state machine."""
+    listener: Listener | None = None
+    reference: Any = None
+    """Whole lanes: the voice, seed and tokens for one ``synthesize`` item."""
+    seed: int = 0
+    tokens: list[int] = field(default_factory=list)
+    ended: bool = False
+    inbox: list[tuple[str, Any]] = field(default_factory=list)
+    maybe_ready: bool = False
+    """Something changed since the lane last had nothing to run (tokens, end, a result)."""
+
+    @property
+    def whole(self) -> bool:
+        return self.stream is None
+
+
+class S3GenScheduler:
+    """A thread that runs S3Gen for every open lane of one engine (see the module docstring).
+
+    Other threads talk to it through :meth:`open_stream`, :meth:`open_whole`,
+    :meth:`add_tokens`, :meth:`end` and :meth:`cancel` (thread-safe; lanes are touched only by
+    the scheduler thread)."""
+
+    def __init__(
+        self,
+        decoder: SpeechDecoder[Any],
+        *,
+        max_batch: int = 32,
+        n_timesteps: int = 10,
+        overlap_generate: bool = False,
+        on_stream_done: Callable[[Listener], None] | None = None,
+    ) -> None:
+        self.decoder = decoder
+        self.max_batch = max(1, max_batch)
+        self.n_timesteps = n_timesteps
+        self.overlap_generate = overlap_generate
+        self.on_stream_done = on_stream_done
+        self.stats = SchedulerStats()
+        self._lanes: dict[int, _Lane] = {}
+        self._listener_lanes: dict[int, int] = {}  # id(listener) -> open lanes
+        self._lock = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name="chatterbox-s3gen-scheduler", daemon=True
+        )
+        self._thread.start()
+
+    # ------------------------------------------------------------------ opening lanes
+
+    def open_stream(
+        self,
+        reference: Any,
+        *,
+        seed: int,
+        config: StreamingConfig | None,
+        listener: Listener,
+        order: int,
+        deliver: Deliver,
+    ) -> int:
+        """A streamed text chunk (audio window by window); returns its lane id."""
+        from chatterbox_s3gen.streaming import S3GenStream
+
+        stream = S3GenStream(
+            self._s3gen(), reference, seed=seed, n_timesteps=self.n_timesteps, config=config
+        )
+        lane = _Lane(next(_lane_ids), deliver, order, stream=stream, listener=listener)
+        return self._add(lane)
+
+    def open_whole(self, reference: Any, *, seed: int, deliver: Deliver) -> int:
+        """A text chunk synthesised at once when its tokens are complete; returns its lane id."""
+        return self._add(_Lane(next(_lane_ids), deliver, reference=reference, seed=seed))
+
+    def _s3gen(self) -> S3Gen:
+        from chatterbox_s3gen import S3Gen
+
+        if not isinstance(self.decoder, S3Gen):
+            raise TypeError(
+                f"streaming needs chatterbox_s3gen.S3Gen as the decoder, got "
+                f"{type(self.decoder).__name__}"
+            )
+        return self.decoder
+
+    def _add(self, lane: _Lane) -> int:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the S3Gen scheduler is closed")
+            self._lanes[lane.lane_id] = lane
+            if lane.listener is not None:
+                key = id(lane.listener)
+                self._listener_lanes[key] = self._listener_lanes.get(key, 0) + 1
+            self.stats.open_streams = len(self._lanes)
+        return lane.lane_id
+
+    # ------------------------------------------------------------------ feeding lanes
+
+    def add_tokens(self, lane_id: int, tokens: list[int]) -> None:
+        self._post(lane_id, ("tokens", tokens))
+
+    def end(self, lane_id: int) -> None:
+        """No more tokens for this lane: its final window may run."""
+        self._post(lane_id, ("end", None))
+
+    def cancel(self, lane_id: int) -> None:
+        """Drops a lane (its consumer went away); nothing more is delivered."""
+        with self._lock:
+            lane = self._lanes.pop(lane_id, None)
+            if lane is not None:
+                self._forget(lane)
+            self._lock.notify()
+
+    def _post(self, lane_id: int, message: tuple[str, Any]) -> None:
+        with self._lock:
+            lane = self._lanes.get(lane_id)
+            if lane is not None:
+                lane.inbox.append(message)
+                self._lock.notify()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._has_work():
+                    self._lock.wait(timeout=1.0)
+                if self._closed:
+                    return
+                lanes = list(self._lanes.values())
+                messages = {lane.lane_id: lane.inbox for lane in lanes}
+                for lane in lanes:
+                    lane.inbox = []
+            for lane in lanes:
+                try:
+                    self._apply(lane, messages[lane.lane_id])
+                except Exception as error:  # one lane's bad input must not stop the others
+                    self._fail(lane, error)
+            live = [lane for lane in lanes if lane.lane_id in self._lanes]
+            if not self._run_streamed(live):
+                self._run_whole(live)
+
+    def _has_work(self) -> bool:
+        return any(lane.inbox or lane.maybe_ready for lane in self._lanes.values())
+
+    @staticmethod
+    def _apply(lane: _Lane, messages: list[tuple[str, Any]]) -> None:
+        for kind, payload in messages:
+            lane.maybe_ready = True
+            if kind == "tokens":
+                if lane.stream is not None:
+                    lane.stream.add_tokens(payload)
+                else:
+                    lane.tokens.extend(payload)
+            elif lane.stream is not None:
+                lane.stream.end_of_tokens()
+            else:
+                lane.ended = True
+
+    # -- streamed windows
+
+    def _run_streamed(self, lanes: list[_Lane]) -> bool:
+        """Runs one batch of the most urgent streamed windows; False if none was ready."""
+        candidates = [lane for lane in lanes if not lane.whole and lane.maybe_ready]
+        candidates.sort(key=self._urgency)
+        windows: list[Any] = []
+        owners: list[_Lane] = []
+        for lane in candidates:
+            if len(windows) >= self.max_batch:
+                break
+            try:
+                self._take_window(lane, windows, owners)
+            except Exception as error:
+                self._fail(lane, error)
+        if not windows:
+            return False
+        from chatterbox_s3gen.streaming import synthesize_windows
+
+        begin = time.perf_counter()
+        try:
+            results = synthesize_windows(self._s3gen(), windows)
+        except Exception as error:
+            logger.exception("S3Gen failed on a batch of %d window(s)", len(windows))
+            for lane in owners:
+                self._fail(lane, error)
+            return True
+        now = time.perf_counter()
+        self._count(begin, now, len(windows))
+        for lane, result in zip(owners, results):
+            try:
+                assert lane.stream is not None
+                chunks = lane.stream.accept(result)
+                done = lane.stream.done
+                lane.maybe_ready = not done
+                if done:
+                    self._drop(lane)
+                self._deliver(lane, chunks, done, now)
+            except Exception as error:
+                self._fail(lane, error)
+        return True
+
+    @staticmethod
+    def _urgency(lane: _Lane) -> tuple[bool, float]:
+        listener = lane.listener
+        assert listener is not None
+        return (listener.playing, listener.deadline(lane.order))
+
+    def _take_window(self, lane: _Lane, windows: list[Any], owners: list[_Lane]) -> None:
+        """Adds the lane's next window to the batch; a finished stream with nothing left for the
+        flow delivers its held-back tail instead."""
+        stream = lane.stream
+        assert stream is not None
+        if stream.pending is not None:
+            return
+        window = stream.next_window()
+        if window is not None:
+            windows.append(window)
+            owners.append(lane)
+            return
+        lane.maybe_ready = False
+        if stream.finished and not stream.done:
+            chunks = stream.flush()
+            self._drop(lane)
+            self._deliver(lane, chunks, True, time.perf_counter())
+
+    # -- whole windows
+
+    def _run_whole(self, lanes: list[_Lane]) -> None:
+        whole = [lane for lane in lanes if lane.whole]
+        ready = [lane for lane in whole if lane.ended]
+        for lane in ready:
+            lane.maybe_ready = False
+        if not ready:
+            return
+        if not self.overlap_generate and any(not lane.ended for lane in whole):
+            return  # T3 is still decoding this call's chunks: wait for all (module docstring)
+        empty = [lane for lane in ready if not lane.tokens]
+        for lane in empty:
+            logger.warning("a text chunk produced no speech tokens; it will be silent")
+            self._drop(lane)
+            self._deliver(lane, [torch.zeros(0)], True, time.perf_counter())
+        batch = self._whole_batch([lane for lane in ready if lane.tokens])
+        if not batch:
+            return
+        for lane in ready:
+            if lane not in batch and lane.tokens:
+                lane.maybe_ready = True  # the next round takes it
+        begin = time.perf_counter()
+        try:
+            waveforms = self.decoder.synthesize(
+                [lane.tokens for lane in batch],
+                [lane.reference for lane in batch],
+                n_timesteps=self.n_timesteps,
+                seeds=[lane.seed for lane in batch],
+            )
+        except Exception as error:
+            logger.exception("S3Gen failed on a batch of %d chunk(s)", len(batch))
+            for lane in batch:
+                self._fail(lane, error)
+            return
+        now = time.perf_counter()
+        self._count(begin, now, len(batch))
+        self.stats.whole_batches += 1
+        self.stats.whole_busy_seconds += now - begin
+        self.stats.whole_intervals.append((begin, now))
+        for lane, waveform in zip(batch, waveforms):
+            self._drop(lane)
+            wave = waveform.detach().to("cpu", torch.float32).reshape(-1)
+            self._deliver(lane, [wave], True, now)
+
+    def _whole_batch(self, ready: Sequence[_Lane]) -> list[_Lane]:
+        """The longest ready chunks first, stopping at ``max_batch`` or where padding grows."""
+        ordered = sorted(ready, key=lambda lane: len(lane.tokens), reverse=True)
+        batch: list[_Lane] = []
+        for lane in ordered:
+            if len(batch) >= self.max_batch:
+                break
+            if (
+                len(batch) >= MIN_SPLIT_BATCH
+                and len(lane.tokens) < (1 - PADDING_SPLIT) * len(batch[0].tokens)
+            ):
+                break
+            batch.append(lane)
+        return batch
+
+    # -- bookkeeping
+
+    def _count(self, begin: float, end: float, windows: int) -> None:
+        self.stats.busy_seconds += end - begin
+        self.stats.batches += 1
+        self.stats.windows += windows
+
+    def _deliver(
+        self, lane: _Lane, chunks: list[torch.Tensor], done: bool, now: float
+    ) -> None:
+        if lane.listener is not None:
+            seconds = sum(c.numel() for c in chunks) / self.decoder.sample_rate
+            if seconds > 0:
+                lane.listener.on_audio(lane.order, seconds, now)
+        lane.deliver(chunks, done, None)
+
+    def _drop(self, lane: _Lane) -> None:
+        with self._lock:
+            if self._lanes.pop(lane.lane_id, None) is not None:
+                self._forget(lane)
+
+    def _forget(self, lane: _Lane) -> None:
+        """Bookkeeping of a lane that left (caller holds the lock)."""
+        self.stats.open_streams = len(self._lanes)
+        if lane.listener is None:
+            return
+        key = id(lane.listener)
+        left = self._listener_lanes.get(key, 1) - 1
+        if left > 0:
+            self._listener_lanes[key] = left
+            return
+        self._listener_lanes.pop(key, None)
+        if self.on_stream_done is not None and lane.listener.playing:
+            try:
+                self.on_stream_done(lane.listener)
+            except Exception:  # a metrics hook must never stop synthesis
+                logger.exception("on_stream_done hook failed")
+
+    def _fail(self, lane: _Lane, error: BaseException) -> None:
+        self._drop(lane)
+        lane.deliver([], True, error)
