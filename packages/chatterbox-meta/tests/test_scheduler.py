@@ -1,0 +1,149 @@
+"""The engine's one S3Gen scheduler: what it runs first, and ``generate`` as whole-chunk lanes of
+it (CPU, the tiny checkpoint's real S3Gen)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+from chatterbox_s3gen import StreamingConfig
+
+from chatterbox_vllm import ChatterboxTTS
+from chatterbox_vllm.audio import equal_power_crossfade_join
+from chatterbox_vllm.scheduler import Listener, S3GenScheduler
+
+# Tokens that make exactly one (the first) window of a stream.
+FIRST_WINDOW_TOKENS = StreamingConfig().first_chunk_tokens + StreamingConfig().lookahead_tokens
+
+
+class Deliveries:
+    """Which lane delivered audio, in order (``deliver`` runs on the scheduler thread)."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.errors: list[BaseException] = []
+        self.done = threading.Event()
+        self.expected = 0
+
+    def lane(self, name: str):
+        def deliver(chunks, done, error) -> None:
+            if error is not None:
+                self.errors.append(error)
+            if chunks or error is not None:
+                self.order.append(name)
+            if len(self.order) >= self.expected:
+                self.done.set()
+
+        return deliver
+
+
+def _playing(seconds_ago: float, delivered_s: float) -> Listener:
+    """A stream that started playing ``seconds_ago`` with ``delivered_s`` of audio so far."""
+    now = time.perf_counter()
+    return Listener(opened_at=now - seconds_ago - 0.2, first_audio_at=now - seconds_ago,
+                    delivered={0: delivered_s})
+
+
+def _first_runs(tts: ChatterboxTTS, lanes: dict[str, dict], count: int) -> list[str]:
+    """Opens the lanes and posts all their tokens while the scheduler thread is held, so its next
+    rounds see them all at once; returns the names in the order their first ``count`` pieces of
+    audio arrived (one window per batch)."""
+    scheduler = S3GenScheduler(tts._s3gen, max_batch=1, n_timesteps=2)
+    deliveries = Deliveries()
+    deliveries.expected = count
+    reference = tts.default_voice.s3gen
+    try:
+        with scheduler._lock:
+            for name, spec in lanes.items():
+                if spec.get("whole"):
+                    lane = scheduler.open_whole(reference, seed=1, deliver=deliveries.lane(name))
+                else:
+                    lane = scheduler.open_stream(
+                        reference,
+                        seed=1,
+                        config=None,
+                        listener=spec["listener"],
+                        order=0,
+                        deliver=deliveries.lane(name),
+                    )
+                scheduler._lanes[lane].inbox.append(("tokens", list(range(100, 100 + spec["tokens"]))))
+                if spec.get("whole"):
+                    scheduler._lanes[lane].inbox.append(("end", None))
+        assert deliveries.done.wait(120), deliveries.order
+    finally:
+        scheduler.close()
+    assert not deliveries.errors
+    return deliveries.order[:count]
+
+
+def test_a_new_streams_first_window_goes_before_older_streams_later_windows(
+    tts: ChatterboxTTS,
+) -> None:
+    order = _first_runs(
+        tts,
+        {
+            # Playing, its buffer already ran dry a second ago: urgent, but it is playing.
+            "old": {"listener": _playing(2.0, 1.0), "tokens": FIRST_WINDOW_TOKENS},
+            "new": {"listener": Listener(), "tokens": FIRST_WINDOW_TOKENS},
+        },
+        count=2,
+    )
+    assert order == ["new", "old"]
+
+
+def test_the_stream_whose_buffer_runs_out_first_is_served_first(tts: ChatterboxTTS) -> None:
+    order = _first_runs(
+        tts,
+        {
+            "ahead": {"listener": _playing(1.0, 9.0), "tokens": FIRST_WINDOW_TOKENS},
+            "behind": {"listener": _playing(1.0, 1.3), "tokens": FIRST_WINDOW_TOKENS},
+            "middle": {"listener": _playing(1.0, 4.0), "tokens": FIRST_WINDOW_TOKENS},
+        },
+        count=3,
+    )
+    assert order == ["behind", "middle", "ahead"]
+
+
+def test_streamed_windows_go_before_whole_chunks(tts: ChatterboxTTS) -> None:
+    order = _first_runs(
+        tts,
+        {
+            "file": {"whole": True, "tokens": 20},
+            "listener": {"listener": _playing(1.0, 5.0), "tokens": FIRST_WINDOW_TOKENS},
+        },
+        count=2,
+    )
+    assert order == ["listener", "file"]
+
+
+def test_generate_is_whole_chunk_synthesis_joined(tts: ChatterboxTTS) -> None:
+    """``generate`` runs each chunk as one whole window of the scheduler: the result equals
+    S3Gen's own synthesis of the same tokens with the chunks' seeds (one batch, longest first,
+    as the scheduler batches them), joined by the crossfade."""
+    text = "First sentence is here. A second one follows it! And a third, to make three chunks."
+    result = tts.generate(text, seed=5, max_new_tokens=20, progress=False)
+    assert len(result.chunks) >= 2
+    seeds = [5 + index for index in range(len(result.chunks))]  # the planner's chunk seeds
+    reference = tts.default_voice.s3gen
+    tokens = [list(chunk.token_ids) for chunk in result.speech_tokens]
+    order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]), reverse=True)
+    synthesized = tts._s3gen.synthesize(
+        [tokens[i] for i in order],
+        [reference] * len(order),
+        n_timesteps=tts.config.cfm_steps,
+        seeds=[seeds[i] for i in order],
+    )
+    expected = [synthesized[order.index(i)] for i in range(len(tokens))]
+    crossfade = round(tts.config.crossfade_seconds * tts.sample_rate)
+    assert torch.equal(result.waveform, equal_power_crossfade_join(expected, crossfade))
+
+
+def test_generate_and_streams_share_one_scheduler(tts: ChatterboxTTS) -> None:
+    scheduler = tts.scheduler
+    before = scheduler.stats.whole_batches
+    tts.generate("One scheduler for all.", max_new_tokens=10, progress=False)
+    assert scheduler.stats.whole_batches > before
+    windows = scheduler.stats.windows
+    list(tts.stream("One scheduler for all.", max_new_tokens=30, seed=3))
+    assert tts.scheduler is scheduler and scheduler.stats.windows > windows
