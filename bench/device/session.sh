@@ -3,6 +3,8 @@
 # its own timeout so one hang cannot eat the whole call. Run from the repo root on the device:
 #   bash bench/device/session.sh PART [PART ...]
 # PARTs:
+#   product-mps    the server load again under CUDA MPS (after product; needs its checkpoint)
+#   pack           last: logs and texts into $OUT/logs.tgz (a call returns at most 8 files)
 #   product        THE product benchmark (issue 15/16): `chatterbox-vllm bench` on benchmark-text-1
 #                  at the defaults, then `bench/server_load.py` at N = 1, 8, 32, 64, 128 (distinct
 #                  25-45 word paragraphs, 25 tokens per expected second), merged by bench/product.py
@@ -71,7 +73,7 @@ for part in "$@"; do
       run e2e ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir $ck \
           --text-file .device-data/benchmark-text-1.txt --voice .device-data/voice-01.wav \
           --no-watermark --quiet --json "$out/e2e.json" $E2E_FLAGS
-      cat "$out/e2e.log" | grep -v -E '^\s*$' | tail -18
+      grep -v -E '^\s*$|\r|it/s\]' "$out/e2e.log" | tail -24
       : > "$out/gpumem.txt"  # the server's peak only
       run serve-load ${LOAD_S:-400} python3 bench/server_load.py --model-dir $ck \
           --concurrency ${LOAD_N:-1,8,32,64,128} --text-file .device-data/benchmark-text-1.txt --paragraphs \
@@ -80,9 +82,24 @@ for part in "$@"; do
       cat "$out/serve-load.log" | grep -E 'healthy|^\|' | head -12
       kill $smi 2>/dev/null
       python3 bench/product.py --e2e "$out/e2e.json" --load "$out/server-load.json" \
-          --commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)" \
+          --commit "${PRODUCT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
           --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), GPU harness (bench/device)" \
           --gpu-memory-log "$out/gpumem.txt" --out "$out/product.json" | tee "$out/product.md" ;;
+    product-mps)
+      # The same load with CUDA MPS (T3's engine process and the server process share the GPU
+      # concurrently instead of time-slicing); the daemon is stopped afterwards.
+      if ! command -v nvidia-cuda-mps-control >/dev/null; then echo "no nvidia-cuda-mps-control"; continue; fi
+      export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+      mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+      nvidia-cuda-mps-control -d && echo "MPS daemon started"
+      run serve-load-mps ${LOAD_S:-400} python3 bench/server_load.py --model-dir /tmp/ck-full \
+          --concurrency ${LOAD_N_MPS:-8,32,64,128} --text-file .device-data/benchmark-text-1.txt --paragraphs \
+          --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
+          --server-log "$out/server-mps.log" --json "$out/server-load-mps.json" -- --no-watermark $SERVE_FLAGS
+      grep -E 'healthy|^\|' "$out/serve-load-mps.log" | head -12
+      echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
+    pack)  # at most 8 files come back: logs go into one archive
+      (cd "$out" && tar czf logs.tgz *.log *.txt 2>/dev/null && rm -f *.log *.txt) ;;
     *) echo "unknown part $part"; exit 2 ;;
   esac
 done

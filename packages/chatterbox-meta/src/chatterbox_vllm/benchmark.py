@@ -90,6 +90,10 @@ def bench(args: argparse.Namespace) -> int:
         ),
         ("audio duration", f"{audio:.2f} s"),
         ("model load", f"{load_seconds:.2f} s"),
+        *(
+            (f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s")
+            for stage, seconds in getattr(tts, "load_timings", {}).items()
+        ),
         ("voice preparation", f"{stats.voice_seconds:.2f} s"),
         ("generate wall time", f"{wall:.2f} s"),
         ("  T3 (first request to last token)", f"{timings.t3:.2f} s"),
@@ -114,6 +118,7 @@ def bench(args: argparse.Namespace) -> int:
             "wall_s": wall,
             "x_realtime": audio / wall if wall > 0 else None,
             "load_s": load_seconds,
+            "load_stages_s": dict(getattr(tts, "load_timings", {})),
             "chunks": len(result.chunks),
             "speech_tokens": tokens,
             "t3_s": timings.t3,

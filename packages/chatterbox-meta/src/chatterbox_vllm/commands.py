@@ -42,11 +42,14 @@ def read_text_file(path: Path, flag: str) -> str:
         raise ChatterboxError(f"{flag} {path}: cannot read it ({error.strerror})") from None
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The engine the command loads: its flags, plus ``--max-new-tokens`` sizing the engine."""
+def engine_config(args: argparse.Namespace, *, streams: bool = False) -> EngineConfig:
+    """The engine the command loads: its flags, plus ``--max-new-tokens`` sizing the engine.
+    ``streams``: the command streams (``serve``), so S3Gen's streaming graphs are captured at
+    start-up; ``speak`` and ``bench`` only generate and skip them."""
     overrides = engine_overrides_from_namespace(args)
     if getattr(args, "max_new_tokens", None) is not None:
         overrides["max_new_tokens"] = args.max_new_tokens
+    overrides["stream_graphs"] = streams
     return EngineConfig().with_overrides(overrides)
 
 

@@ -89,6 +89,12 @@ class EngineConfig:
         "time-slice one GPU instead of overlapping) or overlap (each chunk as it finishes)",
         choices=GENERATE_SCHEDULES,
     )
+    stream_graphs: bool = _knob(
+        True,
+        "capture S3Gen's CUDA graphs for streamed windows at start-up (CUDA only; a few "
+        "seconds): streams then never capture while serving. speak and bench, which only "
+        "generate, load without them",
+    )
     crossfade_seconds: float = _knob(
         DEFAULT_CROSSFADE_SECONDS, "equal-power crossfade between chunks"
     )
@@ -233,8 +239,9 @@ class EngineConfig:
 
 
 # Knobs that are not CLI flags: max_new_tokens is the per-request control's flag (which also sizes
-# the engine the CLI loads), engine_kwargs is Python-only.
-_NOT_FLAGS = ("max_new_tokens", "engine_kwargs")
+# the engine the CLI loads), engine_kwargs is Python-only, stream_graphs follows the command
+# (serve streams, speak and bench do not).
+_NOT_FLAGS = ("max_new_tokens", "engine_kwargs", "stream_graphs")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

@@ -98,6 +98,21 @@ def _v1_engine_requested() -> Iterator[None]:
             os.environ["VLLM_USE_V1"] = previous
 
 
+def _prepare_s3gen_graphs(s3gen: Any, config: EngineConfig) -> float:
+    """Captures S3Gen's CUDA graphs for every streamed-window shape (and seals the set: nothing
+    is captured while serving); returns the seconds it took. Off the GPU, or without
+    ``stream_graphs``, S3Gen runs eagerly: a graph per whole-chunk shape costs more to capture
+    than it saves in a long ``generate``."""
+    if not (config.stream_graphs and str(config.device).startswith("cuda")):
+        return 0.0
+    from chatterbox_s3gen import StreamingConfig
+
+    report = s3gen.prepare_stream_graphs(
+        StreamingConfig(), max_rows=config.s3gen_batch_size or 1, n_timesteps=config.cfm_steps
+    )
+    return float(report.seconds)
+
+
 class ChatterboxTTS(SpeechFront[Voice]):
     """Chatterbox text-to-speech on vLLM, on one GPU (or the CPU test path).
 
@@ -130,6 +145,9 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self._engine_failure: str | None = None
         self._scheduler: S3GenScheduler | None = None
         self._scheduler_lock = threading.Lock()
+        self.load_timings: dict[str, float] = {}
+        """Seconds of each load stage (``t3_engine``: from the start of loading until vLLM's
+        engine answered; ``s3gen_weights``, concurrently; ``s3gen_graphs``, after both)."""
         self.on_stream_done: Callable[[Listener], None] | None = None
         """Called with each finished stream's playback clock (the server's buffer metrics)."""
 
@@ -197,11 +215,14 @@ class ChatterboxTTS(SpeechFront[Voice]):
             # Built on the loop that will drive it: vLLM binds its output handler there.
             return AsyncT3Engine.from_checkpoint(path, **engine_kwargs)
 
+        timings: dict[str, float] = {}
         try:
             begin = time.perf_counter()
             with _v1_engine_requested():
                 # T3's engine (its own process: weights, memory profile, graph capture) and
-                # S3Gen load at the same time; S3Gen is the shorter of the two.
+                # S3Gen's weights load at the same time. S3Gen only allocates GPU memory while
+                # vLLM profiles (it frees nothing: vLLM's profiler fails if another process on
+                # the GPU releases memory meanwhile); its CUDA graphs come after T3 is up.
                 t3_future = loop.submit(start_engine())
                 try:
                     s3gen = S3Gen.from_checkpoint(
@@ -210,13 +231,17 @@ class ChatterboxTTS(SpeechFront[Voice]):
                         dtype=getattr(torch, config.s3gen_dtype),
                         vocoder_dtype=getattr(torch, config.s3gen_dtype),
                         vocoder=config.vocoder,
+                        cuda_graphs=False,
                     )
                 except BaseException:
                     _stop_when_built(t3_future)
                     raise
-                logger.info("S3Gen loaded in %.1f s", time.perf_counter() - begin)
+                timings["s3gen_weights"] = time.perf_counter() - begin
+                logger.info("S3Gen loaded in %.1f s", timings["s3gen_weights"])
                 t3 = t3_future.result()
-            logger.info("T3 engine started in %.1f s", time.perf_counter() - begin)
+            timings["t3_engine"] = time.perf_counter() - begin
+            logger.info("T3 engine started in %.1f s", timings["t3_engine"])
+            timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
         except BaseException as error:
             loop.stop()
             translated = from_component_error(error)
@@ -228,7 +253,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             default_voice = Voice.from_conditionals(VoiceConditionals.load(path / "conds.pt"))
         else:
             logger.info("%s has no conds.pt: every request must name a voice", path)
-        return cls(
+        tts = cls(
             t3=t3,
             s3gen=s3gen,
             voice_encoder=t3.voice_encoder,
@@ -237,6 +262,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
             watermarker=watermarker,
             loop=loop,
         )
+        tts.load_timings = timings
+        return tts
 
     def close(self) -> None:
         """Stops the vLLM engine and the event loop thread (idempotent)."""

@@ -49,7 +49,7 @@ def serve(args: argparse.Namespace) -> int:
             "serve runs one engine per process; for several GPUs run one server per GPU "
             "(CUDA_VISIBLE_DEVICES=N, its own --port) behind a load balancer"
         )
-    config = engine_config(args)
+    config = engine_config(args, streams=True)
     config = config.with_overrides({"device": check_device(config.device)})
     if args.model_dir is not None:
         check_checkpoint(args.model_dir, needs_default_voice=False)
