@@ -208,7 +208,9 @@ class EulerGraphs:
             self.clear()
             self._fingerprint = fingerprint
 
-    def _key_for(self, rows: int, frames: int, n_timesteps: int, dtype: torch.dtype) -> GraphKey | None:
+    def _key_for(
+        self, rows: int, frames: int, n_timesteps: int, dtype: torch.dtype
+    ) -> GraphKey | None:
         if self._sealed is None:
             return (row_bucket(rows), frame_bucket(frames), n_timesteps, dtype)
         fits = [
@@ -219,7 +221,9 @@ class EulerGraphs:
         # The least padded work (rows x frames) among the shapes that hold the batch.
         return min(fits, key=lambda k: (k[0] * k[1], k[1]), default=None)
 
-    def _build(self, cfm: ConditionalCFM, key: GraphKey, device: torch.device) -> _CapturedSolve | None:
+    def _build(
+        self, cfm: ConditionalCFM, key: GraphKey, device: torch.device
+    ) -> _CapturedSolve | None:
         rows, frames, n_timesteps, _ = key
         try:
             if self.capture and self._pool is None:
