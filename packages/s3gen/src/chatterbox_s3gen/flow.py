@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,18 @@ def row_bucket(rows: int) -> int:
     if rows <= 8:
         return 1 << (rows - 1).bit_length()
     return -(-rows // 8) * 8
+
+
+@dataclass(frozen=True)
+class GraphPreparation:
+    """What :meth:`S3Gen.prepare_stream_graphs` did: the ``(rows, frames)`` shapes it prepared
+    for ``n_timesteps`` steps, how many graphs it captured (static buffer sets with
+    ``capture=False``) and how long that took."""
+
+    shapes: tuple[tuple[int, int], ...]
+    n_timesteps: int
+    captures: int
+    seconds: float
 
 
 GraphKey = tuple[int, int, int, torch.dtype]
