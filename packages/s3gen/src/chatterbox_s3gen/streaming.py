@@ -2,16 +2,20 @@
 
 How a stream cuts the work (frame numbers are generated 50 Hz mel frames, 480 samples each):
 
-* **Flow windows.** Window ``k`` runs the flow on the prompt plus *all* utterance tokens received
-  so far up to ``keep + lookahead`` and keeps the mel of the first ``keep`` tokens only (the
-  reference's ``finalize=False``: the last ``lookahead_tokens`` tokens are context for the encoder's
-  pre-lookahead conv and the full attention, their frames are dropped). The prefix is recomputed
-  every window, as CosyVoice2 does, because the encoder and the CFM estimator attend over the
-  whole sequence: that keeps earlier frames conditioned on everything before them, and every frame
-  starts from the same column of S3Gen's fixed CFM noise as in :meth:`S3Gen.synthesize`, so the
-  only difference from the non-streamed mel is the not-yet-seen future. Window sizes are
-  ``first_chunk_tokens``, then doubling up to ``chunk_tokens``; the last window (after
-  :meth:`S3GenStream.finish`) keeps everything.
+* **Flow windows.** Window ``k`` runs the flow on the last ``prompt_tokens`` voice-prompt tokens
+  (and their prompt-mel frames), then up to ``left_context_tokens`` utterance tokens before its
+  first new token, then its new tokens and ``lookahead_tokens`` more. It decodes everything but
+  the look-ahead (the reference's ``finalize=False``: those tokens are context for the encoder's
+  pre-lookahead conv and the full attention) and keeps only its new frames (plus the vocoder's
+  context). It goes through :meth:`CausalMaskedDiffWithXvec.inference`, the flow
+  :meth:`S3Gen.synthesize` runs, and every frame starts from the column of S3Gen's fixed CFM
+  noise that whole-utterance synthesis uses for it (its index in prompt mel + generated mel), so
+  the differences from the non-streamed mel are the unseen future, the cut history and the cut
+  prompt. A window's cost is bounded whatever the utterance's length (``None`` for either bound
+  re-runs everything, as CosyVoice2 does). Window sizes are ``first_chunk_tokens``, then
+  doubling up to ``chunk_tokens``; the last window (after :meth:`S3GenStream.finish`) keeps
+  everything. A ``StreamingConfig(whole=True)`` stream has one window over the whole utterance,
+  equal to :meth:`S3Gen.synthesize`.
 * **Vocoder windows.** HiFT runs on the window's fresh mel from ``context_frames`` before the
   first frame still to be emitted up to the end of the kept mel. The last ``lookahead_frames``
   and the ``crossfade_frames`` before them are not emitted yet: the next window recomputes them
@@ -422,9 +426,11 @@ class S3GenStream:
     :meth:`next_window` / :func:`synthesize_windows` / :meth:`accept` instead of ``push``.
 
     ``seed`` seeds the vocoder's source (the harmonic phases are the ones :meth:`S3Gen.synthesize`
-    uses for that seed; the noise comes from :func:`stream_source_noise`). The stream always
-    vocodes with the model's PyTorch HiFT (``s3gen.mel2wav``), whatever ``s3gen.vocoder`` is: it
-    needs HiFT's source inputs. Not thread-safe: drive one stream from one thread."""
+    uses for that seed; the noise comes from :func:`stream_source_noise`; a ``whole`` stream uses
+    exactly :meth:`S3Gen.synthesize`'s draws). With the built-in ``hift-torch`` vocoder, windows
+    are vocoded by the model's HiFT with sine-phase anchoring; with any other ``s3gen.vocoder``
+    (``griffin-lim``, ``hift-onnx``, a plug-in) by that vocoder, each window's mel with its left
+    context, crossfaded the same way. Not thread-safe: drive one stream from one thread."""
 
     def __init__(
         self,
