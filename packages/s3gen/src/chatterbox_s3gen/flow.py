@@ -6,6 +6,8 @@ Everything runs on right-padded batches with per-item lengths; see :meth:`Causal
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -49,16 +51,28 @@ class ConditionalCFM(nn.Module):
         spks: torch.Tensor,
         cond: torch.Tensor,
         n_timesteps: int,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Euler integration from the fixed noise to a mel. ``mu``/``cond``: ``[B, 80, T]``;
         ``mask``: ``[B, 1, T]``; ``spks``: ``[B, 80]``. The state stays float32 whatever dtype the
-        estimator runs in; the guided and unguided rows run as one ``2B`` batch.
+        estimator runs in; the guided and unguided rows run as one ``2B`` batch. ``x0``
+        (``[B, 80, T]`` float32, default: the first ``T`` columns of :attr:`noise` for every row)
+        is the start state, e.g. :meth:`noise_columns` of a window that starts mid-utterance.
 
         On CUDA with :attr:`graphs` set, the whole loop is replayed from a captured CUDA graph
         (:class:`EulerGraphs`): same kernels, no per-launch CPU cost."""
         if self.graphs is not None and (mu.is_cuda or not self.graphs.capture):
-            return self.graphs.solve(self, mu, mask, spks, cond, n_timesteps)
-        return self._solve_eager(mu, mask, spks, cond, n_timesteps)
+            return self.graphs.solve(self, mu, mask, spks, cond, n_timesteps, x0)
+        return self._solve_eager(mu, mask, spks, cond, n_timesteps, x0=x0)
+
+    def noise_columns(self, columns: torch.Tensor) -> torch.Tensor:
+        """Start state ``[B, 80, T]`` whose frame ``(i, j)`` is column ``columns[i, j]`` of the
+        fixed noise: a window of an utterance starts each frame from the column the whole
+        utterance's synthesis starts that frame from."""
+        batch, frames = columns.shape
+        flat = columns.to(self.noise.device, torch.int64).reshape(-1)
+        picked = self.noise[0].index_select(1, flat).view(MEL_CHANNELS, batch, frames)
+        return picked.transpose(0, 1)
 
     def _solve_eager(
         self,
@@ -68,10 +82,13 @@ class ConditionalCFM(nn.Module):
         cond: torch.Tensor,
         n_timesteps: int,
         t_span: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, _, frames = mu.shape
         est_dtype = next(self.estimator.parameters()).dtype
-        x = self.noise[:, :, :frames].expand(batch, -1, -1).float() * mask.float()
+        if x0 is None:
+            x0 = self.noise[:, :, :frames].expand(batch, -1, -1)
+        x = x0.float() * mask.float()
         # Rows B.. are the unconditional half of classifier-free guidance: mu, speaker and prompt zeroed.
         mask_in = torch.cat([mask, mask]).to(est_dtype)
         mu_in = torch.cat([mu, torch.zeros_like(mu)]).to(est_dtype)
@@ -108,6 +125,22 @@ def row_bucket(rows: int) -> int:
     return -(-rows // 8) * 8
 
 
+@dataclass(frozen=True)
+class GraphPreparation:
+    """What :meth:`S3Gen.prepare_stream_graphs` did: the ``(rows, frames)`` shapes it prepared
+    for ``n_timesteps`` steps, how many graphs it captured (static buffer sets with
+    ``capture=False``) and how long that took."""
+
+    shapes: tuple[tuple[int, int], ...]
+    n_timesteps: int
+    captures: int
+    seconds: float
+
+
+GraphKey = tuple[int, int, int, torch.dtype]
+"""(rows, frames, n_timesteps, estimator dtype) of one captured Euler loop."""
+
+
 class EulerGraphs:
     """CUDA graphs of :meth:`ConditionalCFM._solve_eager`, one per (rows, frames, steps, dtype).
 
@@ -119,10 +152,17 @@ class EulerGraphs:
     pool, which is safe because replays are sequential on one stream and each graph's output is
     copied out before the next replay. At most ``max_graphs`` are kept (least recently used go).
 
+    **Sealed** (:meth:`prepare` with ``seal=True``, what a server does at start-up): the shapes
+    are fixed. A batch runs on the smallest prepared shape that holds it (rows >= its rows,
+    frames >= its frames, same steps and dtype); a batch no prepared shape holds runs eagerly
+    and is counted in :attr:`eager_after_seal`, never captured on the request path.
+    :attr:`captures_after_seal` counts re-captures of prepared shapes after the weights or the
+    noise were replaced (the only captures a sealed set makes).
+
     A graph replays fixed addresses: if the estimator's parameters or the CFM noise are replaced
     (``S3Gen.to``, a new ``flow_noise``), every graph is dropped and recaptured on next use.
-    ``capture=False`` keeps the bucketing and static buffers but runs them eagerly (any device):
-    the CPU tests use it to check everything around the capture.
+    ``capture=False`` keeps the bucketing, sealing and static buffers but runs them eagerly (any
+    device): the CPU tests use it to check everything around the capture.
     """
 
     def __init__(self, max_graphs: int = 32, *, capture: bool = True) -> None:
@@ -130,12 +170,98 @@ class EulerGraphs:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.max_graphs = max_graphs
         self.capture = capture
-        self._graphs: dict[tuple[int, int, int, torch.dtype], _CapturedSolve] = {}
+        self._graphs: dict[GraphKey, _CapturedSolve] = {}
         self._pool: object | None = None
         self._fingerprint: tuple[int, ...] = ()
-        self._failed: set[tuple[int, int, int, torch.dtype]] = set()
+        self._failed: set[GraphKey] = set()
+        self._sealed: list[GraphKey] | None = None
         self.captures = 0
         """Graphs captured (or, with ``capture=False``, static buffer sets made) so far."""
+        self.eager_after_seal = 0
+        """Solves that no sealed shape could hold (run eagerly)."""
+        self.captures_after_seal = 0
+        """Captures made after :meth:`prepare` sealed the set (re-captures after new weights)."""
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed is not None
+
+    @property
+    def max_sealed_rows(self) -> int | None:
+        """Most rows any sealed shape holds (callers split larger batches); None if unsealed."""
+        return max((key[0] for key in self._sealed), default=0) if self._sealed else None
+
+    def prepare(
+        self,
+        cfm: ConditionalCFM,
+        shapes: Sequence[tuple[int, int]],
+        n_timesteps: int,
+        *,
+        seal: bool = True,
+    ) -> int:
+        """Capture the Euler loop of every ``(rows, frames)`` in ``shapes`` now (start-up, not on
+        the request path); with ``seal`` only these shapes are used from now on. Returns the
+        number of graphs captured (shapes already held are not captured again)."""
+        self._check_fingerprint(cfm)
+        dtype = next(cfm.estimator.parameters()).dtype
+        keys = sorted({(rows, frames, n_timesteps, dtype) for rows, frames in shapes})
+        self.max_graphs = max(self.max_graphs, len(keys) + len(self._graphs))
+        made = 0
+        for key in keys:
+            if key not in self._graphs and key not in self._failed:
+                made += self._build(cfm, key, cfm.noise.device) is not None
+        if seal:
+            self._sealed = [k for k in keys if k in self._graphs]
+            self.eager_after_seal = self.captures_after_seal = 0
+        return made
+
+    def _check_fingerprint(self, cfm: ConditionalCFM) -> None:
+        fingerprint = (cfm.noise.data_ptr(), *(p.data_ptr() for p in cfm.estimator.parameters()))
+        if fingerprint != self._fingerprint:
+            self.clear()
+            self._fingerprint = fingerprint
+
+    def _key_for(
+        self, rows: int, frames: int, n_timesteps: int, dtype: torch.dtype
+    ) -> GraphKey | None:
+        if self._sealed is None:
+            return (row_bucket(rows), frame_bucket(frames), n_timesteps, dtype)
+        fits = [
+            k
+            for k in self._sealed
+            if k[0] >= rows and k[1] >= frames and k[2] == n_timesteps and k[3] == dtype
+        ]
+        # The least padded work (rows x frames) among the shapes that hold the batch.
+        return min(fits, key=lambda k: (k[0] * k[1], k[1]), default=None)
+
+    def _build(
+        self, cfm: ConditionalCFM, key: GraphKey, device: torch.device
+    ) -> _CapturedSolve | None:
+        rows, frames, n_timesteps, _ = key
+        try:
+            if self.capture and self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = _CapturedSolve(
+                cfm, rows, frames, n_timesteps, device, self._pool if self.capture else None
+            )
+        except Exception as error:  # whatever broke the capture
+            # A failed capture (no CUDA device, out of memory, an op that cannot be captured)
+            # must cost speed, not the request: this shape runs eagerly from now on.
+            self._failed.add(key)
+            logger.warning(
+                "S3Gen: no CUDA graph for %d rows x %d frames (%s); running it eagerly",
+                rows,
+                frames,
+                error,
+            )
+            return None
+        self.captures += 1
+        if self._sealed is not None:
+            self.captures_after_seal += 1
+        while len(self._graphs) >= self.max_graphs:
+            self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[key] = graph
+        return graph
 
     def solve(
         self,
@@ -145,56 +271,45 @@ class EulerGraphs:
         spks: torch.Tensor,
         cond: torch.Tensor,
         n_timesteps: int,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch, channels, frames = mu.shape
-        # Never pad past the fixed noise (callers already keep frames within it).
-        rows, padded = row_bucket(batch), min(frame_bucket(frames), cfm.noise.shape[2])
-        fingerprint = (cfm.noise.data_ptr(), *(p.data_ptr() for p in cfm.estimator.parameters()))
-        if fingerprint != self._fingerprint:
-            self.clear()
-            self._fingerprint = fingerprint
+        batch, _, frames = mu.shape
+        self._check_fingerprint(cfm)
         dtype = next(cfm.estimator.parameters()).dtype
-        key = (rows, padded, n_timesteps, dtype)
-        if key in self._failed:
-            return cfm._solve_eager(mu, mask, spks, cond, n_timesteps)
+        key = self._key_for(batch, frames, n_timesteps, dtype)
+        if key is not None and key[1] > cfm.noise.shape[2]:
+            key = None  # never pad past the fixed noise (unsealed buckets are clipped below)
+        if key is None and self._sealed is None:
+            key = (row_bucket(batch), cfm.noise.shape[2], n_timesteps, dtype)
+        if key is None or key in self._failed:
+            if self._sealed is not None:
+                self.eager_after_seal += 1
+            return cfm._solve_eager(mu, mask, spks, cond, n_timesteps, x0=x0)
         graph = self._graphs.pop(key, None)
         if graph is None:
-            try:
-                if self.capture and self._pool is None:
-                    self._pool = torch.cuda.graph_pool_handle()
-                graph = _CapturedSolve(
-                    cfm,
-                    rows,
-                    padded,
-                    channels,
-                    spks.shape[1],
-                    n_timesteps,
-                    mu.device,
-                    self._pool if self.capture else None,
-                )
-            except Exception as error:  # whatever broke the capture
-                # A failed capture (no CUDA device, out of memory, an op that cannot be captured)
-                # must cost speed, not the request: this shape runs eagerly from now on.
-                self._failed.add(key)
-                logger.warning(
-                    "S3Gen: no CUDA graph for %d rows x %d frames (%s); running it eagerly",
-                    rows,
-                    padded,
-                    error,
-                )
-                return cfm._solve_eager(mu, mask, spks, cond, n_timesteps)
-            self.captures += 1
-            while len(self._graphs) >= self.max_graphs:
-                self._graphs.pop(next(iter(self._graphs)))
+            graph = self._build(cfm, key, mu.device)
+            if graph is None:
+                return cfm._solve_eager(mu, mask, spks, cond, n_timesteps, x0=x0)
         self._graphs[key] = graph  # most recently used last
-        return graph.run(mu, mask, spks, cond)[:batch, :, :frames].clone()
+        return graph.run(mu, mask, spks, cond, x0)[:batch, :, :frames].clone()
 
     def clear(self) -> None:
-        """Drop every graph (their memory returns to the allocator)."""
+        """Drop every graph (their memory returns to the allocator); a sealed shape set stays
+        sealed and its graphs are captured again on next use (see :attr:`captures_after_seal`)."""
         self._graphs.clear()
         self._failed.clear()
         self._pool = None
         self._fingerprint = ()
+
+    def stats(self) -> dict[str, int | bool]:
+        """Counters for logs and metrics."""
+        return {
+            "graphs": len(self._graphs),
+            "captures": self.captures,
+            "sealed": self.sealed,
+            "eager_after_seal": self.eager_after_seal,
+            "captures_after_seal": self.captures_after_seal,
+        }
 
 
 class _CapturedSolve:
@@ -203,8 +318,6 @@ class _CapturedSolve:
         cfm: ConditionalCFM,
         rows: int,
         frames: int,
-        channels: int,
-        spk_channels: int,
         n_timesteps: int,
         device: torch.device,
         pool: object | None,
@@ -212,18 +325,19 @@ class _CapturedSolve:
         """``pool=None``: no capture; :meth:`run` solves the static buffers eagerly."""
         self.rows, self.frames = rows, frames
         self.cfm = cfm
-        self.noise = cfm.noise  # the graph reads this tensor's memory: keep it alive
+        self.noise = cfm.noise  # the default start state is copied from it: keep it alive
         dtype = next(cfm.estimator.parameters()).dtype
+        channels = MEL_CHANNELS
         # Static inputs (outside the graph pool: they outlive every replay).
         self.mu = torch.zeros(rows, channels, frames, device=device, dtype=dtype)
         self.mask = torch.zeros(rows, 1, frames, device=device, dtype=dtype)
-        self.spks = torch.zeros(rows, spk_channels, device=device, dtype=dtype)
+        self.spks = torch.zeros(rows, channels, device=device, dtype=dtype)
         self.cond = torch.zeros(rows, channels, frames, device=device, dtype=dtype)
+        self.x0 = torch.zeros(rows, channels, frames, device=device, dtype=torch.float32)
         self.mask[:, :, :1] = 1  # a valid first frame while warming up (no fully masked rows)
         # Made before capture: a host-to-device copy cannot happen inside one.
         self.t_span = cosine_time_steps(n_timesteps).to(device)
-        args = (self.mu, self.mask, self.spks, self.cond, n_timesteps, self.t_span)
-        self.args = args
+        self.n_timesteps = n_timesteps
         self.graph: torch.cuda.CUDAGraph | None = None
         if pool is None:
             return
@@ -231,19 +345,31 @@ class _CapturedSolve:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                cfm._solve_eager(*args)
+                self._eager()
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: another thread of the process (T3 conditioning, a pipeline's main loop)
         # may use CUDA while this one captures; only this thread's calls are restricted.
         with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-            self.out = cfm._solve_eager(*args)
+            self.out = self._eager()
+
+    def _eager(self) -> torch.Tensor:
+        return self.cfm._solve_eager(
+            self.mu, self.mask, self.spks, self.cond, self.n_timesteps, self.t_span, x0=self.x0
+        )
 
     def run(
-        self, mu: torch.Tensor, mask: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+        self,
+        mu: torch.Tensor,
+        mask: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, _, frames = mu.shape
-        for static, value in ((self.mu, mu), (self.cond, cond)):
+        if x0 is None:
+            x0 = self.noise[:, :, :frames].expand(batch, -1, -1)
+        for static, value in ((self.mu, mu), (self.cond, cond), (self.x0, x0)):
             static[:batch, :, :frames].copy_(value)
             static[:batch, :, frames:].zero_()
             static[batch:] = static[batch - 1 : batch]
@@ -253,7 +379,7 @@ class _CapturedSolve:
         self.spks[:batch].copy_(spks)
         self.spks[batch:] = self.spks[batch - 1 : batch]
         if self.graph is None:
-            return self.cfm._solve_eager(*self.args)
+            return self._eager()
         self.graph.replay()
         return self.out
 
@@ -276,13 +402,22 @@ class CausalMaskedDiffWithXvec(nn.Module):
         prompt_mel_lengths: torch.Tensor,
         speaker_embedding: torch.Tensor,
         n_timesteps: int,
+        *,
+        keep_frames: torch.Tensor | None = None,
+        noise_columns: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Generate mels for a padded batch.
 
         ``tokens``: ``[B, L]`` prompt tokens followed by new tokens, right-padded; ``token_lengths``:
         ``[B]`` (prompt + new). ``prompt_mel``: ``[B, P, 80]`` right-padded, ``prompt_mel_lengths``:
         ``[B]``. ``speaker_embedding``: ``[B, 192]``. Returns float32 mels ``[B, 80, G]`` of the new
-        part only (left-aligned, zero-padded) and their lengths ``2 * L_i - P_i`` (a CPU tensor).
+        part only (left-aligned, zero-padded) and their lengths ``K_i - P_i`` (a CPU tensor).
+
+        ``keep_frames`` (``[B]``, host; default ``2 * L_i``): mel frames (prompt included) that the
+        CFM decodes per item; tokens past them reach the encoder only (a streamed window's
+        look-ahead). ``noise_columns`` (``[B, >= max K_i]`` int64; default ``0, 1, 2, ...``): the
+        column of the fixed CFM noise each frame starts from, so a window starts every frame from
+        the column the whole utterance's synthesis uses for it.
 
         Lengths may be CPU tensors while everything else is on the GPU: then nothing here waits
         for the GPU (the output size is known on the host) and the next batch can be queued while
@@ -292,10 +427,15 @@ class CausalMaskedDiffWithXvec(nn.Module):
         batch = tokens.shape[0]
         spks = self.spk_embed_affine_layer(F.normalize(speaker_embedding.to(dtype), dim=1))
 
-        # Upsampled mel lengths and generated lengths on the host (one sync only if given on GPU).
+        # Decoded mel lengths on the host (one sync only if given on GPU).
         host_tokens = token_lengths.to("cpu", torch.int64)
         host_prompt = prompt_mel_lengths.to("cpu", torch.int64)
-        host_gen = host_tokens * self.encoder.up_layer.stride - host_prompt
+        host_keep = (
+            host_tokens * self.encoder.up_layer.stride
+            if keep_frames is None
+            else keep_frames.to("cpu", torch.int64)
+        )
+        host_gen = host_keep - host_prompt
         token_lengths = token_lengths.to(device, non_blocking=True)
         prompt_mel_lengths = prompt_mel_lengths.to(device, non_blocking=True)
 
@@ -303,16 +443,26 @@ class CausalMaskedDiffWithXvec(nn.Module):
         embedded = self.input_embedding(torch.clamp(tokens, min=0)) * token_mask
         hidden, mel_lengths = self.encoder(embedded, token_lengths)
         mu = self.encoder_proj(hidden).transpose(1, 2)  # [B, 80, T]
+        if keep_frames is not None:
+            # Columns past every kept length are never decoded: the CFM runs on fewer frames.
+            mel_lengths = host_keep.to(device, non_blocking=True)
+            mu = mu[:, :, : int(host_keep.max())]
         frames = mu.shape[2]
 
         mel_mask = length_mask(mel_lengths, frames).unsqueeze(1)
+        if keep_frames is not None:
+            mu = mu * mel_mask.to(mu.dtype)
         prompt_frames = min(prompt_mel.shape[1], frames)
         prompt_mask = length_mask(prompt_mel_lengths, prompt_frames).unsqueeze(-1)
         cond = torch.zeros(batch, frames, MEL_CHANNELS, device=mu.device, dtype=dtype)
         cond[:, :prompt_frames] = (prompt_mel[:, :prompt_frames] * prompt_mask).to(dtype)
         cond = cond.transpose(1, 2)
 
-        mel = self.decoder.solve(mu, mel_mask.to(dtype), spks, cond, n_timesteps)
+        if noise_columns is None:
+            mel = self.decoder.solve(mu, mel_mask.to(dtype), spks, cond, n_timesteps)
+        else:
+            x0 = self.decoder.noise_columns(noise_columns[:, :frames])
+            mel = self.decoder.solve(mu, mel_mask.to(dtype), spks, cond, n_timesteps, x0=x0)
 
         # out[i, :, j] = mel[i, :, P_i + j] for j < G_i, else 0: one gather, no per-item indexing.
         width = int(host_gen.max())

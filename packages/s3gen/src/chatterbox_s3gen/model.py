@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,12 +29,15 @@ from chatterbox_s3gen.constants import (
     TRIM_SAMPLES,
 )
 from chatterbox_s3gen.errors import S3GenInputError, S3GenInputTypeError
-from chatterbox_s3gen.flow import CausalMaskedDiffWithXvec, EulerGraphs
+from chatterbox_s3gen.flow import CausalMaskedDiffWithXvec, EulerGraphs, GraphPreparation
 from chatterbox_s3gen.hift import HiFTGenerator
 from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.speaker_encoder import MIN_SPEAKER_SAMPLES, CAMPPlus
 from chatterbox_s3gen.tokenizer import MIN_TOKENIZER_SAMPLES, S3SpeechTokenizer
 from chatterbox_s3gen.vocoders import Vocoder, VocoderContext, accepts_seeds, get_vocoder
+
+if TYPE_CHECKING:
+    from chatterbox_s3gen.streaming import StreamingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +244,54 @@ class S3Gen(nn.Module):
         are masked, so results equal eager runs up to float rounding of the GPU kernels. CPU runs
         never use graphs."""
         self.flow.decoder.graphs = EulerGraphs(max_graphs) if enabled else None
+
+    def prepare_stream_graphs(
+        self, config: StreamingConfig, max_rows: int, n_timesteps: int = 10
+    ) -> GraphPreparation:
+        """Start-up work of a streaming server: capture the Euler loop of every flow shape the
+        windows of ``config`` can make in batches of up to ``max_rows`` windows
+        (:func:`chatterbox_s3gen.streaming.stream_flow_shapes`), then seal the set: from now on a
+        batch runs on the smallest prepared shape that holds it, and one that none holds (a
+        whole-utterance window, :meth:`synthesize`) runs eagerly; nothing is captured while
+        serving (see :meth:`graph_stats`). Turns CUDA graphs on if they were off. On a CPU the
+        same bookkeeping runs without capture (static buffers, eager solves)."""
+        from chatterbox_s3gen.streaming import stream_flow_shapes
+
+        if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
+            raise S3GenInputError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
+        shapes = stream_flow_shapes(config, max_rows)
+        capture = self.device.type == "cuda"
+        graphs = self.flow.decoder.graphs
+        if graphs is None or graphs.capture != capture:
+            graphs = EulerGraphs(len(shapes), capture=capture)
+            self.flow.decoder.graphs = graphs
+        begin = time.perf_counter()
+        captures = graphs.prepare(self.flow.decoder, shapes, n_timesteps)
+        if capture:
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - begin
+        logger.info(
+            "S3Gen: %d flow shapes for streaming (%d captured) in %.1f s; sealed",
+            len(shapes),
+            captures,
+            seconds,
+        )
+        return GraphPreparation(tuple(shapes), n_timesteps, captures, seconds)
+
+    def graph_stats(self) -> dict[str, int | bool]:
+        """Euler-loop graph counters: ``graphs`` held, ``captures`` so far, ``sealed``,
+        ``eager_after_seal`` (batches no prepared shape held) and ``captures_after_seal``
+        (re-captures after new weights or noise; 0 while serving)."""
+        graphs = self.flow.decoder.graphs
+        if graphs is None:
+            return {
+                "graphs": 0,
+                "captures": 0,
+                "sealed": False,
+                "eager_after_seal": 0,
+                "captures_after_seal": 0,
+            }
+        return graphs.stats()
 
     @property
     def cuda_graphs(self) -> bool:
@@ -544,6 +596,13 @@ class S3Gen(nn.Module):
     def _vocode_batch(
         self, mels: torch.Tensor, lengths: torch.Tensor, seeds: list[int]
     ) -> list[torch.Tensor]:
+        return [self._fade_in(wav) for wav in self._vocode_unfaded(mels, lengths, seeds)]
+
+    def _vocode_unfaded(
+        self, mels: torch.Tensor, lengths: torch.Tensor, seeds: list[int]
+    ) -> list[torch.Tensor]:
+        """:attr:`vocoder` on a padded batch -> float32 CPU waveforms, before the fade-in (whole
+        streamed windows use this and fade as a stream does: the same samples)."""
         vocoder = self.vocoder
         if self._vocoder_takes_seeds:
             wavs = vocoder.vocode(mels, lengths, seeds=seeds)  # type: ignore[call-arg]
@@ -555,7 +614,7 @@ class S3Gen(nn.Module):
             sizes = [wav.numel() for wav in wavs]
             flat = torch.cat([wav.reshape(-1).float() for wav in wavs]).cpu()
             wavs = list(flat.split(sizes))
-        return [self._fade_in(wav.to("cpu", torch.float32)) for wav in wavs]
+        return [wav.to("cpu", torch.float32) for wav in wavs]
 
     def _fade_in(self, wav: torch.Tensor) -> torch.Tensor:
         fade = self.trim_fade.to("cpu")[: wav.numel()]

@@ -2,16 +2,20 @@
 
 How a stream cuts the work (frame numbers are generated 50 Hz mel frames, 480 samples each):
 
-* **Flow windows.** Window ``k`` runs the flow on the prompt plus *all* utterance tokens received
-  so far up to ``keep + lookahead`` and keeps the mel of the first ``keep`` tokens only (the
-  reference's ``finalize=False``: the last ``lookahead_tokens`` tokens are context for the encoder's
-  pre-lookahead conv and the full attention, their frames are dropped). The prefix is recomputed
-  every window, as CosyVoice2 does, because the encoder and the CFM estimator attend over the
-  whole sequence: that keeps earlier frames conditioned on everything before them, and every frame
-  starts from the same column of S3Gen's fixed CFM noise as in :meth:`S3Gen.synthesize`, so the
-  only difference from the non-streamed mel is the not-yet-seen future. Window sizes are
-  ``first_chunk_tokens``, then doubling up to ``chunk_tokens``; the last window (after
-  :meth:`S3GenStream.finish`) keeps everything.
+* **Flow windows.** Window ``k`` runs the flow on the last ``prompt_tokens`` voice-prompt tokens
+  (and their prompt-mel frames), then up to ``left_context_tokens`` utterance tokens before its
+  first new token, then its new tokens and ``lookahead_tokens`` more. It decodes everything but
+  the look-ahead (the reference's ``finalize=False``: those tokens are context for the encoder's
+  pre-lookahead conv and the full attention) and keeps only its new frames (plus the vocoder's
+  context). It goes through :meth:`CausalMaskedDiffWithXvec.inference`, the flow
+  :meth:`S3Gen.synthesize` runs, and every frame starts from the column of S3Gen's fixed CFM
+  noise that whole-utterance synthesis uses for it (its index in prompt mel + generated mel), so
+  the differences from the non-streamed mel are the unseen future, the cut history and the cut
+  prompt. A window's cost is bounded whatever the utterance's length (``None`` for either bound
+  re-runs everything, as CosyVoice2 does). Window sizes are ``first_chunk_tokens``, then
+  doubling up to ``chunk_tokens``; the last window (after :meth:`S3GenStream.finish`) keeps
+  everything. A ``StreamingConfig(whole=True)`` stream has one window over the whole utterance,
+  equal to :meth:`S3Gen.synthesize`.
 * **Vocoder windows.** HiFT runs on the window's fresh mel from ``context_frames`` before the
   first frame still to be emitted up to the end of the kept mel. The last ``lookahead_frames``
   and the ``crossfade_frames`` before them are not emitted yet: the next window recomputes them
@@ -42,10 +46,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from chatterbox_s3gen.constants import (
     MEL_CHANNELS,
@@ -60,14 +63,23 @@ from chatterbox_s3gen.errors import (
     S3GenInputError,
     S3GenInputTypeError,
 )
+from chatterbox_s3gen.flow import frame_bucket
 from chatterbox_s3gen.hift import draw_source_noise
 from chatterbox_s3gen.masks import length_mask
 from chatterbox_s3gen.model import S3Gen
 from chatterbox_s3gen.reference import S3GenReference
+from chatterbox_s3gen.vocoders import HiFTTorchVocoder
 
 NOISE_BLOCK_SAMPLES = S3GEN_SAMPLE_RATE
 """The stream's vocoder noise is drawn in blocks of this many samples (1 s), each from its own
 generator, so any sample range can be drawn without knowing the utterance's final length."""
+
+DEFAULT_LEFT_CONTEXT_TOKENS = 25
+"""Utterance tokens (1 s) a window re-runs before its first new token (measured: README)."""
+DEFAULT_PROMPT_TOKENS = 50
+"""Voice-prompt tokens (2 s, the prompt's end) a window conditions on (measured: README)."""
+MAX_PROMPT_TOKENS = 250
+"""Longest prompt the shape lists assume for unbounded prompts (10 s, chatterbox's limit)."""
 
 _stream_ids = itertools.count()
 
@@ -82,21 +94,36 @@ class StreamingConfig:
     """How a :class:`S3GenStream` cuts an utterance into windows. Token counts are 25 Hz speech
     tokens (40 ms of audio each), frame counts 50 Hz mel frames (20 ms, 480 samples each).
 
-    * ``first_chunk_tokens``: tokens whose audio the first window produces (default 12 = 0.48 s
+    * ``first_chunk_tokens``: tokens whose audio the first window produces (default 16 = 0.64 s
       of mel; the first chunk is that minus the held-back ``crossfade_frames + lookahead_frames``);
       it needs ``first_chunk_tokens + lookahead_tokens`` tokens.
     * ``chunk_tokens``: the largest later window; windows double from ``first_chunk_tokens`` up to
       it (small early windows keep playback ahead of synthesis, large later ones need fewer flow
-      passes over the recomputed prefix).
+      passes over the re-run context).
     * ``lookahead_tokens``: future tokens a non-final window gives the flow as context and drops
       (3 = the flow's pre-lookahead conv; more gives the full-attention encoder and estimator more
       right context, i.e. less error, at the cost of latency).
+    * ``left_context_tokens``: utterance tokens before a window's first new token that the flow
+      re-runs as context (their mel is dropped, except the vocoder's ``context_frames``). Bounds
+      the cost of a window whatever the utterance's length; ``None`` re-runs the whole history.
+      Must cover the vocoder's re-run frames: ``2 * left_context_tokens >= context_frames +
+      crossfade_frames + lookahead_frames``.
+    * ``prompt_tokens``: windows condition on only the last this many voice-prompt tokens (and
+      their prompt-mel frames); ``None`` uses the whole prompt. With ``first_window_full_prompt``
+      the first window uses the whole prompt anyway (its cost then depends on the voice).
     * ``crossfade_frames``: overlap between consecutive vocoder windows, blended with
       complementary raised-cosine weights (0 = butt joins).
     * ``context_frames``: frames before the first new one that the vocoder recomputes (not
       emitted) so its convolutions see real left context.
     * ``lookahead_frames``: frames after the crossfade region that the vocoder computes but does
       not emit yet, so the crossfaded samples are not at the vocoder's right edge.
+    * ``whole``: no streaming: one window, issued after :meth:`S3GenStream.end_of_tokens`, keeps
+      every token with the whole prompt; its audio equals :meth:`S3Gen.synthesize` for the same
+      tokens, voice, steps and seed (a non-streamed request run through the same scheduler).
+
+    A non-final window re-runs at most ``prompt_tokens + left_context_tokens + chunk_tokens +
+    lookahead_tokens`` tokens through the flow (a final one up to one token less); see
+    :func:`stream_flow_shapes` for the flow batch shapes this allows.
     """
 
     first_chunk_tokens: int = 16
@@ -105,6 +132,10 @@ class StreamingConfig:
     crossfade_frames: int = 4
     context_frames: int = 8
     lookahead_frames: int = 6
+    left_context_tokens: int | None = DEFAULT_LEFT_CONTEXT_TOKENS
+    prompt_tokens: int | None = DEFAULT_PROMPT_TOKENS
+    first_window_full_prompt: bool = False
+    whole: bool = False
 
     def __post_init__(self) -> None:
         minimum = {
@@ -114,16 +145,23 @@ class StreamingConfig:
             "crossfade_frames": 0,
             "context_frames": 0,
             "lookahead_frames": 0,
+            "left_context_tokens": 0,
+            "prompt_tokens": 0,
         }
-        for f in fields(self):
-            value = getattr(self, f.name)
+        for name, least in minimum.items():
+            value = getattr(self, name)
+            if value is None and name in ("left_context_tokens", "prompt_tokens"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise S3GenInputTypeError(
-                    f"StreamingConfig.{f.name} must be an int, got {type(value).__name__}"
+                    f"StreamingConfig.{name} must be an int, got {type(value).__name__}"
                 )
-            if value < minimum[f.name]:
-                raise ConfigurationError(
-                    f"StreamingConfig.{f.name} must be >= {minimum[f.name]}, got {value}"
+            if value < least:
+                raise ConfigurationError(f"StreamingConfig.{name} must be >= {least}, got {value}")
+        for name in ("first_window_full_prompt", "whole"):
+            if not isinstance(getattr(self, name), bool):
+                raise S3GenInputTypeError(
+                    f"StreamingConfig.{name} must be a bool, got {type(getattr(self, name)).__name__}"
                 )
         if self.chunk_tokens < self.first_chunk_tokens:
             raise ConfigurationError(
@@ -139,6 +177,18 @@ class StreamingConfig:
                 f"{TOKEN_MEL_RATIO * self.first_chunk_tokens} mel frames must exceed the "
                 f"{held} held back (crossfade_frames + lookahead_frames) by at least 2"
             )
+        rerun = held + self.context_frames
+        if (
+            self.left_context_tokens is not None
+            and TOKEN_MEL_RATIO * self.left_context_tokens < rerun
+        ):
+            # The vocoder re-runs the held-back and context frames of the previous window: the
+            # flow must have produced them, i.e. they must lie in the window's left context.
+            raise ConfigurationError(
+                f"StreamingConfig.left_context_tokens ({self.left_context_tokens}) is too small: "
+                f"its {TOKEN_MEL_RATIO * self.left_context_tokens} frames must cover the {rerun} "
+                "the vocoder re-runs (context_frames + crossfade_frames + lookahead_frames)"
+            )
 
     @property
     def held_frames(self) -> int:
@@ -149,19 +199,51 @@ class StreamingConfig:
         """Tokens kept by non-final window ``index`` (0-based): doubling, capped at ``chunk_tokens``."""
         return min(self.chunk_tokens, self.first_chunk_tokens * 2 ** min(index, 30))
 
+    def window_prompt_tokens(self, prompt_tokens: int, index: int) -> int:
+        """Prompt tokens window ``index`` of a voice with ``prompt_tokens`` conditions on."""
+        if (
+            self.whole
+            or self.prompt_tokens is None
+            or (index == 0 and self.first_window_full_prompt)
+        ):
+            return prompt_tokens
+        return min(prompt_tokens, self.prompt_tokens)
+
+    def max_flow_tokens(self, max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> int:
+        """The most tokens (prompt part included) any non-whole window runs through the flow's
+        encoder, for voices of at most ``max_prompt_tokens`` prompt tokens."""
+        if self.whole or self.left_context_tokens is None:
+            raise ConfigurationError(
+                "StreamingConfig: windows are bounded only with left_context_tokens set and "
+                "whole=False"
+            )
+        prompt = max_prompt_tokens if self.prompt_tokens is None else self.prompt_tokens
+        if self.first_window_full_prompt:
+            first = max_prompt_tokens + self.first_chunk_tokens + self.lookahead_tokens
+        else:
+            first = 0
+        steady = prompt + self.left_context_tokens + self.chunk_tokens + self.lookahead_tokens
+        return max(first, steady)
+
 
 @dataclass(frozen=True)
 class StreamWindow:
     """One unit of work of a stream, to run (possibly batched with other streams' windows) through
     :func:`synthesize_windows`. Frame indices count the utterance's generated mel frames.
 
-    * ``tokens``: utterance tokens ``[0, token_stop)`` (int64 CPU), prompt not included;
+    * ``tokens``: utterance tokens ``[token_start, token_stop)`` (int64 CPU), prompt not included;
+      ``token_start`` > 0 once the left context is bounded;
+    * ``prompt_tokens``: how many of the voice's last prompt tokens (and their prompt-mel frames)
+      the flow conditions on;
     * ``keep_tokens``: tokens whose mel is kept (``token_stop`` minus the dropped look-ahead);
     * ``mel_start``/``mel_stop``: generated frames handed to the vocoder;
     * ``phases``: ``[H, 1]`` float32 random initial phases of the harmonics (per seed);
     * ``anchor_frame`` / ``anchor_cycles``: the frame (``>= mel_start``) at which the sine must
       have accumulated ``anchor_cycles`` (``[H]`` float64, mod 1) cycles per harmonic;
-    * ``noise``: ``[H, 480 * (mel_stop - mel_start)]`` float32 source noise of those samples.
+    * ``noise``: ``[H, 480 * (mel_stop - mel_start)]`` float32 source noise of those samples
+      (empty when the window is not vocoded by the anchored torch HiFT: drawn when needed);
+    * ``whole``: the window of a ``StreamingConfig(whole=True)`` stream (vocoded exactly as
+      :meth:`S3Gen.synthesize` with ``seed``).
     """
 
     stream_id: int
@@ -177,10 +259,58 @@ class StreamWindow:
     anchor_frame: int
     anchor_cycles: torch.Tensor
     noise: torch.Tensor
+    token_start: int = 0
+    prompt_tokens: int | None = None
+    seed: int = 0
+    whole: bool = False
 
     @property
     def frames(self) -> int:
         return self.mel_stop - self.mel_start
+
+    # -- what the flow runs (frame numbers of the window's own prompt + token sequence) ---------
+    @property
+    def _prompt_cut(self) -> int:
+        """Prompt tokens dropped from the front of the voice's prompt."""
+        total = self.reference.num_prompt_tokens
+        return total - (total if self.prompt_tokens is None else self.prompt_tokens)
+
+    def flow_tokens(self) -> torch.Tensor:
+        """The window's flow input: its prompt tokens, then its utterance tokens."""
+        prompt = self.reference.prompt_tokens.to("cpu")[self._prompt_cut :]
+        return torch.cat([prompt, self.tokens])
+
+    def flow_prompt_mel(self) -> torch.Tensor:
+        """The prompt-mel frames of the window's prompt tokens ``[F, 80]``. An odd last prompt
+        frame overlaps the utterance's first token: kept only when that token is in the window."""
+        ref = self.reference
+        odd = ref.num_prompt_frames - TOKEN_MEL_RATIO * ref.num_prompt_tokens
+        stop = TOKEN_MEL_RATIO * ref.num_prompt_tokens + (odd if self.token_start == 0 else 0)
+        return ref.prompt_mel[TOKEN_MEL_RATIO * self._prompt_cut : stop]
+
+    @property
+    def keep_frames(self) -> int:
+        """Frames (prompt part included) the CFM decodes: everything before the look-ahead."""
+        prompt = self.reference.num_prompt_tokens - self._prompt_cut
+        return TOKEN_MEL_RATIO * (prompt + self.keep_tokens - self.token_start)
+
+    def noise_columns(self) -> torch.Tensor:
+        """For each decoded frame, the column of S3Gen's fixed CFM noise that whole-utterance
+        synthesis starts that frame from (its index in prompt mel + generated mel)."""
+        ref = self.reference
+        prompt = ref.num_prompt_tokens - self._prompt_cut
+        prompt_part = TOKEN_MEL_RATIO * self._prompt_cut + torch.arange(TOKEN_MEL_RATIO * prompt)
+        first = TOKEN_MEL_RATIO * (ref.num_prompt_tokens + self.token_start)
+        rest = first + torch.arange(self.keep_frames - TOKEN_MEL_RATIO * prompt)
+        return torch.cat([prompt_part, rest])
+
+    @property
+    def generated_offset(self) -> int:
+        """Generated-frame index of the window's first generated (non-prompt) mel frame."""
+        if self.token_start == 0:
+            return 0
+        ref = self.reference
+        return TOKEN_MEL_RATIO * (ref.num_prompt_tokens + self.token_start) - ref.num_prompt_frames
 
 
 @dataclass(frozen=True)
@@ -296,9 +426,11 @@ class S3GenStream:
     :meth:`next_window` / :func:`synthesize_windows` / :meth:`accept` instead of ``push``.
 
     ``seed`` seeds the vocoder's source (the harmonic phases are the ones :meth:`S3Gen.synthesize`
-    uses for that seed; the noise comes from :func:`stream_source_noise`). The stream always
-    vocodes with the model's PyTorch HiFT (``s3gen.mel2wav``), whatever ``s3gen.vocoder`` is: it
-    needs HiFT's source inputs. Not thread-safe: drive one stream from one thread."""
+    uses for that seed; the noise comes from :func:`stream_source_noise`; a ``whole`` stream uses
+    exactly :meth:`S3Gen.synthesize`'s draws). With the built-in ``hift-torch`` vocoder, windows
+    are vocoded by the model's HiFT with sine-phase anchoring; with any other ``s3gen.vocoder``
+    (``griffin-lim``, ``hift-onnx``, a plug-in) by that vocoder, each window's mel with its left
+    context, crossfaded the same way. Not thread-safe: drive one stream from one thread."""
 
     def __init__(
         self,
@@ -413,53 +545,70 @@ class S3GenStream:
         pending (each window needs the previous one's result), or the stream is done."""
         if self._done or self._pending is not None:
             return None
-        cfg = self.config
-        available = len(self._tokens)
-        hop = cfg.window_tokens(self._windows)
-        if available >= self._kept_tokens + hop + cfg.lookahead_tokens:
-            keep, stop, final = (
-                self._kept_tokens + hop,
-                self._kept_tokens + hop + cfg.lookahead_tokens,
-                False,
-            )
-        elif self._finish_requested:
-            if available == self._kept_tokens:
-                return None  # nothing new for the flow: finish() flushes the held-back tail
-            keep, stop, final = available, available, True
-        else:
+        span = self._next_span()
+        if span is None:
             return None
+        keep, stop, final = span
+        cfg = self.config
         mel_stop = self._generated_frames(keep)
         mel_start = max(0, self._emitted_frames - cfg.context_frames)
-        phases = self._base_phases.float().unsqueeze(-1)
+        context = cfg.left_context_tokens
+        token_start = 0 if context is None else max(0, self._kept_tokens - context)
+        window = StreamWindow(
+            stream_id=self.stream_id,
+            index=self._windows,
+            reference=self.reference,
+            tokens=torch.tensor(self._tokens[token_start:stop], dtype=torch.int64),
+            keep_tokens=keep,
+            final=final,
+            n_timesteps=self.n_timesteps,
+            mel_start=mel_start,
+            mel_stop=mel_stop,
+            phases=self._base_phases.float().unsqueeze(-1),
+            anchor_frame=self._anchor_frame,
+            anchor_cycles=self._anchor_cycles.clone(),
+            noise=self._window_noise(mel_start, mel_stop),
+            token_start=token_start,
+            prompt_tokens=cfg.window_prompt_tokens(self.reference.num_prompt_tokens, self._windows),
+            seed=self.seed,
+            whole=cfg.whole,
+        )
+        self._pending = window
+        return window
+
+    def _next_span(self) -> tuple[int, int, bool] | None:
+        """(keep, stop, final) of the next window, or None if it cannot run yet."""
+        cfg = self.config
+        available = len(self._tokens)
+        if cfg.whole:
+            ready = self._finish_requested and available > 0
+            return (available, available, True) if ready else None
+        hop = cfg.window_tokens(self._windows)
+        if available >= self._kept_tokens + hop + cfg.lookahead_tokens:
+            keep = self._kept_tokens + hop
+            return keep, keep + cfg.lookahead_tokens, False
+        if self._finish_requested and available > self._kept_tokens:
+            return available, available, True
+        # Not enough tokens yet, or nothing new for the flow: finish() flushes the held tail.
+        return None
+
+    def _window_noise(self, mel_start: int, mel_stop: int) -> torch.Tensor:
+        """The anchored HiFT's source noise for the window's samples (empty when another path
+        vocodes it: whole windows and plug-in vocoders draw their own)."""
+        if self.config.whole or not _anchored_hift(self.s3gen):
+            return torch.zeros(self._num_harmonics, 0)
         # Consecutive windows overlap: keep the blocks from the window's start on (drawing a
         # block costs ~2 ms of CPU, and a window touches 2-4 of them).
         first_block = mel_start * MEL_HOP // NOISE_BLOCK_SAMPLES
         for block in [b for b in self._noise_blocks if b < first_block]:
             del self._noise_blocks[block]
-        noise = stream_source_noise(
+        return stream_source_noise(
             self.seed,
             mel_start * MEL_HOP,
             mel_stop * MEL_HOP,
             self._num_harmonics,
             cache=self._noise_blocks,
         )
-        window = StreamWindow(
-            stream_id=self.stream_id,
-            index=self._windows,
-            reference=self.reference,
-            tokens=torch.tensor(self._tokens[:stop], dtype=torch.int64),
-            keep_tokens=keep,
-            final=final,
-            n_timesteps=self.n_timesteps,
-            mel_start=mel_start,
-            mel_stop=mel_stop,
-            phases=phases,
-            anchor_frame=self._anchor_frame,
-            anchor_cycles=self._anchor_cycles.clone(),
-            noise=noise,
-        )
-        self._pending = window
-        return window
 
     def accept(self, result: WindowResult) -> list[torch.Tensor]:
         """Take the result of the pending window; returns the audio it completes (zero or one
@@ -588,19 +737,16 @@ VOCODER_FRAME_BUCKET = 16
 def _flow_windows(
     s3gen: S3Gen, windows: Sequence[StreamWindow], n_timesteps: int, bucket: bool
 ) -> list[torch.Tensor]:
-    """Mels ``[80, frames]`` of every window's ``[mel_start, mel_stop)``, as one padded batch.
-
-    The same computation as :meth:`CausalMaskedDiffWithXvec.inference` except that each item's
-    decoder length is its kept frames (the look-ahead tokens reach the encoder only): the estimator
-    masks everything past an item's length, so this equals running the trimmed item alone."""
-    flow = s3gen.flow
+    """Mels ``[80, frames]`` of every window's ``[mel_start, mel_stop)``, as one padded batch
+    through :meth:`CausalMaskedDiffWithXvec.inference` (the flow :meth:`S3Gen.synthesize` runs):
+    each item decodes its kept frames only (the look-ahead tokens reach the encoder only) and
+    starts every frame from the CFM noise column the whole utterance uses for it."""
     device = s3gen.device
-    dtype = flow.input_embedding.weight.dtype
     count = len(windows)
-    if bucket:
+    if bucket:  # padded rows repeat the last window; their output is dropped
         windows = [*windows, *[windows[-1]] * (_row_bucket(count) - count)]
     batch = len(windows)
-    full = [torch.cat([w.reference.prompt_tokens.to("cpu"), w.tokens]) for w in windows]
+    full = [w.flow_tokens() for w in windows]
     token_lengths = torch.tensor([t.numel() for t in full])
     width = int(token_lengths.max())
     if bucket:
@@ -608,41 +754,61 @@ def _flow_windows(
     padded = torch.zeros(batch, width, dtype=torch.int64)
     for i, t in enumerate(full):
         padded[i, : t.numel()] = t
-    prompt_lengths = torch.tensor([w.reference.num_prompt_frames for w in windows])
-    prompt_mel = torch.zeros(batch, int(prompt_lengths.max()), MEL_CHANNELS, device=device)
+    prompts = [w.flow_prompt_mel() for w in windows]
+    prompt_lengths = torch.tensor([p.shape[0] for p in prompts])
+    prompt_mel = torch.zeros(batch, max(int(prompt_lengths.max()), 1), MEL_CHANNELS, device=device)
+    for i, p in enumerate(prompts):
+        prompt_mel[i, : p.shape[0]] = p.to(device, torch.float32)
+    keep = torch.tensor([w.keep_frames for w in windows])
+    columns = torch.zeros(batch, int(keep.max()), dtype=torch.int64)
     for i, w in enumerate(windows):
-        prompt_mel[i, : w.reference.num_prompt_frames] = w.reference.prompt_mel.to(
-            device, torch.float32
-        )
-    keep = torch.tensor(
-        [TOKEN_MEL_RATIO * (w.reference.num_prompt_tokens + w.keep_tokens) for w in windows]
-    )
+        columns[i, : w.keep_frames] = w.noise_columns()
     speakers = torch.stack(
         [w.reference.speaker_embedding.to(device, torch.float32) for w in windows]
     )
-
-    padded, token_lengths = padded.to(device), token_lengths.to(device)
-    spks = flow.spk_embed_affine_layer(F.normalize(speakers.to(dtype), dim=1))
-    token_mask = length_mask(token_lengths, padded.shape[1]).unsqueeze(-1).to(dtype)
-    embedded = flow.input_embedding(torch.clamp(padded, min=0)) * token_mask
-    hidden, _ = flow.encoder(embedded, token_lengths)
-    mu = flow.encoder_proj(hidden).transpose(1, 2)
-    frames = int(keep.max())  # columns past every kept length are never needed
-    if bucket:
-        frames = min(_round_up(frames, TOKEN_MEL_RATIO * TOKEN_BUCKET), mu.shape[2])
-    mu = mu[:, :, :frames]
-    mel_mask = length_mask(keep.to(device), frames).unsqueeze(1)
-    mu = mu * mel_mask.to(mu.dtype)
-    prompt_frames = min(prompt_mel.shape[1], frames)
-    prompt_mask = length_mask(prompt_lengths.to(device), prompt_frames).unsqueeze(-1)
-    cond = torch.zeros(batch, frames, MEL_CHANNELS, device=device, dtype=dtype)
-    cond[:, :prompt_frames] = (prompt_mel[:, :prompt_frames] * prompt_mask).to(dtype)
-    mel = flow.decoder.solve(mu, mel_mask.to(dtype), spks, cond.transpose(1, 2), n_timesteps)
+    mel, _ = s3gen.flow.inference(
+        padded.to(device),
+        token_lengths,
+        prompt_mel,
+        prompt_lengths,
+        speakers,
+        n_timesteps,
+        keep_frames=keep,
+        noise_columns=columns,
+    )
     out = []
     for i, w in enumerate(windows[:count]):
-        first = w.reference.num_prompt_frames + w.mel_start
+        first = w.mel_start - w.generated_offset
         out.append(mel[i, :, first : first + w.frames].float())
     return out
+
+
+def _anchored_hift(s3gen: S3Gen) -> bool:
+    """Whether streamed windows are vocoded by the model's own torch HiFT with sine-phase
+    anchoring (the built-in ``hift-torch`` vocoder); any other vocoder is used as a plug-in."""
+    vocoder = s3gen.vocoder
+    return isinstance(vocoder, HiFTTorchVocoder) and vocoder.hift is s3gen.mel2wav
+
+
+def stream_flow_shapes(
+    config: StreamingConfig, max_rows: int, *, max_prompt_tokens: int = MAX_PROMPT_TOKENS
+) -> list[tuple[int, int]]:
+    """Every ``(rows, frames)`` CFM batch shape that windows of ``config`` make in batches of up
+    to ``max_rows`` windows: rows 1, 2, 4, ... up to the first power of two >= ``max_rows``
+    (larger batches are split), frames every :func:`~chatterbox_s3gen.flow.frame_bucket` up to
+    the longest window's decoded frames. ``max_prompt_tokens`` bounds voices' prompts where the
+    config does not (``prompt_tokens=None`` or ``first_window_full_prompt``)."""
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise S3GenInputError(f"max_rows must be a positive int, got {max_rows!r}")
+    if not isinstance(config, StreamingConfig):
+        raise S3GenInputTypeError(f"config must be a StreamingConfig, got {type(config).__name__}")
+    # Decoded frames exclude the look-ahead of non-final windows; a final window keeps up to
+    # one window plus lookahead - 1 new tokens (with lookahead_tokens more it would not be final).
+    longest = config.max_flow_tokens(max_prompt_tokens) - min(config.lookahead_tokens, 1)
+    top = frame_bucket(TOKEN_MEL_RATIO * longest)
+    frames = sorted({frame_bucket(f) for f in range(1, top + 1, 16)} | {top})
+    rows = [1 << i for i in range((max_rows - 1).bit_length() + 1)]
+    return [(r, f) for r in rows for f in frames]
 
 
 def _check_windows(windows: object) -> Sequence[StreamWindow]:
@@ -673,10 +839,15 @@ def flow_windows(
     steps: dict[int, list[int]] = {}
     for i, w in enumerate(windows):
         steps.setdefault(w.n_timesteps, []).append(i)
+    graphs = s3gen.flow.decoder.graphs
+    # A sealed graph set holds batches of at most this many rows: larger ones are split.
+    most = (graphs.max_sealed_rows if graphs is not None else None) or max(len(windows), 1)
     for n_timesteps, members in steps.items():
-        batch = [windows[i] for i in members]
-        for i, mel in zip(members, _flow_windows(s3gen, batch, n_timesteps, bucket)):
-            mels[i] = mel
+        for begin in range(0, len(members), most):
+            part = members[begin : begin + most]
+            batch = [windows[i] for i in part]
+            for i, mel in zip(part, _flow_windows(s3gen, batch, n_timesteps, bucket)):
+                mels[i] = mel
     return mels
 
 
@@ -688,9 +859,13 @@ def vocode_windows(
     *,
     bucket: bool | None = None,
 ) -> list[WindowResult]:
-    """The vocoder half of :func:`synthesize_windows`: HiFT on each window's mel
-    ``[80, window.frames]`` (normally from :func:`flow_windows`), all windows as one padded batch,
-    each started at the sine phase its anchor asks for. ``bucket``: as in :func:`flow_windows`."""
+    """The vocoder half of :func:`synthesize_windows` on each window's mel ``[80, window.frames]``
+    (normally from :func:`flow_windows`). Whole windows go through ``s3gen.vocoder`` exactly as
+    :meth:`S3Gen.synthesize` vocodes (same seed semantics). Streamed windows go through the
+    model's torch HiFT as one padded batch, each started at the sine phase its anchor asks for;
+    with another vocoder (``griffin-lim``, ``hift-onnx``, a plug-in) through that vocoder, as one
+    batch (crossfaded by the stream as usual; no phase anchoring). ``bucket``: as in
+    :func:`flow_windows`."""
     windows = _check_windows(windows)
     bucket = _bucketing(s3gen, bucket)
     if (
@@ -703,8 +878,55 @@ def vocode_windows(
         if not isinstance(m, torch.Tensor) or tuple(m.shape) != (MEL_CHANNELS, w.frames):
             shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
             raise S3GenInputError(f"mels[{i}] must be [{MEL_CHANNELS}, {w.frames}], got {shape}")
-    if not windows:
-        return []
+    anchored = _anchored_hift(s3gen)
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(windows):
+        path = "whole" if w.whole else "anchored" if anchored else "plugin"
+        groups.setdefault(path, []).append(i)
+    results: list[WindowResult | None] = [None] * len(windows)
+    for path, members in groups.items():
+        part = [windows[i] for i in members]
+        part_mels = [mels[i] for i in members]
+        if path == "anchored":
+            done = _vocode_anchored(s3gen, part, part_mels, bucket)
+        else:
+            done = _vocode_plain(s3gen, part, part_mels, whole=path == "whole")
+        for i, result in zip(members, done):
+            results[i] = result
+    return [r for r in results if r is not None]
+
+
+def _vocode_plain(
+    s3gen: S3Gen, windows: Sequence[StreamWindow], mels: Sequence[torch.Tensor], *, whole: bool
+) -> list[WindowResult]:
+    """``s3gen.vocoder`` on the windows' mels as one batch, without a fade (the stream fades).
+    Whole windows get their stream's seed, as :meth:`S3Gen.synthesize` gives an item; streamed
+    windows one seed per (stream seed, window) so a seeded plug-in's noise differs per window."""
+    lengths = torch.tensor([w.frames for w in windows])
+    padded = torch.zeros(len(windows), MEL_CHANNELS, int(lengths.max()), device=s3gen.device)
+    for i, m in enumerate(mels):
+        padded[i, :, : m.shape[1]] = m.to(s3gen.device, torch.float32)
+    seeds = [w.seed if whole else _splitmix64(w.seed ^ _splitmix64(w.index)) for w in windows]
+    wavs = s3gen._vocode_unfaded(padded, lengths, seeds)
+    harmonics = s3gen.mel2wav.num_harmonics
+    return [
+        WindowResult(
+            w.stream_id,
+            w.index,
+            m,
+            torch.zeros(w.frames, dtype=torch.float64),
+            torch.zeros(harmonics, dtype=torch.float64),
+            wav,
+        )
+        for w, m, wav in zip(windows, mels, wavs)
+    ]
+
+
+def _vocode_anchored(
+    s3gen: S3Gen, windows: Sequence[StreamWindow], mels: Sequence[torch.Tensor], bucket: bool
+) -> list[WindowResult]:
+    """The model's torch HiFT on the windows' mels as one padded batch, each window's sine
+    started at the phase its anchor asks for and its noise read from the stream's sequence."""
     hift = s3gen.mel2wav
     device = s3gen.device
     count = len(windows)
@@ -720,7 +942,12 @@ def vocode_windows(
     noise = torch.zeros(len(windows), harmonics, frames * MEL_HOP)
     for i, (w, m) in enumerate(zip(windows, mels)):
         mel[i, :, : w.frames] = m.to(device, torch.float32)
-        noise[i, :, : w.noise.shape[1]] = w.noise
+        samples = w.noise
+        if samples.shape[1] != w.frames * MEL_HOP:  # made while another vocoder was set
+            samples = stream_source_noise(
+                w.seed, w.mel_start * MEL_HOP, w.mel_stop * MEL_HOP, harmonics
+            )
+        noise[i, :, : samples.shape[1]] = samples
     lengths_d = lengths.to(device)
     # The F0 HiFT will compute (same masked input as its forward), needed before it runs: each
     # window's starting phase depends on the cycles its own F0 adds up to the anchor.
@@ -791,6 +1018,7 @@ __all__ = [
     "StreamingConfig",
     "WindowResult",
     "flow_windows",
+    "stream_flow_shapes",
     "stream_source_noise",
     "stream_synthesize",
     "synthesize_windows",
