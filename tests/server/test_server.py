@@ -351,10 +351,22 @@ def test_concurrent_streams_complete_and_memory_stays_flat(client, server) -> No
     assert rss[2] < rss[1] * 1.10, rss  # no per-request leak once warm
 
 
-def test_first_audio_latency_is_measured(server) -> None:
+def test_first_audio_latency_buffers_and_captures_are_measured(client, server) -> None:
+    with client.audio.speech.with_streaming_response.create(
+        model="chatterbox",
+        voice="default",
+        input="Measure me.",
+        response_format="pcm",
+        extra_body={"max_new_tokens": 40, "seed": 4},
+    ) as response:
+        assert len(response.read()) > 0
     text = httpx.get(server["base"] + "/metrics").text
     assert "chatterbox_first_audio_seconds_bucket" in text
     assert _metric(server["base"], "chatterbox_audio_seconds_total") > 0
+    # Every finished stream reports the least audio its player had buffered.
+    assert _metric(server["base"], "chatterbox_stream_min_buffer_seconds_count") > 0
+    # Nothing is captured on the request path (on a GPU the set is captured at start-up).
+    assert _metric(server["base"], "chatterbox_s3gen_graph_captures_after_startup_total") == 0
 
 
 def test_voices_survive_a_restart(chatterbox_checkpoint: Path, tmp_path: Path) -> None:

@@ -121,6 +121,7 @@ def test_default_schedule_runs_s3gen_after_t3_in_full_batches(loop: EventLoopThr
     timings = run_pipeline(
         jobs, stream_tokens=t3.stream, loop=loop, scheduler=scheduler, progress=False
     )
+    assert timings.s3gen_batches == 2
     scheduler.close()
     assert s3gen.calls[0][0] >= max(t3.finished_at.values())
     assert [len(tokens) for _, tokens, _ in s3gen.calls] == [4, 2]

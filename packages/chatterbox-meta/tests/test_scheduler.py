@@ -7,8 +7,8 @@ import threading
 import time
 
 import torch
-from chatterbox_s3gen import StreamingConfig
 
+from chatterbox_s3gen import StreamingConfig
 from chatterbox_vllm import ChatterboxTTS
 from chatterbox_vllm.audio import equal_power_crossfade_join
 from chatterbox_vllm.scheduler import Listener, S3GenScheduler
@@ -41,8 +41,11 @@ class Deliveries:
 def _playing(seconds_ago: float, delivered_s: float) -> Listener:
     """A stream that started playing ``seconds_ago`` with ``delivered_s`` of audio so far."""
     now = time.perf_counter()
-    return Listener(opened_at=now - seconds_ago - 0.2, first_audio_at=now - seconds_ago,
-                    delivered={0: delivered_s})
+    return Listener(
+        opened_at=now - seconds_ago - 0.2,
+        first_audio_at=now - seconds_ago,
+        delivered={0: delivered_s},
+    )
 
 
 def _first_runs(tts: ChatterboxTTS, lanes: dict[str, dict], count: int) -> list[str]:
@@ -67,7 +70,9 @@ def _first_runs(tts: ChatterboxTTS, lanes: dict[str, dict], count: int) -> list[
                         order=0,
                         deliver=deliveries.lane(name),
                     )
-                scheduler._lanes[lane].inbox.append(("tokens", list(range(100, 100 + spec["tokens"]))))
+                scheduler._lanes[lane].inbox.append(
+                    ("tokens", list(range(100, 100 + spec["tokens"])))
+                )
                 if spec.get("whole"):
                     scheduler._lanes[lane].inbox.append(("end", None))
         assert deliveries.done.wait(120), deliveries.order

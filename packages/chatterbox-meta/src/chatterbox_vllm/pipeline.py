@@ -135,7 +135,9 @@ def run_pipeline(
     intervals_before = len(scheduler.stats.whole_intervals)
     start = time.perf_counter()
 
-    def on_audio(index: int, pieces: list[torch.Tensor], done: bool, error: BaseException | None) -> None:
+    def on_audio(
+        index: int, pieces: list[torch.Tensor], done: bool, error: BaseException | None
+    ) -> None:
         finished.put((index, pieces, error))
 
     lanes = [
@@ -188,7 +190,9 @@ def run_pipeline(
             index, pieces, error = item
             if error is not None:
                 raise error
-            jobs[index].waveform = torch.cat([p.reshape(-1) for p in pieces]) if pieces else torch.zeros(0)
+            jobs[index].waveform = (
+                torch.cat([p.reshape(-1) for p in pieces]) if pieces else torch.zeros(0)
+            )
             remaining -= 1
             bar.update(1)
     except BaseException:

@@ -384,9 +384,8 @@ class S3GenScheduler:
         for lane in ordered:
             if len(batch) >= self.max_batch:
                 break
-            if (
-                len(batch) >= MIN_SPLIT_BATCH
-                and len(lane.tokens) < (1 - PADDING_SPLIT) * len(batch[0].tokens)
+            if len(batch) >= MIN_SPLIT_BATCH and len(lane.tokens) < (1 - PADDING_SPLIT) * len(
+                batch[0].tokens
             ):
                 break
             batch.append(lane)
@@ -399,9 +398,7 @@ class S3GenScheduler:
         self.stats.batches += 1
         self.stats.windows += windows
 
-    def _deliver(
-        self, lane: _Lane, chunks: list[torch.Tensor], done: bool, now: float
-    ) -> None:
+    def _deliver(self, lane: _Lane, chunks: list[torch.Tensor], done: bool, now: float) -> None:
         if lane.listener is not None:
             seconds = sum(c.numel() for c in chunks) / self.decoder.sample_rate
             if seconds > 0:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any

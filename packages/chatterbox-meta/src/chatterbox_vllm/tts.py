@@ -330,7 +330,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 )
             return self._scheduler
 
-    def s3gen_graph_stats(self) -> Any | None:
+    def s3gen_graph_stats(self) -> dict[str, Any] | None:
         """S3Gen's CUDA-graph bookkeeping (captures and eager solves after start-up), if the
         decoder keeps any."""
         probe = getattr(self._s3gen, "graph_stats", None)

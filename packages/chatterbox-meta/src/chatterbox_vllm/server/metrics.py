@@ -75,9 +75,9 @@ class Metrics:
         self._last = (time.perf_counter(), 0.0)
 
     def observe_stream(self, listener: Any) -> None:
-        """A stream finished (called on the S3Gen scheduler thread)."""
-        if listener.min_buffer_s != float("inf"):
-            self.stream_min_buffer.observe(listener.min_buffer_s)
+        """A stream finished (called on the S3Gen scheduler thread). A stream whose audio came
+        in one piece never had less buffered than all of it."""
+        self.stream_min_buffer.observe(min(listener.min_buffer_s, sum(listener.delivered.values())))
 
     def refresh(self, tts: Any) -> None:
         """Gauges read at scrape time."""
@@ -85,8 +85,8 @@ class Metrics:
         self.queue_depth.set(scheduler.stats.open_streams if scheduler is not None else 0)
         graphs = tts.s3gen_graph_stats()
         if graphs is not None:
-            self.captures_after_startup.set(graphs.captures_after_seal)
-            self.eager_after_startup.set(graphs.eager_after_seal)
+            self.captures_after_startup.set(graphs.get("captures_after_seal", 0))
+            self.eager_after_startup.set(graphs.get("eager_after_seal", 0))
         probe = getattr(tts._t3, "num_unfinished_requests", None)
         if callable(probe):
             self.t3_unfinished.set(probe())
