@@ -191,6 +191,7 @@ class EulerGraphs:
         """Most rows any sealed shape holds (callers split larger batches); None if unsealed."""
         return max((key[0] for key in self._sealed), default=0) if self._sealed else None
 
+    @torch.inference_mode()
     def prepare(
         self,
         cfm: ConditionalCFM,
@@ -201,7 +202,10 @@ class EulerGraphs:
     ) -> int:
         """Capture the Euler loop of every ``(rows, frames)`` in ``shapes`` now (start-up, not on
         the request path); with ``seal`` only these shapes are used from now on. Returns the
-        number of graphs captured (shapes already held are not captured again)."""
+        number of graphs captured (shapes already held are not captured again).
+
+        Runs in inference mode, as :meth:`ConditionalCFM.solve` does: a capture with autograd on
+        keeps every step's activations alive (seen on an H200: 24 shapes took 88 GiB)."""
         self._check_fingerprint(cfm)
         dtype = next(cfm.estimator.parameters()).dtype
         keys = sorted({(rows, frames, n_timesteps, dtype) for rows, frames in shapes})

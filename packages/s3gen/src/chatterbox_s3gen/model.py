@@ -245,6 +245,7 @@ class S3Gen(nn.Module):
         never use graphs."""
         self.flow.decoder.graphs = EulerGraphs(max_graphs) if enabled else None
 
+    @torch.inference_mode()
     def prepare_stream_graphs(
         self, config: StreamingConfig, max_rows: int, n_timesteps: int = 10
     ) -> GraphPreparation:
@@ -271,10 +272,14 @@ class S3Gen(nn.Module):
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - begin
         logger.info(
-            "S3Gen: %d flow shapes for streaming (%d captured) in %.1f s; sealed",
+            "S3Gen: %d flow shapes for streaming (%d captured) in %.1f s; sealed%s",
             len(shapes),
             captures,
             seconds,
+            f"; {torch.cuda.memory_allocated(self.device) / 2**30:.2f} GiB allocated on "
+            f"{self.device}"
+            if capture
+            else "",
         )
         return GraphPreparation(tuple(shapes), n_timesteps, captures, seconds)
 
