@@ -29,8 +29,8 @@ import contextlib
 import json
 import logging
 import math
-import re
 import os
+import re
 import shlex
 import signal
 import socket
@@ -228,7 +228,9 @@ CAPTURE_METRIC = "chatterbox_s3gen_graph_captures_after_startup_total"
 """The server's count of CUDA-graph captures after start-up (must stay 0 while serving)."""
 
 
-async def scrape_captures(client: httpx.AsyncClient, base: str, headers: dict[str, str]) -> float | None:
+async def scrape_captures(
+    client: httpx.AsyncClient, base: str, headers: dict[str, str]
+) -> float | None:
     """The server's captures-after-start-up counter, or None when it has none."""
     try:
         response = await client.get(base + "/metrics", headers=headers)
