@@ -67,7 +67,11 @@ def merge(
             **{k: e2e.get(k) for k in ("audio_s", "wall_s", "x_realtime", "load_s")},
             # The server starts second on the same machine: vLLM's compile cache is warm.
             "load_warm_s": load.get("server_startup_s") if load else None,
-            **{k: v for k, v in e2e.items() if k not in ("audio_s", "wall_s", "x_realtime", "load_s")},
+            **{
+                k: v
+                for k, v in e2e.items()
+                if k not in ("audio_s", "wall_s", "x_realtime", "load_s")
+            },
         }
     if load is not None:
         report["serve"] = [{k: row.get(k) for k in SERVE_FIELDS} for row in load["summary"]]
@@ -135,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     e2e = _read_json(args.e2e, "--e2e") if args.e2e and args.e2e.is_file() else None
     load = _read_json(args.load, "--load") if args.load and args.load.is_file() else None
     report = merge(
-        e2e, load, commit=args.commit, machine=args.machine, serve_peak_mib=_peak_mib(args.gpu_memory_log)
+        e2e,
+        load,
+        commit=args.commit,
+        machine=args.machine,
+        serve_peak_mib=_peak_mib(args.gpu_memory_log),
     )
     args.out.write_text(json.dumps(report, indent=1))
     print(markdown(report))
