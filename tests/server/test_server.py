@@ -9,10 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,61 +20,22 @@ import numpy as np
 import pytest
 import soundfile
 
-from vllm_cpu_test_support.settings import CLI_ENGINE_ARGS, CPU_ENV
-
 API_KEY = "test-key-123"
 SAMPLES_PER_TOKEN = 960
 RATE = 24_000
 pytestmark = pytest.mark.timeout(900)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _engine_args() -> list[str]:
-    args = list(CLI_ENGINE_ARGS)
-    args[args.index("--max-new-tokens") + 1] = "120"  # room for the long streams below
-    return args
-
-
 @pytest.fixture(scope="module")
-def server(chatterbox_checkpoint: Path, tmp_path_factory) -> Iterator[dict]:
-    port = _free_port()
+def server(chatterbox_checkpoint: Path, tmp_path_factory, launch_server) -> Iterator[dict]:
     voices = tmp_path_factory.mktemp("server-voices")
-    command = [
-        sys.executable, "-m", "chatterbox_vllm.cli", "serve",
-        "--model-dir", str(chatterbox_checkpoint), "--port", str(port),
-        "--api-key", API_KEY, "--voices-dir", str(voices),
-        "--max-input-chars", "400", "--max-upload-bytes", "2000000",
-        "--max-concurrent-streams", "20", *_engine_args(),
-    ]  # fmt: skip
-    log = (tmp_path_factory.mktemp("server-log") / "server.log").open("w+")
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **CPU_ENV}
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read()[-4000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(1)
-    else:
-        process.kill()
-        pytest.fail("server did not become healthy in 600 s")
-    yield {"base": base, "process": process, "voices": voices, "log": log}
-    process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    log = tmp_path_factory.mktemp("server-log") / "server.log"
+    with launch_server(
+        chatterbox_checkpoint, log,
+        "--voices-dir", str(voices), "--max-input-chars", "400", "--max-upload-bytes", "2000000",
+        "--max-concurrent-streams", "20", api_key=API_KEY,
+    ) as running:  # fmt: skip
+        yield {**running, "voices": voices}
 
 
 @pytest.fixture(scope="module")

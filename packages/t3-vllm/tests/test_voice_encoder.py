@@ -92,3 +92,12 @@ def test_bad_audio_is_rejected(encoder: VoiceEncoder) -> None:
         encoder.embed(np.zeros(100, dtype=np.float32))
     with pytest.raises(T3InputError, match="mono"):
         encoder.embed(np.zeros((2, SR), dtype=np.float32))
+
+
+def test_extremely_loud_audio_is_not_trimmed_to_nothing() -> None:
+    """Samples past ~1e19 overflowed float32 squares (inf - inf = NaN dB): every frame looked
+    silent and the error said the voice had 0 samples of sound."""
+    t = np.arange(32_000) / 16_000
+    wav = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    for scale in (1.0, 1e20, 1e37):
+        assert trim_silence(wav * np.float32(scale), CONFIG).shape == wav.shape

@@ -28,6 +28,7 @@ from chatterbox_vllm.errors import (
     SilentAudioError,
     UnsupportedAudioFormatError,
 )
+from chatterbox_vllm.paths import check_not_directory, open_for_writing
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ MIN_VOICE_SECONDS = 1.0
 """Shortest voice reference accepted. 5-10 s of clean speech gives the best clone."""
 SILENCE_PEAK = 1e-4
 """A reference whose absolute peak is below this (-80 dBFS) counts as silent."""
+MAX_PEAK = 100.0
+"""A reference peaking above this is not audio in [-1, 1] float scale (a mis-scaled array, such as
+int16 values passed as floats): its spectra overflow float32 in the voice encoder and S3Gen."""
 DEFAULT_CROSSFADE_SECONDS = 0.05
 """Equal-power crossfade between consecutive chunks of one long text: 50 ms (1200 samples at 24 kHz).
 Each S3Gen chunk starts with 20 ms of silence and a 20 ms fade-in, so the overlap only blends the
@@ -98,8 +102,16 @@ def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
 
 def _as_channels_first(waveform: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(waveform, torch.Tensor):
+        if waveform.is_complex():  # casting would silently drop the imaginary part
+            raise InvalidAudioError(
+                f"waveform must be real-valued samples, got complex dtype {waveform.dtype}"
+            )
         array = waveform.detach().to("cpu", torch.float32).numpy()
     elif isinstance(waveform, np.ndarray):
+        if np.issubdtype(waveform.dtype, np.complexfloating):
+            raise InvalidAudioError(
+                f"waveform must be real-valued samples, got complex dtype {waveform.dtype}"
+            )
         if not np.issubdtype(waveform.dtype, np.number):
             raise InvalidAudioError(f"waveform must be numeric, got dtype {waveform.dtype}")
         array = waveform.astype(np.float32, copy=False)
@@ -171,7 +183,13 @@ def load_voice_audio(audio: AudioInput, *, min_seconds: float = MIN_VOICE_SECOND
             f"voice audio {source} is {duration:.2f} s long; at least {min_seconds:.1f} s is "
             "needed (5-10 s of clean speech works best)"
         )
-    if float(np.abs(channels).max()) < SILENCE_PEAK:
+    peak = float(np.abs(channels).max())
+    if peak > MAX_PEAK:
+        raise InvalidAudioError(
+            f"voice audio {source} peaks at {peak:.3g}; samples are expected in [-1, 1] (float "
+            "audio) - scale it down (e.g. divide by its peak)"
+        )
+    if peak < SILENCE_PEAK:
         raise SilentAudioError(
             f"voice audio {source} is silent (peak below {SILENCE_PEAK:g}); "
             "record or choose audio with speech in it"
@@ -340,7 +358,10 @@ def save_audio(path: str | os.PathLike, waveform: torch.Tensor, sample_rate: int
     """Writes mono audio; the format follows the suffix (:func:`supported_output_suffixes`:
     16-bit PCM for .wav/.flac/.aiff, Vorbis for .ogg/.oga, Opus for .opus, MP3 for .mp3)."""
     path = Path(path)
+    check_not_directory(path, "audio file", "speech.wav")
     fmt = output_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    encode_audio(path, waveform, sample_rate, fmt)
+    # Opened here, not by libsndfile: its errors say only "System error." and it cuts a path at
+    # a NUL byte; an unwritable path is named with the reason.
+    with open_for_writing(path, "audio file", f"speech{path.suffix}") as file:
+        encode_audio(file, waveform, sample_rate, fmt)
     return path

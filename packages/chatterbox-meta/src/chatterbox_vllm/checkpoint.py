@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
+from chatterbox_vllm.errors import InvalidParameterError
 from chatterbox_vllm.hub import CHECKPOINT_FILES
 from chatterbox_vllm.voices import build_voice
 
@@ -54,6 +55,10 @@ def make_random_checkpoint(
 
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+    if not os.fspath(directory).strip():  # Path("") would be the current directory
+        raise InvalidParameterError(
+            f"directory must name a directory, got {os.fspath(directory)!r}"
+        )
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     logger.info("writing a %s random checkpoint (seed %d) to %s", size, seed, path)

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write ve.safetensors, t3_cfg.safetensors, s3gen.safetensors, tokenizer.json "
         "and conds.pt with random weights (for tests and benchmarks; it speaks noise).",
     )
-    make.add_argument("directory", type=Path)
+    # A str, not a Path: Path("") is ".", which would fill the current directory.
+    make.add_argument("directory", help="directory to write the checkpoint into")
     make.add_argument(
         "--size",
         choices=["tiny", "full"],
@@ -182,12 +183,16 @@ def speak(args: argparse.Namespace) -> int:
 def make_checkpoint(args: argparse.Namespace) -> int:
     from chatterbox_vllm.checkpoint import make_random_checkpoint
 
-    if args.directory.exists() and not args.directory.is_dir():
+    if not args.directory.strip():
         raise ChatterboxError(
-            f"{args.directory} exists and is a file; give a new or existing directory"
+            f"DIRECTORY is {args.directory!r}; give the directory to write the checkpoint into "
+            "(e.g. ./tiny)"
         )
+    directory = Path(args.directory)
+    if directory.exists() and not directory.is_dir():
+        raise ChatterboxError(f"{directory} exists and is a file; give a new or existing directory")
     start = time.perf_counter()
-    path = make_random_checkpoint(args.directory, size=args.size, seed=args.seed)
+    path = make_random_checkpoint(directory, size=args.size, seed=args.seed)
     total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     print(
         f"wrote a {args.size} random checkpoint to {path} ({total / 1e6:.1f} MB, "

@@ -77,6 +77,7 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
     from chatterbox_vllm.text import validate_text
 
     validate_text(text)
+    checks.check_vocoder(config.vocoder)
     if args.voice is not None:
         checks.check_voice(args.voice)
     if args.out is not None:
@@ -132,11 +133,8 @@ def load(args: argparse.Namespace, config: EngineConfig) -> Any:
 def write_result(result: Any, out: str) -> str:
     """Writes the audio to ``out`` (``-``: WAV on stdout). If writing fails after generation,
     the audio is kept in a temporary WAV file and the error says where it is."""
-    from chatterbox_vllm.audio import encode_audio, output_format
-
     if out == "-":
-        encode_audio(sys.stdout.buffer, result.waveform, result.sample_rate, output_format("-"))
-        sys.stdout.buffer.flush()
+        write_stdout_wav(result.waveform, result.sample_rate)
         return "standard output"
     try:
         return str(result.save(out))
@@ -146,4 +144,29 @@ def write_result(result: Any, out: str) -> str:
         result.save(rescue)
         raise ChatterboxError(
             f"could not write {out} ({error}); the audio is kept in {rescue}"
+        ) from None
+
+
+def write_stdout_wav(waveform: Any, sample_rate: int) -> None:
+    """One complete WAV file on standard output, also when it is a pipe (``| aplay``).
+
+    libsndfile writes a WAV header, then seeks back to fill in the length; on a pipe it cannot
+    seek, so the output was a header saying 0 samples, the audio, and a second header. The whole
+    file is encoded in memory first (its header holds the real length) and written at once."""
+    import io
+
+    from chatterbox_vllm.audio import encode_audio, output_format
+
+    buffer = io.BytesIO()
+    encode_audio(buffer, waveform, sample_rate, output_format("-"))
+    try:
+        sys.stdout.buffer.write(buffer.getvalue())
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        # The reader exited early (e.g. the player was closed): nothing more can be delivered.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise ChatterboxError(
+            "standard output was closed before all the audio was written (the program reading "
+            "it exited)"
         ) from None

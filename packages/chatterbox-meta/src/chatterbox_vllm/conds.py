@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from chatterbox_vllm.errors import CheckpointError
+from chatterbox_vllm.paths import open_for_writing
 
 SPEAKER_EMBED_SIZE = 256
 XVECTOR_SIZE = 192
@@ -123,8 +124,11 @@ class VoiceConditionals:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Writes ``conds.pt``; an unwritable path raises :class:`OutputPathError` saying why
+        (``torch.save`` itself says only "File X cannot be opened")."""
         path = Path(path)
-        torch.save(self.to_dict(), path)
+        with open_for_writing(path, "voice file", "voice.pt") as file:
+            torch.save(self.to_dict(), file)
         return path
 
     @classmethod

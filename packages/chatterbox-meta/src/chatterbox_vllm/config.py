@@ -31,6 +31,8 @@ LARGE_GPU_BYTES = 40 * 2**30
 HUGE_GPU_BYTES = 100 * 2**30
 CUDA_GRAPH_MODES = ("auto", "full", "piecewise", "off")
 GENERATE_SCHEDULES = ("after-t3", "overlap")
+KV_BLOCK_SIZE = 16
+"""Positions per KV-cache block: vLLM 0.9.2's default for T3 (CUDA and CPU)."""
 
 
 def _knob(default: Any, help: str, **cli: Any) -> Any:
@@ -148,10 +150,25 @@ class EngineConfig:
                 raise InvalidParameterError(
                     f"{name} must be one of {', '.join(accepted)}, got {getattr(self, name)!r}"
                 )
+        self._check_kv_blocks()
         if self.device is not None and self.device.split(":")[0] not in ("cuda", "cpu"):
             raise InvalidParameterError(
                 f"device must be cuda, cuda:N or cpu, got {self.device!r} (vLLM 0.9.2 runs T3 "
                 "on NVIDIA GPUs; cpu is the slow path the tests use)"
+            )
+
+    def _check_kv_blocks(self) -> None:
+        """A fixed KV cache must hold one chunk at full length (vLLM fails 50 s into its start
+        otherwise, or never schedules the chunk)."""
+        blocks = self.num_gpu_blocks_override
+        if blocks is None:
+            return
+        needed = -(-self.model_len // KV_BLOCK_SIZE) + 1  # vLLM keeps one block as its null block
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < needed:
+            raise InvalidParameterError(
+                f"num_gpu_blocks_override (--num-gpu-blocks) must be an int >= {needed}, got "
+                f"{blocks!r}: one chunk takes up to max_model_len={self.model_len} positions, "
+                f"{KV_BLOCK_SIZE} per block (omit it to size the KV cache from memory)"
             )
 
     def with_overrides(self, overrides: dict[str, Any]) -> EngineConfig:

@@ -49,6 +49,10 @@ class CheckpointError(ChatterboxError, FileNotFoundError):
     """A checkpoint directory lacks a file, or a file has the wrong structure."""
 
 
+class OutputPathError(ChatterboxError, OSError):
+    """An output file cannot be written at that path (the message names the path and why)."""
+
+
 class EngineDeadError(ChatterboxError, RuntimeError):
     """The T3 engine process is gone (killed, crashed, out of memory): this object cannot speak
     any more; load a new one."""
@@ -87,4 +91,41 @@ def from_component_error(error: BaseException) -> ChatterboxError | None:
         return InvalidAudioError(message)
     if isinstance(error, t3.T3InputError):
         return InvalidTextError(message)
+    return None
+
+
+VLLM_PROFILING_ASSERTION = "Error in memory profiling"
+"""Start of the AssertionError vLLM 0.9.2 raises when the GPU's free memory grew while it
+profiled its own use (``vllm/utils.py``, ``memory_profiling``)."""
+
+
+VLLM_ENGINE_PROCESS_FAILED = "Engine core initialization failed"
+"""Start of the RuntimeError vLLM 0.9.2 raises in the caller when its engine-core process fails
+to start (the cause is raised and logged in that process)."""
+PROFILING_ADVICE = (
+    "which happens when another process on this GPU (another model or job) releases memory "
+    "during the start-up. Load again, and do not start or stop other GPU work while the engine "
+    "starts"
+)
+
+
+class EngineStartError(ChatterboxError, RuntimeError):
+    """The T3 engine could not start for a reason outside the checkpoint and the settings (the
+    message says what happened and what to do)."""
+
+
+def from_engine_start_error(error: BaseException) -> ChatterboxError | None:
+    """The product error for a failure of vLLM's start-up that a user can act on (``None`` for
+    anything else)."""
+    if isinstance(error, AssertionError) and str(error).startswith(VLLM_PROFILING_ASSERTION):
+        return EngineStartError(
+            "the T3 engine could not measure its GPU memory: vLLM saw free GPU memory grow "
+            f"while it profiled its own use, {PROFILING_ADVICE} (vLLM said: {error})"
+        )
+    if isinstance(error, RuntimeError) and str(error).startswith(VLLM_ENGINE_PROCESS_FAILED):
+        # The engine-core process raised (and logged) the cause; only its exit reaches here.
+        return EngineStartError(
+            f"the T3 engine process failed while starting; its own error is logged above ({error})."
+            f" If that error is vLLM's '{VLLM_PROFILING_ASSERTION}': {PROFILING_ADVICE}"
+        )
     return None

@@ -135,8 +135,19 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
     ) -> list[GenerationResult]:
         """Speaks several requests, each with its own text, voice and controls, as one batch."""
         self._check_open()
+        if isinstance(requests, str | TTSRequest) or not isinstance(requests, Sequence):
+            raise InvalidParameterError(
+                f"requests must be a list of TTSRequest, got {type(requests).__name__}"
+            )
         if not requests:
             raise InvalidParameterError("requests is empty")
+        for index, request in enumerate(requests):
+            if not isinstance(request, TTSRequest):
+                raise InvalidParameterError(
+                    f"requests[{index}] is a {type(request).__name__}; requests must hold "
+                    "TTSRequest(text, voice, params) objects (for plain texts use "
+                    "generate([...]))"
+                )
         with self._call_lock:
             return self._generate(list(requests), progress)
 

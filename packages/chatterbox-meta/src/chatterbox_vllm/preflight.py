@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from chatterbox_vllm.audio import AudioInput, load_voice_audio, output_format
-from chatterbox_vllm.errors import ChatterboxError, InvalidTextError
+from chatterbox_vllm.errors import ChatterboxError, InvalidTextError, from_component_error
 from chatterbox_vllm.hub import check_checkpoint_dir
+from chatterbox_vllm.paths import check_not_directory, check_writable
 from chatterbox_vllm.text import split_text, validate_text
 from chatterbox_vllm.voices import Voice
+
+if TYPE_CHECKING:
+    from chatterbox_t3.text import EnglishTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,16 @@ def check_device(device: str | None) -> str:
     return device
 
 
+def check_vocoder(name: str) -> str:
+    """``--vocoder`` names a registered backend (checked before a model loads)."""
+    from chatterbox_s3gen import available_vocoders
+
+    known = available_vocoders()
+    if name not in known:
+        raise ChatterboxError(f"--vocoder {name!r} is not available; use one of {', '.join(known)}")
+    return name
+
+
 def check_checkpoint(directory: str | os.PathLike, *, needs_default_voice: bool) -> Path:
     """The checkpoint directory, complete (and with ``conds.pt`` when the built-in voice is
     going to be used)."""
@@ -68,17 +82,33 @@ def check_checkpoint(directory: str | os.PathLike, *, needs_default_voice: bool)
             f"no voice given and {path} has no conds.pt (the built-in voice); pass --voice "
             "<recording | saved voice .pt>"
         )
+    checkpoint_tokenizer(path)
     return path
+
+
+def checkpoint_tokenizer(checkpoint: Path) -> EnglishTokenizer:
+    """The checkpoint's ``tokenizer.json``, read and checked against T3's text vocabulary (a
+    file that is not JSON, ``{}``, or another model's tokenizer is named here, with what is
+    wrong, instead of failing inside the engine)."""
+    from chatterbox_t3 import T3Config
+    from chatterbox_t3.errors import T3Error
+    from chatterbox_t3.text import EnglishTokenizer
+
+    try:
+        vocab = T3Config.from_checkpoint_dir(checkpoint).text_tokens_dict_size
+        return EnglishTokenizer(checkpoint / "tokenizer.json", text_vocab_size=vocab)
+    except T3Error as error:
+        raise from_component_error(error) or ChatterboxError(str(error)) from None
 
 
 def check_text(text: str, checkpoint: Path, chunk_chars: int) -> str:
     """Validates ``text`` and runs the checkpoint's tokenizer over every chunk it will be split
     into, so unsupported characters are named before the model loads."""
     from chatterbox_t3.errors import T3InputError
-    from chatterbox_t3.text import EnglishTokenizer, normalize_text
+    from chatterbox_t3.text import normalize_text
 
     validate_text(text)
-    tokenizer = EnglishTokenizer(checkpoint / "tokenizer.json")
+    tokenizer = checkpoint_tokenizer(checkpoint)
     for chunk in split_text(text, chunk_chars):
         try:
             tokenizer.encode(normalize_text(chunk))
@@ -96,30 +126,10 @@ def check_voice(voice: AudioInput) -> None:
 
 
 def check_output(path: str | os.PathLike) -> None:
-    """Checks that audio of ``path``'s format can be written there (``"-"``: standard output),
-    by creating and removing a file in its directory."""
-    if os.fspath(path) != "-" and Path(path).is_dir():
-        raise ChatterboxError(
-            f"--out {path} is a directory; give a file name such as {Path(path) / 'speech.wav'}"
-        )
-    output_format(path)
+    """Checks that audio of ``path``'s format can be written there (``"-"``: standard output)
+    without changing what is there (see :func:`chatterbox_vllm.paths.check_writable`)."""
     if os.fspath(path) == "-":
         return
-    target = Path(path)
-    parent = target.parent
-    for ancestor in (parent, *parent.parents):
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise ChatterboxError(
-                    f"--out {target}: {ancestor} is a file, not a directory, so nothing can be "
-                    "written under it"
-                )
-            break
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".chatterbox-write-check-"):
-            pass
-    except OSError as error:
-        raise ChatterboxError(
-            f"--out {target}: cannot write there ({error.strerror or error})"
-        ) from None
+    check_not_directory(path, "--out", "speech.wav")
+    output_format(path)
+    check_writable(path, "--out", "speech.wav")

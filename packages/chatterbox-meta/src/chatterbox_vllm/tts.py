@@ -33,6 +33,7 @@ from chatterbox_vllm.errors import (
     EngineDeadError,
     InvalidTextError,
     from_component_error,
+    from_engine_start_error,
 )
 from chatterbox_vllm.front import SpeechFront
 from chatterbox_vllm.hub import (
@@ -84,18 +85,26 @@ def _stop_when_built(future: Any) -> None:
 @contextlib.contextmanager
 def _v1_engine_requested() -> Iterator[None]:
     """vLLM builds its V0 engine when an engine is created outside the main thread unless V1 is
-    requested explicitly; T3 needs V1 and our loop thread is not main. The variable is set only
-    while the engine is built (its engine-core process inherits it) and restored afterwards, so
-    importing or loading this package changes nothing else in the caller's environment."""
-    previous = os.environ.get("VLLM_USE_V1")
-    os.environ["VLLM_USE_V1"] = "1"
+    requested explicitly; T3 needs V1 and our loop thread is not main. Unless the caller chose
+    otherwise, vLLM is also told not to install its own log handler, which writes INFO lines to
+    *standard output* (a script's output, e.g. ``--out -`` audio or a pipe): its records go to
+    the caller's logging configuration instead (without one, warnings and errors on stderr). The
+    variables are set only while the engine is built (vLLM reads them on import, and its
+    engine-core process inherits them) and restored afterwards, so importing or loading this
+    package changes nothing else in the caller's environment."""
+    wanted = {"VLLM_USE_V1": "1"}
+    if "VLLM_CONFIGURE_LOGGING" not in os.environ:
+        wanted["VLLM_CONFIGURE_LOGGING"] = "0"
+    previous = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("VLLM_USE_V1", None)
-        else:
-            os.environ["VLLM_USE_V1"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _prepare_s3gen_graphs(s3gen: Any, config: EngineConfig) -> float:
@@ -194,7 +203,9 @@ class ChatterboxTTS(SpeechFront[Voice]):
         path = check_checkpoint_dir(directory)
         watermarker = resolve_watermarker(watermark)
         from chatterbox_s3gen import S3Gen
-        from chatterbox_t3 import AsyncT3Engine
+
+        with _v1_engine_requested():  # vLLM reads its variables when it is first imported
+            from chatterbox_t3 import AsyncT3Engine
 
         config = config.resolve_here()
         logger.info("loading %s: %s", path, config.describe())
@@ -244,7 +255,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
         except BaseException as error:
             loop.stop()
-            translated = from_component_error(error)
+            translated = from_component_error(error) or from_engine_start_error(error)
             if translated is not None and translated is not error:
                 raise translated from error
             raise

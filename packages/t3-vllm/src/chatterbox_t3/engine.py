@@ -91,7 +91,9 @@ class T3Frontend:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.config = config
         self.max_model_len = max_model_len
-        self.tokenizer = EnglishTokenizer(self.checkpoint_dir / TOKENIZER_FILE)
+        self.tokenizer = EnglishTokenizer(
+            self.checkpoint_dir / TOKENIZER_FILE, text_vocab_size=config.text_tokens_dict_size
+        )
         encoder = ConditioningEncoder.from_checkpoint_dir(
             self.checkpoint_dir, config, device=conditioning_device
         )

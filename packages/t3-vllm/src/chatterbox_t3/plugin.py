@@ -3,9 +3,25 @@
 vLLM's engine core runs in a spawned process, so registration must come from the entry point
 rather than from user code. Importing :mod:`chatterbox_t3.vllm_model` also registers the
 multimodal processor (class decorator).
+
+In the engine-core process the plugin also starts a watchdog that ends the process when its
+parent is gone: vLLM 0.9.2 shuts the engine core down only when the parent asks, so a parent
+killed with SIGKILL (or by the OOM killer) would leave it running, holding the GPU, forever.
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import threading
+
+logger = logging.getLogger(__name__)
+
+ENGINE_CORE_PROCESS_PREFIX = "EngineCore"
+"""vLLM 0.9.2 names its engine-core processes ``EngineCore_N`` (``vllm/v1/engine/utils.py``)."""
+PARENT_POLL_SECONDS = 0.5
+
+_watchdog: threading.Thread | None = None
 
 
 def register() -> None:
@@ -15,3 +31,35 @@ def register() -> None:
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, ChatterboxT3ForCausalLM)
+    exit_with_parent()
+
+
+def exit_with_parent() -> None:
+    """In a vLLM engine-core process: a daemon thread that exits the process once its parent
+    has died (the process is re-parented, so ``os.getppid()`` changes). Polling works wherever
+    the process was started from (``PR_SET_PDEATHSIG`` would fire when the *thread* that
+    spawned it ends, and the product spawns the engine from an event-loop thread)."""
+    global _watchdog
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    name = multiprocessing.current_process().name
+    if parent is None or not name.startswith(ENGINE_CORE_PROCESS_PREFIX) or _watchdog is not None:
+        return
+    parent_pid = parent.pid
+    _watchdog = threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="chatterbox-parent-watchdog", daemon=True
+    )
+    _watchdog.start()
+
+
+def _watch_parent(parent_pid: int | None) -> None:
+    stop = threading.Event()
+    while os.getppid() == parent_pid:
+        stop.wait(PARENT_POLL_SECONDS)
+    logger.error(
+        "the process that started this vLLM engine core (pid %s) is gone; exiting", parent_pid
+    )
+    # No clean shutdown is possible without the parent (it owns the request queues); exiting
+    # at once releases the GPU memory and the port-less sockets this process holds.
+    os._exit(1)

@@ -81,6 +81,9 @@ def normalize_text(text: str) -> str:
     return text
 
 
+SPECIAL_TOKENS = (START_TEXT, STOP_TEXT, UNKNOWN, SPACE)
+
+
 class EnglishTokenizer:
     """Chatterbox's English BPE tokenizer (``tokenizer.json``): spaces become ``[SPACE]``.
 
@@ -88,19 +91,41 @@ class EnglishTokenizer:
     """
 
     def __init__(
-        self, tokenizer_file: str | Path, *, unknown: Literal["error", "unk"] = "error"
+        self,
+        tokenizer_file: str | Path,
+        *,
+        unknown: Literal["error", "unk"] = "error",
+        text_vocab_size: int | None = None,
     ) -> None:
+        """``text_vocab_size``: T3's text-embedding rows (``T3Config.text_tokens_dict_size``);
+        a tokenizer with ids beyond them belongs to another model and is rejected here, not as
+        an index error inside the engine."""
         if unknown not in ("error", "unk"):
             raise ConfigurationError(f"unknown must be 'error' or 'unk', got {unknown!r}")
         path = Path(tokenizer_file)
         if not path.is_file():
             raise MissingCheckpointFileError(f"tokenizer file not found: {path}")
-        self._tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception for any unreadable file
+            raise CheckpointError(
+                f"{path} is not a tokenizer file the tokenizers library can read ({error}); "
+                f"expected Chatterbox's tokenizer.json (a BPE with {', '.join(SPECIAL_TOKENS)})"
+            ) from None
         self.unknown = unknown
         vocab = self._tokenizer.get_vocab()
-        missing = [t for t in (START_TEXT, STOP_TEXT, UNKNOWN, SPACE) if t not in vocab]
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
         if missing:
-            raise CheckpointError(f"{path} lacks the special tokens {missing}")
+            raise CheckpointError(
+                f"{path} lacks the special tokens {missing}: it is not Chatterbox's English "
+                f"tokenizer.json (which has {', '.join(SPECIAL_TOKENS)})"
+            )
+        largest = max(vocab.values())
+        if text_vocab_size is not None and largest >= text_vocab_size:
+            raise CheckpointError(
+                f"{path} has token ids up to {largest}, but T3 has {text_vocab_size} text "
+                "tokens: the tokenizer belongs to another model; use the checkpoint's own"
+            )
         self.start_id = vocab[START_TEXT]
         self.stop_id = vocab[STOP_TEXT]
         self.unknown_id = vocab[UNKNOWN]

@@ -120,7 +120,13 @@ def trim_silence(wav: np.ndarray, config: VoiceEncoderConfig) -> np.ndarray:
     """Drop leading/trailing audio more than ``trim_top_db`` below the loudest frame's RMS."""
     frame_length, hop = config.trim_frame_length, config.trim_hop_length
     padded = np.pad(wav, (frame_length // 2, frame_length // 2), mode="constant")
-    power = np.mean(np.square(_frame(padded, frame_length, hop), dtype=np.float32), axis=0)
+    frames = _frame(padded, frame_length, hop)
+    with np.errstate(over="ignore"):
+        power = np.mean(np.square(frames, dtype=np.float32), axis=0)
+    if not np.isfinite(power).all():
+        # Samples beyond ~1e19 overflow float32 squares to inf (inf - inf = NaN dB, so every
+        # frame looked silent); float64 holds any float32 sample's square.
+        power = np.mean(np.square(frames, dtype=np.float64), axis=0)
     rms = np.sqrt(power)
     # librosa amplitude_to_db(rms, ref=np.max): power_to_db(rms**2, ref=max**2, amin=1e-10)
     ref_power = np.max(rms) ** 2

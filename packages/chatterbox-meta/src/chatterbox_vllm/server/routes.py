@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatterbox_vllm.controls import CONTROLS, GenerationParams
 from chatterbox_vllm.encoding import RESPONSE_FORMATS, StreamEncoder, available_formats
@@ -31,6 +33,13 @@ from chatterbox_vllm.errors import (
     InvalidTextError,
 )
 from chatterbox_vllm.server.metrics import Metrics
+from chatterbox_vllm.server.middleware import (
+    AbortFailedStreams,
+    CountRequests,
+    LimitRequestBodies,
+    StreamAborted,
+    error_body,
+)
 from chatterbox_vllm.server.schema import SpeechRequest, controls_of
 from chatterbox_vllm.server.settings import ServerSettings
 from chatterbox_vllm.server.voices import UnknownVoiceError, VoiceStore
@@ -58,12 +67,6 @@ class APIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind = status, message, param, kind
-
-
-def error_body(
-    message: str, *, param: str | None = None, kind: str = "invalid_request_error"
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
 def _param_of(error: ChatterboxError) -> str | None:
@@ -118,10 +121,19 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         problems = []
         param = None
         for item in error.errors():
+            if item.get("type") == "json_invalid":
+                problems.append(f"the body is not valid JSON ({item.get('ctx', {}).get('error')})")
+                continue
             where = [str(part) for part in item.get("loc", ()) if part not in ("body",)]
             param = param or (where[0] if where else None)
-            problems.append(f"{'.'.join(where) or 'body'}: {item.get('msg')}")
+            problems.append(f"{'.'.join(where) or 'body'}: {_validation_message(item)}")
         return JSONResponse(error_body("; ".join(problems), param=param), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths, wrong methods and bodies FastAPI cannot parse: the same error shape.
+        message = _http_error_message(request, error)
+        return JSONResponse(error_body(message), error.status_code, headers=error.headers)
 
     @app.exception_handler(ChatterboxError)
     async def _product_error(request: Request, error: ChatterboxError) -> JSONResponse:
@@ -136,14 +148,10 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             error_body(f"internal error: {type(error).__name__}: {error}", kind="server_error"), 500
         )
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.requests.labels(
-            getattr(route, "path", "unmatched"), str(response.status_code)
-        ).inc()
-        return response
+    # Added innermost first: limits, then counting, then (outermost) aborting failed streams.
+    app.add_middleware(LimitRequestBodies, limit_for=functools.partial(_body_limit, settings))
+    app.add_middleware(CountRequests, counter=metrics.requests)
+    app.add_middleware(AbortFailedStreams)
 
     async def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -212,7 +220,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         sse = request.stream_format == "sse"
         encoder = StreamEncoder(request.response_format, tts.sample_rate)
 
-        async def body_bytes() -> AsyncIterator[bytes]:
+        async def audio_bytes() -> AsyncGenerator[bytes, None]:
+            """The encoded audio as it is ready; raises if the stream fails."""
             first = True
             try:
                 async with contextlib.aclosing(aiterate_stream(session)) as chunks:
@@ -226,36 +235,25 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                         if first:
                             metrics.first_audio.observe(time.perf_counter() - started)
                             first = False
-                        if sse:
-                            event = {
-                                "type": "speech.audio.delta",
-                                "audio": base64.b64encode(data).decode(),
-                            }
-                            yield f"data: {json.dumps(event)}\n\n".encode()
-                        else:
-                            yield data
-                if sse:
-                    usage = {
-                        "input_tokens": len(request.input),
-                        "output_tokens": session.speech_tokens,
-                    }
-                    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-                    yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
-            except ChatterboxError as error:
-                # Headers are sent: the error can only end the stream (and is logged).
-                logger.error("speech stream failed: %s", error)
-                if sse:
-                    yield f"data: {json.dumps({'type': 'error', **error_body(str(error))})}\n\n".encode()
+                        yield data
             finally:
                 session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
                 metrics.speech_tokens.inc(session.speech_tokens)
                 metrics.running_streams.dec()
                 slots.release()
 
-        media_type = (
-            "text/event-stream" if sse else RESPONSE_FORMATS[request.response_format].media_type
-        )
-        return StreamingResponse(body_bytes(), media_type=media_type)
+        if sse:
+            return StreamingResponse(
+                _sse_events(audio_bytes(), session, len(request.input)),
+                media_type="text/event-stream",
+            )
+        media_type = RESPONSE_FORMATS[request.response_format].media_type
+        if not encoder.format.streamable:
+            # Sent once complete (FLAC's header holds the length): a failure is still a 5xx.
+            async with contextlib.aclosing(audio_bytes()) as pieces:
+                body = b"".join([piece async for piece in pieces])
+            return Response(body, media_type=media_type)
+        return StreamingResponse(_abort_on_failure(audio_bytes()), media_type=media_type)
 
     # ------------------------------------------------------------------ voices
 
@@ -270,8 +268,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 param="file",
             )
         voice = await asyncio.to_thread(_prepare_upload, tts, data, file.filename or "upload")
-        await asyncio.to_thread(voices.add, name, voice)
-        return {"object": "voice", "name": name}
+        replaced = await asyncio.to_thread(voices.add, name, voice)
+        return {"object": "voice", "name": name, "replaced": replaced}
 
     @app.get("/v1/voices", dependencies=[Depends(authorize)])
     async def list_voices() -> dict[str, Any]:
@@ -318,6 +316,101 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     return app
 
 
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+"""Room for a multipart upload's boundaries, part headers and the ``name`` field."""
+JSON_BYTES_PER_CHARACTER = 12
+"""The most a JSON string spends on one character (a surrogate pair escaped as two ``\\uXXXX``)."""
+JSON_OVERHEAD_BYTES = 16 * 1024
+"""Room for the other fields of a speech request."""
+
+
+def _body_limit(settings: ServerSettings, path: str) -> tuple[int, str]:
+    """The largest body a route reads, and why (for the 413 message)."""
+    if path.rstrip("/") == "/v1/voices":
+        return (
+            settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+            f"a voice upload may have (--max-upload-bytes {settings.max_upload_bytes:,} plus "
+            "the multipart framing)",
+        )
+    return (
+        settings.max_input_chars * JSON_BYTES_PER_CHARACTER + JSON_OVERHEAD_BYTES,
+        f"a request may have (--max-input-chars {settings.max_input_chars:,} characters of "
+        "input plus the other fields)",
+    )
+
+
+def _validation_message(item: dict[str, Any]) -> str:
+    """pydantic's message for one invalid field, with FastAPI's internals put in user terms."""
+    message = str(item.get("msg"))
+    if "UploadFile" in message:
+        return "expected an audio file (a multipart part with a filename), got a plain form field"
+    return message
+
+
+def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
+    """What went wrong, for the errors Starlette and FastAPI raise themselves."""
+    cause = error.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return "the request body is not UTF-8 text; send UTF-8 encoded JSON"
+    if isinstance(cause, RecursionError):
+        return "the request body is nested too deeply to parse; send a flat JSON object"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return f"the request body has a number that is too long to parse ({cause})"
+    if cause is not None and type(cause).__name__ == "MultiPartException":
+        return f"the multipart body cannot be read: {cause}"
+    if error.status_code == 404:
+        return f"no route {request.url.path}; see /docs for the API"
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        return f"{request.method} is not allowed on {request.url.path}" + (
+            f"; use {allowed}" if allowed else ""
+        )
+    return str(error.detail)
+
+
+async def _abort_on_failure(pieces: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """A streamed body whose failure after the headers aborts the connection (no terminating
+    chunk): a client must never take a cut-off stream for a complete one."""
+    try:
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                yield piece
+    except Exception as error:
+        raise StreamAborted(f"speech stream failed: {_describe_failure(error)}") from None
+
+
+async def _sse_events(
+    pieces: AsyncGenerator[bytes, None], session: Any, input_chars: int
+) -> AsyncIterator[bytes]:
+    """``speech.audio.delta`` events, then ``speech.audio.done`` with usage; a failure after
+    the headers ends the stream with an ``error`` event of type ``server_error`` (the input
+    was checked before the headers, so what fails now is the server)."""
+    try:
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
+                yield _sse(event)
+    except Exception as error:
+        message = _describe_failure(error)
+        logger.error("speech stream (SSE) failed: %s", message)
+        yield _sse({"type": "error", **error_body(message, kind="server_error")})
+        return
+    usage = {"input_tokens": input_chars, "output_tokens": session.speech_tokens}
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    yield _sse({"type": "speech.audio.done", "usage": usage})
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+def _describe_failure(error: Exception) -> str:
+    if isinstance(error, ChatterboxError):
+        return str(error)
+    logger.exception("unexpected failure in a speech stream")
+    return f"internal error: {type(error).__name__}: {error}"
+
+
 def _prepare_upload(tts: ChatterboxTTS, data: bytes, filename: str) -> Any:
     """Decodes an uploaded recording (any format libsndfile reads) and prepares the voice."""
     import soundfile
@@ -327,8 +420,10 @@ def _prepare_upload(tts: ChatterboxTTS, data: bytes, filename: str) -> Any:
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile's errors for unreadable bytes
+        # libsndfile names its input (here the repr of an in-memory buffer): keep its reason only.
+        reason = str(error).split(": ", 1)[-1] if "<_io." in str(error) else str(error)
         raise CorruptAudioError(
-            f"could not decode the uploaded file {filename!r} as audio ({error}); upload WAV, "
+            f"could not decode the uploaded file {filename!r} as audio ({reason}); upload WAV, "
             "FLAC, OGG or MP3"
         ) from None
     return tts.prepare_voice((samples.T.copy(), int(rate)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -35,11 +36,40 @@ def _draining_server(config: Any) -> Any:
     return DrainingServer(config)
 
 
+def check_bind(host: str, port: int) -> None:
+    """Binds ``host:port`` once and lets it go, so a port in use or a host that is not this
+    machine's is reported before the engine loads (a minute), not after."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ChatterboxError(
+            f"--host {host!r} is not an address or a name this machine resolves ({error}); use "
+            "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # uvicorn sets SO_REUSEADDR too: a port left in TIME_WAIT is usable, one in use is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise ChatterboxError(
+                f"cannot listen on {host}:{port} ({error.strerror or error}): "
+                + (
+                    "another process uses that port; pick another --port"
+                    if error.errno == errno.EADDRINUSE
+                    else "the address is not one of this machine's; check --host"
+                )
+            ) from None
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from chatterbox_vllm.commands import engine_config, load, replicated
-    from chatterbox_vllm.preflight import check_checkpoint, check_device
+    from chatterbox_vllm.preflight import check_checkpoint, check_device, check_vocoder
     from chatterbox_vllm.server.routes import create_app
     from chatterbox_vllm.server.settings import settings_from_namespace
 
@@ -51,8 +81,10 @@ def serve(args: argparse.Namespace) -> int:
         )
     config = engine_config(args, streams=True)
     config = config.with_overrides({"device": check_device(config.device)})
+    check_vocoder(config.vocoder)
     if args.model_dir is not None:
         check_checkpoint(args.model_dir, needs_default_voice=False)
+    check_bind(settings.host, settings.port)
     tts = load(args, config)
     try:
         app = create_app(tts, settings)

@@ -41,6 +41,25 @@ class ServerSettings:
             raise InvalidParameterError(f"port must be in [1, 65535], got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidParameterError("api_key must not be empty (omit it to serve without one)")
+        if not 0 <= self.drain_seconds < float("inf"):
+            raise InvalidParameterError(
+                f"drain_seconds must be a number of seconds >= 0, got {self.drain_seconds}"
+            )
+        if not self.model_name.strip():
+            raise InvalidParameterError(
+                "model_name must not be empty: clients send it as 'model' (default: chatterbox)"
+            )
+        if not self.host.strip():
+            raise InvalidParameterError("host must not be empty (127.0.0.1, 0.0.0.0 or a name)")
+        if (
+            self.voices_dir is not None
+            and self.voices_dir.exists()
+            and not self.voices_dir.is_dir()
+        ):
+            raise InvalidParameterError(
+                f"voices_dir {self.voices_dir} is a file; give a directory (it is created if "
+                "missing)"
+            )
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:

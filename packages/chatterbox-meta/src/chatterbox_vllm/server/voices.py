@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "default"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A whole name (``fullmatch``: ``$`` would let a trailing newline through)."""
 
 
 class UnknownVoiceError(ChatterboxError, KeyError):
@@ -39,11 +40,22 @@ class VoiceStore:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             for path in sorted(directory.glob("*.pt")):
-                try:
-                    self._voices[path.stem] = Voice.load(path)
-                except ChatterboxError as error:
-                    logger.warning("skipping voice file %s: %s", path, error)
+                self._load_file(path)
             logger.info("loaded %d voice(s) from %s", len(self._voices), directory)
+
+    def _load_file(self, path: Path) -> None:
+        """Loads ``NAME.pt`` under the rules an upload's name follows: a file the API could not
+        have written (``default.pt`` would shadow the built-in voice and could never be deleted;
+        ``bad name.pt``, ``.hidden.pt``) is skipped with a warning naming it."""
+        try:
+            self.check_name(path.stem)
+        except InvalidParameterError as error:
+            logger.warning("skipping voice file %s: %s", path, error)
+            return
+        try:
+            self._voices[path.stem] = Voice.load(path)
+        except ChatterboxError as error:
+            logger.warning("skipping voice file %s: %s", path, error)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -68,19 +80,21 @@ class VoiceStore:
             raise InvalidParameterError(
                 "the name 'default' is the checkpoint's voice; pick another"
             )
-        if not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise InvalidParameterError(
                 f"voice name {name!r} is not accepted: 1-64 letters, digits, '_', '-' or '.', "
                 "starting with a letter or digit"
             )
 
-    def add(self, name: str, voice: Voice) -> None:
-        """Stores a prepared voice (replacing one of the same name)."""
+    def add(self, name: str, voice: Voice) -> bool:
+        """Stores a prepared voice; True when it replaced one of the same name."""
         self.check_name(name)
         if self._directory is not None:
             voice.save(self._directory / f"{name}.pt")
         with self._lock:
+            replaced = name in self._voices
             self._voices[name] = voice
+        return replaced
 
     def delete(self, name: str) -> None:
         self.get(name)  # unknown -> UnknownVoiceError

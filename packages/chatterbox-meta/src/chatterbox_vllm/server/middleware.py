@@ -1,0 +1,148 @@
+"""ASGI middleware of the server: body limits enforced before the bytes are read, request
+counting, and aborting a response whose body cannot be completed.
+
+They are plain ASGI (not Starlette's ``BaseHTTPMiddleware``): that one re-sends a streamed body
+through its own response and always ends it normally, so a stream cut short by a dying engine would
+look complete to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class StreamAborted(Exception):
+    """Raised inside a streamed response body that cannot be completed (the engine died after
+    the headers were sent): the connection is closed without the body's terminating chunk, so
+    the client sees a broken transfer instead of a short file that looks whole."""
+
+
+def error_body(
+    message: str, *, param: str | None = None, kind: str = "invalid_request_error"
+) -> dict[str, Any]:
+    """OpenAI's error shape, the body of every error this server answers."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+async def send_json_error(send: Send, status: int, message: str, *, close: bool = False) -> None:
+    """An OpenAI-shaped error answered from middleware (before any route ran)."""
+    body = json.dumps(error_body(message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if close:  # the rest of the request body is never read: the connection cannot be reused
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class AbortFailedStreams:
+    """Turns :class:`StreamAborted` into a dropped connection (uvicorn closes the transport when
+    the app returns without finishing the body) with one log line instead of a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except StreamAborted as error:
+            logger.error(
+                "%s %s: %s; the connection is closed without ending the body",
+                scope.get("method"),
+                scope.get("path"),
+                error,
+            )
+
+
+class CountRequests:
+    """``chatterbox_requests_total{route,status}``: the route template (``unmatched`` when no
+    route took the request) and the status sent."""
+
+    def __init__(self, app: ASGIApp, counter: Any) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.counter.labels(route, str(status[0])).inc()
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class LimitRequestBodies:
+    """Reads a request body only up to ``limit_for(path)`` bytes: a ``Content-Length`` above it
+    is answered 413 before a byte is read, and a chunked body is read until it passes the limit,
+    then answered 413 (the connection is closed; the rest is never read). A body within the limit
+    is buffered and handed to the app as it came."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], tuple[int, str]]) -> None:
+        self.app, self.limit_for = app, limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        limit, what = self.limit_for(scope["path"])
+        too_large = f"request body is larger than {limit:,} bytes, the most {what}"
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await send_json_error(send, 400, "Content-Length is not a number", close=True)
+                return
+            if int(declared) > limit:
+                await send_json_error(send, 413, too_large, close=True)
+                return
+        try:
+            messages = await _read_body(receive, limit)
+        except BodyTooLarge:
+            await send_json_error(send, 413, too_large, close=True)
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+
+async def _read_body(receive: Receive, limit: int) -> list[Message]:
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages  # a disconnect: the app sees it as it would have
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise BodyTooLarge
+        if not message.get("more_body", False):
+            return messages
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        # The buffered body first, then the connection's own messages (disconnects).
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
