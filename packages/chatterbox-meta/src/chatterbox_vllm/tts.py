@@ -252,7 +252,11 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 t3 = t3_future.result()
             timings["t3_engine"] = time.perf_counter() - begin
             logger.info("T3 engine started in %.1f s", timings["t3_engine"])
-            timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
+            try:
+                timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
+            except BaseException:
+                t3.shutdown()
+                raise
         except BaseException as error:
             loop.stop()
             translated = from_component_error(error) or from_engine_start_error(error)
