@@ -3,6 +3,7 @@
 # its own timeout so one hang cannot eat the whole call. Run from the repo root on the device:
 #   bash bench/device/session.sh PART [PART ...]
 # PARTs:
+#   serve-only     the server load alone (LOAD_N, default 1,8,64)
 #   product-mps    the server load again under CUDA MPS (after product; needs its checkpoint)
 #   pack           last: logs and texts into $OUT/logs.tgz (a call returns at most 8 files)
 #   product        THE product benchmark (issue 15/16): `chatterbox-vllm bench` on benchmark-text-1
@@ -85,6 +86,16 @@ for part in "$@"; do
           --commit "${PRODUCT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
           --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), GPU harness (bench/device)" \
           --gpu-memory-log "$out/gpumem.txt" --out "$out/product.json" | tee "$out/product.md" ;;
+    serve-only)  # the server load alone (LOAD_N), e.g. a quick check before the full product run
+      ck=/tmp/ck-full
+      [ -f $ck/s3gen.safetensors ] || run make-checkpoint 240 python3 -m chatterbox_vllm.cli \
+          make-random-checkpoint $ck --size full --seed 0
+      run serve-load ${LOAD_S:-400} python3 bench/server_load.py --model-dir $ck \
+          --concurrency ${LOAD_N:-1,8,64} --text-file .device-data/benchmark-text-1.txt --paragraphs \
+          --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
+          --server-log "$out/server.log" --json "$out/server-load.json" -- --no-watermark $SERVE_FLAGS
+      grep -E 'healthy|^\||error' "$out/serve-load.log" | head -14
+      grep -E 'S3Gen|T3 engine|Traceback|Error' "$out/server.log" | grep -v -E 'FA version|amdsmi|rocm' | head -12 ;;
     product-mps)
       # The same load with CUDA MPS (T3's engine process and the server process share the GPU
       # concurrently instead of time-slicing); the daemon is stopped afterwards.
@@ -96,7 +107,7 @@ for part in "$@"; do
           --concurrency ${LOAD_N_MPS:-8,32,64,128} --text-file .device-data/benchmark-text-1.txt --paragraphs \
           --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
           --server-log "$out/server-mps.log" --json "$out/server-load-mps.json" -- --no-watermark $SERVE_FLAGS
-      grep -E 'healthy|^\|' "$out/serve-load-mps.log" | head -12
+      grep -E 'healthy|^\||error' "$out/serve-load-mps.log" | head -14
       echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     pack)  # at most 8 files come back: logs go into one archive
       (cd "$out" && tar czf logs.tgz *.log *.txt 2>/dev/null && rm -f *.log *.txt) ;;
