@@ -31,6 +31,11 @@ SERVE_FIELDS = (
     "aggregate_x",
     "failures",
     "captures_after_start",
+    "s3gen_busy_share",
+    "s3gen_batch_ms",
+    "s3gen_windows_per_batch",
+    "t3_ttft_ms",
+    "t3_ms_per_token",
 )
 
 
@@ -89,6 +94,10 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def _pct(share: float | None) -> str | None:
+    return None if share is None else f"{share * 100:.0f} %"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"Product benchmark, commit {report['commit']}, {report['machine']}", ""]
     e2e = report.get("e2e")
@@ -107,8 +116,9 @@ def markdown(report: dict[str, Any]) -> str:
     if serve:
         lines += [
             "| N | first audio p50 / p95 ms | stalled streams (worst ms) | RTF min / p50 "
-            "| audio s per s | failures | captures after start |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| audio s per s | failures | captures after start | S3Gen busy | S3Gen batch ms "
+            "(windows) | T3 TTFT ms | T3 ms/token |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in serve:
             lines.append(
@@ -116,7 +126,10 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {row['stalled_streams']} ({_fmt(row['worst_stall_ms'])}) "
                 f"| {_fmt(row['rtf_min'], 2)} / {_fmt(row['rtf_p50'], 2)} "
                 f"| {_fmt(row['aggregate_x'], 1)} | {row['failures']} "
-                f"| {_fmt(row['captures_after_start'])} |"
+                f"| {_fmt(row['captures_after_start'])} "
+                f"| {_fmt(_pct(row.get('s3gen_busy_share')))} "
+                f"| {_fmt(row.get('s3gen_batch_ms'))} ({_fmt(row.get('s3gen_windows_per_batch'), 1)}) "
+                f"| {_fmt(row.get('t3_ttft_ms'))} | {_fmt(row.get('t3_ms_per_token'), 1)} |"
             )
         lines.append(
             f"\nserver peak GPU memory (all processes): "

@@ -89,6 +89,7 @@ class RoundResult:
     wall_s: float
     streams: list[StreamResult] = field(default_factory=list)
     captures_after_start: float | None = None
+    profile: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> list[StreamResult]:
@@ -226,20 +227,72 @@ def split_paragraphs(text: str, low: int = 25, high: int = 45) -> list[str]:
 
 CAPTURE_METRIC = "chatterbox_s3gen_graph_captures_after_startup_total"
 """The server's count of CUDA-graph captures after start-up (must stay 0 while serving)."""
+PROFILE_METRICS = (
+    CAPTURE_METRIC,
+    "chatterbox_s3gen_busy_seconds_total",
+    "chatterbox_s3gen_batches_total",
+    "chatterbox_s3gen_windows_total",
+    "vllm:time_to_first_token_seconds_sum",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:time_per_output_token_seconds_sum",
+    "vllm:time_per_output_token_seconds_count",
+)
+"""Read before and after each round: what bounds it (S3Gen busy share, T3 token times)."""
 
 
-async def scrape_captures(
+async def scrape_metrics(
     client: httpx.AsyncClient, base: str, headers: dict[str, str]
-) -> float | None:
-    """The server's captures-after-start-up counter, or None when it has none."""
+) -> dict[str, float]:
+    """The server's :data:`PROFILE_METRICS` it exposes (labels summed), or {} if unreachable."""
     try:
         response = await client.get(base + "/metrics", headers=headers)
     except httpx.HTTPError:
-        return None
+        return {}
+    values: dict[str, float] = {}
     for line in response.text.splitlines():
-        if line.startswith(CAPTURE_METRIC + " ") or line.startswith(CAPTURE_METRIC + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in PROFILE_METRICS:
+            try:
+                values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+            except ValueError:
+                continue
+    return values
+
+
+def round_profile(
+    before: dict[str, float], after: dict[str, float], wall_s: float
+) -> dict[str, float | None]:
+    """What one round cost the server: S3Gen's busy share of the round and its mean batch, T3's
+    mean time to first token and per output token (vLLM's histograms)."""
+
+    def delta(name: str) -> float | None:
+        return after[name] - before.get(name, 0.0) if name in after else None
+
+    def ratio(num: float | None, den: float | None, scale: float = 1.0) -> float | None:
+        return num / den * scale if num is not None and den else None
+
+    busy, batches, windows = (
+        delta("chatterbox_s3gen_busy_seconds_total"),
+        delta("chatterbox_s3gen_batches_total"),
+        delta("chatterbox_s3gen_windows_total"),
+    )
+    return {
+        "s3gen_busy_share": ratio(busy, wall_s),
+        "s3gen_batch_ms": ratio(busy, batches, 1000.0),
+        "s3gen_windows_per_batch": ratio(windows, batches),
+        "t3_ttft_ms": ratio(
+            delta("vllm:time_to_first_token_seconds_sum"),
+            delta("vllm:time_to_first_token_seconds_count"),
+            1000.0,
+        ),
+        "t3_ms_per_token": ratio(
+            delta("vllm:time_per_output_token_seconds_sum"),
+            delta("vllm:time_per_output_token_seconds_count"),
+            1000.0,
+        ),
+    }
 
 
 async def check_health(base: str, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -300,10 +353,13 @@ async def benchmark(args: argparse.Namespace, base: str) -> list[RoundResult]:
         rounds = []
         for n in args.concurrency:
             logger.info("round N=%d: %d concurrent streams", n, n)
+            before = await scrape_metrics(client, base, headers)
             result = await run_round(
                 client, url, body, headers, n, args.request_timeout, args.texts
             )
-            result.captures_after_start = await scrape_captures(client, base, headers)
+            after = await scrape_metrics(client, base, headers)
+            result.captures_after_start = after.get(CAPTURE_METRIC)
+            result.profile = round_profile(before, after, result.wall_s)
             for failure in result.failures[:5]:
                 logger.warning("N=%d stream %d failed: %s", n, failure.index, failure.error)
             if len(result.failures) > 5:
@@ -350,6 +406,7 @@ def round_summary(r: RoundResult) -> dict[str, Any]:
         "aggregate_x": sum(s.audio_s for s in ok) / r.wall_s if r.wall_s > 0 else math.nan,
         "failures": len(r.failures),
         "captures_after_start": r.captures_after_start,
+        **r.profile,
     }
 
 

@@ -211,9 +211,9 @@ def test_mixed_streams_use_only_prepared_shapes(
     cfg = StreamingConfig()
     report = model.prepare_stream_graphs(cfg, max_rows=4, n_timesteps=2)
     assert report.shapes == tuple(stream_flow_shapes(cfg, 4))
-    assert report.captures == len(report.shapes) == 12  # rows 1, 2, 4 x frames 64..256
+    assert report.captures == len(report.shapes) == 18  # rows 1, 2, 4 x frames 64..384
     stats = model.graph_stats()
-    assert stats["sealed"] and stats["captures"] == 12
+    assert stats["sealed"] and stats["captures"] == 18
     voices = [voice_a, voice_long, voice_odd, voice_long, voice_a]
     token_lists = [tokens(n, 40 + n) for n in (30, 210, 97, 5, 160)]
 
@@ -223,7 +223,7 @@ def test_mixed_streams_use_only_prepared_shapes(
     prepared = drive(model, streams(model), token_lists, rate=7)
     stats = model.graph_stats()
     assert stats["eager_after_seal"] == 0 and stats["captures_after_seal"] == 0
-    assert stats["captures"] == 12
+    assert stats["captures"] == 18
     plain = drive(s3gen, streams(s3gen), token_lists, rate=7)
     for a, b in zip(prepared, plain):
         assert [c.numel() for c in a] == [c.numel() for c in b]
@@ -239,8 +239,8 @@ def test_mixed_streams_use_only_prepared_shapes(
 
 def test_stream_flow_shapes_are_bounded() -> None:
     default = stream_flow_shapes(StreamingConfig(), 64)
-    assert len(default) == 28  # rows 1..64 (7) x frames 64, 128, 192, 256
-    assert max(f for _, f in default) == 256
+    assert len(default) == 42  # rows 1..64 (7) x frames 64, 128, ..., 384
+    assert max(f for _, f in default) == 384
     assert {r for r, _ in stream_flow_shapes(StreamingConfig(), 5)} == {1, 2, 4, 8}
     # the first window on the whole prompt: shapes cover the longest (10 s) prompt
     full_first = stream_flow_shapes(StreamingConfig(first_window_full_prompt=True), 1)

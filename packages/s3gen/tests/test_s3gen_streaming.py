@@ -230,10 +230,10 @@ def test_first_chunk_timing_and_size(s3gen, voice_a, tokens) -> None:
             sizes.append((i + 1, out[0].numel()))
     needed = cfg.first_chunk_tokens + cfg.lookahead_tokens
     assert sizes[0] == (needed, (2 * cfg.first_chunk_tokens - cfg.held_frames) * HOP)
-    # later windows double (32, then 50 tokens): each emits 2 frames per token
+    # later windows double (32, 64, then 100 tokens): each emits 2 frames per token
     assert sizes[1] == (needed + 32, 64 * HOP)
-    assert sizes[2] == (needed + 32 + 50, 100 * HOP)
-    assert [cfg.window_tokens(i) for i in range(5)] == [16, 32, 50, 50, 50]
+    assert sizes[2] == (needed + 32 + 64, 128 * HOP)
+    assert [cfg.window_tokens(i) for i in range(5)] == [16, 32, 64, 100, 100]
 
 
 def test_push_pattern_does_not_change_the_audio(s3gen, voice_b, tokens) -> None:

@@ -127,7 +127,7 @@ class StreamingConfig:
     """
 
     first_chunk_tokens: int = 16
-    chunk_tokens: int = 50
+    chunk_tokens: int = 100
     lookahead_tokens: int = 3
     crossfade_frames: int = 4
     context_frames: int = 8

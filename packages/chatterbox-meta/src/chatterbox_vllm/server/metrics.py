@@ -72,6 +72,17 @@ class Metrics:
             _PREFIX + "s3gen_eager_solves_after_startup_total",
             "S3Gen flow batches of a shape outside the captured set, run without a CUDA graph",
         )
+        self.s3gen_busy = _get_or_create(
+            Gauge,
+            _PREFIX + "s3gen_busy_seconds_total",
+            "seconds the S3Gen scheduler spent running batches (streamed windows and whole chunks)",
+        )
+        self.s3gen_batches = _get_or_create(
+            Gauge, _PREFIX + "s3gen_batches_total", "batches the S3Gen scheduler ran"
+        )
+        self.s3gen_windows = _get_or_create(
+            Gauge, _PREFIX + "s3gen_windows_total", "windows and whole chunks those batches held"
+        )
         self._last = (time.perf_counter(), 0.0)
 
     def observe_stream(self, listener: Any) -> None:
@@ -83,6 +94,10 @@ class Metrics:
         """Gauges read at scrape time."""
         scheduler = tts._scheduler
         self.queue_depth.set(scheduler.stats.open_streams if scheduler is not None else 0)
+        if scheduler is not None:
+            self.s3gen_busy.set(scheduler.stats.busy_seconds)
+            self.s3gen_batches.set(scheduler.stats.batches)
+            self.s3gen_windows.set(scheduler.stats.windows)
         graphs = tts.s3gen_graph_stats()
         if graphs is not None:
             self.captures_after_startup.set(graphs.get("captures_after_seal", 0))
