@@ -63,7 +63,7 @@ class EngineConfig:
     )
     max_num_seqs: int | None = _knob(
         None,
-        "most chunks T3 decodes at once (default: 192 on >= 100 GiB GPUs, 64 on >= 40 GiB, 32 below, 8 on CPU)",
+        "most chunks T3 decodes at once (default: 128 on >= 100 GiB GPUs, 64 on >= 40 GiB, 32 below, 8 on CPU)",
     )
     max_model_len: int | None = _knob(
         None,
@@ -210,11 +210,11 @@ class EngineConfig:
             s3gen_dtype = "float16" if on_gpu else "float32"
         memory = gpu_memory_bytes or 0
         large = on_gpu and memory >= LARGE_GPU_BYTES
-        # A long text has ~170 chunks (33 min of audio): H200-class cards decode them in one wave
-        # (192 at full length is ~64 GB of KV); a second wave of the rest would run at a small,
-        # slow batch (measured: 128 + 44 chunks took 6.7 s of T3 where one wave needs ~4).
+        # A long text has ~170 chunks (33 min of audio); H200-class cards hold 128 at full length.
+        # Measured on an H200 (benchmark-text-1): 128 decoded its 172 chunks in 6.7 s of T3 and
+        # loaded in 77 s; 192 (one wave) took 7.8 s and loaded in 126 s (more graph sizes).
         huge = on_gpu and memory >= HUGE_GPU_BYTES
-        max_num_seqs = self.max_num_seqs or (192 if huge else 64 if large else 32 if on_gpu else 8)
+        max_num_seqs = self.max_num_seqs or (128 if huge else 64 if large else 32 if on_gpu else 8)
         s3gen_batch_size = self.s3gen_batch_size or (32 if large else 8 if on_gpu else 4)
         utilization = self.gpu_memory_utilization
         if utilization is None:
