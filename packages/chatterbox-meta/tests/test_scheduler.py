@@ -152,3 +152,35 @@ def test_generate_and_streams_share_one_scheduler(tts: ChatterboxTTS) -> None:
     windows = scheduler.stats.windows
     list(tts.stream("One scheduler for all.", max_new_tokens=30, seed=3))
     assert tts.scheduler is scheduler and scheduler.stats.windows > windows
+
+
+class RecordingVocoder:
+    """A vocoder plug-in (Griffin-Lim inside) that records every batch it is given."""
+
+    sample_rate = 24_000
+    hop_length = 480
+
+    def __init__(self) -> None:
+        from chatterbox_s3gen.vocoders import GriffinLimVocoder
+
+        self.inner = GriffinLimVocoder(n_iter=2)
+        self.batches = 0
+
+    def vocode(self, mels: torch.Tensor, mel_lengths: torch.Tensor) -> list[torch.Tensor]:
+        self.batches += 1
+        return self.inner.vocode(mels, mel_lengths)
+
+
+def test_a_plugin_vocoder_serves_generate_and_streams(tts: ChatterboxTTS) -> None:
+    """The vocoder seam is on every path of the scheduler: whole chunks and streamed windows."""
+    recording = RecordingVocoder()
+    tts._s3gen.set_vocoder(recording)
+    try:
+        result = tts.generate("A plug-in vocoder.", seed=2, max_new_tokens=20, progress=False)
+        assert recording.batches >= 1 and result.duration_s > 0
+        before = recording.batches
+        chunks = list(tts.stream("A plug-in vocoder, streamed.", seed=2, max_new_tokens=60))
+        assert sum(c.waveform.numel() for c in chunks) > 0
+        assert recording.batches - before >= 2  # one per streamed window batch
+    finally:
+        tts._s3gen.set_vocoder("hift-torch")
