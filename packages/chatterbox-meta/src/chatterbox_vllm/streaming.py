@@ -192,7 +192,8 @@ class StreamSession:
         failure = self._engine_failure()
         if failure is not None:
             raise EngineDeadError(
-                f"the T3 engine died while streaming ({failure}); load a new engine"
+                f"the T3 engine died while streaming ({failure}); it cannot speak any more: load a "
+                "new ChatterboxTTS (a server: restart it)"
             )
 
     @property
