@@ -18,6 +18,7 @@ from chatterbox_s3gen.hift import draw_source_noise
 from chatterbox_s3gen.streaming import (
     S3GenStream,
     StreamingConfig,
+    prepare_stream_graphs,
     stream_flow_shapes,
     stream_source_noise,
     synthesize_windows,
@@ -209,7 +210,7 @@ def test_mixed_streams_use_only_prepared_shapes(
     the unprepared model's audio."""
     model = S3Gen.from_checkpoint(tiny_checkpoint)
     cfg = StreamingConfig()
-    report = model.prepare_stream_graphs(cfg, max_rows=4, n_timesteps=2)
+    report = prepare_stream_graphs(model, cfg, max_rows=4, n_timesteps=2)
     assert report.shapes == tuple(stream_flow_shapes(cfg, 4))
     assert report.captures == len(report.shapes) == 18  # rows 1, 2, 4 x frames 64..384
     stats = model.graph_stats()

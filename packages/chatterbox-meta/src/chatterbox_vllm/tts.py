@@ -114,10 +114,13 @@ def _prepare_s3gen_graphs(s3gen: Any, config: EngineConfig) -> float:
     than it saves in a long ``generate``."""
     if not (config.stream_graphs and str(config.device).startswith("cuda")):
         return 0.0
-    from chatterbox_s3gen import StreamingConfig
+    from chatterbox_s3gen.streaming import StreamingConfig, prepare_stream_graphs
 
-    report = s3gen.prepare_stream_graphs(
-        StreamingConfig(), max_rows=config.s3gen_batch_size or 1, n_timesteps=config.cfm_steps
+    report = prepare_stream_graphs(
+        s3gen,
+        StreamingConfig(),
+        max_rows=config.s3gen_batch_size or 1,
+        n_timesteps=config.cfm_steps,
     )
     return float(report.seconds)
 

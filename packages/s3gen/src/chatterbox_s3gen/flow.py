@@ -127,7 +127,7 @@ def row_bucket(rows: int) -> int:
 
 @dataclass(frozen=True)
 class GraphPreparation:
-    """What :meth:`S3Gen.prepare_stream_graphs` did: the ``(rows, frames)`` shapes it prepared
+    """What :meth:`S3Gen.prepare_graphs` did: the ``(rows, frames)`` shapes it prepared
     for ``n_timesteps`` steps, how many graphs it captured (static buffer sets with
     ``capture=False``) and how long that took."""
 

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,9 +35,6 @@ from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.speaker_encoder import MIN_SPEAKER_SAMPLES, CAMPPlus
 from chatterbox_s3gen.tokenizer import MIN_TOKENIZER_SAMPLES, S3SpeechTokenizer
 from chatterbox_s3gen.vocoders import Vocoder, VocoderContext, accepts_seeds, get_vocoder
-
-if TYPE_CHECKING:
-    from chatterbox_s3gen.streaming import StreamingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -246,21 +243,19 @@ class S3Gen(nn.Module):
         self.flow.decoder.graphs = EulerGraphs(max_graphs) if enabled else None
 
     @torch.inference_mode()
-    def prepare_stream_graphs(
-        self, config: StreamingConfig, max_rows: int, n_timesteps: int = 10
+    def prepare_graphs(
+        self, shapes: Sequence[tuple[int, int]], n_timesteps: int = 10
     ) -> GraphPreparation:
-        """Start-up work of a streaming server: capture the Euler loop of every flow shape the
-        windows of ``config`` can make in batches of up to ``max_rows`` windows
-        (:func:`chatterbox_s3gen.streaming.stream_flow_shapes`), then seal the set: from now on a
-        batch runs on the smallest prepared shape that holds it, and one that none holds (a
-        whole-utterance window, :meth:`synthesize`) runs eagerly; nothing is captured while
-        serving (see :meth:`graph_stats`). Turns CUDA graphs on if they were off. On a CPU the
-        same bookkeeping runs without capture (static buffers, eager solves)."""
-        from chatterbox_s3gen.streaming import stream_flow_shapes
-
+        """Start-up work: capture the Euler loop of every ``(rows, frames)`` flow shape in
+        ``shapes`` (a streaming server's: :func:`chatterbox_s3gen.streaming.prepare_stream_graphs`),
+        then seal the set: from now on a batch runs on the smallest prepared shape that holds it,
+        and one that none holds (a whole-utterance window, :meth:`synthesize`) runs eagerly;
+        nothing is captured while serving (see :meth:`graph_stats`). Turns CUDA graphs on if they
+        were off. On a CPU the same bookkeeping runs without capture (static buffers, eager
+        solves)."""
+        shapes = list(shapes)
         if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
             raise S3GenInputError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
-        shapes = stream_flow_shapes(config, max_rows)
         capture = self.device.type == "cuda"
         graphs = self.flow.decoder.graphs
         if graphs is None or graphs.capture != capture:
@@ -272,7 +267,7 @@ class S3Gen(nn.Module):
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - begin
         logger.info(
-            "S3Gen: %d flow shapes for streaming (%d captured) in %.1f s; sealed%s",
+            "S3Gen: %d flow shapes (%d captured) in %.1f s; sealed%s",
             len(shapes),
             captures,
             seconds,

@@ -63,7 +63,7 @@ from chatterbox_s3gen.errors import (
     S3GenInputError,
     S3GenInputTypeError,
 )
-from chatterbox_s3gen.flow import frame_bucket
+from chatterbox_s3gen.flow import GraphPreparation, frame_bucket
 from chatterbox_s3gen.hift import draw_source_noise
 from chatterbox_s3gen.masks import length_mask
 from chatterbox_s3gen.model import S3Gen
@@ -811,6 +811,15 @@ def stream_flow_shapes(
     return [(r, f) for r in rows for f in frames]
 
 
+def prepare_stream_graphs(
+    s3gen: S3Gen, config: StreamingConfig, max_rows: int, n_timesteps: int = 10
+) -> GraphPreparation:
+    """A streaming server's start-up: :meth:`S3Gen.prepare_graphs` for every flow shape the
+    windows of ``config`` can make in batches of up to ``max_rows`` (:func:`stream_flow_shapes`),
+    captured now and sealed, so none is captured while serving."""
+    return s3gen.prepare_graphs(stream_flow_shapes(config, max_rows), n_timesteps)
+
+
 def _check_windows(windows: object) -> Sequence[StreamWindow]:
     if isinstance(windows, StreamWindow) or not isinstance(windows, Sequence):
         raise S3GenInputTypeError("windows must be a sequence of StreamWindow")
@@ -1018,6 +1027,7 @@ __all__ = [
     "StreamingConfig",
     "WindowResult",
     "flow_windows",
+    "prepare_stream_graphs",
     "stream_flow_shapes",
     "stream_source_noise",
     "stream_synthesize",
