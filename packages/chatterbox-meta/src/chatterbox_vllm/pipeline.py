@@ -10,6 +10,7 @@ lane. The calling thread waits for the waveforms (and checks that the engine is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import queue
@@ -53,12 +54,24 @@ class EventLoopThread:
         return self.submit(coroutine).result()
 
     def stop(self) -> None:
+        """Cancels what still runs on the loop (and waits for it to unwind), then stops it: a task
+        left pending would be destroyed later by the garbage collector, at any moment."""
         if self.loop.is_closed():
             return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
 
 
 async def decode_all_or_none(coroutines: Iterable[Coroutine[Any, Any, Any]]) -> None:
@@ -163,9 +176,12 @@ def run_pipeline(
 
     t3_future = loop.submit(decode_all_or_none(decode(i) for i in range(len(jobs))))
     t3_done_at: list[float] = []  # when T3's last chunk finished (on the loop thread)
-    t3_future.add_done_callback(
-        lambda _: (t3_done_at.append(time.perf_counter()), finished.put(_T3_FINISHED))
-    )
+
+    def on_t3_done(_: Any) -> None:
+        t3_done_at.append(time.perf_counter())
+        finished.put(_T3_FINISHED)
+
+    t3_future.add_done_callback(on_t3_done)
     t3_end: float | None = None
     remaining = len(jobs)
     try:

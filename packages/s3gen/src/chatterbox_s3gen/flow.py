@@ -230,13 +230,15 @@ class EulerGraphs:
     ) -> GraphKey | None:
         if self._sealed is None:
             return (row_bucket(rows), frame_bucket(frames), n_timesteps, dtype)
-        fits = [
+        fits: list[GraphKey] = [
             k
             for k in self._sealed
             if k[0] >= rows and k[1] >= frames and k[2] == n_timesteps and k[3] == dtype
         ]
+        if not fits:
+            return None
         # The least padded work (rows x frames) among the shapes that hold the batch.
-        return min(fits, key=lambda k: (k[0] * k[1], k[1]), default=None)
+        return min(fits, key=lambda k: (k[0] * k[1], k[1]))
 
     def _build(
         self, cfm: ConditionalCFM, key: GraphKey, device: torch.device
