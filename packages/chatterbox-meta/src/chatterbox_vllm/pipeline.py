@@ -155,7 +155,7 @@ def run_pipeline(
 
     lanes = [
         scheduler.open_whole(
-            job.reference, seed=_seed(job.seed), deliver=functools.partial(on_audio, index)
+            job.reference, seed=job.seed, deliver=functools.partial(on_audio, index)
         )
         for index, job in enumerate(jobs)
     ]
@@ -233,8 +233,3 @@ def run_pipeline(
         max(0.0, min(stop, t3_end) - max(begin, start)) for begin, stop in timings.s3gen_intervals
     )
     return timings
-
-
-def _seed(seed: int | None) -> int:
-    # Unseeded chunks draw their vocoder noise seed from torch's global RNG, as S3Gen does.
-    return int(torch.randint(0, 2**62, ()).item()) if seed is None else seed

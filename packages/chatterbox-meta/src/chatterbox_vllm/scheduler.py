@@ -60,6 +60,8 @@ class Listener:
     """Seconds of audio delivered per text chunk (plan item ``order``)."""
     min_buffer_s: float = math.inf
     """The least audio that was buffered when new audio arrived (negative: the player stalled)."""
+    open_lanes: int = 0
+    """Text chunks of this stream the scheduler still holds (the stream is done at 0)."""
 
     @property
     def playing(self) -> bool:
@@ -96,6 +98,12 @@ class SchedulerStats:
 
 
 _lane_ids = itertools.count()
+
+
+def lane_seed(seed: int | None) -> int:
+    """A lane's vocoder noise seed: the plan item's, or for an unseeded item one drawn from
+    torch's global RNG, as S3Gen does."""
+    return int(torch.randint(0, 2**62, ()).item()) if seed is None else seed
 
 
 @dataclass
@@ -143,7 +151,6 @@ class S3GenScheduler:
         self.on_stream_done = on_stream_done
         self.stats = SchedulerStats()
         self._lanes: dict[int, _Lane] = {}
-        self._listener_lanes: dict[int, int] = {}  # id(listener) -> open lanes
         self._lock = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(
@@ -157,24 +164,31 @@ class S3GenScheduler:
         self,
         reference: Any,
         *,
-        seed: int,
+        seed: int | None,
         config: StreamingConfig | None,
         listener: Listener,
         order: int,
         deliver: Deliver,
     ) -> int:
-        """A streamed text chunk (audio window by window); returns its lane id."""
+        """A streamed text chunk (audio window by window); returns its lane id. ``seed``: see
+        :func:`lane_seed`."""
         from chatterbox_s3gen.streaming import S3GenStream
 
         stream = S3GenStream(
-            self._s3gen(), reference, seed=seed, n_timesteps=self.n_timesteps, config=config
+            self._s3gen(),
+            reference,
+            seed=lane_seed(seed),
+            n_timesteps=self.n_timesteps,
+            config=config,
         )
         lane = _Lane(next(_lane_ids), deliver, order, stream=stream, listener=listener)
         return self._add(lane)
 
-    def open_whole(self, reference: Any, *, seed: int, deliver: Deliver) -> int:
-        """A text chunk synthesised at once when its tokens are complete; returns its lane id."""
-        return self._add(_Lane(next(_lane_ids), deliver, reference=reference, seed=seed))
+    def open_whole(self, reference: Any, *, seed: int | None, deliver: Deliver) -> int:
+        """A text chunk synthesised at once when its tokens are complete; returns its lane id.
+        ``seed``: see :func:`lane_seed`."""
+        lane = _Lane(next(_lane_ids), deliver, reference=reference, seed=lane_seed(seed))
+        return self._add(lane)
 
     def _s3gen(self) -> S3Gen:
         from chatterbox_s3gen import S3Gen
@@ -192,8 +206,7 @@ class S3GenScheduler:
                 raise RuntimeError("the S3Gen scheduler is closed")
             self._lanes[lane.lane_id] = lane
             if lane.listener is not None:
-                key = id(lane.listener)
-                self._listener_lanes[key] = self._listener_lanes.get(key, 0) + 1
+                lane.listener.open_lanes += 1
             self.stats.open_streams = len(self._lanes)
         return lane.lane_id
 
@@ -415,12 +428,9 @@ class S3GenScheduler:
         self.stats.open_streams = len(self._lanes)
         if lane.listener is None:
             return
-        key = id(lane.listener)
-        left = self._listener_lanes.get(key, 1) - 1
-        if left > 0:
-            self._listener_lanes[key] = left
+        lane.listener.open_lanes -= 1
+        if lane.listener.open_lanes > 0:
             return
-        self._listener_lanes.pop(key, None)
         if self.on_stream_done is not None and lane.listener.playing:
             try:
                 self.on_stream_done(lane.listener)

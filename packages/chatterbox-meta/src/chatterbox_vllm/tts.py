@@ -379,10 +379,9 @@ class ChatterboxTTS(SpeechFront[Voice]):
         items = []
         for item in plan.items:
             request = self._t3_request(item, voice_value)
-            seed = item.seed if item.seed is not None else int(torch.randint(0, 2**62, ()).item())
             lane_id = scheduler.open_stream(
                 voice_value.s3gen,
-                seed=seed,
+                seed=item.seed,
                 config=streaming,
                 listener=listener,
                 order=item.order,
