@@ -35,6 +35,16 @@ run() {  # run NAME SECONDS COMMAND...
   grep -E '^\|| \| | vs reference|^KV|^device|passed|failed' "$out/$name.log" | tail -70
   [ $rc -eq 0 ] || tail -25 "$out/$name.log"
 }
+serve_load() {  # serve_load NAME CONCURRENCY SERVER_LOG JSON: the server under load (ck-full)
+  run "$1" ${LOAD_S:-400} python3 bench/server_load.py --model-dir /tmp/ck-full \
+      --concurrency "$2" --text-file .device-data/benchmark-text-1.txt --paragraphs \
+      --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
+      --server-log "$3" --json "$4" -- --no-watermark $SERVE_FLAGS
+}
+make_checkpoint() {
+  [ -f /tmp/ck-full/s3gen.safetensors ] || run make-checkpoint 240 python3 -m chatterbox_vllm.cli \
+      make-random-checkpoint /tmp/ck-full --size full --seed 0
+}
 s3gen_common=(--size full --device cuda --seconds 10 --prompt-seconds 5 --loop-items 0)
 for part in "$@"; do
   case $part in
@@ -66,34 +76,24 @@ for part in "$@"; do
     s3gen-accuracy) run s3gen-accuracy 150 python3 bench/s3gen_bench.py --size full --device cuda \
         --accuracy-only --accuracy-items 4 --accuracy-seconds 6 --prompt-seconds 5 --modes eager graphs ;;
     product)
-      ck=/tmp/ck-full
-      [ -f $ck/s3gen.safetensors ] || run make-checkpoint 240 python3 -m chatterbox_vllm.cli \
-          make-random-checkpoint $ck --size full --seed 0
+      make_checkpoint
       nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$out/gpumem.txt" &
       smi=$!
-      run e2e ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir $ck \
+      run e2e ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir /tmp/ck-full \
           --text-file .device-data/benchmark-text-1.txt --voice .device-data/voice-01.wav \
           --no-watermark --quiet --json "$out/e2e.json" $E2E_FLAGS
       grep -v -E '^\s*$|\r|it/s\]' "$out/e2e.log" | tail -24
       : > "$out/gpumem.txt"  # the server's peak only
-      run serve-load ${LOAD_S:-400} python3 bench/server_load.py --model-dir $ck \
-          --concurrency ${LOAD_N:-1,8,32,64,128} --text-file .device-data/benchmark-text-1.txt --paragraphs \
-          --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
-          --server-log "$out/server.log" --json "$out/server-load.json" -- --no-watermark $SERVE_FLAGS
-      cat "$out/serve-load.log" | grep -E 'healthy|^\|' | head -12
+      serve_load serve-load "${LOAD_N:-1,8,32,64,128}" "$out/server.log" "$out/server-load.json"
+      grep -E 'healthy|^\|' "$out/serve-load.log" | head -12
       kill $smi 2>/dev/null
       python3 bench/product.py --e2e "$out/e2e.json" --load "$out/server-load.json" \
           --commit "${PRODUCT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
           --machine "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), GPU harness (bench/device)" \
           --gpu-memory-log "$out/gpumem.txt" --out "$out/product.json" | tee "$out/product.md" ;;
     serve-only)  # the server load alone (LOAD_N), e.g. a quick check before the full product run
-      ck=/tmp/ck-full
-      [ -f $ck/s3gen.safetensors ] || run make-checkpoint 240 python3 -m chatterbox_vllm.cli \
-          make-random-checkpoint $ck --size full --seed 0
-      run serve-load ${LOAD_S:-400} python3 bench/server_load.py --model-dir $ck \
-          --concurrency ${LOAD_N:-1,8,64} --text-file .device-data/benchmark-text-1.txt --paragraphs \
-          --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
-          --server-log "$out/server.log" --json "$out/server-load.json" -- --no-watermark $SERVE_FLAGS
+      make_checkpoint
+      serve_load serve-load "${LOAD_N:-1,8,64}" "$out/server.log" "$out/server-load.json"
       grep -E 'healthy|^\||error' "$out/serve-load.log" | head -14
       grep -E 'S3Gen|T3 engine|Traceback|Error' "$out/server.log" | grep -v -E 'FA version|amdsmi|rocm' | head -12 ;;
     product-mps)
@@ -103,10 +103,7 @@ for part in "$@"; do
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
       mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
       nvidia-cuda-mps-control -d && echo "MPS daemon started"
-      run serve-load-mps ${LOAD_S:-400} python3 bench/server_load.py --model-dir /tmp/ck-full \
-          --concurrency ${LOAD_N_MPS:-8,32,64,128} --text-file .device-data/benchmark-text-1.txt --paragraphs \
-          --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
-          --server-log "$out/server-mps.log" --json "$out/server-load-mps.json" -- --no-watermark $SERVE_FLAGS
+      serve_load serve-load-mps "${LOAD_N_MPS:-8,32,64,128}" "$out/server-mps.log" "$out/server-load-mps.json"
       grep -E 'healthy|^\||error' "$out/serve-load-mps.log" | head -14
       echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     pack)  # at most 8 files come back: logs go into one archive
