@@ -12,7 +12,8 @@ A thread takes batches in the order listeners need them:
 2. among streamed windows, a stream that has not played anything yet first (its first audio is
    the latency a user sees), then the one whose buffered audio runs out soonest
    (:class:`Listener` keeps each stream's playback clock);
-3. whole windows, longest first, in batches of similar lengths; by default only once T3 has
+3. whole windows, the longest ``max_batch`` per round (the decoder splits a round where padding
+   would grow: ``S3Gen.synthesize`` on a GPU); by default only once T3 has
    decoded every whole lane's tokens (``overlap_generate=False``). T3 runs in vLLM's engine-core
    process and S3Gen in this one: two CUDA contexts on one GPU time-slice rather than overlap,
    so interleaving them slows both (measured: T3 -41 % while S3Gen works beside it).
@@ -41,12 +42,6 @@ logger = logging.getLogger(__name__)
 
 Deliver = Callable[[list[torch.Tensor], bool, BaseException | None], None]
 """``deliver(audio_pieces, done, error)``, called on the scheduler thread for every lane."""
-
-PADDING_SPLIT = 0.25
-"""A whole-window batch stops growing where an item would be padded by more than this share of
-the batch's longest item (a padded frame costs as much as a real one)."""
-MIN_SPLIT_BATCH = 8
-"""...but only once the batch holds this many items (small batches leave the GPU idle)."""
 
 
 @dataclass
@@ -316,7 +311,8 @@ class S3GenScheduler:
                 lane.maybe_ready = not done
                 if done:
                     self._drop(lane)
-                self._deliver(lane, chunks, done, now)
+                if chunks or done:
+                    self._deliver(lane, chunks, done, now)
             except Exception as error:
                 self._fail(lane, error)
         return True
@@ -391,18 +387,8 @@ class S3GenScheduler:
             self._deliver(lane, [wave], True, now)
 
     def _whole_batch(self, ready: Sequence[_Lane]) -> list[_Lane]:
-        """The longest ready chunks first, stopping at ``max_batch`` or where padding grows."""
-        ordered = sorted(ready, key=lambda lane: len(lane.tokens), reverse=True)
-        batch: list[_Lane] = []
-        for lane in ordered:
-            if len(batch) >= self.max_batch:
-                break
-            if len(batch) >= MIN_SPLIT_BATCH and len(lane.tokens) < (1 - PADDING_SPLIT) * len(
-                batch[0].tokens
-            ):
-                break
-            batch.append(lane)
-        return batch
+        """The longest ready chunks, at most ``max_batch`` (the rest wait for the next round)."""
+        return sorted(ready, key=lambda lane: len(lane.tokens), reverse=True)[: self.max_batch]
 
     # -- bookkeeping
 
