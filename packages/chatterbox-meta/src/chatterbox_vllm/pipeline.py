@@ -143,8 +143,6 @@ def run_pipeline(
     )
     on_tokens = token_bar.update if progress else None
     timings = PipelineTimings()
-    busy_before = scheduler.stats.whole_busy_seconds
-    batches_before = scheduler.stats.whole_batches
     intervals_before = len(scheduler.stats.whole_intervals)
     start = time.perf_counter()
 
@@ -226,9 +224,9 @@ def run_pipeline(
     timings.t3 = t3_end - start
     timings.total = end - start
     timings.speech_tokens = sum(len(job.tokens) for job in jobs if job.tokens is not None)
-    timings.s3gen = scheduler.stats.whole_busy_seconds - busy_before
-    timings.s3gen_batches = scheduler.stats.whole_batches - batches_before
     timings.s3gen_intervals = list(scheduler.stats.whole_intervals[intervals_before:])
+    timings.s3gen = sum(stop - begin for begin, stop in timings.s3gen_intervals)
+    timings.s3gen_batches = len(timings.s3gen_intervals)
     timings.overlap = sum(
         max(0.0, min(stop, t3_end) - max(begin, start)) for begin, stop in timings.s3gen_intervals
     )

@@ -85,11 +85,14 @@ class SchedulerStats:
     batches: int = 0
     windows: int = 0
     busy_seconds: float = 0.0
-    whole_batches: int = 0
-    whole_busy_seconds: float = 0.0
     whole_intervals: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    """(start, end) of every whole-chunk batch (``generate``'s S3Gen time)."""
     open_streams: int = 0
     """Lanes (text chunks of any call) open now."""
+
+    @property
+    def whole_batches(self) -> int:
+        return len(self.whole_intervals)
 
 
 _lane_ids = itertools.count()
@@ -378,8 +381,6 @@ class S3GenScheduler:
             return
         now = time.perf_counter()
         self._count(begin, now, len(batch))
-        self.stats.whole_batches += 1
-        self.stats.whole_busy_seconds += now - begin
         self.stats.whole_intervals.append((begin, now))
         for lane, waveform in zip(batch, waveforms):
             self._drop(lane)
