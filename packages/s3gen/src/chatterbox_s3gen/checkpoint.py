@@ -1,9 +1,12 @@
-"""Checkpoint I/O: strict loading of ``s3gen.safetensors`` (the released layout: 2490 tensors,
-see ``tests/data/s3gen.json``) and a writer of random checkpoints in the same layout.
+"""Checkpoint I/O: strict loading of ``s3gen.safetensors`` (the English release: 2490 tensors,
+see ``tests/data/s3gen.json``) or ``s3gen.pt`` (the multilingual release: a ``torch.save`` state
+dict of the same 2490 tensors, read with ``torch.load(weights_only=True)``), and a writer of random
+checkpoints in either layout.
 
-A checkpoint is a directory holding ``s3gen.safetensors`` and, for non-released sizes,
+A checkpoint is a directory holding ``s3gen.safetensors`` or ``s3gen.pt`` (the first found in
+:data:`~chatterbox_s3gen.constants.CHECKPOINT_FILENAMES` order) and, for non-released sizes,
 ``s3gen_config.json`` (absent means :class:`S3GenConfig` defaults, i.e. the real model). A path
-to the ``.safetensors`` file itself works too (the config is looked up next to it). Every problem
+to the weight file itself works too (the config is looked up next to it). Every problem
 is a :class:`~chatterbox_s3gen.errors.CheckpointError` naming the file: missing, not a directory,
 truncated or corrupt (say so and suggest re-downloading instead of a safetensors traceback), or a
 layout mismatch. The random-weight writer is :mod:`chatterbox_s3gen.random_checkpoint` (it builds
@@ -12,7 +15,9 @@ an :class:`~chatterbox_s3gen.model.S3Gen`, which loads through this module)."""
 from __future__ import annotations
 
 import logging
+import pickle
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,7 +27,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from chatterbox_s3gen.config import S3GenConfig
-from chatterbox_s3gen.constants import CHECKPOINT_FILENAME, CONFIG_FILENAME
+from chatterbox_s3gen.constants import (
+    CHECKPOINT_FILENAME,
+    CHECKPOINT_FILENAMES,
+    CONFIG_FILENAME,
+    TORCH_CHECKPOINT_FILENAME,
+)
 from chatterbox_s3gen.errors import (
     CheckpointError,
     CorruptCheckpointFileError,
@@ -48,26 +58,31 @@ _LEGACY_WEIGHT_NORM = re.compile(r"^(.*)\.weight_(g|v)$")
 _MAX_LISTED = 12
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pt")
+_EXPECTED = f"a directory with {CHECKPOINT_FILENAME} or {TORCH_CHECKPOINT_FILENAME}, or the weight file itself"
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Path, S3GenConfig]:
-    """``(safetensors file, config)`` for a checkpoint directory or file."""
+    """``(weight file, config)`` for a checkpoint directory or weight file. A directory holding
+    both ``s3gen.safetensors`` and ``s3gen.pt`` uses the ``.safetensors`` file."""
     path = Path(path)
     if path.is_dir():
-        weights = path / CHECKPOINT_FILENAME
+        found = [path / name for name in CHECKPOINT_FILENAMES if (path / name).is_file()]
+        weights = found[0] if found else path / CHECKPOINT_FILENAME
+        if len(found) > 1:
+            logger.info("%s holds %s; loading %s", path, [f.name for f in found], weights.name)
         config_file = path / CONFIG_FILENAME
-    elif path.is_file() and path.suffix != ".safetensors":
+    elif path.is_file() and path.suffix not in WEIGHT_SUFFIXES:
         # A model directory given as some other file: say what it is, not "no checkpoint".
         raise NotADirectoryCheckpointError(
-            f"S3Gen checkpoint path {path} is not a directory (expected a directory with "
-            f"{CHECKPOINT_FILENAME} or the .safetensors file itself)"
+            f"S3Gen checkpoint path {path} is not a directory (expected {_EXPECTED})"
         )
     else:
         weights = path
         config_file = path.parent / CONFIG_FILENAME
     if not weights.is_file():
-        raise MissingCheckpointFileError(
-            f"no S3Gen checkpoint at {weights} (expected a directory with {CHECKPOINT_FILENAME} "
-            "or the .safetensors file itself)"
-        )
+        where = f"in {path}" if path.is_dir() else f"at {weights}"
+        raise MissingCheckpointFileError(f"no S3Gen checkpoint {where} (expected {_EXPECTED})")
     if not config_file.is_file():
         return weights, S3GenConfig()
     try:
@@ -76,18 +91,58 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, S3GenConfig]:
         raise CheckpointError(f"{config_file}: {error}") from error
 
 
+def _corrupt(weights: Path, error: BaseException) -> CorruptCheckpointFileError:
+    detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return CorruptCheckpointFileError(
+        f"{weights} is incomplete or corrupt ({detail}); delete it and download the checkpoint "
+        "again"
+    )
+
+
+def _load_torch_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` state dict, read with ``weights_only=True`` (no code in the file runs)."""
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except PermissionError as error:
+        raise CheckpointError(f"{weights} cannot be read: {error}") from error
+    except pickle.UnpicklingError as error:
+        # Not a torch.save file of plain tensors: an HTML error page, a pickle of other objects.
+        raise CorruptCheckpointFileError(
+            f"{weights} is incomplete or corrupt, or not a torch state dict of tensors "
+            f"(torch.load(weights_only=True) refused it: {str(error).splitlines()[0][:160]}); "
+            "delete it and download the checkpoint again"
+        ) from error
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        # A truncated zip archive (an interrupted download) or an empty file.
+        raise _corrupt(weights, error) from error
+    if not isinstance(state, dict):
+        raise CorruptCheckpointFileError(
+            f"{weights} holds a {type(state).__name__}, not a state dict (a mapping of tensor "
+            "names to tensors); delete it and download the checkpoint again"
+        )
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    not_named = [k for k in state if not isinstance(k, str)]
+    if not_tensors or not_named:
+        raise CheckpointError(
+            f"{weights} is not a state dict of named tensors: "
+            + (f"entries that are not tensors: {_listing(not_tensors)}" if not_tensors else "")
+            + ("; " if not_tensors and not_named else "")
+            + (f"{len(not_named)} key(s) that are not strings" if not_named else "")
+        )
+    return state
+
+
 def load_checkpoint_file(weights: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a ``.safetensors`` file, on CPU. A file safetensors cannot parse (cut short
-    by an interrupted download, or not a safetensors file) raises
+    """Every tensor of a ``.safetensors`` file or a ``.pt`` state dict, on CPU. A file that cannot
+    be parsed (cut short by an interrupted download, or not such a file at all) raises
     :class:`~chatterbox_s3gen.errors.CorruptCheckpointFileError` naming it."""
     weights = Path(weights)
+    if weights.suffix == ".pt":
+        return _load_torch_state_dict(weights)
     try:
         return load_file(str(weights))
     except SafetensorError as error:
-        raise CorruptCheckpointFileError(
-            f"{weights} is incomplete or corrupt ({error}); delete it and download the "
-            "checkpoint again"
-        ) from error
+        raise _corrupt(weights, error) from error
 
 
 def _legacy_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
         help="export the flow estimator and the HiFT vocoder to ONNX (needs the onnx extra)",
     )
     export.add_argument(
-        "checkpoint", help="checkpoint directory (s3gen.safetensors [+ s3gen_config.json])"
+        "checkpoint",
+        help="checkpoint directory (s3gen.safetensors or s3gen.pt [+ s3gen_config.json])",
     )
     export.add_argument("out_dir", help="directory for flow_estimator.onnx and hift.onnx")
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
@@ -28,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     random.add_argument("out_dir")
     random.add_argument("--size", choices=("tiny", "full"), default="tiny")
     random.add_argument("--seed", type=int, default=0)
+    random.add_argument(
+        "--format",
+        choices=("safetensors", "pt"),
+        default="safetensors",
+        help="s3gen.safetensors (English release) or s3gen.pt (multilingual release, torch.save)",
+    )
     return parser
 
 
@@ -49,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from chatterbox_s3gen.random_checkpoint import write_random_s3gen_checkpoint
 
-    print(write_random_s3gen_checkpoint(args.out_dir, size=args.size, seed=args.seed))
+    print(write_random_s3gen_checkpoint(
+            args.out_dir, size=args.size, seed=args.seed, file_format=args.format
+        ))
     return 0
 
 

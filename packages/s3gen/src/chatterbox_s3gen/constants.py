@@ -35,4 +35,11 @@ TRIM_SAMPLES = S3GEN_SAMPLE_RATE // 50
 (the reference's remedy for spill-over from the prompt)."""
 
 CHECKPOINT_FILENAME = "s3gen.safetensors"
+"""The English checkpoint's S3Gen weights (``ResembleAI/chatterbox``, chatterbox-tts 0.1.2)."""
+TORCH_CHECKPOINT_FILENAME = "s3gen.pt"
+"""The multilingual checkpoint's S3Gen weights: a ``torch.save`` state dict (read with
+``torch.load(weights_only=True)``) holding the same 2490 tensors as :data:`CHECKPOINT_FILENAME`
+(chatterbox-tts 0.1.7 loads it strictly into the same ``S3Gen()`` module tree)."""
+CHECKPOINT_FILENAMES = (CHECKPOINT_FILENAME, TORCH_CHECKPOINT_FILENAME)
+"""Weight files a checkpoint directory may hold, in the order they are looked for."""
 CONFIG_FILENAME = "s3gen_config.json"

@@ -132,7 +132,8 @@ class S3Gen(nn.Module):
         noise_seed: torch.Generator | int | None = None,
         cuda_graphs: bool = True,
     ) -> S3Gen:
-        """Load a checkpoint directory (``s3gen.safetensors`` [+ ``s3gen_config.json``]) strictly:
+        """Load a checkpoint directory (``s3gen.safetensors`` or ``s3gen.pt`` [+ ``s3gen_config.json``])
+        strictly:
         a missing, unexpected or mis-shaped tensor raises :class:`~chatterbox_s3gen.checkpoint.CheckpointError`
         naming it (``tokenizer._mel_filters``/``tokenizer.window`` may be absent: they are derived).
 

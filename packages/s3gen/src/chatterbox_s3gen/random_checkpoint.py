@@ -14,7 +14,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from chatterbox_s3gen.config import S3GenConfig
-from chatterbox_s3gen.constants import CHECKPOINT_FILENAME, CONFIG_FILENAME
+from chatterbox_s3gen.constants import (
+    CHECKPOINT_FILENAME,
+    CONFIG_FILENAME,
+    TORCH_CHECKPOINT_FILENAME,
+)
 from chatterbox_s3gen.errors import ConfigurationError
 from chatterbox_s3gen.model import S3Gen
 
@@ -43,8 +47,18 @@ def _sanitize_random_state(model: nn.Module, generator: torch.Generator) -> None
             module.bias.copy_(0.05 * torch.randn(module.bias.shape, generator=generator))
 
 
-def write_random_s3gen_checkpoint(directory: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+WEIGHT_FILES = {"safetensors": CHECKPOINT_FILENAME, "pt": TORCH_CHECKPOINT_FILENAME}
+"""``file_format`` of :func:`write_random_s3gen_checkpoint` -> the file it writes."""
+
+
+def write_random_s3gen_checkpoint(
+    directory: str | Path, size: str = "tiny", seed: int = 0, file_format: str = "safetensors"
+) -> Path:
     """Write a random-weight ``s3gen.safetensors`` in the released layout and return its path.
+
+    ``file_format="pt"`` writes the same tensors as ``s3gen.pt`` with ``torch.save`` instead (the
+    multilingual release's file); the other format's file, if the directory has one, is removed
+    so the loader cannot pick a stale one. Equal seeds give equal tensors in both formats.
 
     ``size="full"`` writes every one of the real model's 2490 tensors with their real names,
     shapes and dtypes (~1.06 GB float32); ``"tiny"`` writes the same names at small sizes plus
@@ -53,6 +67,11 @@ def write_random_s3gen_checkpoint(directory: str | Path, size: str = "tiny", see
     the true derived values."""
     if size not in ("tiny", "full"):
         raise ConfigurationError(f"size must be 'tiny' or 'full', got {size!r}")
+    if file_format not in WEIGHT_FILES:
+        raise ConfigurationError(
+            f"file_format must be 'safetensors' ({CHECKPOINT_FILENAME}) or 'pt' "
+            f"({TORCH_CHECKPOINT_FILENAME}), got {file_format!r}"
+        )
     config = S3GenConfig.tiny() if size == "tiny" else S3GenConfig()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -61,10 +80,18 @@ def write_random_s3gen_checkpoint(directory: str | Path, size: str = "tiny", see
         model = S3Gen(config)
     _sanitize_random_state(model, torch.Generator().manual_seed(seed + 1))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    path = directory / CHECKPOINT_FILENAME
-    save_file(
-        state, str(path), metadata={"format": "pt", "chatterbox_s3gen": f"random-{size}-seed{seed}"}
-    )
+    path = directory / WEIGHT_FILES[file_format]
+    if file_format == "pt":
+        torch.save(state, path)
+    else:
+        save_file(
+            state,
+            str(path),
+            metadata={"format": "pt", "chatterbox_s3gen": f"random-{size}-seed{seed}"},
+        )
+    for other in WEIGHT_FILES.values():
+        if other != path.name and (directory / other).exists():
+            (directory / other).unlink()
     config_path = directory / CONFIG_FILENAME
     if size == "tiny":
         config.save(config_path)
