@@ -20,7 +20,7 @@ import torch
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
 from chatterbox_vllm.errors import InvalidParameterError
-from chatterbox_vllm.hub import CHECKPOINT_FILES
+from chatterbox_vllm.models import MODEL_FILES, ModelKind, check_model_kind
 from chatterbox_vllm.voices import build_voice
 
 logger = logging.getLogger(__name__)
@@ -43,9 +43,13 @@ def synthetic_voice(seconds: float = SYNTHETIC_VOICE_SECONDS, seed: int = 0) -> 
 
 
 def make_random_checkpoint(
-    directory: str | os.PathLike, size: CheckpointSize = "tiny", seed: int = 0
+    directory: str | os.PathLike,
+    size: CheckpointSize = "tiny",
+    seed: int = 0,
+    model: ModelKind = "english",
 ) -> Path:
-    """Writes a complete random-weight checkpoint (the five Hub files, plus the tiny configs).
+    """Writes a complete random-weight checkpoint of ``model`` (its Hub files,
+    :data:`~chatterbox_vllm.models.MODEL_FILES`, plus the tiny configs).
 
     ``full`` has the real names, shapes and dtypes (~3.4 GB); ``tiny`` the same names with small
     dimensions. Equal ``seed`` gives identical files.
@@ -54,22 +58,27 @@ def make_random_checkpoint(
     from chatterbox_t3 import VoiceEncoder, write_random_t3_checkpoint
 
     if size not in ("tiny", "full"):
-        raise ValueError(f"size must be 'tiny' or 'full', got {size!r}")
+        raise InvalidParameterError(f"size must be 'tiny' or 'full', got {size!r}")
+    model = check_model_kind(model)
     if not os.fspath(directory).strip():  # Path("") would be the current directory
         raise InvalidParameterError(
             f"directory must name a directory, got {os.fspath(directory)!r}"
         )
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    logger.info("writing a %s random checkpoint (seed %d) to %s", size, seed, path)
-    write_random_t3_checkpoint(path, size=size, seed=seed)
-    write_random_s3gen_checkpoint(path, size=size, seed=seed)
+    logger.info("writing a %s random %s checkpoint (seed %d) to %s", size, model, seed, path)
+    if model == "english":
+        write_random_t3_checkpoint(path, size=size, seed=seed)
+        write_random_s3gen_checkpoint(path, size=size, seed=seed)
+    else:
+        write_random_t3_checkpoint(path, size=size, seed=seed, model=model)  # type: ignore[call-arg,unused-ignore]
+        write_random_s3gen_checkpoint(path, size=size, seed=seed, file_format="pt")
 
     voice_encoder = VoiceEncoder.from_checkpoint_dir(path)
     s3gen = S3Gen.from_checkpoint(path, device="cpu", dtype=torch.float32)
     voice = build_voice(synthetic_voice(seed=seed), voice_encoder, s3gen)
     voice.save(path / "conds.pt")
-    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    missing = [name for name in MODEL_FILES[model] if not (path / name).is_file()]
     if missing:
         raise RuntimeError(f"component writers did not produce {missing} in {path}")
     return path

@@ -8,6 +8,13 @@ controls take their range and default from the component that implements them
 (:data:`chatterbox_t3.sampling.SAMPLING_LIMITS`, :class:`chatterbox_t3.T3SamplingParams`), so the
 product can never accept a value T3 rejects or the other way round.
 
+Defaults depend on the model a checkpoint holds: a control's ``default`` is the English model's
+(chatterbox-tts 0.1.2's ``generate``), and :data:`MODEL_DEFAULTS` lists where the multilingual
+model's (0.1.7's ``ChatterboxMultilingualTTS.generate``) differ. They apply to the controls a
+caller leaves unset (:meth:`GenerationParams.from_controls` with ``model=``), so one definition per
+control still holds. ``language`` is the multilingual model's language id (one of 23); the
+English model accepts only ``en`` (or unset).
+
 Rules worth knowing: ``temperature=0`` is greedy decoding; ``cfg_weight=0`` disables guidance (one
 branch); ``seed`` makes a request reproducible, chunk ``i`` of a long text using ``seed + i``;
 ``max_new_tokens=None`` means the engine's budget (:class:`~chatterbox_vllm.config.EngineConfig`).
@@ -23,6 +30,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from chatterbox_t3.sampling import SAMPLING_LIMITS, T3SamplingParams
 from chatterbox_vllm.errors import InvalidParameterError
+from chatterbox_vllm.languages import SUPPORTED_LANGUAGES, check_language_for_model
+from chatterbox_vllm.models import ModelKind, check_model_kind
 
 if TYPE_CHECKING:
     from chatterbox_t3.sampling import ControlLimit
@@ -34,35 +43,62 @@ MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class Control:
-    """One generation control: ``kind`` is ``float`` or ``int``; ``None`` is accepted (and is the
-    default) when ``optional``; the range is ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+    """One generation control: ``kind`` is ``float``, ``int`` or ``str``; ``None`` is accepted
+    (and is the default) when ``optional``; a number's range is ``[low, high]`` (``(low, high]``
+    when ``low_open``), a string's accepted values are ``choices`` (``low``/``high`` unused)."""
 
     name: str
     kind: type
-    default: float | int | None
+    default: float | int | str | None
     low: float
     high: float
     meaning: str
     low_open: bool = False
     optional: bool = False
+    choices: tuple[str, ...] | None = None
 
     @property
     def interval(self) -> str:
+        if self.choices is not None:
+            return "{" + ", ".join(self.choices) + "}"
         return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    def default_for(self, model: ModelKind) -> float | int | str | None:
+        """This control's default on ``model`` (:data:`MODEL_DEFAULTS`, else :attr:`default`)."""
+        return MODEL_DEFAULTS.get(model, {}).get(self.name, self.default)
+
     def describe(self) -> str:
         """One line for ``--help`` and the server schema: meaning, range, default."""
-        default = "the engine's" if self.default is None and self.optional else self.default
+        if self.choices is not None:
+            return f"{self.meaning}; one of {', '.join(self.choices)}"
+        default: object = self.default
+        if self.default is None and self.optional:
+            default = "the engine's"
+        others = [
+            f"{value:g} on the {model} model"
+            for model, table in MODEL_DEFAULTS.items()
+            if (value := table.get(self.name)) is not None and value != self.default
+        ]
+        if others:
+            default = f"{default} ({', '.join(others)})"
         return f"{self.meaning}; {self.kind.__name__} in {self.interval}, default {default}"
 
     def check(self, value: object) -> None:
         """Raises :class:`InvalidParameterError` naming the control, the accepted range and the
         meaning when ``value`` is not acceptable."""
         if value is None and self.optional:
+            return
+        if self.choices is not None:
+            if not isinstance(value, str) or value.lower() not in self.choices:
+                shown = repr(value) if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+                raise InvalidParameterError(
+                    f"{self.name} must be one of {', '.join(self.choices)} ({self.meaning}), "
+                    f"got {shown}"
+                )
             return
         expected = "an int" if self.kind is int else "a number"
         wrong_type = isinstance(value, bool) or not isinstance(value, int | float)
@@ -98,6 +134,18 @@ CONTROLS: dict[str, Control] = {
         _sampling_control("min_p"),
         _sampling_control("repetition_penalty"),
         Control(
+            "language",
+            str,
+            None,
+            math.nan,
+            math.nan,
+            "language id of the text (the multilingual model speaks these 23; the English "
+            "model only en; unset: no language token, as chatterbox-tts 0.1.7's "
+            "language_id=None)",
+            optional=True,
+            choices=tuple(SUPPORTED_LANGUAGES),
+        ),
+        Control(
             "seed",
             int,
             None,
@@ -129,6 +177,25 @@ CONTROLS: dict[str, Control] = {
 }
 """Every per-request control, in the order ``--help`` and the server schema list them."""
 
+MODEL_DEFAULTS: dict[ModelKind, dict[str, float]] = {
+    "english": {},
+    "multilingual": {
+        "exaggeration": 0.5,
+        "cfg_weight": 0.5,
+        "temperature": 0.8,
+        "repetition_penalty": 2.0,
+        "min_p": 0.05,
+        "top_p": 1.0,
+    },
+}
+"""Per-model defaults where they differ from :attr:`Control.default` (the English model's):
+chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS.generate`` defaults. They apply only to
+controls a caller leaves unset."""
+
+for _model, _table in MODEL_DEFAULTS.items():
+    for _name, _value in _table.items():
+        CONTROLS[_name].check(_value)  # a per-model default is an accepted value
+
 
 class ControlKwargs(TypedDict, total=False):
     """The controls as keyword arguments of ``generate`` / ``stream`` (``None``: the default)."""
@@ -139,6 +206,7 @@ class ControlKwargs(TypedDict, total=False):
     top_p: float | None
     min_p: float | None
     repetition_penalty: float | None
+    language: str | None
     seed: int | None
     max_new_tokens: int | None
     max_tokens_per_expected_second: float | None
@@ -154,7 +222,10 @@ def _default(name: str) -> Any:
 @dataclass(frozen=True)
 class GenerationParams:
     """The controls of one request (see :data:`CONTROLS` for ranges and meanings); defaults are
-    chatterbox-tts 0.1.2's. Invalid values raise :class:`InvalidParameterError` on construction."""
+    chatterbox-tts 0.1.2's (the English model's): build params for the multilingual model with
+    :meth:`for_model` / :meth:`from_controls` ``(model="multilingual")``, which take the unset
+    controls from :data:`MODEL_DEFAULTS`. Invalid values raise :class:`InvalidParameterError` on
+    construction; ``language`` is stored lower-case."""
 
     exaggeration: float = _default("exaggeration")
     cfg_weight: float = _default("cfg_weight")
@@ -162,6 +233,7 @@ class GenerationParams:
     top_p: float = _default("top_p")
     min_p: float = _default("min_p")
     repetition_penalty: float = _default("repetition_penalty")
+    language: str | None = _default("language")
     seed: int | None = _default("seed")
     max_new_tokens: int | None = _default("max_new_tokens")
     max_tokens_per_expected_second: float | None = _default("max_tokens_per_expected_second")
@@ -169,13 +241,20 @@ class GenerationParams:
     def __post_init__(self) -> None:
         for name, control in CONTROLS.items():
             control.check(getattr(self, name))
+        if self.language is not None and self.language != self.language.lower():
+            object.__setattr__(self, "language", self.language.lower())
 
     @classmethod
     def from_controls(
-        cls, controls: Mapping[str, Any] | None = None, **more: Any
+        cls,
+        controls: Mapping[str, Any] | None = None,
+        *,
+        model: ModelKind = "english",
+        **more: Any,
     ) -> GenerationParams:
-        """Builds params from control names (``None`` values mean "the default"); an unknown
-        name is an error listing the known ones."""
+        """Builds params from control names (``None`` values mean "the default": ``model``'s,
+        see :data:`MODEL_DEFAULTS`); an unknown name is an error listing the known ones, and a
+        ``language`` the model does not speak is an error saying which model does."""
         given = {**(controls or {}), **more}
         unknown = sorted(set(given) - set(CONTROLS))
         if unknown:
@@ -183,7 +262,23 @@ class GenerationParams:
                 f"unknown generation control(s) {', '.join(unknown)}; the controls are "
                 f"{', '.join(CONTROLS)}"
             )
-        return cls(**{name: value for name, value in given.items() if value is not None})
+        model = check_model_kind(model)
+        values = {name: value for name, value in given.items() if value is not None}
+        for name, value in MODEL_DEFAULTS[model].items():
+            values.setdefault(name, value)
+        params = cls(**values)
+        params.check_model(model)
+        return params
+
+    @classmethod
+    def for_model(cls, model: ModelKind, **controls: Any) -> GenerationParams:
+        """Params for ``model``: the given controls, the model's defaults for the rest."""
+        return cls.from_controls(controls, model=model)
+
+    def check_model(self, model: ModelKind) -> None:
+        """Raises :class:`InvalidParameterError` when ``model`` cannot honour these params (a
+        language other than ``en`` on the English model)."""
+        check_language_for_model(self.language, check_model_kind(model))
 
     def with_controls(self, **controls: Any) -> GenerationParams:
         """A copy with some controls changed (``None`` leaves a control as it is)."""
@@ -213,14 +308,17 @@ assert [f.name for f in fields(GenerationParams)] == list(CONTROLS), "one field 
 def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     """One CLI flag per control (``--cfg-weight`` ...), with its range and default in ``--help``.
     Flags default to ``None`` so only the controls a user sets override the contract's defaults."""
-    group = parser.add_argument_group("generation controls (defaults: chatterbox-tts 0.1.2)")
+    group = parser.add_argument_group(
+        "generation controls (defaults: chatterbox-tts 0.1.2's; on the multilingual model, "
+        "0.1.7's where noted)"
+    )
     for control in CONTROLS.values():
         group.add_argument(
             control.flag,
             dest=control.name,
             type=control.kind,
             default=None,
-            metavar=control.kind.__name__.upper(),
+            metavar="ID" if control.choices is not None else control.kind.__name__.upper(),
             help=control.describe(),
         )
 

@@ -7,6 +7,14 @@ import os
 from pathlib import Path
 
 from chatterbox_vllm.errors import CheckpointError
+from chatterbox_vllm.models import (
+    MODEL_DESCRIPTIONS,
+    MODEL_FILES,
+    OPTIONAL_FILES,
+    ModelKind,
+    check_model_kind,
+    detect_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -16,40 +24,59 @@ DEFAULT_REVISION = "1b475dffa71fb191cb6d5901215eb6f55635a9b6"
 public ports of chatterbox-tts 0.1.2 (e.g. randombk/chatterbox-vllm's ``from_pretrained``) download
 these five files from. Not verifiable offline; pass ``revision="main"`` to follow the branch."""
 
-CHECKPOINT_FILES: dict[str, str] = {
-    "ve.safetensors": "voice encoder weights (3-layer LSTM speaker embedder, 16 tensors)",
-    "t3_cfg.safetensors": "T3 weights (Llama-520M backbone + conditioning encoder, 292 tensors)",
-    "s3gen.safetensors": "S3Gen weights (S3 tokenizer, CAMPPlus, flow decoder, HiFT vocoder)",
-    "tokenizer.json": "T3 text tokenizer (Hugging Face tokenizers BPE, 704 ids)",
-    "conds.pt": "built-in default voice (torch.save of {'t3': ..., 'gen': ...} conditionals)",
+MULTILINGUAL_REVISION: str | None = "main"
+"""Hub revision of ``ResembleAI/chatterbox`` for the multilingual files. chatterbox-tts 0.1.7
+itself downloads ``main``, and no commit holding them could be verified offline, so this follows
+the branch; pass ``revision=<commit>`` to pin a snapshot."""
+DEFAULT_REVISIONS: dict[ModelKind, str | None] = {
+    "english": DEFAULT_REVISION,
+    "multilingual": MULTILINGUAL_REVISION,
 }
-"""The five files of ``ResembleAI/chatterbox`` used by the English model, with what each holds."""
-OPTIONAL_FILES = frozenset({"conds.pt"})
-"""Files a local checkpoint may omit: without ``conds.pt`` every request must name a voice."""
+"""The revision each model's download uses when none is given."""
+
+CHECKPOINT_FILES: dict[str, str] = MODEL_FILES["english"]
+"""The five files of ``ResembleAI/chatterbox`` used by the English model, with what each holds
+(:data:`chatterbox_vllm.models.MODEL_FILES` has every model's)."""
 
 
-def check_checkpoint_dir(directory: str | os.PathLike, *, require_conds: bool = False) -> Path:
-    """Returns ``directory`` as a Path after checking that every checkpoint file is there.
+def inspect_checkpoint_dir(
+    directory: str | os.PathLike, *, require_conds: bool = False
+) -> tuple[Path, ModelKind]:
+    """``(directory, the model it holds)`` after checking that every file of that model is there.
 
-    Raises :class:`CheckpointError` naming each missing file and what it should contain.
-    """
+    Raises :class:`CheckpointError` naming each missing file and what it should contain."""
     path = Path(directory)
+    everything = ", ".join(MODEL_FILES["english"])
     if path.exists() and not path.is_dir():
         raise CheckpointError(
             f"checkpoint directory {path} is not a directory (it is a file); pass the directory "
-            f"that holds {', '.join(CHECKPOINT_FILES)}"
+            f"that holds {everything} (English) or "
+            f"{', '.join(MODEL_FILES['multilingual'])} (multilingual)"
         )
     if not path.is_dir():
         raise CheckpointError(
             f"checkpoint directory {path} does not exist (expected a directory with "
-            f"{', '.join(CHECKPOINT_FILES)})"
+            f"{everything}, or the multilingual model's {', '.join(MODEL_FILES['multilingual'])})"
         )
-    required = [name for name in CHECKPOINT_FILES if require_conds or name not in OPTIONAL_FILES]
+    model = detect_model(path)
+    files = MODEL_FILES[model]
+    required = [name for name in files if require_conds or name not in OPTIONAL_FILES]
     missing = [name for name in required if not (path / name).is_file()]
     if missing:
-        details = "; ".join(f"{name}: {CHECKPOINT_FILES[name]}" for name in missing)
-        raise CheckpointError(f"checkpoint directory {path} is missing {details}")
-    return path
+        details = "; ".join(f"{name}: {files[name]}" for name in missing)
+        raise CheckpointError(f"checkpoint directory {path} ({model} model) is missing {details}")
+    return path, model
+
+
+def check_checkpoint_dir(directory: str | os.PathLike, *, require_conds: bool = False) -> Path:
+    """Returns ``directory`` as a Path after checking that every file of the model it holds
+    (:func:`inspect_checkpoint_dir`) is there."""
+    return inspect_checkpoint_dir(directory, require_conds=require_conds)[0]
+
+
+def describe_model(model: ModelKind) -> str:
+    """One line naming the model, for logs and reports."""
+    return f"{model} ({MODEL_DESCRIPTIONS[model]})"
 
 
 def download_checkpoint(
@@ -59,11 +86,14 @@ def download_checkpoint(
     cache_dir: str | os.PathLike | None = None,
     token: str | bool | None = None,
     local_files_only: bool | None = None,
+    model: ModelKind = "english",
 ) -> Path:
-    """Downloads (or finds in the Hugging Face cache) the five checkpoint files; returns their
-    snapshot directory.
+    """Downloads (or finds in the Hugging Face cache) the files of ``model``
+    (:data:`~chatterbox_vllm.models.MODEL_FILES`); returns their snapshot directory.
 
-    Uses ``huggingface_hub.snapshot_download`` with ``allow_patterns`` so only those files are
+    ``revision`` defaults to the English pin; for ``model="multilingual"`` that default means
+    :data:`MULTILINGUAL_REVISION` (the English pin predates the multilingual files). Uses
+    ``huggingface_hub.snapshot_download`` with ``allow_patterns`` so only those files are
     fetched. The usual cache rules apply (``HF_HOME``/``HF_HUB_CACHE`` or ``cache_dir``), and with
     ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) nothing is fetched: a cached snapshot of
     that revision is used, or a :class:`CheckpointError` says it is not cached.
@@ -72,6 +102,10 @@ def download_checkpoint(
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    model = check_model_kind(model)
+    if model != "english" and revision == DEFAULT_REVISION:
+        revision = DEFAULT_REVISIONS[model]
+    files = MODEL_FILES[model]
     offline = (
         bool(local_files_only)
         or hub_constants.HF_HUB_OFFLINE
@@ -81,7 +115,7 @@ def download_checkpoint(
         "fetching %s@%s (%s)%s",
         repo_id,
         revision or "main",
-        ", ".join(CHECKPOINT_FILES),
+        ", ".join(files),
         " from the local cache only" if offline else "",
     )
     try:
@@ -89,7 +123,7 @@ def download_checkpoint(
             repo_id=repo_id,
             revision=revision,
             cache_dir=None if cache_dir is None else str(cache_dir),
-            allow_patterns=list(CHECKPOINT_FILES),
+            allow_patterns=list(files),
             token=token,
             local_files_only=offline,
         )
@@ -101,4 +135,10 @@ def download_checkpoint(
             f"{error}. Download it once with network access, or use a local directory "
             "(ChatterboxTTS.from_local / --model-dir)"
         ) from error
-    return check_checkpoint_dir(snapshot, require_conds=True)
+    path, found = inspect_checkpoint_dir(snapshot, require_conds=True)
+    if found != model:
+        raise CheckpointError(
+            f"{repo_id}@{revision or 'main'} gave the {found} model's files, not the {model} "
+            f"model's ({', '.join(files)})"
+        )
+    return path

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
 
 from chatterbox_vllm.controls import CONTROLS, Control
 
@@ -33,6 +33,9 @@ class SpeechRequestBase(BaseModel):
 
 
 def _field(control: Control) -> tuple[Any, Any]:
+    if control.choices is not None:
+        # Checked by the contract (its error lists every accepted value), not by an enum here.
+        return (StrictStr | None, Field(None, description=control.describe()))
     kind: Any = StrictInt if control.kind is int else (StrictFloat | StrictInt)
     low = {"gt": control.low} if control.low_open else {"ge": control.low}
     field: Any = Field(None, description=control.describe(), le=control.high, **low)  # type: ignore[call-overload]

@@ -1,0 +1,87 @@
+"""The two Chatterbox models a checkpoint directory can hold, and how to tell them apart.
+
+``english`` is chatterbox-tts 0.1.2's model (``t3_cfg.safetensors``, English only);
+``multilingual`` is chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS`` (``t3_mtl23ls_v2.safetensors``,
+23 languages). Both use the same voice encoder and the same S3Gen (stored as ``.safetensors`` in
+the English release and as ``torch.save`` state dicts, ``.pt``, in the multilingual one), so
+voices and the voice cache are shared between them. :data:`MODEL_FILES` lists each model's Hub
+files (the ``allow_patterns`` of its download); :func:`detect_model` says which model a directory
+holds from its T3 file, before anything loads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, get_args
+
+from chatterbox_vllm.errors import CheckpointError, InvalidParameterError
+
+ModelKind = Literal["english", "multilingual"]
+"""Which Chatterbox model: ``english`` (chatterbox-tts 0.1.2) or ``multilingual`` (0.1.7)."""
+MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
+
+ENGLISH_T3_FILE = "t3_cfg.safetensors"
+MULTILINGUAL_T3_FILE = "t3_mtl23ls_v2.safetensors"
+T3_FILES: dict[ModelKind, str] = {"english": ENGLISH_T3_FILE, "multilingual": MULTILINGUAL_T3_FILE}
+"""The file whose presence says which model a directory holds."""
+
+MODEL_FILES: dict[ModelKind, dict[str, str]] = {
+    "english": {
+        "ve.safetensors": "voice encoder weights (3-layer LSTM speaker embedder, 16 tensors)",
+        ENGLISH_T3_FILE: "T3 weights (Llama-520M backbone + conditioning encoder, 292 tensors)",
+        "s3gen.safetensors": "S3Gen weights (S3 tokenizer, CAMPPlus, flow decoder, HiFT vocoder)",
+        "tokenizer.json": "T3 text tokenizer (Hugging Face tokenizers BPE, 704 ids)",
+        "conds.pt": "built-in default voice (torch.save of {'t3': ..., 'gen': ...} conditionals)",
+    },
+    "multilingual": {
+        "ve.pt": "voice encoder weights (torch.save state dict, the English model's 16 tensors)",
+        MULTILINGUAL_T3_FILE: "multilingual T3 weights (the English backbone with a 2454-id "
+        "text embedding and head)",
+        "s3gen.pt": "S3Gen weights (torch.save state dict, the English model's 2490 tensors)",
+        "grapheme_mtl_merged_expanded_v1.json": "multilingual text tokenizer (2454 ids, with "
+        "[xx] language tokens)",
+        "Cangjie5_TC.json": "Cangjie codes of Chinese characters (the zh text front end)",
+        "conds.pt": "built-in default voice (torch.save of {'t3': ..., 'gen': ...} conditionals)",
+    },
+}
+"""Each model's files in ``ResembleAI/chatterbox`` (what its download fetches), with what each
+holds; the multilingual list is chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS.from_pretrained``
+``allow_patterns``."""
+OPTIONAL_FILES = frozenset({"conds.pt"})
+"""Files a local checkpoint may omit: without ``conds.pt`` every request must name a voice."""
+
+MODEL_DESCRIPTIONS: dict[ModelKind, str] = {
+    "english": "Chatterbox English (chatterbox-tts 0.1.2)",
+    "multilingual": "Chatterbox Multilingual, 23 languages (chatterbox-tts 0.1.7)",
+}
+
+
+def check_model_kind(model: object, *, argument: str = "model") -> ModelKind:
+    """``model`` if it names a model kind, else :class:`InvalidParameterError` listing them."""
+    if model not in MODEL_KINDS:
+        raise InvalidParameterError(
+            f"{argument} must be one of {', '.join(MODEL_KINDS)} (English: chatterbox-tts "
+            f"0.1.2's model; multilingual: 0.1.7's 23-language model), got {model!r}"
+        )
+    return model  # type: ignore[return-value]
+
+
+def detect_model(directory: str | os.PathLike) -> ModelKind:
+    """Which model the checkpoint directory holds, from its T3 file (nothing is read or loaded).
+
+    Raises :class:`CheckpointError` when the directory holds neither T3 file (naming both) or
+    both (it is then ambiguous which model to load: keep one per directory)."""
+    path = Path(directory)
+    present = [kind for kind, name in T3_FILES.items() if (path / name).is_file()]
+    if len(present) == 1:
+        return present[0]
+    if not present:
+        raise CheckpointError(
+            f"checkpoint directory {path} holds no T3 weights: expected {ENGLISH_T3_FILE} (the "
+            f"English model) or {MULTILINGUAL_T3_FILE} (the multilingual model)"
+        )
+    raise CheckpointError(
+        f"checkpoint directory {path} holds both {ENGLISH_T3_FILE} (English) and "
+        f"{MULTILINGUAL_T3_FILE} (multilingual); keep one model per directory"
+    )
