@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from chatterbox_vllm.commands import (
+    check_controls,
     checkpoint_source,
     engine_config,
     load,
@@ -20,8 +21,9 @@ from chatterbox_vllm.commands import (
     replicated,
     write_result,
 )
-from chatterbox_vllm.controls import GenerationParams, controls_from_namespace
+from chatterbox_vllm.controls import controls_from_namespace
 from chatterbox_vllm.errors import ChatterboxError
+from chatterbox_vllm.hub import describe_model
 
 DEFAULT_BENCH_TOKENS_PER_SECOND = 25.0
 """Random weights never emit the stop token: each chunk is capped at the real token rate."""
@@ -59,7 +61,7 @@ def bench(args: argparse.Namespace) -> int:
     controls = controls_from_namespace(args)
     controls.setdefault("max_tokens_per_expected_second", DEFAULT_BENCH_TOKENS_PER_SECOND)
     cap = controls["max_tokens_per_expected_second"]
-    GenerationParams.from_controls(controls)  # bad controls fail before anything loads
+    model = check_controls(args, controls)  # bad controls fail before anything loads
     config = preflight(args, text, engine_config(args))
     if replicated(args):
         return _bench_replicas(args, text, controls, config)
@@ -78,7 +80,9 @@ def bench(args: argparse.Namespace) -> int:
     audio = result.duration_s
     tokens = result.num_speech_tokens
     capped = sum(1 for reason in result.finish_reasons if reason == "length")
+    model = getattr(tts, "model", model)
     rows = [
+        ("model", describe_model(model)),
         ("text", f"{len(text):,} characters, {len(text.split()):,} words"),
         ("chunks", f"{len(result.chunks)} ({capped} stopped by the token cap)"),
         (
@@ -114,6 +118,7 @@ def bench(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {value}")
     if getattr(args, "json", None) is not None:
         measured = {
+            "model": model,
             "audio_s": audio,
             "wall_s": wall,
             "x_realtime": audio / wall if wall > 0 else None,

@@ -20,17 +20,24 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from chatterbox_vllm.commands import engine_config, load, preflight, read_text, write_result
+from chatterbox_vllm.commands import (
+    check_controls,
+    engine_config,
+    load,
+    preflight,
+    read_text,
+    write_result,
+)
 from chatterbox_vllm.config import (
     add_engine_arguments,
 )
 from chatterbox_vllm.controls import (
-    GenerationParams,
     add_control_arguments,
     controls_from_namespace,
 )
 from chatterbox_vllm.errors import ChatterboxError
-from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
+from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, MULTILINGUAL_REVISION
+from chatterbox_vllm.models import MODEL_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +47,24 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-dir",
         type=Path,
-        help="local checkpoint directory (ve.safetensors, t3_cfg.safetensors, s3gen.safetensors, "
-        "tokenizer.json, optional conds.pt); without it the Hub checkpoint is used",
+        help="local checkpoint directory (English: ve.safetensors, t3_cfg.safetensors, "
+        "s3gen.safetensors, tokenizer.json; multilingual: ve.pt, t3_mtl23ls_v2.safetensors, "
+        "s3gen.pt, grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json; optional conds.pt; "
+        "which model it holds is detected); without it the Hub checkpoint is used",
+    )
+    group.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        help="which model to download from the Hub: english (chatterbox-tts 0.1.2, default) or "
+        "multilingual (0.1.7, 23 languages: see --language); with --model-dir it must match "
+        "the directory's model",
     )
     group.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="Hub repository (%(default)s)")
     group.add_argument(
         "--revision",
-        default=DEFAULT_REVISION,
-        help="Hub revision (default: the pinned commit %(default)s)",
+        default=None,
+        help=f"Hub revision (default: the pinned commit {DEFAULT_REVISION} for the English "
+        f"model, {MULTILINGUAL_REVISION} for the multilingual one)",
     )
     group.add_argument("--cache-dir", type=Path, help="Hugging Face cache directory")
     group.add_argument(
@@ -114,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "make-random-checkpoint",
         help="write a random-weight checkpoint in the real layout",
         description="Write ve.safetensors, t3_cfg.safetensors, s3gen.safetensors, tokenizer.json "
-        "and conds.pt with random weights (for tests and benchmarks; it speaks noise).",
+        "and conds.pt with random weights (for tests and benchmarks; it speaks noise); with "
+        "--model multilingual the multilingual release's ve.pt, t3_mtl23ls_v2.safetensors, "
+        "s3gen.pt, grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json and conds.pt.",
     )
     # A str, not a Path: Path("") is ".", which would fill the current directory.
     make.add_argument("directory", help="directory to write the checkpoint into")
@@ -125,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny: small dimensions; full: the real shapes (~3.4 GB)",
     )
     make.add_argument("--seed", type=int, default=0)
+    make.add_argument(
+        "--model",
+        choices=MODEL_KINDS,
+        default="english",
+        help="english (chatterbox-tts 0.1.2's files) or multilingual (0.1.7's); default "
+        "%(default)s",
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -167,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 def speak(args: argparse.Namespace) -> int:
     text = read_text(args)
     controls = controls_from_namespace(args)
-    GenerationParams.from_controls(controls)  # bad controls fail before anything loads
+    check_controls(args, controls)  # bad controls fail before anything loads
     config = preflight(args, text, engine_config(args))
     with load(args, config) as tts:
         result = tts.generate(text, voice=args.voice, progress=not args.quiet, **controls)
@@ -192,10 +218,10 @@ def make_checkpoint(args: argparse.Namespace) -> int:
     if directory.exists() and not directory.is_dir():
         raise ChatterboxError(f"{directory} exists and is a file; give a new or existing directory")
     start = time.perf_counter()
-    path = make_random_checkpoint(directory, size=args.size, seed=args.seed)
+    path = make_random_checkpoint(directory, size=args.size, seed=args.seed, model=args.model)
     total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     print(
-        f"wrote a {args.size} random checkpoint to {path} ({total / 1e6:.1f} MB, "
+        f"wrote a {args.size} random {args.model} checkpoint to {path} ({total / 1e6:.1f} MB, "
         f"{time.perf_counter() - start:.1f} s)"
     )
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from chatterbox_vllm.config import EngineConfig, engine_overrides_from_namespace
 from chatterbox_vllm.errors import ChatterboxError
+from chatterbox_vllm.models import ModelKind, detect_model
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,46 @@ def replicated(args: argparse.Namespace) -> bool:
     return args.replicas is not None or args.ray_address is not None
 
 
+def command_model(args: argparse.Namespace) -> ModelKind:
+    """The model the command will load, known before it loads: the one ``--model-dir`` holds
+    (``--model``, if also given, must agree), else ``--model`` (default ``english``)."""
+    chosen: ModelKind | None = getattr(args, "model", None)
+    if getattr(args, "model_dir", None) is None:
+        return chosen or "english"
+    from chatterbox_vllm.hub import check_checkpoint_dir
+
+    found = detect_model(check_checkpoint_dir(args.model_dir))
+    if chosen is not None and chosen != found:
+        raise ChatterboxError(
+            f"--model {chosen} but --model-dir {args.model_dir} holds the {found} model; drop "
+            "--model (the directory's model is detected) or give a directory of the "
+            f"{chosen} model"
+        )
+    return found
+
+
+def check_controls(args: argparse.Namespace, controls: dict[str, Any]) -> ModelKind:
+    """Checks the controls against the model the command will load (ranges; a ``language`` the
+    model does not speak, or whose text front end is not installed) before anything loads, and
+    returns that model."""
+    from chatterbox_vllm.controls import GenerationParams
+    from chatterbox_vllm.preflight import check_language
+
+    model = command_model(args)
+    params = GenerationParams.from_controls(controls, model=model)
+    check_language(params.language, model)
+    return model
+
+
+def hub_revision(args: argparse.Namespace) -> str | None:
+    """``--revision``, or the pinned default of the model being downloaded."""
+    from chatterbox_vllm.hub import DEFAULT_REVISIONS
+
+    if args.revision is not None:
+        return str(args.revision)
+    return DEFAULT_REVISIONS[getattr(args, "model", None) or "english"]
+
+
 def checkpoint_source(args: argparse.Namespace) -> Any:
     from chatterbox_vllm.distributed.replica import CheckpointSource
 
@@ -66,8 +107,9 @@ def checkpoint_source(args: argparse.Namespace) -> Any:
         return CheckpointSource(model_dir=str(args.model_dir))
     return CheckpointSource(
         repo_id=args.repo_id,
-        revision=args.revision,
+        revision=hub_revision(args),
         cache_dir=None if args.cache_dir is None else str(args.cache_dir),
+        model=getattr(args, "model", None) or "english",
     )
 
 
@@ -84,20 +126,23 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
         checks.check_output(args.out)
     if not replicated(args):
         config = config.with_overrides({"device": checks.check_device(config.device)})
+    model = command_model(args)
     if args.model_dir is not None:
         path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
-        checks.check_text(text, path, config.chunk_chars)
+        checks.check_text(
+            text, path, config.chunk_chars, language=getattr(args, "language", None), model=model
+        )
     if config.max_num_seqs is None and not replicated(args):
-        config = size_for_text(config, text)
+        config = size_for_text(config, text, model)
     return config
 
 
-def size_for_text(config: EngineConfig, text: str) -> EngineConfig:
+def size_for_text(config: EngineConfig, text: str, model: ModelKind = "english") -> EngineConfig:
     """A one-text command never decodes more sequences than the text has chunks: the engine's
     batch (and with it the KV cache the memory split reserves) is sized for the text."""
     from chatterbox_vllm.text import split_text
 
-    chunks = len(split_text(text, config.chunk_chars))
+    chunks = len(split_text(text, config.chunk_chars, fold=model == "english"))
     card = config.resolve_here().max_num_seqs or 1
     sized = min(card, max(1, chunks))
     logger.info(
@@ -126,7 +171,12 @@ def load(args: argparse.Namespace, config: EngineConfig) -> Any:
     if args.model_dir is not None:
         return ChatterboxTTS.from_local(args.model_dir, watermark=watermark, config=config)
     return ChatterboxTTS.from_pretrained(
-        args.repo_id, args.revision, cache_dir=args.cache_dir, watermark=watermark, config=config
+        args.repo_id,
+        hub_revision(args),
+        cache_dir=args.cache_dir,
+        watermark=watermark,
+        config=config,
+        model=getattr(args, "model", None) or "english",
     )
 
 

@@ -94,7 +94,9 @@ class Control:
             return
         if self.choices is not None:
             if not isinstance(value, str) or value.lower() not in self.choices:
-                shown = repr(value) if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+                shown = (
+                    repr(value) if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+                )
                 raise InvalidParameterError(
                     f"{self.name} must be one of {', '.join(self.choices)} ({self.meaning}), "
                     f"got {shown}"

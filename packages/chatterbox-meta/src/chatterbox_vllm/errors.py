@@ -85,6 +85,17 @@ def from_component_error(error: BaseException) -> ChatterboxError | None:
         return CheckpointError(message)
     if isinstance(error, t3.InvalidSamplingParameterError):
         return InvalidParameterError(message)
+    # The multilingual text front end's language errors (an id it does not know, or whose
+    # optional dependency is missing) are about the ``language`` control, not the text.
+    language_errors = tuple(
+        kind
+        for name in ("UnsupportedLanguageError", "MissingLanguageDependencyError")
+        if isinstance(kind := getattr(t3, name, None), type)
+    )
+    if language_errors and isinstance(error, language_errors):
+        return InvalidParameterError(
+            message if message.startswith("language") else f"language: {message}"
+        )
     if isinstance(
         error, t3.InvalidVoiceError | t3.MissingConditioningError | s3gen.S3GenInputError
     ):

@@ -23,6 +23,7 @@ from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, equal_power_crossfade_join
 from chatterbox_vllm.config import EngineConfig
 from chatterbox_vllm.controls import ControlKwargs, GenerationParams
 from chatterbox_vllm.errors import ChatterboxError, ChunkInputError, InvalidParameterError
+from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.planner import Plan, plan_requests
 from chatterbox_vllm.results import (
     ChunkAudio,
@@ -43,8 +44,13 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
 
     sample_rate = S3GEN_SAMPLE_RATE
 
-    def __init__(self, config: EngineConfig, watermarker: Watermarker | None) -> None:
+    def __init__(
+        self, config: EngineConfig, watermarker: Watermarker | None, model: ModelKind = "english"
+    ) -> None:
         self.config = config
+        self.model: ModelKind = model
+        """The model the checkpoint holds (``english`` or ``multilingual``): it decides the
+        defaults of unset controls and which ``language`` values are accepted."""
         self._watermarker = watermarker
         self._call_lock = threading.Lock()
         self._closed = False
@@ -102,11 +108,13 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         ``voice``: ``None`` for the built-in voice, an audio path, a saved voice (``.pt``),
         ``(waveform, sample_rate)`` or a prepared :class:`~chatterbox_vllm.voices.Voice`; with a
         list of texts, a list gives each text its own voice. A control left ``None`` takes its
-        default from :data:`chatterbox_vllm.controls.CONTROLS` (ranges and meanings are there).
+        default from :data:`chatterbox_vllm.controls.CONTROLS` (ranges and meanings are there),
+        or from :data:`~chatterbox_vllm.controls.MODEL_DEFAULTS` for the loaded :attr:`model`.
+        ``language`` (multilingual model: one of 23 ids; English model: ``en`` or unset).
         Long texts are split into chunks and joined with an equal-power crossfade. Returns one
         :class:`GenerationResult` per text.
         """
-        params = GenerationParams.from_controls(dict(controls))
+        params = self.params(**controls)
         if isinstance(text, str):
             if isinstance(voice, list):
                 raise InvalidParameterError(
@@ -130,10 +138,18 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         requests = [TTSRequest(t, v, params) for t, v in zip(text, voices)]
         return self.generate_requests(requests, progress=progress)
 
+    def params(self, **controls: Unpack[ControlKwargs]) -> GenerationParams:
+        """:class:`GenerationParams` for this engine's :attr:`model`: the given controls, the
+        model's defaults for the rest (what ``generate``/``stream`` build from their keyword
+        arguments; use it for :class:`TTSRequest` params too)."""
+        return GenerationParams.from_controls(dict(controls), model=self.model)
+
     def generate_requests(
         self, requests: Sequence[TTSRequest], *, progress: bool = True
     ) -> list[GenerationResult]:
-        """Speaks several requests, each with its own text, voice and controls, as one batch."""
+        """Speaks several requests, each with its own text, voice and controls, as one batch.
+        Each request's params are taken as given: build them with :meth:`params` to get the
+        loaded model's defaults for the controls you leave unset."""
         self._check_open()
         if isinstance(requests, str | TTSRequest) or not isinstance(requests, Sequence):
             raise InvalidParameterError(
@@ -157,6 +173,7 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
             [request.text for request in requests],
             [request.params for request in requests],
             self.config,
+            self.model,
         )
         voice_start = time.perf_counter()
         voices = self._resolve_voices(requests)

@@ -20,15 +20,22 @@ from chatterbox_vllm.config import EngineConfig
 from chatterbox_vllm.controls import GenerationParams
 from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
 from chatterbox_vllm.interfaces import SPEECH_TOKEN_RATE_HZ
-from chatterbox_vllm.text import SPEECH_CHARS_PER_SECOND, split_text, validate_text
+from chatterbox_vllm.models import ModelKind
+from chatterbox_vllm.text import (
+    SPEECH_CHARS_PER_SECOND,
+    speech_length,
+    split_text,
+    validate_text,
+)
 
 if TYPE_CHECKING:
     from chatterbox_t3.sampling import T3SamplingParams
 
 
 def expected_speech_seconds(text: str) -> float:
-    """Seconds of speech ``text`` is expected to take at a typical speaking rate."""
-    return len(text) / SPEECH_CHARS_PER_SECOND
+    """Seconds of speech ``text`` is expected to take at a typical speaking rate (CJK characters
+    count as several, see :func:`~chatterbox_vllm.text.speech_length`)."""
+    return speech_length(text) / SPEECH_CHARS_PER_SECOND
 
 
 def token_cap(text: str, max_new_tokens: int, max_tokens_per_expected_second: float | None) -> int:
@@ -84,9 +91,13 @@ class Plan:
 
 
 def plan_requests(
-    texts: Sequence[str], params: Sequence[GenerationParams], config: EngineConfig
+    texts: Sequence[str],
+    params: Sequence[GenerationParams],
+    config: EngineConfig,
+    model: ModelKind = "english",
 ) -> Plan:
-    """Validates every text and control against the engine and splits texts into items.
+    """Validates every text and control against the engine (and ``model``: a ``language`` it
+    does not speak is an error) and splits texts into items.
 
     Raises the :class:`~chatterbox_vllm.errors.ChatterboxError` a front end shows, prefixed with
     ``text N:`` when the call has several texts.
@@ -102,6 +113,10 @@ def plan_requests(
             raise InvalidParameterError(
                 f"{where}params must be GenerationParams, got {type(request_params).__name__}"
             )
+        try:
+            request_params.check_model(model)
+        except ChatterboxError as error:
+            raise type(error)(f"{where}{error}") from None
         max_new_tokens = request_params.max_new_tokens or config.max_new_tokens
         if max_new_tokens > config.speech_positions:
             raise InvalidParameterError(
@@ -110,7 +125,9 @@ def plan_requests(
                 "positions); load with a larger max_new_tokens/max_model_len"
             )
         resolved = request_params.with_controls(max_new_tokens=max_new_tokens)
-        for chunk_index, chunk in enumerate(split_text(text, config.chunk_chars)):
+        # Accent folding is for the English tokenizer; the multilingual one speaks the accents.
+        chunks = split_text(text, config.chunk_chars, fold=model == "english")
+        for chunk_index, chunk in enumerate(chunks):
             items.append(
                 PlanItem(
                     order=len(items),

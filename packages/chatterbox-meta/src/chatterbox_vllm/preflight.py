@@ -14,7 +14,9 @@ import torch
 
 from chatterbox_vllm.audio import AudioInput, load_voice_audio, output_format
 from chatterbox_vllm.errors import ChatterboxError, InvalidTextError, from_component_error
-from chatterbox_vllm.hub import check_checkpoint_dir
+from chatterbox_vllm.hub import inspect_checkpoint_dir
+from chatterbox_vllm.languages import check_language_for_model
+from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.paths import check_not_directory, check_writable
 from chatterbox_vllm.text import split_text, validate_text
 from chatterbox_vllm.voices import Voice
@@ -74,16 +76,36 @@ def check_vocoder(name: str) -> str:
 
 
 def check_checkpoint(directory: str | os.PathLike, *, needs_default_voice: bool) -> Path:
-    """The checkpoint directory, complete (and with ``conds.pt`` when the built-in voice is
-    going to be used)."""
-    path = check_checkpoint_dir(directory)
+    """The checkpoint directory, complete for the model it holds (and with ``conds.pt`` when the
+    built-in voice is going to be used)."""
+    path, model = inspect_checkpoint_dir(directory)
     if needs_default_voice and not (path / "conds.pt").is_file():
         raise ChatterboxError(
             f"no voice given and {path} has no conds.pt (the built-in voice); pass --voice "
             "<recording | saved voice .pt>"
         )
-    checkpoint_tokenizer(path)
+    if model == "english":
+        checkpoint_tokenizer(path)
     return path
+
+
+def check_language(language: str | None, model: ModelKind) -> str | None:
+    """A ``language`` ``model`` speaks and, on the multilingual model, whose text front end is
+    installed (T3's ``check_language``: e.g. ``ja`` needs pykakasi); raises the product error
+    (:class:`~chatterbox_vllm.errors.InvalidParameterError` / ``InvalidTextError``) before any
+    model loads."""
+    check_language_for_model(language, model)
+    if language is None or model != "multilingual":
+        return language
+    try:
+        from chatterbox_t3.multilingual_text import check_language as t3_check_language
+    except ImportError:  # T3 without the multilingual front end: the engine will say so
+        logger.debug("chatterbox_t3.multilingual_text is not available; skipping its check")
+        return language
+    try:
+        return str(t3_check_language(language))
+    except ValueError as error:
+        raise from_component_error(error) or ChatterboxError(str(error)) from None
 
 
 def checkpoint_tokenizer(checkpoint: Path) -> EnglishTokenizer:
@@ -101,13 +123,24 @@ def checkpoint_tokenizer(checkpoint: Path) -> EnglishTokenizer:
         raise from_component_error(error) or ChatterboxError(str(error)) from None
 
 
-def check_text(text: str, checkpoint: Path, chunk_chars: int) -> str:
+def check_text(
+    text: str,
+    checkpoint: Path,
+    chunk_chars: int,
+    *,
+    language: str | None = None,
+    model: ModelKind = "english",
+) -> str:
     """Validates ``text`` and runs the checkpoint's tokenizer over every chunk it will be split
-    into, so unsupported characters are named before the model loads."""
+    into, so unsupported characters are named before the model loads (the multilingual model's
+    tokenizer runs in the engine, which checks every chunk before decoding starts)."""
     from chatterbox_t3.errors import T3InputError
     from chatterbox_t3.text import normalize_text
 
     validate_text(text)
+    check_language(language, model)
+    if model != "english":
+        return text
     tokenizer = checkpoint_tokenizer(checkpoint)
     for chunk in split_text(text, chunk_chars):
         try:

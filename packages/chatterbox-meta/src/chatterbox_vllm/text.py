@@ -6,6 +6,17 @@ most ``max_chunk_chars`` characters, packing whole sentences greedily. A sentenc
 budget is split at clause punctuation (``, ; : — –``), and a clause still too long at spaces. Text
 is never split inside a word: a single "word" longer than the budget (a URL, say) becomes a chunk of
 its own. Each chunk is then normalised by T3's text front end exactly as a whole text would be.
+
+The multilingual model's languages are split the same way, with their own punctuation: Chinese and
+Japanese sentences end at ``。！？．`` (no space follows them) and their clauses at ``、，；：``;
+Arabic's ``؟`` and Hindi's ``।`` end sentences too. Lengths are measured in *speech length*
+(:func:`speech_length`), in which a CJK ideograph, kana or Hangul syllable counts as
+:data:`WIDE_CHAR_WEIGHT` Latin characters (each takes about that much longer to say), so a chunk
+of Chinese fits the same token budget as a chunk of English. A run of such characters with no
+space in it may be cut between any two characters when nothing better is left; pieces are joined
+without a space between two CJK characters. Accent folding (:func:`fold_accents`) is for the
+English model only: it would strip the accents, dakuten and vowel signs the multilingual model
+speaks.
 """
 
 from __future__ import annotations
@@ -79,11 +90,44 @@ _ABBREVIATIONS = frozenset(
         "u.k",
     }
 )
-# Sentence end: terminal punctuation, optional closing quotes/brackets, then whitespace.
-_SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]]*(?=\s+)""")
+# Sentence end: terminal punctuation, optional closing quotes/brackets, then whitespace; or CJK
+# terminal punctuation, which no space follows.
+_SENTENCE_END = re.compile(r"""[.!?…؟।]+["'”’)\]»]*(?=\s+)|[。！？．]+[」』”’）)\]]*""")
 # Clause boundary: punctuation after which a pause is natural.
-_CLAUSE_END = re.compile(r"""[,;:—–]["'”’)\]]*(?=\s+)|\s[-—–]\s""")
+_CLAUSE_END = re.compile(r"""[,;:—–،]["'”’)\]»]*(?=\s+)|\s[-—–]\s|[、，；：]+""")
 _SPEAKABLE = re.compile(r"\w", re.UNICODE)
+# Characters written without spaces between words, each about a syllable long: CJK ideographs,
+# kana, Hangul syllables and jamo (and their compatibility / half-width forms).
+_WIDE = re.compile(
+    "[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uffdc]"
+)
+# CJK punctuation and brackets: no space is needed next to them either.
+_WIDE_PUNCTUATION = re.compile("[\u3000-\u303f\uff01-\uff0f\uff1a-\uff20]")
+WIDE_CHAR_WEIGHT = 3
+"""A CJK ideograph, kana or Hangul syllable counts as this many characters of speech length:
+they are said at about 5 per second against about 15 Latin characters (see
+:data:`SPEECH_CHARS_PER_SECOND`)."""
+
+
+def speech_length(text: str) -> int:
+    """``len(text)`` with every CJK ideograph, kana or Hangul syllable counted
+    :data:`WIDE_CHAR_WEIGHT` times: the length that chunk sizes and speech-time estimates use."""
+    return len(text) + (WIDE_CHAR_WEIGHT - 1) * len(_WIDE.findall(text))
+
+
+def _joins_without_space(left: str, right: str) -> bool:
+    """Two pieces of CJK text: no space between them (there was none in the text)."""
+    if not left or not right:
+        return False
+    wide = (_WIDE.match(left[-1]) or _WIDE_PUNCTUATION.match(left[-1])) is not None
+    return wide and (_WIDE.match(right[0]) or _WIDE_PUNCTUATION.match(right[0])) is not None
+
+
+def _join(left: str, right: str) -> str:
+    if not left:
+        return right
+    return left + right if _joins_without_space(left, right) else f"{left} {right}"
 
 
 def chunk_chars_for_token_budget(max_new_tokens: int) -> int:
@@ -94,6 +138,23 @@ def chunk_chars_for_token_budget(max_new_tokens: int) -> int:
     """
     seconds = max_new_tokens / 25
     return max(MIN_CHUNK_CHARS, int(seconds * SPEECH_CHARS_PER_SECOND * CHUNK_BUDGET_SAFETY))
+
+
+def _cut_wide(word: str, max_chars: int) -> list[str]:
+    """A space-less run longer than ``max_chars`` of speech length: CJK text is cut between
+    characters into pieces that fit; anything else (a URL) stays whole."""
+    if speech_length(word) <= max_chars or not _WIDE.search(word):
+        return [word]
+    pieces: list[str] = []
+    current = ""
+    for char in word:
+        if current and speech_length(current + char) > max_chars:
+            pieces.append(current)
+            current = ""
+        current += char
+    if current:
+        pieces.append(current)
+    return pieces
 
 
 def validate_text(text: object, *, max_chars: int = MAX_TEXT_CHARS) -> str:
@@ -170,8 +231,7 @@ def _split_long(piece: str, max_chars: int, boundary: re.Pattern[str] | None) ->
     """Splits one over-long piece at ``boundary`` matches (or at spaces when None), greedily
     packing the parts into pieces of at most ``max_chars`` (a single over-long word stays whole)."""
     if boundary is None:
-        parts = piece.split(" ")
-        joiner = " "
+        parts = [cut for word in piece.split(" ") for cut in _cut_wide(word, max_chars)]
     else:
         parts = []
         start = 0
@@ -181,12 +241,11 @@ def _split_long(piece: str, max_chars: int, boundary: re.Pattern[str] | None) ->
             start = end
         parts.append(piece[start:].strip())
         parts = [p for p in parts if p]
-        joiner = " "
     packed: list[str] = []
     current = ""
     for part in parts:
-        candidate = f"{current}{joiner}{part}" if current else part
-        if len(candidate) <= max_chars:
+        candidate = _join(current, part)
+        if speech_length(candidate) <= max_chars:
             current = candidate
             continue
         if current:
@@ -197,26 +256,30 @@ def _split_long(piece: str, max_chars: int, boundary: re.Pattern[str] | None) ->
     return packed
 
 
-def split_text(text: str, max_chunk_chars: int) -> list[str]:
-    """Splits ``text`` into chunks of at most ``max_chunk_chars`` characters (see module docs).
+def split_text(text: str, max_chunk_chars: int, *, fold: bool = True) -> list[str]:
+    """Splits ``text`` into chunks of at most ``max_chunk_chars`` of speech length
+    (:func:`speech_length`: characters, CJK ones counted :data:`WIDE_CHAR_WEIGHT` times; see
+    module docs).
 
-    Accents are folded first (:func:`fold_accents`; plain ASCII is untouched). Text that then
-    fits is returned unchanged as the only chunk, so a short text reaches T3's front end
-    byte-for-byte as the reference would see it.
+    With ``fold`` (the English model), accents are folded first (:func:`fold_accents`; plain
+    ASCII is untouched); the multilingual model passes ``fold=False``. Text that then fits is
+    returned unchanged as the only chunk, so a short text reaches T3's front end byte-for-byte
+    as the reference would see it.
     """
     if max_chunk_chars < MIN_CHUNK_CHARS:
         raise ValueError(f"max_chunk_chars must be >= {MIN_CHUNK_CHARS}, got {max_chunk_chars}")
-    text = fold_accents(text)
-    if len(text) <= max_chunk_chars:
+    if fold:
+        text = fold_accents(text)
+    if speech_length(text) <= max_chunk_chars:
         return [text]
     normalised = " ".join(text.split())
     pieces: list[str] = []
     for sentence in split_sentences(normalised):
-        if len(sentence) <= max_chunk_chars:
+        if speech_length(sentence) <= max_chunk_chars:
             pieces.append(sentence)
             continue
         for clause in _split_long(sentence, max_chunk_chars, _CLAUSE_END):
-            if len(clause) <= max_chunk_chars:
+            if speech_length(clause) <= max_chunk_chars:
                 pieces.append(clause)
             else:
                 pieces.extend(_split_long(clause, max_chunk_chars, None))
@@ -224,8 +287,8 @@ def split_text(text: str, max_chunk_chars: int) -> list[str]:
     current = ""
     # Pieces with nothing to say (a stray "..." or dash) carry no speech: drop them.
     for piece in filter(_SPEAKABLE.search, pieces):
-        candidate = f"{current} {piece}" if current else piece
-        if len(candidate) <= max_chunk_chars:
+        candidate = _join(current, piece)
+        if speech_length(candidate) <= max_chunk_chars:
             current = candidate
             continue
         if current:

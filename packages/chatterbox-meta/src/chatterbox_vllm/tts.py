@@ -39,10 +39,12 @@ from chatterbox_vllm.front import SpeechFront
 from chatterbox_vllm.hub import (
     DEFAULT_REPO_ID,
     DEFAULT_REVISION,
-    check_checkpoint_dir,
+    describe_model,
     download_checkpoint,
+    inspect_checkpoint_dir,
 )
 from chatterbox_vllm.interfaces import SpeechDecoder, StreamingSpeechTokenGenerator
+from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.pipeline import ChunkJob, EventLoopThread, run_pipeline
 from chatterbox_vllm.planner import Plan, PlanItem, plan_requests
 from chatterbox_vllm.results import (
@@ -146,8 +148,9 @@ class ChatterboxTTS(SpeechFront[Voice]):
         default_voice: Voice | None = None,
         watermarker: Watermarker | None = None,
         loop: EventLoopThread | None = None,
+        model: ModelKind = "english",
     ) -> None:
-        super().__init__(config, watermarker)
+        super().__init__(config, watermarker, model)
         self._t3 = t3
         self._s3gen = s3gen
         self._voice_encoder = voice_encoder
@@ -176,14 +179,22 @@ class ChatterboxTTS(SpeechFront[Voice]):
         local_files_only: bool | None = None,
         config: EngineConfig | None = None,
         watermark: bool | None | Watermarker = None,
+        model: ModelKind = "english",
         **config_overrides: Any,
     ) -> ChatterboxTTS:
-        """Downloads (or reuses from the Hugging Face cache) the five checkpoint files of
-        ``repo_id`` at the pinned ``revision``, then loads them like :meth:`from_local`.
-        ``HF_HUB_OFFLINE=1`` uses the cache only."""
+        """Downloads (or reuses from the Hugging Face cache) the checkpoint files of ``model``
+        (``english``: the five files of chatterbox-tts 0.1.2 at the pinned ``revision``;
+        ``multilingual``: the six of 0.1.7's multilingual model, see
+        :data:`~chatterbox_vllm.models.MODEL_FILES`) from ``repo_id``, then loads them like
+        :meth:`from_local`. ``HF_HUB_OFFLINE=1`` uses the cache only."""
         config = (config or EngineConfig()).with_overrides(config_overrides)
         directory = download_checkpoint(
-            repo_id, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
+            repo_id,
+            revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            model=model,
         )
         return cls.from_local(directory, config=config, watermark=watermark)
 
@@ -197,13 +208,17 @@ class ChatterboxTTS(SpeechFront[Voice]):
         **config_overrides: Any,
     ) -> ChatterboxTTS:
         """Loads a checkpoint directory (``ve.safetensors``, ``t3_cfg.safetensors``,
-        ``s3gen.safetensors``, ``tokenizer.json`` and optionally ``conds.pt``, the default voice).
+        ``s3gen.safetensors``, ``tokenizer.json`` and optionally ``conds.pt``, the default voice;
+        or the multilingual model's ``ve.pt``, ``t3_mtl23ls_v2.safetensors``, ``s3gen.pt``,
+        ``grapheme_mtl_merged_expanded_v1.json``, ``Cangjie5_TC.json`` [, ``conds.pt``]). Which
+        model the directory holds is detected from its T3 file, logged, and kept in :attr:`model`.
 
         Engine knobs come from ``config`` or keyword overrides of :class:`EngineConfig` fields,
         e.g. ``from_local(d, gpu_memory_utilization=0.5, vocoder="hift-onnx")``.
         """
         config = (config or EngineConfig()).with_overrides(config_overrides)
-        path = check_checkpoint_dir(directory)
+        path, model = inspect_checkpoint_dir(directory)
+        logger.info("checkpoint %s holds the %s model", path, describe_model(model))
         watermarker = resolve_watermarker(watermark)
         from chatterbox_s3gen import S3Gen
 
@@ -279,6 +294,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             default_voice=default_voice,
             watermarker=watermarker,
             loop=loop,
+            model=model,
         )
         tts.load_timings = timings
         return tts
@@ -371,7 +387,9 @@ class ChatterboxTTS(SpeechFront[Voice]):
         Streams run concurrently with each other (and share S3Gen batches); all checks happen
         here, before anything is queued."""
         self._check_open()
-        plan = plan_requests([text], [params or GenerationParams()], self.config)
+        plan = plan_requests(
+            [text], [params or GenerationParams.for_model(self.model)], self.config, self.model
+        )
         voice_value = self._resolve_voice(voice)
         scheduler = self.scheduler
         events = StreamEvents()
@@ -412,7 +430,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         soon as T3 has the first window's tokens; long text streams chunk after chunk in order.
         Same voices and controls as :meth:`generate`; ``streaming`` sets the window sizes
         (``chatterbox_s3gen.StreamingConfig``). Closing the iterator early stops the work."""
-        params = GenerationParams.from_controls(dict(controls))
+        params = self.params(**controls)
         session = self.open_stream(text, voice, params=params, streaming=streaming)
         return iterate_stream(session)
 
@@ -427,7 +445,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         """:meth:`stream` for asyncio code (the calling loop is never blocked)."""
         import asyncio
 
-        params = GenerationParams.from_controls(dict(controls))
+        params = self.params(**controls)
         session = await asyncio.to_thread(
             self.open_stream, text, voice, params=params, streaming=streaming
         )
@@ -493,7 +511,15 @@ class ChatterboxTTS(SpeechFront[Voice]):
             voice=voice.t3,
             params=item.t3_sampling(),
             text_token_ids=self._check_text(item),
+            **self._language_of(item),
         )
+
+    def _language_of(self, item: PlanItem) -> dict[str, str]:
+        """The ``language`` keyword for T3 (the multilingual model only: the English T3 has no
+        language tokens, and ``en`` or unset is all it accepts)."""
+        if self.model == "multilingual" and item.params.language is not None:
+            return {"language": item.params.language}
+        return {}
 
     def _final_tokens(self, request: Any, on_tokens: Callable[[int], Any] | None) -> Any:
         # Only the final output is read: no intermediate outputs are built.
@@ -504,7 +530,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         (e.g. characters without a token) fails the call before any decoding starts. Returns the
         text ids for the request (tokenised once)."""
         try:
-            return tuple(self._t3.check_text(item.text))
+            return tuple(self._t3.check_text(item.text, **self._language_of(item)))
         except ValueError as error:
             translated = from_component_error(error) or InvalidTextError(str(error))
             raise ChunkInputError(item.order, translated) from error

@@ -56,9 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from chatterbox_s3gen.random_checkpoint import write_random_s3gen_checkpoint
 
-    print(write_random_s3gen_checkpoint(
+    print(
+        write_random_s3gen_checkpoint(
             args.out_dir, size=args.size, seed=args.seed, file_format=args.format
-        ))
+        )
+    )
     return 0
 
 

@@ -31,6 +31,7 @@ from cachetools import LRUCache
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
+from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.planner import PlanItem
 from chatterbox_vllm.results import ChunkAudio
 from chatterbox_vllm.voices import Voice
@@ -58,6 +59,8 @@ class CheckpointSource:
     cache_dir: str | None = None
     token: str | bool | None = None
     local_files_only: bool | None = None
+    model: ModelKind = "english"
+    """Which model to download without ``model_dir`` (a directory's model is detected)."""
 
     def describe(self) -> str:
         if self.model_dir is not None:
@@ -78,6 +81,7 @@ class CheckpointSource:
             local_files_only=self.local_files_only,
             config=config,
             watermark=False,
+            model=self.model,
         )
 
 
@@ -105,6 +109,7 @@ class ReplicaInfo:
     device: str
     has_default_voice: bool
     load_seconds: float
+    model: ModelKind = "english"
 
 
 def voice_on_cpu(voice: Voice) -> Voice:
@@ -145,6 +150,7 @@ class ReplicaWorker:
             device=device,
             has_default_voice=self._tts.default_voice is not None,
             load_seconds=time.perf_counter() - start,
+            model=self._tts.model,
         )
         logger.info(
             "replica ready on %s (pid %d, device %s, GPUs %s) in %.1f s",

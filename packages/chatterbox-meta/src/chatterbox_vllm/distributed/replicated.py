@@ -43,9 +43,10 @@ from chatterbox_vllm.distributed.pool import (
     ReplicaStatus,
 )
 from chatterbox_vllm.distributed.replica import CheckpointSource, ChunkSpec, voice_on_cpu
-from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
+from chatterbox_vllm.errors import ChatterboxError, CheckpointError, InvalidParameterError
 from chatterbox_vllm.front import SpeechFront
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
+from chatterbox_vllm.models import ModelKind, check_model_kind
 from chatterbox_vllm.planner import Plan
 from chatterbox_vllm.results import ChunkAudio, GenerationStats, TTSRequest, VoiceLike
 from chatterbox_vllm.voices import Voice, audio_content_hash
@@ -204,6 +205,15 @@ class ReplicatedChatterboxTTS(SpeechFront[_VoiceHandle]):
         self._has_default_voice = all(
             handle.info is not None and handle.info.has_default_voice for handle in self._pool.ready
         )
+        models = {handle.info.model for handle in self._pool.ready if handle.info is not None}
+        if len(models) > 1:
+            self._shutdown()
+            raise CheckpointError(
+                f"the replicas loaded different models ({', '.join(sorted(models))}); every "
+                "node must hold the same checkpoint"
+            )
+        if models:
+            self.model = models.pop()
         self._default_voice: Voice | None = None
         # content hash -> (voice, object ref)
         self._voices: LRUCache[str, tuple[Voice, Any]] = LRUCache(
@@ -250,16 +260,19 @@ class ReplicatedChatterboxTTS(SpeechFront[_VoiceHandle]):
         address: str | None = None,
         config: EngineConfig | None = None,
         watermark: bool | None | Watermarker = None,
+        model: ModelKind = "english",
         **options: Any,
     ) -> ReplicatedChatterboxTTS:
         """Replicas that each download (or reuse from their node's Hugging Face cache)
-        ``repo_id`` at ``revision``, as :meth:`ChatterboxTTS.from_pretrained` does."""
+        ``model``'s files of ``repo_id`` at ``revision``, as :meth:`ChatterboxTTS.from_pretrained`
+        does."""
         source = CheckpointSource(
             repo_id=repo_id,
             revision=revision,
             cache_dir=None if cache_dir is None else os.fspath(cache_dir),
             token=token,
             local_files_only=local_files_only,
+            model=check_model_kind(model),
         )
         return cls(
             source,

@@ -32,6 +32,7 @@ from chatterbox_vllm.errors import (
     EngineDeadError,
     InvalidTextError,
 )
+from chatterbox_vllm.languages import SUPPORTED_LANGUAGES
 from chatterbox_vllm.server.metrics import Metrics
 from chatterbox_vllm.server.middleware import (
     AbortFailedStreams,
@@ -75,7 +76,7 @@ def _param_of(error: ChatterboxError) -> str | None:
         return "input"
     if isinstance(error, AudioError):
         return "voice"
-    first = str(error).split(" ", 1)[0]
+    first = str(error).split(" ", 1)[0].rstrip(":")
     return first if first in CONTROLS else None
 
 
@@ -208,7 +209,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             voice = voices.get(request.voice)
         except UnknownVoiceError as error:
             raise APIError(400, str(error), param="voice") from None
-        params = GenerationParams.from_controls(controls_of(request))
+        params = GenerationParams.from_controls(controls_of(request), model=tts.model)
         slots.acquire()
         started = time.perf_counter()
         try:
@@ -290,7 +291,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         failure = tts._t3_failure()
         if failure is not None:
             return JSONResponse({"status": "dead", "reason": failure}, 503)
-        return JSONResponse({"status": "ok", "running_streams": slots.used})
+        return JSONResponse({"status": "ok", "model": tts.model, "running_streams": slots.used})
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:
@@ -302,6 +303,11 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                     "object": "model",
                     "created": 0,
                     "owned_by": "resemble-ai",
+                    # Which Chatterbox model the checkpoint holds, and what it speaks.
+                    "chatterbox_model": tts.model,
+                    "languages": list(SUPPORTED_LANGUAGES)
+                    if tts.model == "multilingual"
+                    else ["en"],
                 }
             ],
         }

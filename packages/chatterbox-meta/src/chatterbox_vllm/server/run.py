@@ -99,7 +99,10 @@ def serve(args: argparse.Namespace) -> int:
             )
         )
         logger.info(
-            "serving on http://%s:%d (OpenAI /v1/audio/speech)", settings.host, settings.port
+            "serving the %s model on http://%s:%d (OpenAI /v1/audio/speech)",
+            tts.model,
+            settings.host,
+            settings.port,
         )
         server.run()
     finally:
