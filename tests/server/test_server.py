@@ -184,6 +184,15 @@ def test_uploaded_voice_is_listed_used_persisted_and_deleted(client, server) -> 
         ({"speed": 1.5}, 400, "speed", "not supported"),
         ({"model": "whisper-1"}, 400, "model", "unknown model"),
         ({"bogus": 1}, 400, "bogus", "Extra inputs are not permitted"),
+        (
+            {"language": "xx"},
+            400,
+            "language",
+            "ar, da, de, el, en, es, fi, fr, he, hi, it, ja, ko, ms, nl, no, pl, pt, ru, sv, sw, "
+            "tr, zh), got 'xx'",
+        ),
+        ({"language": "fr"}, 400, "language", "'fr' (French) needs the multilingual model"),
+        ({"language": 3}, 400, "language", "valid string"),
     ],
 )
 def test_bad_requests_get_their_status_and_name_the_field(
@@ -227,6 +236,9 @@ def test_api_key_and_upload_limits(server) -> None:
     )
     assert bad_name.status_code == 400 and "not accepted" in bad_name.json()["error"]["message"]
     assert httpx.get(base + "/health").json()["status"] == "ok"
+    assert httpx.get(base + "/health").json()["model"] == "english"  # the checkpoint's model
+    (listed,) = httpx.get(base + "/v1/models", headers=_headers()).json()["data"]
+    assert (listed["chatterbox_model"], listed["languages"]) == ("english", ["en"])
     assert (
         httpx.get(base + "/v1/models", headers=_headers()).json()["data"][0]["id"] == "chatterbox"
     )

@@ -61,7 +61,7 @@ def bench(args: argparse.Namespace) -> int:
     controls = controls_from_namespace(args)
     controls.setdefault("max_tokens_per_expected_second", DEFAULT_BENCH_TOKENS_PER_SECOND)
     cap = controls["max_tokens_per_expected_second"]
-    model = check_controls(args, controls)  # bad controls fail before anything loads
+    check_controls(controls)  # bad controls fail before anything loads
     config = preflight(args, text, engine_config(args))
     if replicated(args):
         return _bench_replicas(args, text, controls, config)
@@ -80,7 +80,7 @@ def bench(args: argparse.Namespace) -> int:
     audio = result.duration_s
     tokens = result.num_speech_tokens
     capped = sum(1 for reason in result.finish_reasons if reason == "length")
-    model = getattr(tts, "model", model)
+    model = tts.model
     rows = [
         ("model", describe_model(model)),
         ("text", f"{len(text):,} characters, {len(text.split()):,} words"),

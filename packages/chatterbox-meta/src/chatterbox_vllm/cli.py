@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 def speak(args: argparse.Namespace) -> int:
     text = read_text(args)
     controls = controls_from_namespace(args)
-    check_controls(args, controls)  # bad controls fail before anything loads
+    check_controls(controls)  # bad controls fail before anything loads
     config = preflight(args, text, engine_config(args))
     with load(args, config) as tts:
         result = tts.generate(text, voice=args.voice, progress=not args.quiet, **controls)

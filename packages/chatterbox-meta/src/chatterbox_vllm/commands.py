@@ -78,17 +78,23 @@ def command_model(args: argparse.Namespace) -> ModelKind:
     return found
 
 
-def check_controls(args: argparse.Namespace, controls: dict[str, Any]) -> ModelKind:
-    """Checks the controls against the model the command will load (ranges; a ``language`` the
-    model does not speak, or whose text front end is not installed) before anything loads, and
-    returns that model."""
+def check_controls(controls: dict[str, Any]) -> None:
+    """Checks each control's value (range, type; a ``language`` among the 23) before anything
+    else; whether the model speaks the language is checked by :func:`preflight`, once the
+    checkpoint is known."""
     from chatterbox_vllm.controls import GenerationParams
+
+    GenerationParams(**{name: value for name, value in controls.items() if value is not None})
+
+
+def check_controls_for_model(args: argparse.Namespace, model: ModelKind) -> str | None:
+    """The command's controls against ``model`` (a ``language`` it does not speak, or whose
+    text front end is not installed); returns the language."""
+    from chatterbox_vllm.controls import GenerationParams, controls_from_namespace
     from chatterbox_vllm.preflight import check_language
 
-    model = command_model(args)
-    params = GenerationParams.from_controls(controls, model=model)
-    check_language(params.language, model)
-    return model
+    params = GenerationParams.from_controls(controls_from_namespace(args), model=model)
+    return check_language(params.language, model)
 
 
 def hub_revision(args: argparse.Namespace) -> str | None:
@@ -127,11 +133,10 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
     if not replicated(args):
         config = config.with_overrides({"device": checks.check_device(config.device)})
     model = command_model(args)
+    language = check_controls_for_model(args, model)
     if args.model_dir is not None:
         path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
-        checks.check_text(
-            text, path, config.chunk_chars, language=getattr(args, "language", None), model=model
-        )
+        checks.check_text(text, path, config.chunk_chars, language=language, model=model)
     if config.max_num_seqs is None and not replicated(args):
         config = size_for_text(config, text, model)
     return config

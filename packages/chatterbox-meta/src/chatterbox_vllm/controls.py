@@ -12,8 +12,9 @@ Defaults depend on the model a checkpoint holds: a control's ``default`` is the 
 (chatterbox-tts 0.1.2's ``generate``), and :data:`MODEL_DEFAULTS` lists where the multilingual
 model's (0.1.7's ``ChatterboxMultilingualTTS.generate``) differ. They apply to the controls a
 caller leaves unset (:meth:`GenerationParams.from_controls` with ``model=``), so one definition per
-control still holds. ``language`` is the multilingual model's language id (one of 23); the
-English model accepts only ``en`` (or unset).
+control still holds. ``language`` is the multilingual model's language id (one of 23, the ids of
+:data:`chatterbox_t3.multilingual_text.SUPPORTED_LANGUAGES`; unset means ``en``); the English
+model accepts only ``en`` (or unset).
 
 Rules worth knowing: ``temperature=0`` is greedy decoding; ``cfg_weight=0`` disables guidance (one
 branch); ``seed`` makes a request reproducible, chunk ``i`` of a long text using ``seed + i``;
@@ -74,7 +75,7 @@ class Control:
     def describe(self) -> str:
         """One line for ``--help`` and the server schema: meaning, range, default."""
         if self.choices is not None:
-            return f"{self.meaning}; one of {', '.join(self.choices)}"
+            return f"{self.meaning}; one of {self.interval}"
         default: object = self.default
         if self.default is None and self.optional:
             default = "the engine's"
@@ -141,9 +142,8 @@ CONTROLS: dict[str, Control] = {
             None,
             math.nan,
             math.nan,
-            "language id of the text (the multilingual model speaks these 23; the English "
-            "model only en; unset: no language token, as chatterbox-tts 0.1.7's "
-            "language_id=None)",
+            "language id of the text (the multilingual model speaks these 23, the English "
+            "model only en; unset: en)",
             optional=True,
             choices=tuple(SUPPORTED_LANGUAGES),
         ),

@@ -6,34 +6,10 @@ encodes them; the ``language`` control (:mod:`chatterbox_vllm.controls`) accepts
 
 from __future__ import annotations
 
+from chatterbox_t3.multilingual_text import SUPPORTED_LANGUAGES
 from chatterbox_vllm.errors import InvalidParameterError
 
-SUPPORTED_LANGUAGES: dict[str, str] = {
-    "ar": "Arabic",
-    "da": "Danish",
-    "de": "German",
-    "el": "Greek",
-    "en": "English",
-    "es": "Spanish",
-    "fi": "Finnish",
-    "fr": "French",
-    "he": "Hebrew",
-    "hi": "Hindi",
-    "it": "Italian",
-    "ja": "Japanese",
-    "ko": "Korean",
-    "ms": "Malay",
-    "nl": "Dutch",
-    "no": "Norwegian",
-    "pl": "Polish",
-    "pt": "Portuguese",
-    "ru": "Russian",
-    "sv": "Swedish",
-    "sw": "Swahili",
-    "tr": "Turkish",
-    "zh": "Chinese",
-}
-"""Language id -> name, the 23 languages of the multilingual model."""
+__all__ = ["SUPPORTED_LANGUAGES", "check_language_for_model", "language_listing"]
 
 ENGLISH_MODEL_LANGUAGES = frozenset({"en"})
 """What the English model speaks (``language=None`` means the same)."""

@@ -140,13 +140,30 @@ def check_text(
     validate_text(text)
     check_language(language, model)
     if model != "english":
-        return text
+        return _check_multilingual_text(text, checkpoint, chunk_chars, language)
     tokenizer = checkpoint_tokenizer(checkpoint)
     for chunk in split_text(text, chunk_chars):
         try:
             tokenizer.encode(normalize_text(chunk))
         except T3InputError as error:
             raise InvalidTextError(str(error)) from None
+    return text
+
+
+def _check_multilingual_text(
+    text: str, checkpoint: Path, chunk_chars: int, language: str | None
+) -> str:
+    """The multilingual tokenizer (with ``language``'s front end) over every chunk."""
+    from chatterbox_t3.errors import T3Error
+    from chatterbox_t3.multilingual_text import MultilingualTokenizer
+    from chatterbox_t3.tokenizer_builder import MULTILINGUAL_TOKENIZER_FILE
+
+    try:
+        tokenizer = MultilingualTokenizer(checkpoint / MULTILINGUAL_TOKENIZER_FILE)
+        for chunk in split_text(text, chunk_chars, fold=False):
+            tokenizer.encode_text(chunk, language)
+    except T3Error as error:
+        raise from_component_error(error) or ChatterboxError(str(error)) from None
     return text
 
 
