@@ -49,15 +49,17 @@ def mtl_model_dir(tmp_path_factory: pytest.TempPathFactory, pkuseg_home: Path) -
 
     directory = tmp_path_factory.mktemp("mtl-checkpoint")
     write_multilingual_text_files(directory)
-    populate_hub_cache(directory, REFERENCE_REPO, REVISION, {CANGJIE_FILE: directory / CANGJIE_FILE})
+    populate_hub_cache(
+        directory, REFERENCE_REPO, REVISION, {CANGJIE_FILE: directory / CANGJIE_FILE}
+    )
     return directory
 
 
 @pytest.fixture(scope="session")
 def reference_mtl_tokenizer(mtl_model_dir: Path) -> Any:
     import huggingface_hub.constants
-
     from chatterbox.models.tokenizers import MTLTokenizer
+
     from chatterbox_t3.tokenizer_builder import MULTILINGUAL_TOKENIZER_FILE
 
     huggingface_hub.constants.HF_HUB_OFFLINE = True

@@ -108,7 +108,13 @@ def test_french_accents_arrive_decomposed(
     tokenizer: MultilingualTokenizer, vocab: dict[str, int]
 ) -> None:
     # lowercase + NFKD: "É" -> "e" + COMBINING ACUTE ACCENT (U+0301); "ç" -> "c" + U+0327.
-    assert tokenizer.encode("Éç", "fr") == [FR, vocab["e"], vocab["\u0301"], vocab["c"], vocab["\u0327"]]
+    assert tokenizer.encode("Éç", "fr") == [
+        FR,
+        vocab["e"],
+        vocab["\u0301"],
+        vocab["c"],
+        vocab["\u0327"],
+    ]
 
 
 def test_korean_syllables_become_jamo(
@@ -173,7 +179,10 @@ def test_hebrew_is_encoded_as_written(
     tokenizer: MultilingualTokenizer, vocab: dict[str, int]
 ) -> None:
     pointed = "שָׁלוֹם"
-    assert tokenizer.encode(pointed, "he") == [HE, *spell(vocab, unicodedata.normalize("NFKD", pointed))]
+    assert tokenizer.encode(pointed, "he") == [
+        HE,
+        *spell(vocab, unicodedata.normalize("NFKD", pointed)),
+    ]
 
 
 def test_russian_without_its_stresser_fails_unless_skipped(
@@ -281,7 +290,9 @@ def test_bad_tokenizer_files_are_rejected(tmp_path: Path, mtl_text_files: Path) 
         MultilingualTokenizer(mtl_text_files / MULTILINGUAL_TOKENIZER_FILE, tmp_path / "no.json")
 
 
-def test_chinese_without_a_cangjie_table_fails_clearly(tmp_path: Path, mtl_text_files: Path) -> None:
+def test_chinese_without_a_cangjie_table_fails_clearly(
+    tmp_path: Path, mtl_text_files: Path
+) -> None:
     lonely = tmp_path / MULTILINGUAL_TOKENIZER_FILE
     lonely.write_bytes((mtl_text_files / MULTILINGUAL_TOKENIZER_FILE).read_bytes())
     tokenizer = MultilingualTokenizer(lonely, missing_dependency="skip")

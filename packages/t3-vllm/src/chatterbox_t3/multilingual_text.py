@@ -338,7 +338,9 @@ def _pkuseg_segmenter(module: Any, policy: MissingDependencyPolicy) -> Any | Non
         )
         if policy == "error":
             raise _missing_dependency_error("zh", detail) from error
-        logger.warning("spacy-pkuseg unusable (%s): Chinese is encoded without segmentation", detail)
+        logger.warning(
+            "spacy-pkuseg unusable (%s): Chinese is encoded without segmentation", detail
+        )
         return None
 
 

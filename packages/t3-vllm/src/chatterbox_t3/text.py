@@ -106,7 +106,9 @@ class TextEncoder(Protocol):
         ...
 
 
-def unrepresentable_characters(spaced: str, ids: list[int], offsets: list[tuple[int, int]], unknown_id: int) -> list[str]:
+def unrepresentable_characters(
+    spaced: str, ids: list[int], offsets: list[tuple[int, int]], unknown_id: int
+) -> list[str]:
     """The distinct pieces of ``spaced`` (the exact string given to the tokenizer) that became
     ``[UNK]``. A literal "[UNK]" in the text is a deliberate token, so it is not reported."""
     pieces = [

@@ -298,5 +298,7 @@ def write_cangjie_table(path: str | Path, glyphs: Iterable[str] = COMMON_CHINESE
     target = Path(path)
     if target.is_dir():
         target = target / CANGJIE_FILE
-    target.write_text(json.dumps(cangjie_entries(glyphs), ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    target.write_text(
+        json.dumps(cangjie_entries(glyphs), ensure_ascii=False, indent=0) + "\n", encoding="utf-8"
+    )
     return target
