@@ -51,7 +51,11 @@ from chatterbox_t3.errors import (
     TensorShapeError,
     UnexpectedTensorError,
 )
-from chatterbox_t3.tokenizer_builder import build_english_tokenizer
+from chatterbox_t3.tokenizer_builder import (  # noqa: F401  (re-exported next to TOKENIZER_FILE)
+    CANGJIE_FILE,
+    MULTILINGUAL_TOKENIZER_FILE,
+    build_english_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 

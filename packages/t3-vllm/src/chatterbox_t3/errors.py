@@ -8,6 +8,8 @@ base (missing files also :class:`FileNotFoundError`), so handlers of the built-i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class T3Error(Exception):
     """Root of every error chatterbox_t3 raises on purpose."""
@@ -34,8 +36,33 @@ class UnsupportedCharactersError(T3InputError):
         preview = text if len(text) <= 80 else text[:77] + "..."
         super().__init__(
             f"text contains characters the tokenizer cannot represent: {shown} in {preview!r}; "
-            "remove or transliterate them (or build EnglishTokenizer(unknown='unk') to map them to "
-            "[UNK] like the reference does)"
+            "remove or transliterate them (or build the tokenizer with unknown='unk' to map them "
+            "to [UNK] like the reference does)"
+        )
+
+
+class UnsupportedLanguageError(T3InputError):
+    """A language id the loaded checkpoint cannot speak (not one of Chatterbox Multilingual's 23, or
+    any language but English on the English checkpoint)."""
+
+    def __init__(self, language: object, supported: Iterable[str], detail: str = "") -> None:
+        self.language = language
+        self.supported = tuple(supported)
+        message = f"unsupported language {language!r}; supported: {', '.join(self.supported)}"
+        super().__init__(f"{message}; {detail}" if detail else message)
+
+
+class MissingLanguageDependencyError(T3InputError):
+    """A language whose text front end needs an optional package (or that package's data) that is
+    not available. Raised instead of silently skipping the step, which the reference does with a
+    warning and which lowers the speech quality of that language."""
+
+    def __init__(self, language: str, package: str, remedy: str) -> None:
+        self.language = language
+        self.package = package
+        super().__init__(
+            f"language {language!r} needs the package {package!r}, which is not available: "
+            f"{remedy}"
         )
 
 

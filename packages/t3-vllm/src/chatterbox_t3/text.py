@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from tokenizers import Tokenizer
 
@@ -24,6 +24,7 @@ from chatterbox_t3.errors import (
     MalformedTextError,
     MissingCheckpointFileError,
     UnsupportedCharactersError,
+    UnsupportedLanguageError,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ _PUNCTUATION_REPLACEMENTS = (
     ("‘", "'"),
     ("’", "'"),
 )
-_SENTENCE_ENDINGS = (".", "!", "?", "-", ",")
+SENTENCE_ENDINGS = (".", "!", "?", "-", ",")
+"""Characters after which English ``punc_norm`` adds no full stop."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -63,8 +65,10 @@ def check_unicode(text: str) -> None:
         raise MalformedTextError(match.start(), match.group())
 
 
-def normalize_text(text: str) -> str:
-    """Clean punctuation the way the reference's ``punc_norm`` does, step for step."""
+def normalize_punctuation(text: str, sentence_endings: tuple[str, ...]) -> str:
+    """The reference's ``punc_norm``, step for step; English and multilingual differ only in which
+    characters already end a sentence (the multilingual one adds CJK punctuation), so both call
+    this with their own ``sentence_endings``."""
     # Checked on the raw text so the reported position is the caller's.
     check_unicode(text)
     if len(text) == 0:
@@ -76,12 +80,50 @@ def normalize_text(text: str) -> str:
     for old, new in _PUNCTUATION_REPLACEMENTS:
         text = text.replace(old, new)
     text = text.rstrip(" ")
-    if not text.endswith(_SENTENCE_ENDINGS):
+    if not text.endswith(sentence_endings):
         text += "."
     return text
 
 
+def normalize_text(text: str) -> str:
+    """Clean punctuation the way the reference's English ``punc_norm`` does, step for step."""
+    return normalize_punctuation(text, SENTENCE_ENDINGS)
+
+
 SPECIAL_TOKENS = (START_TEXT, STOP_TEXT, UNKNOWN, SPACE)
+
+
+class TextEncoder(Protocol):
+    """What the engine needs of a text front end, English or multilingual: the text's ids (without
+    the start/stop tokens, which the engine adds) and those two ids."""
+
+    start_id: int
+    stop_id: int
+
+    def encode_text(self, text: str, language: str | None = None) -> list[int]:
+        """Normalise ``text`` and return its ids for ``language`` (None: the checkpoint's
+        default)."""
+        ...
+
+
+def unrepresentable_characters(
+    spaced: str, ids: list[int], offsets: list[tuple[int, int]], unknown_id: int
+) -> list[str]:
+    """The distinct pieces of ``spaced`` (the exact string given to the tokenizer) that became
+    ``[UNK]``. A literal "[UNK]" in the text is a deliberate token, so it is not reported."""
+    pieces = [
+        spaced[start:end]
+        for token_id, (start, end) in zip(ids, offsets)
+        if token_id == unknown_id and spaced[start:end] != UNKNOWN
+    ]
+    return list(dict.fromkeys(pieces))
+
+
+def decode_ids(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """The reference tokenizers' ``decode``: drops the BPE's spaces, turns ``[SPACE]`` back into
+    spaces and removes ``[STOP]`` and ``[UNK]``."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return text.replace(" ", "").replace(SPACE, " ").replace(STOP_TEXT, "").replace(UNKNOWN, "")
 
 
 class EnglishTokenizer:
@@ -135,22 +177,29 @@ class EnglishTokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` (already normalised); raises on unrepresentable characters."""
         check_unicode(text)
-        encoding = self._tokenizer.encode(text.replace(" ", SPACE))
+        spaced = text.replace(" ", SPACE)
+        encoding = self._tokenizer.encode(spaced)
         ids = list(encoding.ids)
         if self.unknown == "error" and self.unknown_id in ids:
-            spaced = text.replace(" ", SPACE)
-            # A literal "[UNK]" in the text is a deliberate token; anything else that became
-            # [UNK] is a character without a token.
-            characters = [
-                spaced[start:end]
-                for token_id, (start, end) in zip(ids, encoding.offsets)
-                if token_id == self.unknown_id and spaced[start:end] != UNKNOWN
-            ]
+            characters = unrepresentable_characters(spaced, ids, encoding.offsets, self.unknown_id)
             if characters:
-                raise UnsupportedCharactersError(list(dict.fromkeys(characters)), text)
+                raise UnsupportedCharactersError(characters, text)
         return ids
+
+    def encode_text(self, text: str, language: str | None = None) -> list[int]:
+        """:class:`TextEncoder`: ``normalize_text`` then :meth:`encode`. English is this
+        checkpoint's only language, so ``language`` must be None or "en" (any case); another
+        language is rejected rather than read with English spelling rules."""
+        if language is not None and (not isinstance(language, str) or language.lower() != "en"):
+            raise UnsupportedLanguageError(
+                language,
+                ("en",),
+                "this checkpoint is English-only (tokenizer.json); other languages need the "
+                "Chatterbox Multilingual checkpoint (t3_mtl23ls_v2.safetensors with "
+                "grapheme_mtl_merged_expanded_v1.json)",
+            )
+        return self.encode(normalize_text(text))
 
     def decode(self, ids: list[int]) -> str:
         """Inverse of :meth:`encode` for representable text (the reference's ``decode``)."""
-        text = self._tokenizer.decode(ids, skip_special_tokens=False)
-        return text.replace(" ", "").replace(SPACE, " ").replace(STOP_TEXT, "").replace(UNKNOWN, "")
+        return decode_ids(self._tokenizer, ids)

@@ -8,6 +8,10 @@ component's writer; a fixture needs only the component it names):
 * ``s3gen_checkpoint``: S3Gen's files (chatterbox_s3gen);
 * ``chatterbox_checkpoint``: the whole product checkpoint (chatterbox_vllm).
 
+Multilingual text (:mod:`.multilingual`): ``mtl_text_files`` (a directory with the generated
+``grapheme_mtl_merged_expanded_v1.json`` and ``Cangjie5_TC.json``) and ``pkuseg_home`` (a tiny
+stand-in for spacy-pkuseg's downloaded model, installed where ``pkuseg()`` finds it).
+
 Signals and settings: ``voice_files`` (``{"low": 24 kHz wav, "high": 16 kHz flac}``), ``voice_wav``
 (22.05 kHz wav), ``tone`` / ``speech_tokens`` / ``make_t3_voice`` (the generators of
 :mod:`.signals` and :mod:`.checkpoints`), ``hub_cache`` (:func:`.hub.populate_hub_cache`),
@@ -65,6 +69,23 @@ def chatterbox_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------ signals
+@pytest.fixture(scope="session")
+def mtl_text_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vllm_cpu_test_support.multilingual import write_multilingual_text_files
+
+    return write_multilingual_text_files(tmp_path_factory.mktemp("mtl-text")).parent
+
+
+@pytest.fixture(scope="session")
+def pkuseg_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("spacy_pkuseg", reason="spacy-pkuseg (the multilingual extra) missing")
+    from vllm_cpu_test_support.multilingual import install_pkuseg_model
+
+    home = tmp_path_factory.mktemp("pkuseg")
+    install_pkuseg_model(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def voice_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Reference recordings: ``low`` (3 s, 24 kHz wav), ``high`` (4 s, 16 kHz flac)."""
