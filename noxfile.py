@@ -4,6 +4,7 @@ nox                       # every CPU session below except `gpu` (the README's t
 nox -s tests              # the cross-package tests (tests/) in the workspace environment (uv.lock)
 nox -s t3 s3gen meta      # each component's own tests, the component alone in a fresh venv
 nox -s parity             # our code vs the reference chatterbox-tts 0.1.2 on identical weights
+nox -s parity_mtl         # the multilingual front end (and T3) vs chatterbox-tts 0.1.7
 nox -s lint typecheck
 nox -s gpu                # tests marked `gpu`, on a machine with a CUDA GPU
 """
@@ -18,12 +19,13 @@ import nox
 
 nox.needs_version = ">=2024.4.15"
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "typecheck", "tests", "t3", "s3gen", "meta", "parity"]
+nox.options.sessions = ["lint", "typecheck", "tests", "t3", "s3gen", "meta", "parity", "parity_mtl"]
 nox.options.error_on_external_run = True
 
 ROOT = Path(__file__).parent
 PYTHON = "3.11"
 T3 = "./packages/t3-vllm"
+T3_MULTILINGUAL = f"{T3}[multilingual]"
 S3GEN = "./packages/s3gen"
 META = "./packages/chatterbox-meta"
 CPU_SUPPORT = "./tests/support/vllm-cpu-test-support"
@@ -67,13 +69,13 @@ def tests(session: nox.Session) -> None:
         "test",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
-    _pytest(session, "tests", "--ignore=tests/parity")
+    _pytest(session, "tests", "--ignore=tests/parity", "--ignore=tests/parity_mtl")
 
 
 @nox.session(python=PYTHON)
 def t3(session: nox.Session) -> None:
-    """chatterbox-t3-vllm alone (plus the CPU test support for vLLM)."""
-    _install_isolated(session, T3, CPU_SUPPORT)
+    """chatterbox-t3-vllm alone with its multilingual extra (plus the CPU test support for vLLM)."""
+    _install_isolated(session, T3_MULTILINGUAL, CPU_SUPPORT)
     _pytest(session, "packages/t3-vllm/tests")
 
 
@@ -119,6 +121,24 @@ def parity(session: nox.Session) -> None:
     _install_isolated(session, "-e", T3, "-e", S3GEN, "-e", META, CPU_SUPPORT, *REFERENCE_IMPORTS)
     session.install("--no-deps", REFERENCE)
     _pytest(session, "tests/parity")
+
+
+# chatterbox-tts 0.1.7 (Chatterbox Multilingual), installed the same way (it pins torch 2.6 and
+# transformers 5.2); importing any of it runs its package __init__, which imports the English, voice
+# conversion and multilingual pipelines, hence S3Gen's and the S3 tokenizer's imports too.
+REFERENCE_MTL = "chatterbox-tts==0.1.7"
+REFERENCE_MTL_IMPORTS = (*REFERENCE_IMPORTS, "s3tokenizer", "omegaconf")
+
+
+@nox.session(python=PYTHON)
+def parity_mtl(session: nox.Session) -> None:
+    """Chatterbox Multilingual parity with chatterbox-tts 0.1.7 (tests/parity_mtl): the text front
+    end on the generated tokenizer and Cangjie table, with the multilingual extra installed."""
+    _install_isolated(
+        session, "-e", T3_MULTILINGUAL, "-e", S3GEN, "-e", META, CPU_SUPPORT, *REFERENCE_MTL_IMPORTS
+    )
+    session.install("--no-deps", REFERENCE_MTL)
+    _pytest(session, "tests/parity_mtl")
 
 
 @nox.session(python=PYTHON)
@@ -168,6 +188,7 @@ def gpu(session: nox.Session) -> None:
         "packages/chatterbox-meta/tests",
         "tests",
         "--ignore=tests/parity",
+        "--ignore=tests/parity_mtl",
         *session.posargs,
         env={k: v for k, v in CPU_ENV.items() if k != "OMP_NUM_THREADS"},
     )

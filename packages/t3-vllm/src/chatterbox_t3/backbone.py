@@ -24,6 +24,7 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.quantization import QuantizationConfig
 from vllm.model_executor.layers.rotary_embedding import get_rope
 
+from chatterbox_t3.alignment import AlignmentRecorder
 from chatterbox_t3.cfg import NUM_BRANCHES, as_branch_rows, as_token_rows
 from chatterbox_t3.config import T3Config
 from chatterbox_t3.errors import ConfigurationError
@@ -73,8 +74,13 @@ class T3DualBranchAttention(nn.Module):
         cache_config: CacheConfig | None,
         quant_config: QuantizationConfig | None,
         prefix: str,
+        layer_index: int = 0,
+        recorder: AlignmentRecorder | None = None,
     ) -> None:
         super().__init__()
+        self.layer_index = layer_index
+        # Set on the layers whose heads drive the multilingual stop rule (else None).
+        self.recorder = recorder
         tp_size = get_tensor_model_parallel_world_size()
         if config.num_attention_heads % tp_size or config.num_key_value_heads % tp_size:
             raise ConfigurationError(
@@ -133,6 +139,8 @@ class T3DualBranchAttention(nn.Module):
         # [2n, heads * d] -> [n, 2 * heads * d]: the branch becomes the outer head index.
         q, k, v = as_token_rows(q), as_token_rows(k), as_token_rows(v)
         q, k = self.rotary_emb(positions, q, k)
+        if self.recorder is not None:
+            self.recorder.record(self.layer_index, q, k)
         attended = self.attn(q, k, v)  # [n, 2 * heads * d]
         output, _ = self.o_proj(as_branch_rows(attended, self.q_size))
         return output  # [2n, hidden]
@@ -145,11 +153,18 @@ class T3DecoderLayer(nn.Module):
         cache_config: CacheConfig | None,
         quant_config: QuantizationConfig | None,
         prefix: str,
+        layer_index: int = 0,
+        recorder: AlignmentRecorder | None = None,
     ) -> None:
         super().__init__()
         self.hidden_size = config.hidden_size
         self.self_attn = T3DualBranchAttention(
-            config, cache_config, quant_config, prefix=f"{prefix}.self_attn"
+            config,
+            cache_config,
+            quant_config,
+            prefix=f"{prefix}.self_attn",
+            layer_index=layer_index,
+            recorder=recorder,
         )
         self.mlp = T3MLP(config, quant_config, prefix=f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -183,12 +198,25 @@ class T3Backbone(nn.Module):
         super().__init__()
         self.config = config
         self.positions = LearnedPositions(config)
+        # Multilingual: the alignment heads' query/key rows, recorded for the stop rule
+        # (chatterbox_t3.alignment); the English model has no analyzer.
+        scheduler = vllm_config.scheduler_config
+        self.alignment = (
+            AlignmentRecorder(
+                config, max(scheduler.max_num_batched_tokens, scheduler.max_num_seqs)
+            )
+            if config.is_multilingual
+            else None
+        )
+        layers = self.alignment.layers if self.alignment is not None else {}
         self.layers = nn.ModuleList(
             T3DecoderLayer(
                 config,
                 vllm_config.cache_config,
                 vllm_config.quant_config,
                 prefix=f"{prefix}.layers.{i}",
+                layer_index=i,
+                recorder=self.alignment if i in layers else None,
             )
             for i in range(config.num_hidden_layers)
         )

@@ -28,12 +28,20 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from chatterbox_t3.config import (
+    CHECKPOINT_FILES,
+    ENGLISH_FILES,
+    MULTILINGUAL_FILES,
     T3_CONFIG_FILE,
-    TINY_OVERRIDES,
-    VE_FILE,
+    TINY_OVERRIDES_BY_KIND,
+    CheckpointFiles,
     T3Config,
     VoiceEncoderConfig,
 )
+
+# Re-exported: the checkpoint API is this module's.
+from chatterbox_t3.config import ModelKind as ModelKind
+from chatterbox_t3.config import checkpoint_files as checkpoint_files
+from chatterbox_t3.config import detect_model_kind as detect_model_kind
 from chatterbox_t3.errors import (
     ConfigurationError,
     CorruptCheckpointFileError,
@@ -51,8 +59,9 @@ from chatterbox_t3.tokenizer_builder import (  # noqa: F401  (re-exported next t
 
 logger = logging.getLogger(__name__)
 
-T3_FILE = "t3_cfg.safetensors"
-TOKENIZER_FILE = "tokenizer.json"
+T3_FILE = ENGLISH_FILES.t3
+TOKENIZER_FILE = ENGLISH_FILES.tokenizer
+MULTILINGUAL_T3_FILE = MULTILINGUAL_FILES.t3
 
 TensorLayout = dict[str, tuple[int, ...]]
 
@@ -161,6 +170,13 @@ def check_tensor_layout(path: str | Path, expected: Mapping[str, tuple[int, ...]
     path = Path(path)
     with _open_safetensors(path) as handle:
         shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in _names(handle)}
+    check_state_layout(path, shapes, expected)
+
+
+def check_state_layout(
+    path: Path, shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]
+) -> None:
+    """Raise if a file's tensor names or shapes (``shapes``) differ from ``expected``."""
     missing = expected.keys() - shapes.keys()
     if missing:
         raise MissingTensorError(
@@ -198,10 +214,36 @@ def load_t3_state_dict(
 
 
 def load_voice_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The voice-encoder tensors of ``ve.safetensors`` (validated)."""
-    check_tensor_layout(path, voice_encoder_tensor_layout())
-    with _open_safetensors(Path(path)) as handle:
-        return {name: handle.get_tensor(name) for name in _names(handle)}
+    """The voice-encoder tensors of ``ve.safetensors`` or the multilingual ``ve.pt`` (a torch
+    state dict of the same module, loaded with ``weights_only=True``), validated."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        check_tensor_layout(path, voice_encoder_tensor_layout())
+        with _open_safetensors(path) as handle:
+            return {name: handle.get_tensor(name) for name in _names(handle)}
+    state = load_torch_state_dict(path)
+    check_state_layout(path, {n: tuple(t.shape) for n, t in state.items()}, voice_encoder_tensor_layout())
+    return state
+
+
+def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save``d state dict, read with ``weights_only=True`` (no code runs); a file torch
+    cannot read (cut short, not a checkpoint) is named as incomplete or corrupt."""
+    _require_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise CorruptCheckpointFileError(
+            f"{path} is incomplete or corrupt ({type(error).__name__}: {error}); delete it and "
+            "download the checkpoint again"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CorruptCheckpointFileError(
+            f"{path} does not hold a state dict (names -> tensors); is it the right file?"
+        )
+    return state
 
 
 def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -> T3Config:
@@ -210,13 +252,15 @@ def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryCheckpointError(
             f"checkpoint directory {directory} is not a directory (expected a directory holding "
-            f"{T3_FILE}, {VE_FILE} and {TOKENIZER_FILE})"
+            f"{', '.join(ENGLISH_FILES.required)}, or the multilingual "
+            f"{', '.join(MULTILINGUAL_FILES.required)})"
         )
     if not directory.is_dir():
         raise MissingCheckpointFileError(f"checkpoint directory not found: {directory}")
+    files = checkpoint_files(directory)
     config = config or T3Config.from_checkpoint_dir(directory)
-    check_tensor_layout(directory / T3_FILE, t3_tensor_layout(config))
-    _require_file(directory / TOKENIZER_FILE)
+    check_tensor_layout(directory / files.t3, t3_tensor_layout(config))
+    _require_file(directory / files.tokenizer)
     return config
 
 
@@ -265,37 +309,64 @@ def _random_voice_encoder_tensor(
 
 
 def write_random_t3_checkpoint(
-    directory: str | Path, size: Literal["tiny", "full"] = "tiny", seed: int = 0
+    directory: str | Path,
+    size: Literal["tiny", "full"] = "tiny",
+    seed: int = 0,
+    model: ModelKind = "english",
 ) -> Path:
     """Write T3's checkpoint files with random weights; returns the directory.
 
     ``full``: exactly the real names/shapes/dtypes (~2.1 GB of float32); ``tiny``: the same names,
-    a 2-layer backbone with a small MLP (see :data:`~chatterbox_t3.config.TINY_OVERRIDES`) and a
-    ``t3_config.json`` recording that. Both get a ``tokenizer.json`` in the real layout.
+    a shallow backbone with a small MLP (see :data:`~chatterbox_t3.config.TINY_OVERRIDES_BY_KIND`)
+    and a ``t3_config.json`` recording that. ``model="english"`` writes ``t3_cfg.safetensors``,
+    ``ve.safetensors`` and ``tokenizer.json``; ``"multilingual"`` the multilingual layout:
+    ``t3_mtl23ls_v2.safetensors`` (2,454 text tokens), ``ve.pt`` (a torch state dict), the grapheme
+    tokenizer and ``Cangjie5_TC.json``, each in the real file's structure.
     """
     if size not in ("tiny", "full"):
         raise ConfigurationError(f"size must be 'tiny' or 'full', got {size!r}")
+    if model not in CHECKPOINT_FILES:
+        raise ConfigurationError(f"model must be one of {sorted(CHECKPOINT_FILES)}, got {model!r}")
+    files = CHECKPOINT_FILES[model]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = T3Config(**TINY_OVERRIDES) if size == "tiny" else T3Config()
+    for other in CHECKPOINT_FILES.values():  # one model per directory (detect_model_kind)
+        if other.kind != model and (directory / other.t3).exists():
+            (directory / other.t3).unlink()
+    overrides = dict(TINY_OVERRIDES_BY_KIND[model]) if size == "tiny" else {}
+    config = T3Config.for_kind(model, **overrides)
     generator = torch.Generator().manual_seed(seed)
-    logger.info("writing a random %s T3 checkpoint to %s", size, directory)
+    logger.info("writing a random %s %s T3 checkpoint to %s", size, model, directory)
 
     layout = t3_tensor_layout(config)
     progress = tqdm(layout.items(), desc=f"random {size} T3 tensors", disable=size == "tiny")
     t3 = {name: _random_t3_tensor(name, shape, generator).contiguous() for name, shape in progress}
-    save_file(t3, str(directory / T3_FILE))
+    save_file(t3, str(directory / files.t3))
     del t3
     ve = {
         name: _random_voice_encoder_tensor(name, shape, generator).contiguous()
         for name, shape in voice_encoder_tensor_layout().items()
     }
-    save_file(ve, str(directory / VE_FILE))
+    if files.voice_encoder.endswith(".pt"):
+        torch.save(ve, directory / files.voice_encoder)
+    else:
+        save_file(ve, str(directory / files.voice_encoder))
 
-    build_english_tokenizer().save(str(directory / TOKENIZER_FILE))
+    _write_tokenizer_files(directory, files)
     config_path = directory / T3_CONFIG_FILE
     if size == "tiny":
-        config_path.write_text(json.dumps(dict(TINY_OVERRIDES), indent=2) + "\n")
+        config_path.write_text(json.dumps(overrides, indent=2) + "\n")
     elif config_path.exists():
         config_path.unlink()  # a stale tiny config would make the loaders expect tiny shapes
     return directory
+
+
+def _write_tokenizer_files(directory: Path, files: CheckpointFiles) -> None:
+    if files.kind == "english":
+        build_english_tokenizer().save(str(directory / files.tokenizer))
+        return
+    from chatterbox_t3.tokenizer_builder import build_multilingual_tokenizer, write_cangjie_table
+
+    assert files.cangjie is not None
+    build_multilingual_tokenizer().save(str(directory / files.tokenizer))
+    write_cangjie_table(directory / files.cangjie)

@@ -199,12 +199,14 @@ class ConditioningEncoder(nn.Module):
         *,
         device: str | torch.device = "cpu",
     ) -> ConditioningEncoder:
-        from chatterbox_t3.checkpoint import T3_FILE, load_t3_state_dict
+        from chatterbox_t3.checkpoint import checkpoint_files, load_t3_state_dict
 
         config = config or T3Config.from_checkpoint_dir(directory)
         encoder = cls(config)
         state = load_t3_state_dict(
-            Path(directory) / T3_FILE, config, only_prefixes=cls.PARAMETER_PREFIXES
+            Path(directory) / checkpoint_files(directory).t3,
+            config,
+            only_prefixes=cls.PARAMETER_PREFIXES,
         )
         encoder.load_state_dict(state)
         return encoder.to(device).eval()

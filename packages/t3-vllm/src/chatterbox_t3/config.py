@@ -15,14 +15,76 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from chatterbox_t3.errors import CheckpointError, ConfigurationError
+from chatterbox_t3.errors import CheckpointError, ConfigurationError, MissingCheckpointFileError
 
 T3_CONFIG_FILE = "t3_config.json"
 """Optional file in a checkpoint directory that overrides :class:`T3Config` fields."""
+
+ModelKind = Literal["english", "multilingual"]
+"""Which Chatterbox T3 a checkpoint holds: the English model or Chatterbox Multilingual."""
+
+MULTILINGUAL_TEXT_TOKENS = 2454
+"""Text vocabulary of Chatterbox Multilingual (the reference's ``T3Config.is_multilingual`` test)."""
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """The file names of one model kind's T3 side of a checkpoint directory."""
+
+    kind: ModelKind
+    t3: str
+    voice_encoder: str
+    tokenizer: str
+    cangjie: str | None = None
+    """Chinese Cangjie table (multilingual only)."""
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return (self.t3, self.voice_encoder, self.tokenizer)
+
+
+ENGLISH_FILES = CheckpointFiles("english", "t3_cfg.safetensors", "ve.safetensors", "tokenizer.json")
+MULTILINGUAL_FILES = CheckpointFiles(
+    "multilingual",
+    "t3_mtl23ls_v2.safetensors",
+    "ve.pt",
+    "grapheme_mtl_merged_expanded_v1.json",
+    cangjie="Cangjie5_TC.json",
+)
+CHECKPOINT_FILES: Mapping[ModelKind, CheckpointFiles] = {
+    "english": ENGLISH_FILES,
+    "multilingual": MULTILINGUAL_FILES,
+}
+
+
+def detect_model_kind(directory: str | Path) -> ModelKind:
+    """Which model a checkpoint directory holds, by its T3 weights file.
+
+    Raises :class:`MissingCheckpointFileError` when it holds neither (naming both files), and
+    :class:`CheckpointError` when it holds both (which T3 to load would be a guess).
+    """
+    directory = Path(directory)
+    present = [files for files in CHECKPOINT_FILES.values() if (directory / files.t3).is_file()]
+    if len(present) == 1:
+        return present[0].kind
+    names = " or ".join(files.t3 for files in CHECKPOINT_FILES.values())
+    if not present:
+        raise MissingCheckpointFileError(
+            f"{directory} holds no T3 weights: expected {names} (English or multilingual "
+            "Chatterbox)"
+        )
+    raise CheckpointError(
+        f"{directory} holds both {names}; keep one model per checkpoint directory"
+    )
+
+
+def checkpoint_files(directory: str | Path) -> CheckpointFiles:
+    """The file names of the model kind ``directory`` holds (see :func:`detect_model_kind`)."""
+    return CHECKPOINT_FILES[detect_model_kind(directory)]
 
 
 @dataclass(frozen=True)
@@ -93,6 +155,15 @@ class T3Config:
 
     # ----------------------------------------------------------------------------- derived sizes
     @property
+    def is_multilingual(self) -> bool:
+        """Chatterbox Multilingual (the reference decides by the text vocabulary size too)."""
+        return self.text_tokens_dict_size == MULTILINGUAL_TEXT_TOKENS
+
+    @property
+    def model_kind(self) -> ModelKind:
+        return "multilingual" if self.is_multilingual else "english"
+
+    @property
     def text_position_rows(self) -> int:
         """Rows of ``text_pos_emb``: the text plus its start and stop tokens."""
         return self.max_text_tokens + 2
@@ -148,11 +219,20 @@ class T3Config:
         return cls(**dict(values))
 
     @classmethod
+    def for_kind(cls, kind: ModelKind, **overrides: Any) -> T3Config:
+        """The real configuration of ``kind`` (multilingual: the 2,454-token text vocabulary)."""
+        if kind == "multilingual":
+            overrides = {"text_tokens_dict_size": MULTILINGUAL_TEXT_TOKENS, **overrides}
+        return cls(**overrides)
+
+    @classmethod
     def from_checkpoint_dir(cls, directory: str | Path) -> T3Config:
-        """The real configuration, with the fields in ``t3_config.json`` overridden if present."""
+        """The real configuration of the model the directory holds (see
+        :func:`detect_model_kind`), with the fields in ``t3_config.json`` overridden if present."""
+        kind = detect_model_kind(directory) if Path(directory).is_dir() else "english"
         path = Path(directory) / T3_CONFIG_FILE
         if not path.exists():
-            return cls()
+            return cls.for_kind(kind)
         try:
             values = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
@@ -160,7 +240,8 @@ class T3Config:
         if not isinstance(values, dict):
             raise CheckpointError(f"{path} must hold a JSON object of T3Config fields")
         try:
-            return cls.from_dict(values, source=str(path))
+            cls.from_dict(values, source=str(path))  # names the file on an unknown field
+            return cls.for_kind(kind, **values)
         except ConfigurationError as exc:
             # The file is part of the checkpoint: a bad value there is a checkpoint problem.
             raise CheckpointError(str(exc)) from exc
@@ -174,9 +255,22 @@ TINY_OVERRIDES: Mapping[str, Any] = {
 }
 """Fields that differ between the real layout and the ``tiny`` random test checkpoints."""
 
+MULTILINGUAL_TINY_OVERRIDES: Mapping[str, Any] = {
+    # The alignment heads of the multilingual stop rule sit in layers 9, 12 and 13, so the tiny
+    # multilingual layout keeps 14 layers (and all 16 heads), with the small MLP.
+    "num_hidden_layers": 14,
+    "intermediate_size": 256,
+}
+"""``tiny`` overrides of multilingual random checkpoints."""
 
-VE_FILE = "ve.safetensors"
-"""The voice encoder's weights in a checkpoint directory."""
+TINY_OVERRIDES_BY_KIND: Mapping[ModelKind, Mapping[str, Any]] = {
+    "english": TINY_OVERRIDES,
+    "multilingual": MULTILINGUAL_TINY_OVERRIDES,
+}
+
+
+VE_FILE = ENGLISH_FILES.voice_encoder
+"""The English checkpoint's voice-encoder weights (multilingual: ``ve.pt``, same tensors)."""
 
 
 @dataclass(frozen=True)

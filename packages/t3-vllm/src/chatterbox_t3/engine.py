@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from chatterbox_t3.checkpoint import TOKENIZER_FILE
+from chatterbox_t3.alignment import NUM_PROMPT_BOS
 from chatterbox_t3.conditioning import ConditioningCache, ConditioningEncoder, T3Voice
-from chatterbox_t3.config import T3Config
+from chatterbox_t3.config import T3Config, checkpoint_files
 from chatterbox_t3.cuda_graphs import CudaGraphMode, CudaGraphPlan, check_mode, plan_cuda_graphs
 from chatterbox_t3.errors import (
     EmptyTextError,
@@ -32,7 +32,8 @@ from chatterbox_t3.errors import (
 )
 from chatterbox_t3.model_dir import prepare_vllm_model_dir
 from chatterbox_t3.sampling import T3SamplingParams, valid_speech_tokens
-from chatterbox_t3.text import EnglishTokenizer, normalize_text
+from chatterbox_t3.multilingual_text import MultilingualTokenizer
+from chatterbox_t3.text import EnglishTokenizer, TextEncoder
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
 from chatterbox_t3.voice_encoder import VoiceEncoder
 
@@ -49,6 +50,9 @@ class T3Request:
     text_token_ids: tuple[int, ...] | None = None
     """``text``'s T3 text ids when already computed (:meth:`T3Frontend.text_token_ids`), so a
     caller that checked the text first does not normalise and tokenise it twice."""
+    language: str | None = None
+    """Language id (``"fr"``, ``"zh"``, ...; see ``multilingual_text.SUPPORTED_LANGUAGES``) for a
+    multilingual checkpoint; None is English. An English checkpoint accepts only None / "en"."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,20 @@ class T3Frontend:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.config = config
         self.max_model_len = max_model_len
-        self.tokenizer = EnglishTokenizer(
-            self.checkpoint_dir / TOKENIZER_FILE, text_vocab_size=config.text_tokens_dict_size
-        )
+        files = checkpoint_files(self.checkpoint_dir)
+        tokenizer_path = self.checkpoint_dir / files.tokenizer
+        self.tokenizer: TextEncoder
+        if config.is_multilingual:
+            assert files.cangjie is not None
+            self.tokenizer = MultilingualTokenizer(
+                tokenizer_path,
+                self.checkpoint_dir / files.cangjie,
+                text_vocab_size=config.text_tokens_dict_size,
+            )
+        else:
+            self.tokenizer = EnglishTokenizer(
+                tokenizer_path, text_vocab_size=config.text_tokens_dict_size
+            )
         encoder = ConditioningEncoder.from_checkpoint_dir(
             self.checkpoint_dir, config, device=conditioning_device
         )
@@ -134,13 +149,13 @@ class T3Frontend:
                 )
                 self.max_model_len = capacity
 
-    def text_token_ids(self, text: str) -> list[int]:
+    def text_token_ids(self, text: str, language: str | None = None) -> list[int]:
         """Normalised, tokenised text framed by the start/stop text tokens (T3 text ids)."""
         if not isinstance(text, str):
             raise T3InputError(f"text must be a str, got {type(text).__name__}")
         if not text.strip():
             raise EmptyTextError("text is empty; give T3 something to say")
-        ids = self.tokenizer.encode(normalize_text(text))
+        ids = self.tokenizer.encode_text(text, language)
         if len(ids) > self.config.max_text_tokens:
             raise TextTooLongError(
                 f"text needs {len(ids)} tokens after normalisation, at most "
@@ -168,9 +183,12 @@ class T3Frontend:
         text_ids = (
             list(request.text_token_ids)
             if request.text_token_ids is not None
-            else self.text_token_ids(request.text)
+            else self.text_token_ids(request.text, request.language)
         )
-        num_bos = 2 if params.uses_cfg else 1  # reference: a second BOS only with CFG
+        # English reference: a second BOS only with CFG; the multilingual one always runs both
+        # rows, so its prompt always has two (also with cfg_weight=0, whose logits are the
+        # conditional row's).
+        num_bos = NUM_PROMPT_BOS if params.uses_cfg or config.is_multilingual else 1
         prompt_ids = (
             [config.conditioning_placeholder_id]
             + [t + config.text_id_offset for t in text_ids]
@@ -498,11 +516,11 @@ class AsyncT3Engine:
     ) -> T3Voice:
         return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
 
-    def check_text(self, text: str) -> list[int]:
+    def check_text(self, text: str, language: str | None = None) -> list[int]:
         """``text``'s T3 text ids (normalised, tokenised, framed); raises a
         :class:`~chatterbox_t3.errors.T3InputError` for text T3 cannot speak. Pass the ids as
         ``T3Request.text_token_ids`` to skip tokenising again."""
-        return self.frontend.text_token_ids(text)
+        return self.frontend.text_token_ids(text, language)
 
     async def stream_speech_tokens(
         self,

@@ -32,7 +32,7 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
 from chatterbox_t3 import __version__
 from chatterbox_t3.cfg import NUM_BRANCHES
-from chatterbox_t3.checkpoint import T3_FILE, check_t3_checkpoint
+from chatterbox_t3.checkpoint import check_t3_checkpoint, checkpoint_files
 from chatterbox_t3.config import T3Config
 from chatterbox_t3.vllm_model import ARCHITECTURE, CONDITIONING_TOKEN
 
@@ -104,7 +104,7 @@ def build_id_space_tokenizer(config: T3Config) -> Tokenizer:
 
 
 def _checkpoint_key(checkpoint_dir: Path, config: T3Config) -> str:
-    weights = (checkpoint_dir / T3_FILE).resolve()
+    weights = (checkpoint_dir / checkpoint_files(checkpoint_dir).t3).resolve()
     stat = weights.stat()
     identity = {
         "layout": _LAYOUT_VERSION,
@@ -119,7 +119,7 @@ def _checkpoint_key(checkpoint_dir: Path, config: T3Config) -> str:
 
 def _write_model_dir(target: Path, checkpoint_dir: Path, config: T3Config) -> None:
     (target / "config.json").write_text(json.dumps(vllm_config_dict(config), indent=2) + "\n")
-    weights = (checkpoint_dir / T3_FILE).resolve()
+    weights = (checkpoint_dir / checkpoint_files(checkpoint_dir).t3).resolve()
     try:
         (target / "model.safetensors").symlink_to(weights)
     except OSError:

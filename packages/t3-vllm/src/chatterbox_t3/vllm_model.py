@@ -43,6 +43,7 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.profiling import BaseDummyInputsBuilder
 from vllm.sequence import IntermediateTensors
 
+from chatterbox_t3.alignment import AlignmentGuard, AlignmentStep
 from chatterbox_t3.backbone import T3Backbone
 from chatterbox_t3.cfg import NUM_BRANCHES, branch_inputs, guided_logits
 from chatterbox_t3.config import T3Config
@@ -177,6 +178,13 @@ class ChatterboxT3ForCausalLM(nn.Module, SupportsMultiModal):
         max_tokens = max(scheduler.max_num_batched_tokens, scheduler.max_num_seqs)
         self.step_context = T3StepContext(max_num_tokens=max_tokens, max_num_rows=max_tokens)
         self.vocab_size = config.vllm_vocab_size
+        # Multilingual: the reference's alignment-guided stop (chatterbox_t3.alignment). The
+        # runner publishes each step's facts in `alignment_step` before the forward.
+        recorder = self.model.alignment
+        self.alignment_guard = AlignmentGuard(config, recorder) if recorder is not None else None
+        self.alignment_step: AlignmentStep | None = None
+        self.alignment_kv_slots = 0
+        """KV-cache slots (blocks x block size); set by the runner once the cache exists."""
 
     # ------------------------------------------------------------------------ multimodal API
     @classmethod
@@ -255,6 +263,10 @@ class ChatterboxT3ForCausalLM(nn.Module, SupportsMultiModal):
         speech = guided_logits(self.speech_head(branches), self.step_context.cfg_weights[:rows])
         logits = speech.new_full((rows, self.vocab_size), float("-inf"))
         logits[:, : self.config.speech_tokens_dict_size] = speech
+        step = self.alignment_step
+        if self.alignment_guard is not None and step is not None:
+            self.alignment_step = None  # one step's facts serve one forward
+            logits = self.alignment_guard.apply(logits, step, self.alignment_kv_slots)
         return logits
 
     # ----------------------------------------------------------------------------- weights

@@ -20,7 +20,8 @@ from numpy.lib.stride_tricks import as_strided
 from torch import nn
 
 from chatterbox_t3.checkpoint import load_voice_encoder_state_dict
-from chatterbox_t3.config import VE_FILE, VoiceEncoderConfig
+from chatterbox_t3.config import VE_FILE as VE_FILE  # re-exported (tests, parity)
+from chatterbox_t3.config import VoiceEncoderConfig, checkpoint_files
 from chatterbox_t3.errors import T3InputError
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,8 @@ class VoiceEncoder(nn.Module):
         cls, directory: str | Path, *, device: str | torch.device = "cpu"
     ) -> VoiceEncoder:
         encoder = cls()
-        encoder.load_state_dict(load_voice_encoder_state_dict(Path(directory) / VE_FILE))
+        files = checkpoint_files(directory)
+        encoder.load_state_dict(load_voice_encoder_state_dict(Path(directory) / files.voice_encoder))
         return encoder.to(device).eval()
 
     def forward(self, mels: torch.Tensor) -> torch.Tensor:

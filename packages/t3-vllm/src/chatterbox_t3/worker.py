@@ -22,6 +22,7 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker
 
+from chatterbox_t3.alignment import NUM_PROMPT_BOS, AlignmentStep
 from chatterbox_t3.cfg import cfg_weight_from_extra_args
 from chatterbox_t3.speech_positions import T3StepContext
 
@@ -33,13 +34,83 @@ CPU_WORKER = "chatterbox_t3.worker.T3CPUWorker"
 
 
 class T3RunnerMixin:
-    """Publishes per-token prompt lengths / ids and per-row CFG weights before every forward."""
+    """Publishes per-token prompt lengths / ids and per-row CFG weights before every forward, and
+    for the multilingual model each step's :class:`~chatterbox_t3.alignment.AlignmentStep`."""
+
+    _t3_alignment_slots: dict[str, int]
+    _t3_free_alignment_slots: list[int]
+
+    def _update_states(self, scheduler_output: SchedulerOutput) -> None:
+        super()._update_states(scheduler_output)  # type: ignore[misc]
+        slots = getattr(self, "_t3_alignment_slots", None)
+        if slots:
+            for req_id in scheduler_output.finished_req_ids:
+                if (slot := slots.pop(req_id, None)) is not None:
+                    self._t3_free_alignment_slots.append(slot)
 
     def _prepare_inputs(self, scheduler_output: SchedulerOutput) -> Any:
         result = super()._prepare_inputs(scheduler_output)  # type: ignore[misc]
         num_scheduled_tokens: np.ndarray = result[-1]
         self._publish_t3_step(num_scheduled_tokens)
+        runner: Any = self
+        if getattr(runner.model, "alignment_guard", None) is not None:
+            self._publish_alignment_step(num_scheduled_tokens)
         return result
+
+    def _alignment_slot(self, req_id: str) -> int:
+        """A state row for ``req_id`` of the alignment guard, kept until the request finishes
+        (also while it is preempted, so recomputation resumes its analysis)."""
+        slot = self._t3_alignment_slots.get(req_id)
+        if slot is None:
+            free = self._t3_free_alignment_slots
+            slot = free.pop() if free else len(self._t3_alignment_slots)
+            self._t3_alignment_slots[req_id] = slot
+        return slot
+
+    def _publish_alignment_step(self, num_scheduled_tokens: np.ndarray) -> None:
+        runner: Any = self
+        if not hasattr(self, "_t3_alignment_slots"):
+            self._t3_alignment_slots, self._t3_free_alignment_slots = {}, []
+        batch = runner.input_batch
+        num_reqs = batch.num_reqs
+        total = int(num_scheduled_tokens.sum())
+        block_table = batch.block_table[0]
+        block_size = runner.kv_cache_config.kv_cache_groups[0].kv_cache_spec.block_size
+        runner.model.alignment_kv_slots = runner.kv_cache_config.num_blocks * block_size
+
+        seq_len = batch.num_computed_tokens_cpu[:num_reqs] + num_scheduled_tokens
+        # A request samples once all its tokens are computed (vLLM discards the token of a
+        # partial prefill chunk); only those rows take an analyzer step.
+        rows = np.flatnonzero(seq_len >= batch.num_tokens[:num_reqs])
+        token_index = np.cumsum(num_scheduled_tokens)[rows] - 1
+        slots = np.array([self._alignment_slot(batch.req_ids[r]) for r in rows], dtype=np.int64)
+
+        device = runner.model.alignment_guard.recorder.keys.device
+
+        def upload(values: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
+
+        prompt_len = batch.num_prompt_tokens[:num_reqs][rows]
+        runner.model.alignment_step = AlignmentStep(
+            num_tokens=total,
+            kv_slots=upload(block_table.slot_mapping_np[:total]),
+            rows=upload(rows),
+            token_index=upload(token_index),
+            batch_row=upload(rows),
+            seq_len=upload(seq_len[rows]),
+            prompt_len=upload(prompt_len),
+            state_slot=upload(slots),
+            num_state_slots=len(self._t3_alignment_slots) + len(self._t3_free_alignment_slots),
+            input_token=upload(runner.input_ids_cpu[:total].numpy()[token_index]),
+            max_seq_len=int(seq_len[rows].max()) if len(rows) else 0,
+            max_text_len=(
+                int(prompt_len.max()) - runner.model.config.conditioning_len - NUM_PROMPT_BOS
+                if len(rows)
+                else 0
+            ),
+            block_table=block_table.get_device_tensor(),
+            block_size=block_size,
+        )
 
     def _staging(self, like: torch.Tensor) -> torch.Tensor:
         """A CPU copy of a context buffer (pinned where vLLM pins), for asynchronous uploads."""
