@@ -71,7 +71,7 @@ def make_random_checkpoint(
         write_random_t3_checkpoint(path, size=size, seed=seed)
         write_random_s3gen_checkpoint(path, size=size, seed=seed)
     else:
-        write_random_t3_checkpoint(path, size=size, seed=seed, model=model)  # type: ignore[call-arg,unused-ignore]
+        write_random_t3_checkpoint(path, size=size, seed=seed, model=model)
         write_random_s3gen_checkpoint(path, size=size, seed=seed, file_format="pt")
 
     voice_encoder = VoiceEncoder.from_checkpoint_dir(path)

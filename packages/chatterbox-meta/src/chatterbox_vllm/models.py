@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
-from chatterbox_vllm.errors import CheckpointError, InvalidParameterError
+from chatterbox_t3.config import CHECKPOINT_FILES as T3_CHECKPOINT_FILES
+from chatterbox_t3.config import ModelKind, detect_model_kind
+from chatterbox_vllm.errors import CheckpointError, InvalidParameterError, from_component_error
 
-ModelKind = Literal["english", "multilingual"]
-"""Which Chatterbox model: ``english`` (chatterbox-tts 0.1.2) or ``multilingual`` (0.1.7)."""
+__all__ = ["MODEL_FILES", "MODEL_KINDS", "ModelKind", "check_model_kind", "detect_model"]
+
 MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
+"""``english`` (chatterbox-tts 0.1.2's model) and ``multilingual`` (0.1.7's), T3's
+:data:`chatterbox_t3.config.ModelKind`."""
 
-ENGLISH_T3_FILE = "t3_cfg.safetensors"
-MULTILINGUAL_T3_FILE = "t3_mtl23ls_v2.safetensors"
-T3_FILES: dict[ModelKind, str] = {"english": ENGLISH_T3_FILE, "multilingual": MULTILINGUAL_T3_FILE}
-"""The file whose presence says which model a directory holds."""
+ENGLISH_T3_FILE = T3_CHECKPOINT_FILES["english"].t3
+MULTILINGUAL_T3_FILE = T3_CHECKPOINT_FILES["multilingual"].t3
 
 MODEL_FILES: dict[ModelKind, dict[str, str]] = {
     "english": {
@@ -68,20 +70,14 @@ def check_model_kind(model: object, *, argument: str = "model") -> ModelKind:
 
 
 def detect_model(directory: str | os.PathLike) -> ModelKind:
-    """Which model the checkpoint directory holds, from its T3 file (nothing is read or loaded).
+    """Which model the checkpoint directory holds, from its T3 file (T3's
+    :func:`~chatterbox_t3.config.detect_model_kind`; nothing is read or loaded).
 
     Raises :class:`CheckpointError` when the directory holds neither T3 file (naming both) or
     both (it is then ambiguous which model to load: keep one per directory)."""
-    path = Path(directory)
-    present = [kind for kind, name in T3_FILES.items() if (path / name).is_file()]
-    if len(present) == 1:
-        return present[0]
-    if not present:
-        raise CheckpointError(
-            f"checkpoint directory {path} holds no T3 weights: expected {ENGLISH_T3_FILE} (the "
-            f"English model) or {MULTILINGUAL_T3_FILE} (the multilingual model)"
-        )
-    raise CheckpointError(
-        f"checkpoint directory {path} holds both {ENGLISH_T3_FILE} (English) and "
-        f"{MULTILINGUAL_T3_FILE} (multilingual); keep one model per directory"
-    )
+    from chatterbox_t3.errors import T3Error
+
+    try:
+        return detect_model_kind(Path(directory))
+    except T3Error as error:
+        raise from_component_error(error) or CheckpointError(str(error)) from None

@@ -222,7 +222,9 @@ def load_voice_encoder_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with _open_safetensors(path) as handle:
             return {name: handle.get_tensor(name) for name in _names(handle)}
     state = load_torch_state_dict(path)
-    check_state_layout(path, {n: tuple(t.shape) for n, t in state.items()}, voice_encoder_tensor_layout())
+    check_state_layout(
+        path, {n: tuple(t.shape) for n, t in state.items()}, voice_encoder_tensor_layout()
+    )
     return state
 
 
