@@ -1,0 +1,57 @@
+"""``serve`` with a multilingual checkpoint: the model it reports, the ``language`` field, and a
+400 naming the field (and listing the 23 languages) for an unknown one, after which it keeps
+serving. Tiny random checkpoint written by ``make_random_checkpoint(model="multilingual")``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from chatterbox_vllm.checkpoint import make_random_checkpoint
+
+API_KEY = "mtl-key"
+SAMPLES_PER_TOKEN = 960
+LANGUAGES = "ar da de el en es fi fr he hi it ja ko ms nl no pl pt ru sv sw tr zh".split()
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, launch_server) -> Iterator[dict]:
+    checkpoint = make_random_checkpoint(
+        tmp_path_factory.mktemp("mtl-server-ckpt"), "tiny", seed=1, model="multilingual"
+    )
+    log = tmp_path_factory.mktemp("mtl-server-log") / "server.log"
+    with launch_server(checkpoint, log, api_key=API_KEY) as running:
+        yield running
+
+
+def _speech(server: dict, **body: object) -> httpx.Response:
+    request = {"model": "chatterbox", "input": "Bonjour.", "voice": "default",
+               "response_format": "pcm", "max_new_tokens": 4, **body}  # fmt: skip
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    return httpx.post(
+        server["base"] + "/v1/audio/speech", json=request, headers=headers, timeout=300
+    )
+
+
+def test_the_server_reports_the_multilingual_model(server) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    (model,) = httpx.get(server["base"] + "/v1/models", headers=headers).json()["data"]
+    assert model["chatterbox_model"] == "multilingual" and model["languages"] == LANGUAGES
+    assert httpx.get(server["base"] + "/health").json()["model"] == "multilingual"
+    server["log"].seek(0)
+    assert "serving the multilingual model" in server["log"].read()
+
+
+def test_language_field_speaks_and_bad_ids_are_400(server) -> None:
+    spoken = _speech(server, language="fr", seed=3)
+    assert spoken.status_code == 200, spoken.text
+    assert 0 < len(spoken.content) // 2 <= 4 * SAMPLES_PER_TOKEN  # 16-bit samples
+    bad = _speech(server, language="xx")
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "language"
+    assert "one of " + ", ".join(LANGUAGES) in error["message"] and "'xx'" in error["message"]
+    assert _speech(server, language="de").status_code == 200  # still serving
