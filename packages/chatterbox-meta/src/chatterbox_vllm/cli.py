@@ -221,7 +221,8 @@ def make_checkpoint(args: argparse.Namespace) -> int:
     path = make_random_checkpoint(directory, size=args.size, seed=args.seed, model=args.model)
     total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     print(
-        f"wrote a {args.size} random {args.model} checkpoint to {path} ({total / 1e6:.1f} MB, "
+        f"wrote a {args.size} random{' multilingual' if args.model == 'multilingual' else ''} "
+        f"checkpoint to {path} ({total / 1e6:.1f} MB, "
         f"{time.perf_counter() - start:.1f} s)"
     )
     return 0
