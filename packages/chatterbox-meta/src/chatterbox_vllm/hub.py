@@ -10,6 +10,7 @@ from chatterbox_vllm.errors import CheckpointError
 from chatterbox_vllm.models import (
     MODEL_DESCRIPTIONS,
     MODEL_FILES,
+    MODEL_KINDS,
     OPTIONAL_FILES,
     ModelKind,
     check_model_kind,
@@ -58,7 +59,7 @@ def inspect_checkpoint_dir(
             f"checkpoint directory {path} does not exist (expected a directory with "
             f"{everything}, or the multilingual model's {', '.join(MODEL_FILES['multilingual'])})"
         )
-    model = detect_model(path)
+    model = _model_of(path)
     files = MODEL_FILES[model]
     required = [name for name in files if require_conds or name not in OPTIONAL_FILES]
     missing = [name for name in required if not (path / name).is_file()]
@@ -66,6 +67,20 @@ def inspect_checkpoint_dir(
         details = "; ".join(f"{name}: {files[name]}" for name in missing)
         raise CheckpointError(f"checkpoint directory {path} ({model} model) is missing {details}")
     return path, model
+
+
+def _model_of(path: Path) -> ModelKind:
+    """The model ``path`` holds; without a T3 file, the model whose other files are there (so
+    the error names the missing T3 file like any other missing file)."""
+    try:
+        return detect_model(path)
+    except CheckpointError:
+        for model in MODEL_KINDS:
+            own = set(MODEL_FILES[model]) - OPTIONAL_FILES
+            others = {name for kind in MODEL_KINDS if kind != model for name in MODEL_FILES[kind]}
+            if any((path / name).is_file() for name in own - others):
+                return model
+        raise
 
 
 def check_checkpoint_dir(directory: str | os.PathLike, *, require_conds: bool = False) -> Path:
