@@ -233,7 +233,7 @@ class AlignmentGuard:
 
         # Rows after the frame that completed the text count towards tail and repetition.
         was_complete = state["complete"]
-        tail_columns = (text_len[:, None] - END_MARGIN + torch.arange(END_MARGIN, device=device))
+        tail_columns = text_len[:, None] - END_MARGIN + torch.arange(END_MARGIN, device=device)
         tail = attention.gather(1, tail_columns.clamp(min=0))
         tail_mass = state["tail_mass"] + torch.where(was_complete[:, None], tail, 0.0)
         columns = torch.arange(attention.shape[1], device=device)
@@ -245,7 +245,9 @@ class AlignmentGuard:
         long_tail = complete & (tail_mass.amax(dim=1) >= LONG_TAIL_MASS)
         alignment_repetition = complete & (repetition_mass > REPETITION_MASS)
         token_repetition = (frame >= 2) & (step.input_token == state["previous_token"])
-        suppress_stop = (current < text_len - END_MARGIN) & (text_len > MIN_TEXT_FOR_EOS_SUPPRESSION)
+        suppress_stop = (current < text_len - END_MARGIN) & (
+            text_len > MIN_TEXT_FOR_EOS_SUPPRESSION
+        )
         force_stop = long_tail | alignment_repetition | token_repetition
 
         updated = {

@@ -202,9 +202,7 @@ class T3Backbone(nn.Module):
         # (chatterbox_t3.alignment); the English model has no analyzer.
         scheduler = vllm_config.scheduler_config
         self.alignment = (
-            AlignmentRecorder(
-                config, max(scheduler.max_num_batched_tokens, scheduler.max_num_seqs)
-            )
+            AlignmentRecorder(config, max(scheduler.max_num_batched_tokens, scheduler.max_num_seqs))
             if config.is_multilingual
             else None
         )

@@ -31,8 +31,8 @@ from chatterbox_t3.errors import (
     TextTooLongError,
 )
 from chatterbox_t3.model_dir import prepare_vllm_model_dir
-from chatterbox_t3.sampling import T3SamplingParams, valid_speech_tokens
 from chatterbox_t3.multilingual_text import MultilingualTokenizer
+from chatterbox_t3.sampling import T3SamplingParams, valid_speech_tokens
 from chatterbox_t3.text import EnglishTokenizer, TextEncoder
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
 from chatterbox_t3.voice_encoder import VoiceEncoder

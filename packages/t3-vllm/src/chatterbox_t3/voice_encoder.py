@@ -173,7 +173,9 @@ class VoiceEncoder(nn.Module):
     ) -> VoiceEncoder:
         encoder = cls()
         files = checkpoint_files(directory)
-        encoder.load_state_dict(load_voice_encoder_state_dict(Path(directory) / files.voice_encoder))
+        encoder.load_state_dict(
+            load_voice_encoder_state_dict(Path(directory) / files.voice_encoder)
+        )
         return encoder.to(device).eval()
 
     def forward(self, mels: torch.Tensor) -> torch.Tensor:
