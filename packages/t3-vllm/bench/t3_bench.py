@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from chatterbox_t3.alignment import DRY_RUN_ENV
+
 logger = logging.getLogger("t3_bench")
 
 
@@ -62,6 +64,8 @@ def bench_engine(args: argparse.Namespace, checkpoint: Path, mode: str) -> list[
     started = time.perf_counter()
     engine = T3Engine.from_checkpoint(checkpoint, **kwargs)
     startup = time.perf_counter() - started
+    kind = engine.config.model_kind
+    language = "en" if engine.config.is_multilingual else None
     plan = engine.cuda_graph_plan
     resolved = plan.mode if plan is not None else mode
     params = T3SamplingParams(max_new_tokens=args.max_new_tokens, seed=0)
@@ -69,9 +73,11 @@ def bench_engine(args: argparse.Namespace, checkpoint: Path, mode: str) -> list[
     rows = []
     try:
         # Warm-up: compiles/captures and fills the conditioning cache for every voice.
-        engine.generate_speech_tokens([T3Request(TEXT, v, params) for v in voices])
+        engine.generate_speech_tokens(
+            [T3Request(TEXT, v, params, language=language) for v in voices]
+        )
         for batch in args.batch_sizes:
-            requests = [T3Request(TEXT, voices[i], params) for i in range(batch)]
+            requests = [T3Request(TEXT, voices[i], params, language=language) for i in range(batch)]
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             started = time.perf_counter()
@@ -80,7 +86,7 @@ def bench_engine(args: argparse.Namespace, checkpoint: Path, mode: str) -> list[
             generated = sum(len(o.raw_token_ids) for o in outputs)
             rows.append(
                 {
-                    "engine": f"vllm ({resolved})",
+                    "engine": f"vllm {kind} ({resolved})",
                     "mode": resolved,
                     "batch": batch,
                     "tokens": generated,
@@ -186,22 +192,42 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also time the reference loop")
     parser.add_argument("--cpu-kv-blocks", type=int, default=512, help="KV blocks on CPU runs")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument(
+        "--model",
+        choices=["english", "multilingual", "both"],
+        default="english",
+        help="random checkpoint kind(s); multilingual runs its alignment analysis without "
+        "acting on it (CHATTERBOX_T3_ALIGNMENT_DRY_RUN=1) so both generate the same tokens",
+    )
     args = parser.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = args.checkpoint
-        if checkpoint is None:
+        checkpoints = [args.checkpoint] if args.checkpoint is not None else []
+        if not checkpoints:
             from chatterbox_t3 import write_random_t3_checkpoint
 
-            checkpoint = write_random_t3_checkpoint(Path(scratch) / "ckpt", args.random, seed=0)
+            kinds = ["english", "multilingual"] if args.model == "both" else [args.model]
+            if "multilingual" in kinds:
+                os.environ[DRY_RUN_ENV] = "1"
+            checkpoints = [
+                write_random_t3_checkpoint(
+                    Path(scratch) / kind,
+                    args.random,
+                    seed=0,
+                    model=kind,  # type: ignore[arg-type]
+                )
+                for kind in kinds
+            ]
+        checkpoint = checkpoints[0]
         rows = []
         for mode in args.cuda_graphs.split(","):
-            rows.extend(bench_engine(args, checkpoint, mode.strip()))
-            if args.json:  # after every engine: a later failure must not lose these rows
-                args.json.write_text(json.dumps(rows, indent=2) + "\n")
+            for each in checkpoints:
+                rows.extend(bench_engine(args, each, mode.strip()))
+                if args.json:  # after every engine: a later failure must not lose these rows
+                    args.json.write_text(json.dumps(rows, indent=2) + "\n")
         if args.reference:
             try:
                 rows.append(bench_reference(args, checkpoint))

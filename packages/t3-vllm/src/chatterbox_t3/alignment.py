@@ -34,6 +34,7 @@ complete; here such a row simply has no earlier text to repeat.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,10 @@ REPETITION_MASS = 5.0
 REPETITION_TAIL = 5
 FORCED_LOGIT = float(2**15)
 """The reference's +-2**15 (safe in every 16-bit float type)."""
+
+DRY_RUN_ENV = "CHATTERBOX_T3_ALIGNMENT_DRY_RUN"
+"""Benchmarks only: ``1`` runs the whole analysis but leaves the logits alone, so a multilingual
+run generates as many tokens as an English one and the two speeds compare like for like."""
 
 
 def alignment_layers(config: T3Config) -> dict[int, list[tuple[int, int]]]:
@@ -153,6 +158,11 @@ class AlignmentGuard:
         self._key_cache: torch.Tensor | None = None
         self._capacity = 0
         self._state: dict[str, torch.Tensor] = {}
+        self.dry_run = os.environ.get(DRY_RUN_ENV) == "1"
+        if self.dry_run:
+            logger.warning(
+                "%s=1: the alignment stop rules are computed but not applied", DRY_RUN_ENV
+            )
 
     # --------------------------------------------------------------------------------- storage
     def _key_cache_for(self, num_kv_slots: int) -> torch.Tensor:
@@ -260,6 +270,8 @@ class AlignmentGuard:
         for name, value in updated.items():
             self._state[name][slot] = value
 
+        if self.dry_run:
+            return logits
         rows = logits[step.rows]
         speech = self.config.speech_tokens_dict_size
         stop = self.stop_token

@@ -51,10 +51,10 @@ from chatterbox_t3.errors import (
     TensorShapeError,
     UnexpectedTensorError,
 )
-from chatterbox_t3.tokenizer_builder import (  # noqa: F401  (re-exported next to TOKENIZER_FILE)
-    CANGJIE_FILE,
-    MULTILINGUAL_TOKENIZER_FILE,
+from chatterbox_t3.tokenizer_builder import (
     build_english_tokenizer,
+    build_multilingual_tokenizer,
+    write_cangjie_table,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 T3_FILE = ENGLISH_FILES.t3
 TOKENIZER_FILE = ENGLISH_FILES.tokenizer
 MULTILINGUAL_T3_FILE = MULTILINGUAL_FILES.t3
+MULTILINGUAL_TOKENIZER_FILE = MULTILINGUAL_FILES.tokenizer
+CANGJIE_FILE = MULTILINGUAL_FILES.cangjie
 
 TensorLayout = dict[str, tuple[int, ...]]
 
@@ -367,8 +369,6 @@ def _write_tokenizer_files(directory: Path, files: CheckpointFiles) -> None:
     if files.kind == "english":
         build_english_tokenizer().save(str(directory / files.tokenizer))
         return
-    from chatterbox_t3.tokenizer_builder import build_multilingual_tokenizer, write_cangjie_table
-
     assert files.cangjie is not None
     build_multilingual_tokenizer().save(str(directory / files.tokenizer))
     write_cangjie_table(directory / files.cangjie)

@@ -25,9 +25,12 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-MULTILINGUAL_TOKENIZER_FILE = "grapheme_mtl_merged_expanded_v1.json"
+from chatterbox_t3.config import MULTILINGUAL_FILES
+
+MULTILINGUAL_TOKENIZER_FILE = MULTILINGUAL_FILES.tokenizer
 """The multilingual checkpoint's text tokenizer (next to its T3 weights)."""
-CANGJIE_FILE = "Cangjie5_TC.json"
+assert MULTILINGUAL_FILES.cangjie is not None
+CANGJIE_FILE = MULTILINGUAL_FILES.cangjie
 """The multilingual checkpoint's Chinese glyph -> Cangjie code table."""
 
 VOCAB_SIZE = 704

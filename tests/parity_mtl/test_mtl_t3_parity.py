@@ -1,0 +1,259 @@
+"""Multilingual T3 on vLLM vs the reference chatterbox-tts 0.1.7 on identical random weights.
+
+The reference runs ``ChatterboxMultilingualTTS.generate``'s T3 part: its ``punc_norm`` and
+``MTLTokenizer`` (language token, per-language step), two CFG rows, and ``T3.inference`` with its
+``AlignmentStreamAnalyzer`` reading heads (12, 15), (13, 11), (9, 2) through eager attention. Ours
+runs the engine with the analyzer inside the vLLM step. Both load the same tiny multilingual
+checkpoint (14 layers, so the three heads exist) in float32 and decode deterministically: the
+reference with ``min_p=1.0`` (only the most likely token survives its MinP warper), ours with
+``min_p=1.0`` or ``temperature=0``. The raw tokens, stop token included, must be identical; random
+weights make the analyzer force the stop token (token repetition, long tail, alignment
+repetition), so where it does the step is the reference's.
+
+Run: ``nox -s parity_mtl``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from chatterbox_t3 import T3Config, T3Engine, T3Request, T3SamplingParams
+from chatterbox_t3.checkpoint import MULTILINGUAL_T3_FILE, write_random_t3_checkpoint
+from vllm_cpu_test_support.checkpoints import random_t3_voice as make_voice
+
+logger = logging.getLogger(__name__)
+
+SEED = 4321
+TINY_LLAMA = "Llama_tiny_mtl_parity"
+STOP = 6562
+MAX_NEW = 80
+CHUNK_BUDGET = 48
+CASES = [
+    ("fr", "Bonjour tout le monde, comment allez-vous aujourd'hui?"),
+    ("de", "Guten Morgen! Wie geht es dir heute?"),
+    ("ja", "今日はいい天気ですね。"),
+    ("zh", "我们今天去学校学习中文。"),
+    ("ar", "مرحبا بكم في بيتنا."),
+    ("ko", "안녕하세요, 만나서 반갑습니다."),
+    ("en", "The quick brown fox jumps over the lazy dog."),
+    ("es", "¿Dónde está la biblioteca?"),
+]
+ENGINE = {
+    "dtype": "float32",
+    "enforce_eager": True,
+    "max_model_len": 384,
+    "max_num_seqs": 8,
+    "seed": 0,
+}
+
+
+def deterministic(
+    cfg_weight: float = 0.5,
+    exaggeration: float = 0.5,
+    *,
+    greedy: bool = False,
+    repetition_penalty: float = 2.0,
+    max_new_tokens: int = MAX_NEW,
+) -> T3SamplingParams:
+    """The multilingual defaults (repetition penalty 2.0), collapsed to one token per step."""
+    return T3SamplingParams(
+        temperature=0.0 if greedy else 0.8,
+        min_p=1.0,
+        top_p=1.0,
+        repetition_penalty=repetition_penalty,
+        cfg_weight=cfg_weight,
+        exaggeration=exaggeration,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+class Reference:
+    """chatterbox-tts 0.1.7's multilingual T3 (with its analyzer) on one of our checkpoints."""
+
+    def __init__(self, checkpoint: Path, config: T3Config, tokenizer: Any) -> None:
+        from chatterbox.models.t3 import T3
+        from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
+        from chatterbox.models.t3.modules.t3_config import T3Config as ReferenceT3Config
+
+        hp = ReferenceT3Config.multilingual()
+        LLAMA_CONFIGS[TINY_LLAMA] = {
+            **LLAMA_CONFIGS["Llama_520M"],
+            "num_hidden_layers": config.num_hidden_layers,
+            "intermediate_size": config.intermediate_size,
+        }
+        hp.llama_config_name = TINY_LLAMA
+        self.t3 = T3(hp)
+        self.t3.load_state_dict(load_file(checkpoint / MULTILINGUAL_T3_FILE))
+        self.t3.eval()
+        self.tokenizer = tokenizer
+
+    def text_tokens(self, text: str, language: str) -> torch.Tensor:
+        import torch.nn.functional as F
+        from chatterbox.mtl_tts import punc_norm
+
+        tokens = self.tokenizer.text_to_tokens(punc_norm(text), language_id=language)
+        tokens = torch.cat([tokens, tokens], dim=0)  # the multilingual generate's two rows
+        tokens = F.pad(tokens, (1, 0), value=self.t3.hp.start_text_token)
+        return F.pad(tokens, (0, 1), value=self.t3.hp.stop_text_token)
+
+    def generate(self, request: T3Request) -> list[int]:
+        from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+        p = request.params
+        assert request.voice is not None and request.language is not None
+        cond = T3Cond(
+            speaker_emb=request.voice.speaker_embedding[None].clone(),
+            cond_prompt_speech_tokens=request.voice.prompt_tokens[None].clone(),
+            emotion_adv=p.exaggeration * torch.ones(1, 1, 1),
+        )
+        with torch.inference_mode():
+            tokens = self.t3.inference(
+                t3_cond=cond,
+                text_tokens=self.text_tokens(request.text, request.language),
+                max_new_tokens=p.max_new_tokens,
+                temperature=0.8,
+                cfg_weight=p.cfg_weight,
+                repetition_penalty=p.repetition_penalty,
+                min_p=1.0,
+                top_p=1.0,
+            )
+        return [int(t) for t in tokens[0]]
+
+
+# ------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module", autouse=True)
+def _model_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: Any) -> None:
+    monkeypatch_module.setenv(
+        "CHATTERBOX_VLLM_CACHE", str(tmp_path_factory.mktemp("vllm-model-cache"))
+    )
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, pkuseg_home: Path) -> Path:
+    return write_random_t3_checkpoint(
+        tmp_path_factory.mktemp("t3-mtl-tiny"), "tiny", seed=SEED, model="multilingual"
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir: Path, reference_mtl_tokenizer: Any) -> Reference:
+    return Reference(tiny_dir, T3Config.from_checkpoint_dir(tiny_dir), reference_mtl_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir: Path) -> Iterator[T3Engine]:
+    """Prefix caching on and a small step budget: long prompts are prefilled in chunks."""
+    engine = T3Engine.from_checkpoint(
+        tiny_dir, **ENGINE, max_num_batched_tokens=CHUNK_BUDGET, num_gpu_blocks_override=256
+    )
+    yield engine
+    engine.shutdown()
+
+
+def assert_same_tokens(ours: Any, expected: list[int], request: T3Request) -> None:
+    logger.info("parity %s %r: %s", request.language, request.text[:20], expected)
+    assert list(ours.raw_token_ids) == expected, (
+        f"language={request.language} text={request.text!r} params={request.params}\n"
+        f"ours={list(ours.raw_token_ids)}\nreference={expected}"
+    )
+
+
+def forced_stops(tokens: list[int], max_new: int) -> bool:
+    """Random weights never pick the stop token on their own: a stop before ``max_new`` tokens
+    is the analyzer's."""
+    return tokens[-1] == STOP and len(tokens) < max_new
+
+
+# --------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("greedy", [False, True], ids=["min_p=1", "temperature=0"])
+@pytest.mark.parametrize(("language", "text"), CASES[:5], ids=[c[0] for c in CASES[:5]])
+def test_languages_one_at_a_time(engine, reference, language, text, greedy) -> None:
+    request = T3Request(text, make_voice(7), deterministic(greedy=greedy), language=language)
+    [ours] = engine.generate_speech_tokens([request])
+    assert_same_tokens(ours, reference.generate(request), request)
+
+
+def test_mixed_languages_in_one_batch(engine, reference) -> None:
+    """Every language of :data:`CASES` at once, with different CFG weights, exaggerations and
+    penalties: the analyzer's state is per request."""
+    cfg_weights = [0.5, 0.0, 0.3, 1.0, 0.5, 0.0, 0.7, 0.5]
+    exaggerations = [0.5, 0.25, 0.9, 0.5, 1.2, 0.5, 0.4, 0.6]
+    penalties = [2.0, 2.0, 1.2, 1.5, 2.0, 1.3, 2.0, 1.1]
+    requests = [
+        T3Request(
+            text,
+            make_voice(100 + i, num_prompt_tokens=150 - 15 * i),
+            deterministic(cfg_weights[i], exaggerations[i], repetition_penalty=penalties[i]),
+            language=language,
+        )
+        for i, (language, text) in enumerate(CASES)
+    ]
+    ours = engine.generate_speech_tokens(requests)
+    expected = [reference.generate(request) for request in requests]
+    for out, tokens, request in zip(ours, expected, requests, strict=True):
+        assert_same_tokens(out, tokens, request)
+    # The comparison covers the analyzer's forced stops, not only runs to the token limit.
+    assert any(forced_stops(tokens, MAX_NEW) for tokens in expected)
+
+
+def test_requests_recomputed_after_preemption(tiny_dir, reference) -> None:
+    """Preempted requests are recomputed; the analyzer resumes with the state it had."""
+    engine = T3Engine.from_checkpoint(
+        tiny_dir,
+        **{**ENGINE, "max_num_seqs": 4},
+        num_gpu_blocks_override=16,
+        enable_prefix_caching=False,
+        disable_log_stats=False,
+    )
+    try:
+        requests = [
+            T3Request(text, make_voice(200 + i), deterministic(0.5), language=language)
+            for i, (language, text) in enumerate(CASES[:4])
+        ]
+        ours = engine.generate_speech_tokens(requests)
+        metrics = engine.vllm.get_metrics()
+        preempted = sum(int(m.value) for m in metrics if m.name == "vllm:num_preemptions")
+        assert preempted > 0, "the KV cache was large enough: nothing was preempted"
+    finally:
+        engine.shutdown()
+    for out, request in zip(ours, requests, strict=True):
+        assert_same_tokens(out, reference.generate(request), request)
+
+
+def test_stop_suppressed_until_the_text_is_spoken(
+    tiny_dir, reference, reference_mtl_tokenizer, tmp_path
+) -> None:
+    """The stop token's head row becomes 1.01 x the row of the reference's first token (guided
+    logits are linear in the row), so without the analyzer both would stop at the first step;
+    the reference suppresses the stop while the aligned position is before the end of the text,
+    and we must go on and stop exactly as it does."""
+    request = T3Request(CASES[0][1], make_voice(3), deterministic(), language="fr")
+    plain = reference.generate(request)
+    for path in tiny_dir.iterdir():
+        if path.is_file():
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    state = load_file(tmp_path / MULTILINGUAL_T3_FILE)
+    state["speech_head.weight"][STOP] = state["speech_head.weight"][plain[0]] * 1.01
+    save_file(state, str(tmp_path / MULTILINGUAL_T3_FILE))
+    edited = Reference(tmp_path, T3Config.from_checkpoint_dir(tmp_path), reference_mtl_tokenizer)
+    expected = edited.generate(request)
+    assert len(expected) > 1, "the stop token was not suppressed at the first step"
+    engine = T3Engine.from_checkpoint(tmp_path, **ENGINE)
+    try:
+        [ours] = engine.generate_speech_tokens([request])
+    finally:
+        engine.shutdown()
+    assert_same_tokens(ours, expected, request)
