@@ -229,7 +229,10 @@ class T3Config:
     def from_checkpoint_dir(cls, directory: str | Path) -> T3Config:
         """The real configuration of the model the directory holds (see
         :func:`detect_model_kind`), with the fields in ``t3_config.json`` overridden if present."""
-        kind = detect_model_kind(directory) if Path(directory).is_dir() else "english"
+        # A directory without T3 weights is reported by whoever loads them; its config is read
+        # as the English model's.
+        has_weights = any((Path(directory) / f.t3).is_file() for f in CHECKPOINT_FILES.values())
+        kind = detect_model_kind(directory) if has_weights else "english"
         path = Path(directory) / T3_CONFIG_FILE
         if not path.exists():
             return cls.for_kind(kind)
