@@ -102,6 +102,9 @@ class AlignmentRecorder(nn.Module):
         self.register_buffer("queries", torch.zeros(shape), persistent=False)
         self.register_buffer("keys", torch.zeros(shape), persistent=False)
 
+    queries: torch.Tensor
+    keys: torch.Tensor
+
     def record(self, layer: int, q: torch.Tensor, k: torch.Tensor) -> None:
         """``q`` ``[n, 2 * heads * d]`` / ``k`` ``[n, 2 * kv_heads * d]`` after RoPE; the
         conditional branch's heads come first (see :mod:`chatterbox_t3.cfg`)."""
@@ -113,37 +116,54 @@ class AlignmentRecorder(nn.Module):
             self.keys[:n, slot].copy_(k_heads[:, head // self.kv_group])
 
 
+class StepFacts:
+    """Columns of :attr:`AlignmentStep.facts` (one row per sampling request)."""
+
+    ROW = 0
+    """The request's logits row (requests in batch order) and block-table row."""
+    TOKEN_INDEX = 1
+    """Index of its newest token in the step."""
+    SEQ_LEN = 2
+    """Tokens of the sequence including the newest (its position + 1)."""
+    PROMPT_LEN = 3
+    """Prompt tokens (conditioning, text, two BOS)."""
+    STATE_SLOT = 4
+    """Its row of :class:`AlignmentGuard`'s state."""
+    INPUT_TOKEN = 5
+    """The newest token (BOS, then the previous sampled speech token)."""
+    COUNT = 6
+
+
 @dataclass
 class AlignmentStep:
-    """What the runner publishes before a forward (device tensors unless said otherwise)."""
+    """What the runner publishes before a forward: two device tensors (one upload each) and the
+    host-side sizes the batched computation needs."""
 
     num_tokens: int
     """Real (unpadded) tokens of the step."""
     kv_slots: torch.Tensor
     """``[num_tokens]`` KV-cache slot of each token."""
-    rows: torch.Tensor
-    """``[R]`` logits rows (one per request, in batch order) that sample with the analyzer on."""
-    token_index: torch.Tensor
-    """``[R]`` index of each row's newest token in the step."""
-    batch_row: torch.Tensor
-    """``[R]`` the request's row of the block table."""
-    seq_len: torch.Tensor
-    """``[R]`` tokens of the sequence including the newest (its position + 1)."""
-    prompt_len: torch.Tensor
-    """``[R]`` prompt tokens (conditioning, text, two BOS)."""
-    state_slot: torch.Tensor
-    """``[R]`` the request's row of :class:`AlignmentGuard`'s state."""
+    facts: torch.Tensor
+    """``[R, StepFacts.COUNT]`` int64, one row per request that samples this step."""
+    num_rows: int
+    """``R`` (0: no request samples; the keys are still filed)."""
     num_state_slots: int
-    """Host: one more than the largest state slot in use (the state grows to hold it)."""
-    input_token: torch.Tensor
-    """``[R]`` the newest token (BOS, then the previous sampled speech token)."""
+    """One more than the largest state slot in use (the state grows to hold it)."""
     max_seq_len: int
-    """Host copy of ``seq_len.max()``."""
+    """The longest sequence among the rows."""
     max_text_len: int
-    """Host copy of the longest text (start and stop included) among the rows."""
+    """The longest text (start and stop included) among the rows."""
     block_table: torch.Tensor
-    """``[max_reqs, max_blocks]`` vLLM's block table (rows = ``batch_row``)."""
+    """``[max_reqs, max_blocks]`` vLLM's block table (rows = ``StepFacts.ROW``)."""
     block_size: int
+
+
+# Columns of the per-request state (float32: positions and token ids are exact below 2**24).
+_POSITION, _COMPLETE, _MASS, _PREVIOUS = 0, 1, slice(2, 6), 6
+"""Aligned text position, completion flag, mass (tail on the last 3 text tokens, then
+repetition on earlier text) summed since completion, previous input token."""
+_STATE_WIDTH = 7
+_INITIAL_STATE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
 
 class AlignmentGuard:
@@ -156,8 +176,9 @@ class AlignmentGuard:
         self.stop_token = config.stop_speech_token
         self.text_start = config.conditioning_len
         self._key_cache: torch.Tensor | None = None
-        self._capacity = 0
-        self._state: dict[str, torch.Tensor] = {}
+        self._state: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._initial: torch.Tensor | None = None
         self.dry_run = os.environ.get(DRY_RUN_ENV) == "1"
         if self.dry_run:
             logger.warning(
@@ -171,113 +192,102 @@ class AlignmentGuard:
             self._key_cache = keys.new_zeros((num_kv_slots, *keys.shape[1:]))
         return self._key_cache
 
-    def _ensure_state(self, slots: int, device: torch.device) -> None:
-        if slots <= self._capacity:
-            return
-        capacity = max(slots, 2 * self._capacity, 64)
-        fresh = {
-            "text_position": torch.zeros(capacity, dtype=torch.long, device=device),
-            "complete": torch.zeros(capacity, dtype=torch.bool, device=device),
-            "tail_mass": torch.zeros(capacity, END_MARGIN, dtype=torch.float32, device=device),
-            "repetition_mass": torch.zeros(capacity, dtype=torch.float32, device=device),
-            "previous_token": torch.full((capacity,), -1, dtype=torch.long, device=device),
-        }
-        for name, old in self._state.items():
-            fresh[name][: old.shape[0]] = old
-        self._state, self._capacity = fresh, capacity
+    def _state_for(self, slots: int, device: torch.device) -> torch.Tensor:
+        state = self._state
+        if state is None or state.shape[0] < slots:
+            capacity = max(slots, 64 if state is None else 2 * state.shape[0])
+            self._initial = torch.tensor(_INITIAL_STATE, device=device)
+            grown = self._initial.repeat(capacity, 1)
+            if state is not None:
+                grown[: state.shape[0]] = state
+            self._state = state = grown
+        return state
+
+    def _arange(self, length: int, device: torch.device) -> torch.Tensor:
+        if self._positions is None or self._positions.shape[0] < length:
+            self._positions = torch.arange(max(length, 4096), device=device)
+        return self._positions[:length]
 
     # ------------------------------------------------------------------------------- the step
     def store_keys(self, step: AlignmentStep, num_kv_slots: int) -> None:
         """File this step's alignment keys under their KV-cache slots."""
         cache = self._key_cache_for(num_kv_slots)
         n = step.num_tokens
-        cache[step.kv_slots[:n]] = self.recorder.keys[:n]
+        cache.index_copy_(0, step.kv_slots[:n], self.recorder.keys[:n])
 
     def text_attention(self, step: AlignmentStep) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([R, S_max] mean attention over the text tokens, [R] text lengths)``."""
+        """``([R, S_max] masked mean attention over the text tokens, [R] text lengths)``."""
         assert self._key_cache is not None
-        device = step.rows.device
-        positions = torch.arange(step.max_seq_len, device=device)
-        blocks = step.block_table[step.batch_row][:, positions // step.block_size]
+        facts = step.facts
+        positions = self._arange(step.max_seq_len, facts.device)
+        blocks = step.block_table[facts[:, StepFacts.ROW]][:, positions // step.block_size]
         kv_slots = blocks * step.block_size + positions % step.block_size
         keys = self._key_cache[kv_slots].float()  # [R, P, H, d]
-        queries = self.recorder.queries[step.token_index].float()  # [R, H, d]
-        scores = torch.einsum("rphd,rhd->rhp", keys, queries) * self.scale
-        valid = positions[None, :] < step.seq_len[:, None]
-        scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+        queries = self.recorder.queries[facts[:, StepFacts.TOKEN_INDEX]].float() * self.scale
+        scores = torch.einsum("rphd,rhd->rhp", keys, queries)
+        seq_len, prompt_len = facts[:, StepFacts.SEQ_LEN], facts[:, StepFacts.PROMPT_LEN]
+        scores.masked_fill_((positions[None, :] >= seq_len[:, None])[:, None, :], float("-inf"))
         attention = torch.softmax(scores, dim=-1).mean(dim=1)  # [R, P]
-
-        text_len = step.prompt_len - self.text_start - NUM_PROMPT_BOS
-        columns = torch.arange(step.max_text_len, device=device)
-        text = attention[:, self.text_start + columns]
-        frame = step.seq_len - step.prompt_len
+        # The text is contiguous: positions [text_start, text_start + S) of every row.
+        text = attention[:, self.text_start : self.text_start + step.max_text_len]
+        text_len = prompt_len - (self.text_start + NUM_PROMPT_BOS)
         # The reference zeroes the columns beyond the frame index (alignment can advance at most
         # one text token per frame) and has no columns beyond the text.
-        keep = (columns[None, :] < text_len[:, None]) & (columns[None, :] <= frame[:, None])
-        return torch.where(keep, text, torch.zeros_like(text)), text_len
+        columns = positions[: step.max_text_len]
+        limit = torch.minimum(text_len - 1, seq_len - prompt_len)
+        return text.masked_fill(columns[None, :] > limit[:, None], 0.0), text_len
 
     def apply(self, logits: torch.Tensor, step: AlignmentStep, num_kv_slots: int) -> torch.Tensor:
         """Store the step's keys, then apply the stop rules to ``logits`` ``[rows, vocab]``."""
         self.store_keys(step, num_kv_slots)
-        if step.rows.numel() == 0:
+        if step.num_rows == 0:
             return logits
-        device = logits.device
-        self._ensure_state(step.num_state_slots, device)
+        facts = step.facts
+        state_table = self._state_for(step.num_state_slots, logits.device)
         attention, text_len = self.text_attention(step)
-        frame = step.seq_len - step.prompt_len
-        slot = step.state_slot
-        first = frame == 0
-        state = {
-            name: torch.where(
-                first.view(-1, *([1] * (value.dim() - 1))),
-                torch.full_like(value[slot], -1 if name == "previous_token" else 0),
-                value[slot],
-            )
-            for name, value in self._state.items()
-        }
+        frame = facts[:, StepFacts.SEQ_LEN] - facts[:, StepFacts.PROMPT_LEN]
+        slot = facts[:, StepFacts.STATE_SLOT]
+        assert self._initial is not None
+        state = torch.where((frame == 0)[:, None], self._initial, state_table[slot])
 
         current = attention.argmax(dim=-1)
-        step_size = current - state["text_position"]
+        step_size = current - state[:, _POSITION]
         accepted = (step_size > POSITION_STEP_MIN) & (step_size < POSITION_STEP_MAX)
-        position = torch.where(accepted, current, state["text_position"])
+        position = torch.where(accepted, current.float(), state[:, _POSITION])
 
         # Rows after the frame that completed the text count towards tail and repetition.
-        was_complete = state["complete"]
-        tail_columns = text_len[:, None] - END_MARGIN + torch.arange(END_MARGIN, device=device)
+        was_complete = state[:, _COMPLETE, None] > 0
+        tail_columns = text_len[:, None] - END_MARGIN + self._arange(END_MARGIN, logits.device)
         tail = attention.gather(1, tail_columns.clamp(min=0))
-        tail_mass = state["tail_mass"] + torch.where(was_complete[:, None], tail, 0.0)
-        columns = torch.arange(attention.shape[1], device=device)
+        columns = self._arange(attention.shape[1], logits.device)
         earlier = columns[None, :] < (text_len - REPETITION_TAIL)[:, None]
-        earlier_max = torch.where(earlier, attention, 0.0).amax(dim=1)
-        repetition_mass = state["repetition_mass"] + torch.where(was_complete, earlier_max, 0.0)
-        complete = was_complete | (position >= text_len - END_MARGIN)
+        earlier_max = attention.masked_fill(~earlier, 0.0).amax(dim=1, keepdim=True)
+        mass = torch.where(was_complete, torch.cat([tail, earlier_max], dim=1), 0.0)
+        mass = state[:, _MASS] + mass
+        complete = was_complete[:, 0] | (position >= text_len - END_MARGIN)
 
-        long_tail = complete & (tail_mass.amax(dim=1) >= LONG_TAIL_MASS)
-        alignment_repetition = complete & (repetition_mass > REPETITION_MASS)
-        token_repetition = (frame >= 2) & (step.input_token == state["previous_token"])
+        long_tail = mass[:, :3].amax(dim=1) >= LONG_TAIL_MASS
+        alignment_repetition = mass[:, 3] > REPETITION_MASS
+        input_token = facts[:, StepFacts.INPUT_TOKEN]
+        token_repetition = (frame >= 2) & (input_token == state[:, _PREVIOUS])
+        force_stop = (complete & (long_tail | alignment_repetition)) | token_repetition
         suppress_stop = (current < text_len - END_MARGIN) & (
             text_len > MIN_TEXT_FOR_EOS_SUPPRESSION
         )
-        force_stop = long_tail | alignment_repetition | token_repetition
 
-        updated = {
-            "text_position": position,
-            "complete": complete,
-            "tail_mass": tail_mass,
-            "repetition_mass": repetition_mass,
-            "previous_token": step.input_token,
-        }
-        for name, value in updated.items():
-            self._state[name][slot] = value
-
+        state_table[slot] = torch.cat(
+            [position[:, None], complete[:, None].float(), mass, input_token[:, None].float()],
+            dim=1,
+        )
         if self.dry_run:
             return logits
-        rows = logits[step.rows]
-        speech = self.config.speech_tokens_dict_size
+        rows = facts[:, StepFacts.ROW]
+        speech = logits[rows, : self.config.speech_tokens_dict_size]
         stop = self.stop_token
-        rows[:, stop] = torch.where(suppress_stop, -FORCED_LOGIT, rows[:, stop])
-        forced = torch.full_like(rows[:, :speech], -FORCED_LOGIT)
+        speech[:, stop] = torch.where(suppress_stop, -FORCED_LOGIT, speech[:, stop])
+        forced = torch.full_like(speech[:1], -FORCED_LOGIT)
         forced[:, stop] = FORCED_LOGIT
-        rows[:, :speech] = torch.where(force_stop[:, None], forced, rows[:, :speech])
-        logits[step.rows] = rows
+        logits[rows, : self.config.speech_tokens_dict_size] = torch.where(
+            force_stop[:, None], forced, speech
+        )
         return logits

@@ -22,7 +22,7 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker
 
-from chatterbox_t3.alignment import NUM_PROMPT_BOS, AlignmentStep
+from chatterbox_t3.alignment import NUM_PROMPT_BOS, AlignmentStep, StepFacts
 from chatterbox_t3.cfg import cfg_weight_from_extra_args
 from chatterbox_t3.speech_positions import T3StepContext
 
@@ -69,44 +69,52 @@ class T3RunnerMixin:
 
     def _publish_alignment_step(self, num_scheduled_tokens: np.ndarray) -> None:
         runner: Any = self
+        model = runner.model
         if not hasattr(self, "_t3_alignment_slots"):
             self._t3_alignment_slots, self._t3_free_alignment_slots = {}, []
+            keys = model.alignment_guard.recorder.keys
+            # Persistent device buffers and pinned staging copies: two uploads per step.
+            self._t3_kv_slots = torch.zeros(keys.shape[0], dtype=torch.long, device=keys.device)
+            self._t3_facts = torch.zeros(
+                (runner.input_batch.max_num_reqs, StepFacts.COUNT),
+                dtype=torch.long,
+                device=keys.device,
+            )
+            self._t3_kv_slots_cpu = self._staging(self._t3_kv_slots)
+            self._t3_facts_cpu = self._staging(self._t3_facts)
         batch = runner.input_batch
         num_reqs = batch.num_reqs
         total = int(num_scheduled_tokens.sum())
         block_table = batch.block_table[0]
         block_size = runner.kv_cache_config.kv_cache_groups[0].kv_cache_spec.block_size
-        runner.model.alignment_kv_slots = runner.kv_cache_config.num_blocks * block_size
+        model.alignment_kv_slots = runner.kv_cache_config.num_blocks * block_size
 
         seq_len = batch.num_computed_tokens_cpu[:num_reqs] + num_scheduled_tokens
         # A request samples once all its tokens are computed (vLLM discards the token of a
         # partial prefill chunk); only those rows take an analyzer step.
         rows = np.flatnonzero(seq_len >= batch.num_tokens[:num_reqs])
-        token_index = np.cumsum(num_scheduled_tokens)[rows] - 1
-        slots = np.array([self._alignment_slot(batch.req_ids[r]) for r in rows], dtype=np.int64)
-
-        device = runner.model.alignment_guard.recorder.keys.device
-
-        def upload(values: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
-
-        prompt_len = batch.num_prompt_tokens[:num_reqs][rows]
-        runner.model.alignment_step = AlignmentStep(
+        facts = self._t3_facts_cpu.numpy()[: len(rows)]
+        facts[:, StepFacts.ROW] = rows
+        facts[:, StepFacts.TOKEN_INDEX] = np.cumsum(num_scheduled_tokens)[rows] - 1
+        facts[:, StepFacts.SEQ_LEN] = seq_len[rows]
+        facts[:, StepFacts.PROMPT_LEN] = batch.num_prompt_tokens[:num_reqs][rows]
+        facts[:, StepFacts.STATE_SLOT] = [self._alignment_slot(batch.req_ids[r]) for r in rows]
+        facts[:, StepFacts.INPUT_TOKEN] = runner.input_ids_cpu.numpy()[
+            facts[:, StepFacts.TOKEN_INDEX]
+        ]
+        self._t3_kv_slots_cpu.numpy()[:total] = block_table.slot_mapping_np[:total]
+        self._t3_kv_slots[:total].copy_(self._t3_kv_slots_cpu[:total], non_blocking=True)
+        self._t3_facts[: len(rows)].copy_(self._t3_facts_cpu[: len(rows)], non_blocking=True)
+        text_start = model.config.conditioning_len + NUM_PROMPT_BOS
+        model.alignment_step = AlignmentStep(
             num_tokens=total,
-            kv_slots=upload(block_table.slot_mapping_np[:total]),
-            rows=upload(rows),
-            token_index=upload(token_index),
-            batch_row=upload(rows),
-            seq_len=upload(seq_len[rows]),
-            prompt_len=upload(prompt_len),
-            state_slot=upload(slots),
+            kv_slots=self._t3_kv_slots[:total],
+            facts=self._t3_facts[: len(rows)],
+            num_rows=len(rows),
             num_state_slots=len(self._t3_alignment_slots) + len(self._t3_free_alignment_slots),
-            input_token=upload(runner.input_ids_cpu[:total].numpy()[token_index]),
-            max_seq_len=int(seq_len[rows].max()) if len(rows) else 0,
+            max_seq_len=int(facts[:, StepFacts.SEQ_LEN].max()) if len(rows) else 0,
             max_text_len=(
-                int(prompt_len.max()) - runner.model.config.conditioning_len - NUM_PROMPT_BOS
-                if len(rows)
-                else 0
+                int(facts[:, StepFacts.PROMPT_LEN].max()) - text_start if len(rows) else 0
             ),
             block_table=block_table.get_device_tensor(),
             block_size=block_size,
