@@ -55,6 +55,18 @@ def test_explicit_modes_on_cuda() -> None:
         resolve_cuda_graphs("full", CPU, max_num_seqs=8)
 
 
+def test_the_multilingual_model_runs_piecewise_graphs() -> None:
+    """Its alignment stop is verified under piecewise graphs only: auto picks them, and an
+    explicit request for full graphs is refused with the reason."""
+    from dataclasses import replace
+
+    multilingual = replace(HOPPER_FA3, alignment_stop=True)
+    assert resolve_cuda_graphs("auto", multilingual, max_num_seqs=8).mode == "piecewise"
+    assert resolve_cuda_graphs("piecewise", multilingual, max_num_seqs=8).mode == "piecewise"
+    with pytest.raises(ValueError, match="multilingual alignment stop"):
+        resolve_cuda_graphs("full", multilingual, max_num_seqs=8)
+
+
 @pytest.mark.parametrize("bad", ["Full", "eager", "", None, True, 1])
 def test_bad_mode_names_the_accepted_values(bad) -> None:
     with pytest.raises(ValueError, match="'auto', 'full', 'piecewise', 'off'"):

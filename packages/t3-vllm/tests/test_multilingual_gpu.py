@@ -2,10 +2,11 @@
 a GPU).
 
 float32 greedy decoding of a tiny multilingual checkpoint (14 layers: the three alignment heads
-exist) under ``cuda_graphs="off"``, ``"piecewise"`` and ``"full"``: requests in several languages
-(English among them) in one batch, with mixed CFG weights. The analyzer's query/key rows are
-recorded inside the captured forward, so a graph that replayed stale buffers would change where
-the stop is forced. The tokens must be identical, and the analyzer must have forced stops.
+exist) under ``cuda_graphs="off"`` and ``"piecewise"``: requests in several languages (English
+among them) in one batch, with mixed CFG weights. The analyzer's query/key rows are recorded
+inside the captured forward, so a graph that replayed stale buffers would change where the stop is
+forced. The tokens must be identical, and the analyzer must have forced stops. Full graphs gave
+other tokens (H200, 2026-12-02) and are refused for this model.
 """
 
 from __future__ import annotations
@@ -106,10 +107,16 @@ def test_the_analyzer_forces_stops(eager_tokens) -> None:
     assert len(set(eager_tokens)) > len(eager_tokens) // 2
 
 
-@pytest.mark.parametrize("mode", ["piecewise", "full"])
-def test_graph_modes_give_the_eager_tokens(
-    mode: str, multilingual_checkpoint: Path, make_voice, eager_tokens
+def test_piecewise_graphs_give_the_eager_tokens(
+    multilingual_checkpoint: Path, make_voice, eager_tokens
 ) -> None:
-    tokens = _tokens(multilingual_checkpoint, mode, make_voice)
+    tokens = _tokens(multilingual_checkpoint, "piecewise", make_voice)
     mismatched = [i for i, (a, b) in enumerate(zip(tokens, eager_tokens)) if a != b]
-    assert not mismatched, f"{mode}: requests {mismatched} differ from eager"
+    assert not mismatched, f"piecewise: requests {mismatched} differ from eager"
+
+
+def test_full_graphs_are_refused(multilingual_checkpoint: Path) -> None:
+    """Full graphs changed the tokens on an H200 (2026-12-02), so the engine refuses them for
+    the multilingual model (auto picks piecewise)."""
+    with pytest.raises(ValueError, match="multilingual alignment stop"):
+        T3Engine.from_checkpoint(multilingual_checkpoint, cuda_graphs="full", **GPU_ENGINE)

@@ -293,6 +293,7 @@ def _engine_arguments(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         enforce_eager=enforce_eager,
+        alignment_stop=config.is_multilingual,
     )
     arguments.update(plan.vllm_arguments(extra.pop("compilation_config", None)))
     arguments.update(extra)
