@@ -6,6 +6,7 @@ the names below are what this folder's tests call them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,3 +44,14 @@ def tiny_engine(tiny_checkpoint: Path) -> Iterator[Any]:
     engine = T3Engine.from_checkpoint(tiny_checkpoint, **T3_ENGINE)
     yield engine
     engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def triton_attention() -> Iterator[None]:
+    """GPU graph tests: vLLM 0.9.2 serves float32 with FlexAttention, which cannot be captured
+    whole; Triton attention can (and is what the device harness runs anyway)."""
+    previous = os.environ.get("VLLM_ATTENTION_BACKEND")
+    os.environ.setdefault("VLLM_ATTENTION_BACKEND", "TRITON_ATTN_VLLM_V1")
+    yield
+    if previous is None:
+        os.environ.pop("VLLM_ATTENTION_BACKEND", None)

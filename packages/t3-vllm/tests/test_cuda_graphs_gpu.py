@@ -11,8 +11,6 @@ weights, which says nothing about graphs.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from chatterbox_t3 import T3Engine, T3Request, T3SamplingParams
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.usefixtures("triton_attention"),
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
@@ -42,17 +41,6 @@ TEXTS = (
     "Graphs must not change a single token, whatever the batch looks like.",
     "Numbers: one, two, three.",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _full_graph_backend() -> Iterator[None]:
-    # vLLM 0.9.2 serves float32 with FlexAttention, which cannot be captured whole; Triton
-    # attention can (and is what the device harness runs anyway).
-    previous = os.environ.get("VLLM_ATTENTION_BACKEND")
-    os.environ.setdefault("VLLM_ATTENTION_BACKEND", "TRITON_ATTN_VLLM_V1")
-    yield
-    if previous is None:
-        os.environ.pop("VLLM_ATTENTION_BACKEND", None)
 
 
 def _requests(make_voice) -> list[T3Request]:

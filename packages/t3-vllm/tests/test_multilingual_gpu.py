@@ -11,8 +11,6 @@ other tokens (H200, 2026-12-02) and are refused for this model.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from chatterbox_t3.checkpoint import write_random_t3_checkpoint
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.usefixtures("triton_attention"),
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
@@ -47,15 +46,6 @@ CASES = (
     ("hi", "नमस्ते, आप कैसे हैं?"),
     ("ar", "مرحبا بكم في بيتنا."),
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _full_graph_backend() -> Iterator[None]:
-    previous = os.environ.get("VLLM_ATTENTION_BACKEND")
-    os.environ.setdefault("VLLM_ATTENTION_BACKEND", "TRITON_ATTN_VLLM_V1")
-    yield
-    if previous is None:
-        os.environ.pop("VLLM_ATTENTION_BACKEND", None)
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,6 @@ from chatterbox_t3.errors import (
     ConfigurationError,
     MissingCheckpointFileError,
     MissingLanguageDependencyError,
-    UnsupportedCharactersError,
     UnsupportedLanguageError,
 )
 from chatterbox_t3.text import (
@@ -76,8 +75,8 @@ from chatterbox_t3.text import (
     UNKNOWN,
     check_unicode,
     decode_ids,
+    encode_spaced,
     normalize_punctuation,
-    unrepresentable_characters,
 )
 from chatterbox_t3.tokenizer_builder import CANGJIE_FILE, MULTILINGUAL_TOKENIZER_FILE
 
@@ -417,13 +416,7 @@ class MultilingualTokenizer:
         check_unicode(text)
         language = check_language(language, missing_dependency=self.missing_dependency)
         spaced = f"[{language}]{self.preprocess(text, language)}".replace(" ", SPACE)
-        encoding = self._tokenizer.encode(spaced)
-        ids = list(encoding.ids)
-        if self.unknown == "error" and self.unknown_id in ids:
-            characters = unrepresentable_characters(spaced, ids, encoding.offsets, self.unknown_id)
-            if characters:
-                raise UnsupportedCharactersError(characters, text)
-        return ids
+        return encode_spaced(self._tokenizer, spaced, text, self.unknown, self.unknown_id)
 
     def preprocess(self, text: str, language: str) -> str:
         """Lowercase, NFKD and the language step, on the text between vocabulary tokens written in

@@ -106,6 +106,21 @@ class TextEncoder(Protocol):
         ...
 
 
+def encode_spaced(
+    tokenizer: Tokenizer, spaced: str, text: str, unknown: str, unknown_id: int
+) -> list[int]:
+    """Ids of ``spaced`` (``text`` prepared for the tokenizer: spaces as ``[SPACE]``); with
+    ``unknown="error"`` the characters that became ``[UNK]`` raise
+    :class:`UnsupportedCharactersError` (naming them in ``text``), with ``"unk"`` they stay."""
+    encoding = tokenizer.encode(spaced)
+    ids = list(encoding.ids)
+    if unknown == "error" and unknown_id in ids:
+        characters = unrepresentable_characters(spaced, ids, encoding.offsets, unknown_id)
+        if characters:
+            raise UnsupportedCharactersError(characters, text)
+    return ids
+
+
 def unrepresentable_characters(
     spaced: str, ids: list[int], offsets: list[tuple[int, int]], unknown_id: int
 ) -> list[str]:
@@ -177,14 +192,9 @@ class EnglishTokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` (already normalised); raises on unrepresentable characters."""
         check_unicode(text)
-        spaced = text.replace(" ", SPACE)
-        encoding = self._tokenizer.encode(spaced)
-        ids = list(encoding.ids)
-        if self.unknown == "error" and self.unknown_id in ids:
-            characters = unrepresentable_characters(spaced, ids, encoding.offsets, self.unknown_id)
-            if characters:
-                raise UnsupportedCharactersError(characters, text)
-        return ids
+        return encode_spaced(
+            self._tokenizer, text.replace(" ", SPACE), text, self.unknown, self.unknown_id
+        )
 
     def encode_text(self, text: str, language: str | None = None) -> list[int]:
         """:class:`TextEncoder`: ``normalize_text`` then :meth:`encode`. English is this
