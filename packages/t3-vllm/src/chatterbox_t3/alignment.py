@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -44,6 +45,8 @@ from chatterbox_t3.config import T3Config
 from chatterbox_t3.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
+
+_Length = TypeVar("_Length", int, torch.Tensor)
 
 ALIGNMENT_HEADS: tuple[tuple[int, int], ...] = ((12, 15), (13, 11), (9, 2))
 """``(layer, head)`` of the reference's ``LLAMA_ALIGNED_HEADS``, in its order."""
@@ -70,6 +73,12 @@ FORCED_LOGIT = float(2**15)
 DRY_RUN_ENV = "CHATTERBOX_T3_ALIGNMENT_DRY_RUN"
 """Benchmarks only: ``1`` runs the whole analysis but leaves the logits alone, so a multilingual
 run generates as many tokens as an English one and the two speeds compare like for like."""
+
+
+def text_length(prompt_len: _Length, config: T3Config) -> _Length:
+    """Text tokens (start and stop included) of a multilingual prompt of ``prompt_len`` tokens:
+    the conditioning rows come before them, the two BOS after."""
+    return prompt_len - (config.conditioning_len + NUM_PROMPT_BOS)
 
 
 def alignment_layers(config: T3Config) -> dict[int, list[tuple[int, int]]]:
@@ -215,8 +224,11 @@ class AlignmentGuard:
         n = step.num_tokens
         cache.index_copy_(0, step.kv_slots[:n], self.recorder.keys[:n])
 
-    def text_attention(self, step: AlignmentStep) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([R, S_max] masked mean attention over the text tokens, [R] text lengths)``."""
+    def text_attention(
+        self, step: AlignmentStep
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``([R, S_max] masked mean attention over the text tokens, [R] text lengths, [R] frame
+        index (speech tokens generated so far))``."""
         assert self._key_cache is not None
         facts = step.facts
         positions = self._arange(step.max_seq_len, facts.device)
@@ -230,12 +242,13 @@ class AlignmentGuard:
         attention = torch.softmax(scores, dim=-1).mean(dim=1)  # [R, P]
         # The text is contiguous: positions [text_start, text_start + S) of every row.
         text = attention[:, self.text_start : self.text_start + step.max_text_len]
-        text_len = prompt_len - (self.text_start + NUM_PROMPT_BOS)
+        text_len = text_length(prompt_len, self.config)
+        frame = seq_len - prompt_len
         # The reference zeroes the columns beyond the frame index (alignment can advance at most
         # one text token per frame) and has no columns beyond the text.
         columns = positions[: step.max_text_len]
-        limit = torch.minimum(text_len - 1, seq_len - prompt_len)
-        return text.masked_fill(columns[None, :] > limit[:, None], 0.0), text_len
+        limit = torch.minimum(text_len - 1, frame)
+        return text.masked_fill(columns[None, :] > limit[:, None], 0.0), text_len, frame
 
     def apply(self, logits: torch.Tensor, step: AlignmentStep, num_kv_slots: int) -> torch.Tensor:
         """Store the step's keys, then apply the stop rules to ``logits`` ``[rows, vocab]``."""
@@ -244,8 +257,7 @@ class AlignmentGuard:
             return logits
         facts = step.facts
         state_table = self._state_for(step.num_state_slots, logits.device)
-        attention, text_len = self.text_attention(step)
-        frame = facts[:, StepFacts.SEQ_LEN] - facts[:, StepFacts.PROMPT_LEN]
+        attention, text_len, frame = self.text_attention(step)
         slot = facts[:, StepFacts.STATE_SLOT]
         assert self._initial is not None
         state = torch.where((frame == 0)[:, None], self._initial, state_table[slot])

@@ -22,7 +22,7 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.gpu_worker import Worker
 
-from chatterbox_t3.alignment import NUM_PROMPT_BOS, AlignmentStep, StepFacts
+from chatterbox_t3.alignment import AlignmentStep, StepFacts, text_length
 from chatterbox_t3.cfg import cfg_weight_from_extra_args
 from chatterbox_t3.speech_positions import T3StepContext
 
@@ -82,12 +82,14 @@ class T3RunnerMixin:
             )
             self._t3_kv_slots_cpu = self._staging(self._t3_kv_slots)
             self._t3_facts_cpu = self._staging(self._t3_facts)
+            # The KV cache exists by the first step and never changes size.
+            block_size = runner.kv_cache_config.kv_cache_groups[0].kv_cache_spec.block_size
+            model.alignment_kv_slots = runner.kv_cache_config.num_blocks * block_size
         batch = runner.input_batch
         num_reqs = batch.num_reqs
         total = int(num_scheduled_tokens.sum())
         block_table = batch.block_table[0]
         block_size = runner.kv_cache_config.kv_cache_groups[0].kv_cache_spec.block_size
-        model.alignment_kv_slots = runner.kv_cache_config.num_blocks * block_size
 
         seq_len = batch.num_computed_tokens_cpu[:num_reqs] + num_scheduled_tokens
         # A request samples once all its tokens are computed (vLLM discards the token of a
@@ -105,7 +107,6 @@ class T3RunnerMixin:
         self._t3_kv_slots_cpu.numpy()[:total] = block_table.slot_mapping_np[:total]
         self._t3_kv_slots[:total].copy_(self._t3_kv_slots_cpu[:total], non_blocking=True)
         self._t3_facts[: len(rows)].copy_(self._t3_facts_cpu[: len(rows)], non_blocking=True)
-        text_start = model.config.conditioning_len + NUM_PROMPT_BOS
         model.alignment_step = AlignmentStep(
             num_tokens=total,
             kv_slots=self._t3_kv_slots[:total],
@@ -114,7 +115,9 @@ class T3RunnerMixin:
             num_state_slots=len(self._t3_alignment_slots) + len(self._t3_free_alignment_slots),
             max_seq_len=int(facts[:, StepFacts.SEQ_LEN].max()) if len(rows) else 0,
             max_text_len=(
-                int(facts[:, StepFacts.PROMPT_LEN].max()) - text_start if len(rows) else 0
+                text_length(int(facts[:, StepFacts.PROMPT_LEN].max()), model.config)
+                if len(rows)
+                else 0
             ),
             block_table=block_table.get_device_tensor(),
             block_size=block_size,
