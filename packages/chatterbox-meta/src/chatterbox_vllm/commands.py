@@ -136,7 +136,14 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
     language = check_controls_for_model(args, model)
     if args.model_dir is not None:
         path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
-        checks.check_text(text, path, config.chunk_chars, language=language, model=model)
+        checks.check_text(
+            text,
+            path,
+            config.chunk_chars,
+            language=language,
+            model=model,
+            model_len=config.model_len,
+        )
     if config.max_num_seqs is None and not replicated(args):
         config = size_for_text(config, text, model)
     return config

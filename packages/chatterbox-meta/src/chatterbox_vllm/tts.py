@@ -391,31 +391,38 @@ class ChatterboxTTS(SpeechFront[Voice]):
             [text], [params or GenerationParams.for_model(self.model)], self.config, self.model
         )
         voice_value = self._resolve_voice(voice)
+        # Every chunk's text is checked before any S3Gen lane opens: a chunk the front end
+        # refuses must not leave the lanes of the chunks before it open.
+        requests = [self._t3_request(item, voice_value) for item in plan.items]
         scheduler = self.scheduler
         events = StreamEvents()
         listener = Listener()
-        items = []
-        for item in plan.items:
-            request = self._t3_request(item, voice_value)
-            lane_id = scheduler.open_stream(
-                voice_value.s3gen,
-                seed=item.seed,
-                config=streaming,
-                listener=listener,
-                order=item.order,
-                deliver=functools.partial(events.put, item.order),
+        items: list[StreamItem] = []
+        try:
+            for item, request in zip(plan.items, requests, strict=True):
+                lane_id = scheduler.open_stream(
+                    voice_value.s3gen,
+                    seed=item.seed,
+                    config=streaming,
+                    listener=listener,
+                    order=item.order,
+                    deliver=functools.partial(events.put, item.order),
+                )
+                items.append(StreamItem(item.order, request, lane_id))
+            session = StreamSession(
+                items,
+                t3_stream=self._t3.stream_speech_tokens,
+                loop=self._loop,
+                scheduler=scheduler,
+                events=events,
+                crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
+                engine_failure=self._t3_failure,
             )
-            items.append(StreamItem(item.order, request, lane_id))
-        session = StreamSession(
-            items,
-            t3_stream=self._t3.stream_speech_tokens,
-            loop=self._loop,
-            scheduler=scheduler,
-            events=events,
-            crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
-            engine_failure=self._t3_failure,
-        )
-        session.start()
+            session.start()
+        except BaseException:
+            for opened in items:
+                scheduler.cancel(opened.lane_id)
+            raise
         return session
 
     def stream(
