@@ -74,9 +74,15 @@ def test_unknown_mode_maps_to_unk_like_the_reference(tiny_checkpoint: Path) -> N
 
 
 def test_explicit_tags_are_single_tokens(tokenizer: EnglishTokenizer) -> None:
-    # A literal [UNK] is a token the user wrote, not an unknown character.
     assert tokenizer.encode("[laughter]") == [607]
-    assert tokenizer.encode("[UNK]") == [1]
+
+
+def test_no_text_produces_a_control_token(tokenizer: EnglishTokenizer) -> None:
+    # The reference 0.1.2 encodes these as the tokens: "[STOP]" put a stop mid-prompt.
+    ids = tokenizer.encode_text("[START] Hi [STOP] [UNK] [PAD] [laughter]")
+    assert not {tokenizer.start_id, tokenizer.stop_id, tokenizer.unknown_id} & set(ids), ids
+    assert 607 in ids  # tags are not control tokens
+    assert tokenizer.decode(tokenizer.encode("[START] x")) == "[START] x"  # spelled out
 
 
 def test_bad_unknown_mode_is_rejected(tiny_checkpoint: Path) -> None:
