@@ -46,3 +46,39 @@ def test_make_random_checkpoint_keeps_another_models_files(tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match=message):
         make_random_checkpoint(directory, model="multilingual")
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == files  # nothing touched
+
+
+def _linked(checkpoint: Path, directory: Path, *, without: str = "") -> Path:
+    directory.mkdir()
+    for file in checkpoint.iterdir():
+        if file.name != without:
+            (directory / file.name).symlink_to(file)
+    return directory
+
+
+def test_checkpoint_problems_are_named_before_loading(
+    chatterbox_checkpoint: Path, tmp_path: Path
+) -> None:
+    from chatterbox_vllm.preflight import check_checkpoint
+
+    both = _linked(chatterbox_checkpoint, tmp_path / "both")
+    (both / "t3_mtl23ls_v2.safetensors").write_bytes(b"another model")
+    with pytest.raises(CheckpointError, match="holds both t3_cfg.safetensors and t3_mtl23ls_v2"):
+        check_checkpoint(both, needs_default_voice=False)
+    unconfigured = _linked(chatterbox_checkpoint, tmp_path / "tiny", without="t3_config.json")
+    with pytest.raises(CheckpointError, match="has no t3_config.json, and its T3 weights do not"):
+        check_checkpoint(unconfigured, needs_default_voice=False)
+
+
+def test_a_corrupt_torch_file_is_described_in_our_words(tmp_path: Path) -> None:
+    from chatterbox_t3.checkpoint import load_voice_encoder_state_dict
+    from chatterbox_t3.errors import CorruptCheckpointFileError
+
+    ve = tmp_path / "ve.pt"  # a pickle that would run os.system: torch's weights-only refusal
+    ve.write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01cos\nsystem\nq\x02s.")
+    with pytest.raises(CorruptCheckpointFileError) as error:
+        load_voice_encoder_state_dict(ve)
+    message = str(error.value)
+    assert "ve.pt is incomplete or corrupt: torch cannot read it" in message
+    assert "GLOBAL os.system" in message
+    assert "weights_only" not in message and "Please file" not in message

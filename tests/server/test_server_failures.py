@@ -190,6 +190,18 @@ def test_a_word_too_long_for_the_engine_is_a_400_naming_input(server) -> None:
     assert "Exception in ASGI application" not in Path(server["log"].name).read_text()
 
 
+def test_limits_name_the_field_in_our_words(server) -> None:
+    speech = server["base"] + "/v1/audio/speech"
+    over = httpx.post(speech, json={"input": "Hi.", "max_new_tokens": 4000}, headers=_headers())
+    assert over.status_code == 400 and _is_openai_error(over)["param"] == "max_new_tokens"
+    digits = httpx.post(
+        speech, content=b'{"seed": ' + b"9" * 5000 + b"}",
+        headers={**_headers(), "Content-Type": "application/json"},
+    )  # fmt: skip
+    message = _is_openai_error(digits)["message"]
+    assert "more than 4,300 digits" in message and "sys." not in message, message
+
+
 def _metric(text: str, name: str) -> float:
     """The sum of a Prometheus metric's samples (every label set)."""
     values = [

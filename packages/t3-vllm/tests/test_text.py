@@ -113,3 +113,10 @@ def test_built_tokenizer_has_the_real_structure(tmp_path: Path) -> None:
     again = tmp_path / "again.json"
     build_english_tokenizer().save(str(again))
     assert again.read_text() == path.read_text()
+
+
+def test_invisible_characters_without_sound_are_dropped(tokenizer: EnglishTokenizer) -> None:
+    pasted = "\ufeffHello\u200b there, soft\u00adware\u2060."
+    assert tokenizer.encode_text(pasted) == tokenizer.encode_text("Hello there, software.")
+    with pytest.raises(UnsupportedCharactersError, match=r"U\+200D"):  # not silent: named
+        tokenizer.encode_text("Hello\u200dthere")

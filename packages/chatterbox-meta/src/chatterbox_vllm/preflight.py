@@ -86,7 +86,23 @@ def check_checkpoint(directory: str | os.PathLike, *, needs_default_voice: bool)
         )
     if model == "english":
         checkpoint_tokenizer(path)
+    check_t3_files(path, model)
     return path
+
+
+def check_t3_files(path: Path, model: ModelKind) -> None:
+    """T3's weights against its configuration (the file's header only) and the voice encoder's
+    small file read whole, so that a checkpoint of other dimensions or a corrupt ``ve.pt`` is
+    named before a minute of loading."""
+    from chatterbox_t3.checkpoint import check_t3_checkpoint, load_voice_encoder_state_dict
+    from chatterbox_t3.errors import T3Error
+
+    voice_encoder = "ve.safetensors" if model == "english" else "ve.pt"
+    try:
+        check_t3_checkpoint(path)
+        load_voice_encoder_state_dict(path / voice_encoder)
+    except T3Error as error:
+        raise from_component_error(error) or ChatterboxError(str(error)) from None
 
 
 def check_language(language: str | None, model: ModelKind) -> str | None:

@@ -85,8 +85,10 @@ def detect_model_kind(directory: str | Path) -> ModelKind:
             f"{directory} holds no T3 weights: expected {names} (English or multilingual "
             "Chatterbox)"
         )
+    both = " and ".join(files.t3 for files in CHECKPOINT_FILES.values())
     raise CheckpointError(
-        f"{directory} holds both {names}; keep one model per checkpoint directory"
+        f"{directory} holds both {both} (the English and the multilingual T3); keep one model "
+        "per checkpoint directory"
     )
 
 

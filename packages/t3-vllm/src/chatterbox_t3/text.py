@@ -66,12 +66,30 @@ def check_unicode(text: str) -> None:
         raise MalformedTextError(match.start(), match.group())
 
 
+SILENT_CHARACTERS = {
+    "\ufeff": "byte-order mark / zero-width no-break space",
+    "\u200b": "zero-width space",
+    "\u2060": "word joiner",
+    "\u00ad": "soft hyphen",
+}
+"""Invisible characters that pasted text carries and that have no sound: removed before
+anything else (neither tokenizer has a token for them). Other format characters (e.g. the
+zero-width joiners some scripts spell with) are kept, and refused by name if unrepresentable."""
+_SILENT = str.maketrans(dict.fromkeys(SILENT_CHARACTERS, None))
+
+
+def strip_silent_characters(text: str) -> str:
+    """``text`` without :data:`SILENT_CHARACTERS`."""
+    return text.translate(_SILENT)
+
+
 def normalize_punctuation(text: str, sentence_endings: tuple[str, ...]) -> str:
     """The reference's ``punc_norm``, step for step; English and multilingual differ only in which
     characters already end a sentence (the multilingual one adds CJK punctuation), so both call
     this with their own ``sentence_endings``."""
     # Checked on the raw text so the reported position is the caller's.
     check_unicode(text)
+    text = strip_silent_characters(text)
     if len(text) == 0:
         return EMPTY_TEXT_REPLACEMENT
     # Checked before whitespace is collapsed, so a leading space prevents capitalisation.

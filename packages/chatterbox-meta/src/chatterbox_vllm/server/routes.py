@@ -15,6 +15,8 @@ import functools
 import io
 import json
 import logging
+import re
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -79,7 +81,7 @@ def _param_of(error: ChatterboxError) -> str | None:
         return "input"
     if isinstance(error, AudioError):
         return "voice"
-    first = str(error).split(" ", 1)[0].rstrip(":")
+    first = re.split(r"[ :=]", str(error), maxsplit=1)[0]
     return first if first in CONTROLS else None
 
 
@@ -386,7 +388,11 @@ def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
     if isinstance(cause, RecursionError):
         return "the request body is nested too deeply to parse; send a flat JSON object"
     if isinstance(cause, ValueError) and "digits" in str(cause):
-        return f"the request body has a number that is too long to parse ({cause})"
+        # Python's message goes on about sys.set_int_max_str_digits: only its first part is ours.
+        return (
+            "the request body has a number that is too long to parse (more than "
+            f"{sys.get_int_max_str_digits():,} digits); send numbers of ordinary size"
+        )
     if cause is not None and type(cause).__name__ == "MultiPartException":
         return f"the multipart body cannot be read: {cause}"
     if error.status_code == 404:
