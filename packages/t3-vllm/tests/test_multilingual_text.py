@@ -319,3 +319,28 @@ def test_english_tokenizer_accepts_only_english(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedLanguageError, match="Multilingual") as error:
         english.encode_text("bonjour", "fr")
     assert error.value.supported == ("en",)
+
+
+def test_chinese_without_its_segmentation_model_says_so_first_and_tries_once(
+    mtl_text_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spacy_pkuseg = pytest.importorskip("spacy_pkuseg", reason="spacy-pkuseg (the extra) missing")
+    attempts = []
+
+    def offline() -> None:
+        attempts.append(1)
+        raise OSError("Failed to resolve 'github.com'")
+
+    monkeypatch.setattr(spacy_pkuseg, "pkuseg", offline)
+    tokenizer = MultilingualTokenizer(mtl_text_files / MULTILINGUAL_TOKENIZER_FILE)
+    for _ in range(2):
+        with pytest.raises(MissingLanguageDependencyError) as error:
+            tokenizer.encode_text("今天天气很好。", "zh")
+    message = str(error.value)
+    assert message.startswith(
+        "language 'zh' needs spacy-pkuseg's segmentation model 'spacy_ontonotes', which is not "
+        "in PKUSEG_HOME"
+    ), message
+    assert "Failed to resolve" in message and "--missing-language-dependency skip" in message
+    assert "is not available" not in message
+    assert attempts == [1]  # the download is not retried on every request

@@ -94,7 +94,8 @@ def check_controls_for_model(args: argparse.Namespace, model: ModelKind) -> str 
     from chatterbox_vllm.preflight import check_language
 
     params = GenerationParams.from_controls(controls_from_namespace(args), model=model)
-    return check_language(params.language, model)
+    policy = getattr(args, "missing_language_dependency", None) or "error"
+    return check_language(params.language, model, missing_dependency=policy)
 
 
 def hub_revision(args: argparse.Namespace) -> str | None:
@@ -143,6 +144,7 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
             language=language,
             model=model,
             model_len=config.model_len,
+            missing_dependency=config.missing_language_dependency,
         )
     if config.max_num_seqs is None and not replicated(args):
         config = size_for_text(config, text, model)

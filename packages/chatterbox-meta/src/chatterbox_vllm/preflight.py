@@ -105,7 +105,9 @@ def check_t3_files(path: Path, model: ModelKind) -> None:
         raise from_component_error(error) or ChatterboxError(str(error)) from None
 
 
-def check_language(language: str | None, model: ModelKind) -> str | None:
+def check_language(
+    language: str | None, model: ModelKind, *, missing_dependency: str = "error"
+) -> str | None:
     """A ``language`` ``model`` speaks and, on the multilingual model, whose text front end is
     installed (T3's ``check_language``: e.g. ``ja`` needs pykakasi); raises the product error
     (:class:`~chatterbox_vllm.errors.InvalidParameterError` / ``InvalidTextError``) before any
@@ -119,7 +121,7 @@ def check_language(language: str | None, model: ModelKind) -> str | None:
         logger.debug("chatterbox_t3.multilingual_text is not available; skipping its check")
         return language
     try:
-        return str(t3_check_language(language))
+        return str(t3_check_language(language, missing_dependency=missing_dependency))  # type: ignore[arg-type]
     except ValueError as error:
         raise from_component_error(error) or ChatterboxError(str(error)) from None
 
@@ -147,6 +149,7 @@ def check_text(
     language: str | None = None,
     model: ModelKind = "english",
     model_len: int | None = None,
+    missing_dependency: str = "error",
 ) -> str:
     """Validates ``text`` and runs the checkpoint's tokenizer (the multilingual one with
     ``language``'s front end) over every chunk it will be split into, so unsupported characters
@@ -159,7 +162,7 @@ def check_text(
     from chatterbox_t3.text import TextEncoder
 
     validate_text(text)
-    check_language(language, model)
+    check_language(language, model, missing_dependency=missing_dependency)
     try:
         config = T3Config.from_checkpoint_dir(checkpoint)
         tokenizer: TextEncoder
@@ -169,7 +172,10 @@ def check_text(
             from chatterbox_t3.multilingual_text import MultilingualTokenizer
             from chatterbox_t3.tokenizer_builder import MULTILINGUAL_TOKENIZER_FILE
 
-            tokenizer = MultilingualTokenizer(checkpoint / MULTILINGUAL_TOKENIZER_FILE)
+            tokenizer = MultilingualTokenizer(
+                checkpoint / MULTILINGUAL_TOKENIZER_FILE,
+                missing_dependency=missing_dependency,  # type: ignore[arg-type]
+            )
         for chunk in split_text(text, chunk_chars, fold=model == "english"):
             ids = tokenizer.encode_text(chunk, language if model != "english" else None)
             if model_len is not None:

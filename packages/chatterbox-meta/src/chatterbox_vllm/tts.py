@@ -237,6 +237,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             cuda_graphs=config.cuda_graphs,
             num_gpu_blocks_override=config.num_gpu_blocks_override,
             conditioning_device=config.device,
+            missing_language_dependency=config.missing_language_dependency,
             **config.engine_kwargs,
         )
 

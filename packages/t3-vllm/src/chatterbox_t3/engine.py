@@ -30,7 +30,7 @@ from chatterbox_t3.errors import (
     T3InputError,
 )
 from chatterbox_t3.model_dir import prepare_vllm_model_dir
-from chatterbox_t3.multilingual_text import MultilingualTokenizer
+from chatterbox_t3.multilingual_text import MissingDependencyPolicy, MultilingualTokenizer
 from chatterbox_t3.sampling import T3SamplingParams, valid_speech_tokens
 from chatterbox_t3.text import EnglishTokenizer, TextEncoder
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
@@ -90,6 +90,7 @@ class T3Frontend:
         max_model_len: int,
         conditioning_device: str | torch.device = "cpu",
         conditioning_cache_size: int = 256,
+        missing_dependency: MissingDependencyPolicy = "error",
     ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.config = config
@@ -103,6 +104,7 @@ class T3Frontend:
                 tokenizer_path,
                 self.checkpoint_dir / files.cangjie,
                 text_vocab_size=config.text_tokens_dict_size,
+                missing_dependency=missing_dependency,
             )
         else:
             self.tokenizer = EnglishTokenizer(
@@ -318,6 +320,7 @@ def _prepare_engine(
     conditioning_device: str | None,
     conditioning_cache_size: int,
     cache_dir: str | Path | None,
+    missing_dependency: MissingDependencyPolicy = "error",
     **engine_options: Any,
 ) -> tuple[Path, T3Frontend, dict[str, Any], CudaGraphPlan]:
     """What both engines do before starting vLLM: validate the checkpoint, derive vLLM's model
@@ -332,6 +335,7 @@ def _prepare_engine(
         max_model_len=length,
         conditioning_device=conditioning_device or _default_device(),
         conditioning_cache_size=conditioning_cache_size,
+        missing_dependency=missing_dependency,
     )
     arguments, plan = _engine_arguments(model_dir, config, max_model_len=length, **engine_options)
     return model_dir, frontend, arguments, plan
@@ -366,6 +370,7 @@ class T3Engine:
         conditioning_device: str | None = None,
         conditioning_cache_size: int = 256,
         cache_dir: str | Path | None = None,
+        missing_language_dependency: MissingDependencyPolicy = "error",
         **engine_kwargs: Any,
     ) -> T3Engine:
         """Validate the checkpoint, derive vLLM's model directory and start the engine.
@@ -377,7 +382,9 @@ class T3Engine:
         ``"piecewise"`` or ``"off"``; ``enforce_eager=True`` is the older spelling of ``"off"``.
         Batch sizes up to ``max_num_seqs`` are captured. A ``compilation_config`` (dict or
         ``vllm.config.CompilationConfig``) in the keyword arguments is merged with the mode.
-        Remaining keyword arguments go to ``vllm.LLM``.
+        ``missing_language_dependency``: the multilingual front end's ``missing_dependency``
+        (:class:`~chatterbox_t3.multilingual_text.MultilingualTokenizer`). Remaining keyword
+        arguments go to ``vllm.LLM``.
         """
         from vllm import LLM
 
@@ -387,6 +394,7 @@ class T3Engine:
             conditioning_device=conditioning_device,
             conditioning_cache_size=conditioning_cache_size,
             cache_dir=cache_dir,
+            missing_dependency=missing_language_dependency,
             dtype=dtype,
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -475,6 +483,7 @@ class AsyncT3Engine:
         conditioning_device: str | None = None,
         conditioning_cache_size: int = 256,
         cache_dir: str | Path | None = None,
+        missing_language_dependency: MissingDependencyPolicy = "error",
         **engine_kwargs: Any,
     ) -> AsyncT3Engine:
         """Same arguments as :meth:`T3Engine.from_checkpoint`."""
@@ -487,6 +496,7 @@ class AsyncT3Engine:
             conditioning_device=conditioning_device,
             conditioning_cache_size=conditioning_cache_size,
             cache_dir=cache_dir,
+            missing_dependency=missing_language_dependency,
             dtype=dtype,
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,

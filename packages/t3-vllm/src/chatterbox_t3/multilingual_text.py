@@ -171,23 +171,27 @@ def _check_policy(missing_dependency: str) -> None:
         )
 
 
-def _missing_dependency_error(language: str, detail: str = "") -> MissingLanguageDependencyError:
-    """The error for a language whose package is absent, with how to get it or opt out."""
+def _missing_dependency_error(
+    language: str, detail: str = "", *, problem: str | None = None, remedy: str | None = None
+) -> MissingLanguageDependencyError:
+    """The error for a language whose package (or its data: ``problem``) is absent, with how to
+    get it (``remedy``, by default installing the package) or opt out."""
     dependency = LANGUAGE_DEPENDENCIES[language]
     name = SUPPORTED_LANGUAGES[language]
-    if dependency.on_pypi:
+    if remedy is None and dependency.on_pypi:
         remedy = f"install it with {INSTALL_EXTRA}"
-    else:
+    elif remedy is None:
         remedy = (
             f"it is not published on PyPI (so {MULTILINGUAL_EXTRA} cannot include it); "
             "install it from its source"
         )
     opt_out = (
-        f"or pass missing_dependency='skip' to encode {name} without {dependency.purpose} "
-        "(what the reference does when the package is missing, at a cost in quality)"
+        f"or pass missing_dependency='skip' (chatterbox-vllm: --missing-language-dependency "
+        f"skip) to encode {name} without {dependency.purpose} (what the reference does when "
+        "the package is missing, at a cost in quality)"
     )
     remedy = f"{remedy}, {opt_out}" + (f" ({detail})" if detail else "")
-    return MissingLanguageDependencyError(language, dependency.package, remedy)
+    return MissingLanguageDependencyError(language, dependency.package, remedy, problem=problem)
 
 
 def _importable(module: str) -> bool:
@@ -338,16 +342,20 @@ def _pkuseg_segmenter(module: Any, policy: MissingDependencyPolicy) -> Any | Non
     try:
         return module.pkuseg()
     except Exception as error:  # a failed download surfaces as any network/IO error
-        detail = (
-            f"its model 'spacy_ontonotes' is not in PKUSEG_HOME and could not be downloaded: "
-            f"{error}; on a machine without internet access copy spacy_ontonotes.zip and its "
-            "unpacked folder into PKUSEG_HOME (default ~/.pkuseg)"
+        home = getattr(getattr(module, "config", None), "pkuseg_home", "~/.pkuseg")
+        problem = (
+            f"needs spacy-pkuseg's segmentation model 'spacy_ontonotes', which is not in "
+            f"PKUSEG_HOME ({home}) and could not be downloaded ({type(error).__name__}: "
+            f"{str(error)[:200]})"
+        )
+        remedy = (
+            "put spacy_ontonotes.zip and its unpacked folder spacy_ontonotes/ there (or point "
+            "PKUSEG_HOME at a directory holding them; the README's 'Chinese without internet "
+            "access' says how to ship them)"
         )
         if policy == "error":
-            raise _missing_dependency_error("zh", detail) from error
-        logger.warning(
-            "spacy-pkuseg unusable (%s): Chinese is encoded without segmentation", detail
-        )
+            raise _missing_dependency_error("zh", problem=problem, remedy=remedy) from None
+        logger.warning("Chinese is encoded without word segmentation: it %s", problem)
         return None
 
 
@@ -408,6 +416,7 @@ class MultilingualTokenizer:
         if cangjie_file is not None and not self._cangjie_file.is_file():
             raise MissingCheckpointFileError(f"Cangjie table not found: {self._cangjie_file}")
         self._steps: dict[str, Callable[[str], str]] = {}
+        self._failed_steps: dict[str, MissingLanguageDependencyError] = {}
         self._steps_lock = threading.Lock()
 
     # -- the pipeline
@@ -448,8 +457,14 @@ class MultilingualTokenizer:
     def _step(self, language: str) -> Callable[[str], str]:
         """The language's step, built once (pykakasi and pkuseg load dictionaries/models)."""
         with self._steps_lock:
+            if language in self._failed_steps:
+                raise self._failed_steps[language]  # tried once (a download is not retried)
             if language not in self._steps:
-                self._steps[language] = self._build_step(language)
+                try:
+                    self._steps[language] = self._build_step(language)
+                except MissingLanguageDependencyError as error:
+                    self._failed_steps[language] = error
+                    raise
             return self._steps[language]
 
     def _build_step(self, language: str) -> Callable[[str], str]:
