@@ -241,6 +241,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 return
             released = True
             session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
+            encoder.close()
             metrics.speech_tokens.inc(session.speech_tokens)
             metrics.running_streams.dec()
             slots.release()
