@@ -168,6 +168,98 @@ def test_uploading_a_voice_name_again_says_it_replaced_it(server) -> None:
     assert newline.status_code == 400 and "not accepted" in _is_openai_error(newline)["message"]
 
 
+# ------------------------------------------------------------------ round three (issue #24)
+# This server: --max-new-tokens 200 and 60-character chunks derive max_model_len=304, whose
+# prompts hold 265 text tokens (T3's table would take 2,048).
+
+
+def test_a_word_too_long_for_the_engine_is_a_400_naming_input(server) -> None:
+    word = {"model": "chatterbox", "input": "a" * 390, "max_new_tokens": 5}
+    for extra in ({"response_format": "flac"}, {"response_format": "wav"},
+                  {"response_format": "pcm", "stream_format": "sse"}):  # fmt: skip
+        response = httpx.post(
+            server["base"] + "/v1/audio/speech", json={**word, **extra}, headers=_headers(),
+            timeout=120,
+        )  # fmt: skip
+        assert response.status_code == 400, (extra, response.text)
+        error = _is_openai_error(response)
+        assert error["param"] == "input", error
+        assert "text needs 391 tokens after normalisation, at most 265 fit" in error["message"]
+    assert httpx.get(server["base"] + "/health").json()["running_streams"] == 0
+    server["log"].flush()
+    assert "Exception in ASGI application" not in Path(server["log"].name).read_text()
+
+
+def test_limits_name_the_field_in_our_words(server) -> None:
+    speech = server["base"] + "/v1/audio/speech"
+    over = httpx.post(speech, json={"input": "Hi.", "max_new_tokens": 4000}, headers=_headers())
+    assert over.status_code == 400 and _is_openai_error(over)["param"] == "max_new_tokens"
+    digits = httpx.post(
+        speech, content=b'{"seed": ' + b"9" * 5000 + b"}",
+        headers={**_headers(), "Content-Type": "application/json"},
+    )  # fmt: skip
+    message = _is_openai_error(digits)["message"]
+    assert "more than 4,300 digits" in message and "sys." not in message, message
+
+
+def _metric(text: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples (every label set)."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    ]
+    assert values, f"no {name} in /metrics"
+    return sum(values)
+
+
+def _abandoned(port: int, body: dict) -> socket.socket:
+    """A speech request sent by hand, whose client then never reads (closed by the caller)."""
+    data = json.dumps(body).encode()
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(
+        b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + API_KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(data)).encode() + b"\r\n\r\n" + data
+    )  # fmt: skip
+    return connection
+
+
+def test_clients_that_go_away_free_the_engine_for_every_format(server) -> None:
+    base = server["base"]
+    text = "A sentence that keeps the engine busy for a while. " * 7  # seven 200-token chunks
+    body = {"model": "chatterbox", "input": text.strip(), "max_new_tokens": 200}
+    clients = [
+        _abandoned(server["port"], {**body, "response_format": fmt})
+        for fmt in ("flac", "wav", "mp3")
+    ]
+    clients.append(_abandoned(server["port"], {**body, "stream_format": "sse"}))
+    deadline = time.monotonic() + 120
+    while httpx.get(base + "/health").json()["running_streams"] < len(clients):
+        assert time.monotonic() < deadline, "the requests did not start"
+        time.sleep(0.2)
+    time.sleep(1.0)  # decoding
+    metrics = httpx.get(base + "/metrics").text
+    assert _metric(metrics, "chatterbox_t3_unfinished_requests") > 0
+    for client in clients:
+        client.close()
+    gauges = ("chatterbox_running_streams", "chatterbox_s3gen_open_streams",
+              "chatterbox_t3_unfinished_requests", "vllm:num_requests_running",
+              "vllm:num_requests_waiting")  # fmt: skip
+    deadline = time.monotonic() + 5  # the text takes far longer to speak
+    while True:
+        metrics = httpx.get(base + "/metrics").text
+        busy = {name: _metric(metrics, name) for name in gauges if _metric(metrics, name)}
+        if not busy:
+            break
+        assert time.monotonic() < deadline, f"still busy 5 s after the clients left: {busy}"
+        time.sleep(0.2)
+    assert httpx.get(base + "/health").json()["running_streams"] == 0
+    server["log"].flush()
+    log = Path(server["log"].name).read_text()
+    assert "Traceback" not in log and "CancelledError" not in log
+
+
 def _engine_core(server) -> psutil.Process:
     (engine,) = [
         child

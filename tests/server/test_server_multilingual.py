@@ -55,3 +55,29 @@ def test_language_field_speaks_and_bad_ids_are_400(server) -> None:
     assert error["param"] == "language"
     assert "one of " + ", ".join(LANGUAGES) in error["message"] and "'xx'" in error["message"]
     assert _speech(server, language="de").status_code == 200  # still serving
+
+
+def _metric(server: dict, name: str) -> float:
+    text = httpx.get(server["base"] + "/metrics").text
+    (value,) = [
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+    ]
+    return value
+
+
+def test_text_too_long_for_the_engine_is_a_400_and_leaves_no_lane_open(server) -> None:
+    # This engine holds 185 text tokens per chunk (--max-new-tokens 120: max_model_len=224 less
+    # the conditioning, two start-of-speech tokens and one position to generate).
+    arabic = _speech(server, input="ب" * 2000, language="ar", response_format="flac")
+    # A chunk that is fine, then one the front end refuses (longer than T3's 2,048 positions).
+    second = _speech(server, input="Bonjour. " + "a" * 2100, language="fr")
+    for response in (arabic, second):
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (
+            error["param"] == "input"
+            and "tokens after normalisation, at most" in (error["message"])
+        ), error
+    assert _metric(server, "chatterbox_s3gen_open_streams") == 0
+    assert _speech(server, language="fr").status_code == 200  # still serving
+    assert _metric(server, "chatterbox_s3gen_open_streams") == 0

@@ -164,8 +164,8 @@ def _bad_requests(voice: T3Voice) -> list[tuple[Any, type[Exception], str]]:
     return [
         (T3Request("", voice), EmptyTextError, "empty"),
         (T3Request("  \n ", voice), EmptyTextError, "empty"),
-        (T3Request(huge_text, voice), TextTooLongError, "at most 2048"),
-        (T3Request(long_text, voice), TextTooLongError, "at most 320 fit"),
+        (T3Request(huge_text, voice), TextTooLongError, "at most 281 fit"),
+        (T3Request(long_text, voice), TextTooLongError, "max_model_len=320 positions"),
         (T3Request("Costs 5€", voice), UnsupportedCharactersError, r"U\+20AC"),
         (T3Request("Hello.", None), MissingConditioningError, "no voice"),
         (T3Request("Hello.", "voice.wav"), InvalidVoiceError, "T3Voice"),  # type: ignore[arg-type]
@@ -206,7 +206,7 @@ def test_requests_are_limited_to_the_kv_cache(constrained_engine, make_voice) ->
     [out] = constrained_engine.generate_speech_tokens([T3Request(LONG_TEXT, voice, params)])
     assert out.finish_reason == "length"
     assert out.num_prompt_tokens + len(out.raw_token_ids) <= 192
-    with pytest.raises(TextTooLongError, match="at most 192 fit"):
+    with pytest.raises(TextTooLongError, match="max_model_len=192 positions"):
         constrained_engine.generate_speech_tokens([T3Request(LONG_TEXT * 2, voice, params)])
 
 

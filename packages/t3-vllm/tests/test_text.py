@@ -74,9 +74,15 @@ def test_unknown_mode_maps_to_unk_like_the_reference(tiny_checkpoint: Path) -> N
 
 
 def test_explicit_tags_are_single_tokens(tokenizer: EnglishTokenizer) -> None:
-    # A literal [UNK] is a token the user wrote, not an unknown character.
     assert tokenizer.encode("[laughter]") == [607]
-    assert tokenizer.encode("[UNK]") == [1]
+
+
+def test_no_text_produces_a_control_token(tokenizer: EnglishTokenizer) -> None:
+    # The reference 0.1.2 encodes these as the tokens: "[STOP]" put a stop mid-prompt.
+    ids = tokenizer.encode_text("[START] Hi [STOP] [UNK] [PAD] [laughter]")
+    assert not {tokenizer.start_id, tokenizer.stop_id, tokenizer.unknown_id} & set(ids), ids
+    assert 607 in ids  # tags are not control tokens
+    assert tokenizer.decode(tokenizer.encode("[START] x")) == "[START] x"  # spelled out
 
 
 def test_bad_unknown_mode_is_rejected(tiny_checkpoint: Path) -> None:
@@ -107,3 +113,10 @@ def test_built_tokenizer_has_the_real_structure(tmp_path: Path) -> None:
     again = tmp_path / "again.json"
     build_english_tokenizer().save(str(again))
     assert again.read_text() == path.read_text()
+
+
+def test_invisible_characters_without_sound_are_dropped(tokenizer: EnglishTokenizer) -> None:
+    pasted = "\ufeffHello\u200b there, soft\u00adware\u2060."
+    assert tokenizer.encode_text(pasted) == tokenizer.encode_text("Hello there, software.")
+    with pytest.raises(UnsupportedCharactersError, match=r"U\+200D"):  # not silent: named
+        tokenizer.encode_text("Hello\u200dthere")

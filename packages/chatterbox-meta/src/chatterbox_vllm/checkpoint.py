@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
-from chatterbox_vllm.errors import InvalidParameterError
+from chatterbox_vllm.errors import CheckpointError, InvalidParameterError
 from chatterbox_vllm.models import MODEL_FILES, ModelKind, check_model_kind
 from chatterbox_vllm.voices import build_voice
 
@@ -47,12 +47,15 @@ def make_random_checkpoint(
     size: CheckpointSize = "tiny",
     seed: int = 0,
     model: ModelKind = "english",
+    *,
+    force: bool = False,
 ) -> Path:
     """Writes a complete random-weight checkpoint of ``model`` (its Hub files,
     :data:`~chatterbox_vllm.models.MODEL_FILES`, plus the tiny configs).
 
     ``full`` has the real names, shapes and dtypes (~3.4 GB); ``tiny`` the same names with small
-    dimensions. Equal ``seed`` gives identical files.
+    dimensions. Equal ``seed`` gives identical files. A directory holding the *other* model's
+    files is refused (the writers replace them: one model per directory) unless ``force``.
     """
     from chatterbox_s3gen import S3Gen, write_random_s3gen_checkpoint
     from chatterbox_t3 import VoiceEncoder, write_random_t3_checkpoint
@@ -65,6 +68,8 @@ def make_random_checkpoint(
             f"directory must name a directory, got {os.fspath(directory)!r}"
         )
     path = Path(directory)
+    if not force:
+        _refuse_other_model(path, model)
     path.mkdir(parents=True, exist_ok=True)
     logger.info("writing a %s random %s checkpoint (seed %d) to %s", size, model, seed, path)
     if model == "english":
@@ -82,3 +87,24 @@ def make_random_checkpoint(
     if missing:
         raise RuntimeError(f"component writers did not produce {missing} in {path}")
     return path
+
+
+def _refuse_other_model(path: Path, model: ModelKind) -> None:
+    """Writing ``model`` replaces the other model's files in ``path`` (one model per directory):
+    a directory that holds them is refused, naming them, rather than emptied without a word."""
+    if not path.is_dir():
+        return
+    ours = set(MODEL_FILES[model])
+    theirs = [
+        name
+        for other, files in MODEL_FILES.items()
+        if other != model
+        for name in files
+        if name not in ours and (path / name).is_file()
+    ]
+    if theirs:
+        raise CheckpointError(
+            f"{path} holds another model's checkpoint files ({', '.join(theirs)}); writing a "
+            f"{model} checkpoint there would replace them. Give a new or empty directory, or "
+            "force it (make_random_checkpoint(..., force=True), the CLI's --force)"
+        )

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="english (chatterbox-tts 0.1.2's files) or multilingual (0.1.7's); default "
         "%(default)s",
     )
+    make.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a directory that holds the other model's checkpoint (its T3, S3Gen, "
+        "voice-encoder and tokenizer files are replaced); refused without it",
+    )
 
     serve = commands.add_parser(
         "serve",
@@ -218,7 +224,9 @@ def make_checkpoint(args: argparse.Namespace) -> int:
     if directory.exists() and not directory.is_dir():
         raise ChatterboxError(f"{directory} exists and is a file; give a new or existing directory")
     start = time.perf_counter()
-    path = make_random_checkpoint(directory, size=args.size, seed=args.seed, model=args.model)
+    path = make_random_checkpoint(
+        directory, size=args.size, seed=args.seed, model=args.model, force=args.force
+    )
     total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     print(
         f"wrote a {args.size} random{' multilingual' if args.model == 'multilingual' else ''} "

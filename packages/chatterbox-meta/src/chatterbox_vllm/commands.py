@@ -94,7 +94,8 @@ def check_controls_for_model(args: argparse.Namespace, model: ModelKind) -> str 
     from chatterbox_vllm.preflight import check_language
 
     params = GenerationParams.from_controls(controls_from_namespace(args), model=model)
-    return check_language(params.language, model)
+    policy = getattr(args, "missing_language_dependency", None) or "error"
+    return check_language(params.language, model, missing_dependency=policy)
 
 
 def hub_revision(args: argparse.Namespace) -> str | None:
@@ -136,7 +137,15 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
     language = check_controls_for_model(args, model)
     if args.model_dir is not None:
         path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)
-        checks.check_text(text, path, config.chunk_chars, language=language, model=model)
+        checks.check_text(
+            text,
+            path,
+            config.chunk_chars,
+            language=language,
+            model=model,
+            model_len=config.model_len,
+            missing_dependency=config.missing_language_dependency,
+        )
     if config.max_num_seqs is None and not replicated(args):
         config = size_for_text(config, text, model)
     return config

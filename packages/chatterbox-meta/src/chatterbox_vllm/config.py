@@ -120,6 +120,13 @@ class EngineConfig:
         "fixed KV-cache size in blocks (vLLM num_gpu_blocks_override)",
         flag="--num-gpu-blocks",
     )
+    missing_language_dependency: str = _knob(
+        "error",
+        "multilingual model: a language whose optional package or data is unavailable (zh: "
+        "spacy-pkuseg and its model, ja: pykakasi, ru: russian-text-stresser) is refused "
+        "(error) or spoken without that step, as the reference does (skip)",
+        choices=("error", "skip"),
+    )
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for ``AsyncT3Engine.from_checkpoint`` (forwarded to vLLM)."""
 

@@ -11,6 +11,7 @@ last, holds the length that decoders such as libsndfile need.
 from __future__ import annotations
 
 import io
+import logging
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 
 from chatterbox_vllm.errors import UnsupportedAudioFormatError
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_WIDTH = 2  # 16-bit PCM
 
@@ -199,6 +202,18 @@ class StreamEncoder:
 
     def finish(self) -> bytes:
         return self._finish()
+
+    def close(self) -> None:
+        """Ends an encoder whose response ended early (no :meth:`finish`): its writer is closed
+        now, while its sink is open, instead of by the garbage collector after the sink (the
+        ``wave`` writer's finaliser then failed with "I/O operation on closed file")."""
+        writer = getattr(self, "_wave", None) or getattr(self, "_container", None)
+        if writer is None:
+            return
+        try:
+            writer.close()  # idempotent after finish()
+        except Exception as error:  # an unfinished stream: what it would write is not wanted
+            logger.debug("closing an unfinished %s encoder: %s", self.format.name, error)
 
 
 def encode_whole(format_name: str, waveform: torch.Tensor, sample_rate: int) -> bytes:

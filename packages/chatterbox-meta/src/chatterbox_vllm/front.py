@@ -100,7 +100,7 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         text: str | list[str],
         voice: VoiceLike | list[VoiceLike] = None,
         *,
-        progress: bool = True,
+        progress: bool = False,
         **controls: Unpack[ControlKwargs],
     ) -> GenerationResult | list[GenerationResult]:
         """Speaks ``text`` (a string, or a list of strings decoded together as one batch).
@@ -145,7 +145,7 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         return GenerationParams.from_controls(dict(controls), model=self.model)
 
     def generate_requests(
-        self, requests: Sequence[TTSRequest], *, progress: bool = True
+        self, requests: Sequence[TTSRequest], *, progress: bool = False
     ) -> list[GenerationResult]:
         """Speaks several requests, each with its own text, voice and controls, as one batch.
         Each request's params are taken as given: build them with :meth:`params` to get the

@@ -8,9 +8,11 @@ from pathlib import Path
 
 from chatterbox_vllm.errors import CheckpointError
 from chatterbox_vllm.models import (
+    ENGLISH_T3_FILE,
     MODEL_DESCRIPTIONS,
     MODEL_FILES,
     MODEL_KINDS,
+    MULTILINGUAL_T3_FILE,
     OPTIONAL_FILES,
     ModelKind,
     check_model_kind,
@@ -75,6 +77,8 @@ def _model_of(path: Path) -> ModelKind:
     try:
         return detect_model(path)
     except CheckpointError:
+        if (path / ENGLISH_T3_FILE).is_file() and (path / MULTILINGUAL_T3_FILE).is_file():
+            raise  # both T3 files: which model to load would be a guess
         for model in MODEL_KINDS:
             own = set(MODEL_FILES[model]) - OPTIONAL_FILES
             others = {name for kind in MODEL_KINDS if kind != model for name in MODEL_FILES[kind]}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from chatterbox_vllm.audio import AudioInput, load_voice_audio, output_format
-from chatterbox_vllm.errors import ChatterboxError, InvalidTextError, from_component_error
+from chatterbox_vllm.errors import ChatterboxError, from_component_error
 from chatterbox_vllm.hub import inspect_checkpoint_dir
 from chatterbox_vllm.languages import check_language_for_model
 from chatterbox_vllm.models import ModelKind
@@ -86,10 +86,28 @@ def check_checkpoint(directory: str | os.PathLike, *, needs_default_voice: bool)
         )
     if model == "english":
         checkpoint_tokenizer(path)
+    check_t3_files(path, model)
     return path
 
 
-def check_language(language: str | None, model: ModelKind) -> str | None:
+def check_t3_files(path: Path, model: ModelKind) -> None:
+    """T3's weights against its configuration (the file's header only) and the voice encoder's
+    small file read whole, so that a checkpoint of other dimensions or a corrupt ``ve.pt`` is
+    named before a minute of loading."""
+    from chatterbox_t3.checkpoint import check_t3_checkpoint, load_voice_encoder_state_dict
+    from chatterbox_t3.errors import T3Error
+
+    voice_encoder = "ve.safetensors" if model == "english" else "ve.pt"
+    try:
+        check_t3_checkpoint(path)
+        load_voice_encoder_state_dict(path / voice_encoder)
+    except T3Error as error:
+        raise from_component_error(error) or ChatterboxError(str(error)) from None
+
+
+def check_language(
+    language: str | None, model: ModelKind, *, missing_dependency: str = "error"
+) -> str | None:
     """A ``language`` ``model`` speaks and, on the multilingual model, whose text front end is
     installed (T3's ``check_language``: e.g. ``ja`` needs pykakasi); raises the product error
     (:class:`~chatterbox_vllm.errors.InvalidParameterError` / ``InvalidTextError``) before any
@@ -103,7 +121,7 @@ def check_language(language: str | None, model: ModelKind) -> str | None:
         logger.debug("chatterbox_t3.multilingual_text is not available; skipping its check")
         return language
     try:
-        return str(t3_check_language(language))
+        return str(t3_check_language(language, missing_dependency=missing_dependency))  # type: ignore[arg-type]
     except ValueError as error:
         raise from_component_error(error) or ChatterboxError(str(error)) from None
 
@@ -130,38 +148,38 @@ def check_text(
     *,
     language: str | None = None,
     model: ModelKind = "english",
+    model_len: int | None = None,
+    missing_dependency: str = "error",
 ) -> str:
-    """Validates ``text`` and runs the checkpoint's tokenizer over every chunk it will be split
-    into, so unsupported characters are named before the model loads (the multilingual model's
-    tokenizer runs in the engine, which checks every chunk before decoding starts)."""
-    from chatterbox_t3.errors import T3InputError
-    from chatterbox_t3.text import normalize_text
+    """Validates ``text`` and runs the checkpoint's tokenizer (the multilingual one with
+    ``language``'s front end) over every chunk it will be split into, so unsupported characters
+    are named before the model loads; with ``model_len`` (the ``max_model_len`` the engine will
+    load with, :attr:`~chatterbox_vllm.config.EngineConfig.model_len`) each chunk is also held
+    to T3's text capacity (:meth:`chatterbox_t3.T3Config.check_text_fits`, the check the engine
+    makes), e.g. a word too long for it, which no split can shorten."""
+    from chatterbox_t3 import T3Config
+    from chatterbox_t3.errors import T3Error
+    from chatterbox_t3.text import TextEncoder
 
     validate_text(text)
-    check_language(language, model)
-    if model != "english":
-        return _check_multilingual_text(text, checkpoint, chunk_chars, language)
-    tokenizer = checkpoint_tokenizer(checkpoint)
-    for chunk in split_text(text, chunk_chars):
-        try:
-            tokenizer.encode(normalize_text(chunk))
-        except T3InputError as error:
-            raise InvalidTextError(str(error)) from None
-    return text
-
-
-def _check_multilingual_text(
-    text: str, checkpoint: Path, chunk_chars: int, language: str | None
-) -> str:
-    """The multilingual tokenizer (with ``language``'s front end) over every chunk."""
-    from chatterbox_t3.errors import T3Error
-    from chatterbox_t3.multilingual_text import MultilingualTokenizer
-    from chatterbox_t3.tokenizer_builder import MULTILINGUAL_TOKENIZER_FILE
-
+    check_language(language, model, missing_dependency=missing_dependency)
     try:
-        tokenizer = MultilingualTokenizer(checkpoint / MULTILINGUAL_TOKENIZER_FILE)
-        for chunk in split_text(text, chunk_chars, fold=False):
-            tokenizer.encode_text(chunk, language)
+        config = T3Config.from_checkpoint_dir(checkpoint)
+        tokenizer: TextEncoder
+        if model == "english":
+            tokenizer = checkpoint_tokenizer(checkpoint)
+        else:
+            from chatterbox_t3.multilingual_text import MultilingualTokenizer
+            from chatterbox_t3.tokenizer_builder import MULTILINGUAL_TOKENIZER_FILE
+
+            tokenizer = MultilingualTokenizer(
+                checkpoint / MULTILINGUAL_TOKENIZER_FILE,
+                missing_dependency=missing_dependency,  # type: ignore[arg-type]
+            )
+        for chunk in split_text(text, chunk_chars, fold=model == "english"):
+            ids = tokenizer.encode_text(chunk, language if model != "english" else None)
+            if model_len is not None:
+                config.check_text_fits(len(ids) + 2, model_len)  # + the start and stop tokens
     except T3Error as error:
         raise from_component_error(error) or ChatterboxError(str(error)) from None
     return text

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -84,19 +86,50 @@ def _stop_when_built(future: Any) -> None:
         logger.debug("T3 engine did not start either: %s", error)
 
 
+VLLM_ERRORS_ONLY_LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "level": "ERROR",
+            "formatter": "plain",
+        }
+    },
+    "loggers": {"vllm": {"handlers": ["stderr"], "level": "ERROR", "propagate": False}},
+}
+"""vLLM's logging in a program that configured none: its errors on stderr, nothing else (its
+start-up warnings are about the platform, not the caller's work)."""
+
+
+def _vllm_logging_variables() -> dict[str, str]:
+    """How vLLM (and its engine-core process, which inherits the variables) logs. vLLM's own
+    handler writes INFO lines to *standard output* (a script's output, e.g. ``--out -`` audio or a
+    pipe), so it is never used: in a program with a logging configuration, vLLM's records go to
+    it; in one without, only vLLM's errors are printed (on stderr), so a script that configures
+    nothing prints nothing unless something fails."""
+    if "VLLM_CONFIGURE_LOGGING" in os.environ or "VLLM_LOGGING_CONFIG_PATH" in os.environ:
+        return {}  # the caller chose
+    if logging.getLogger().handlers:
+        return {"VLLM_CONFIGURE_LOGGING": "0"}
+    path = Path(tempfile.gettempdir()) / f"chatterbox-vllm-logging-{os.getuid()}.json"
+    text = json.dumps(VLLM_ERRORS_ONLY_LOGGING)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return {"VLLM_CONFIGURE_LOGGING": "1", "VLLM_LOGGING_CONFIG_PATH": str(path)}
+
+
 @contextlib.contextmanager
 def _v1_engine_requested() -> Iterator[None]:
     """vLLM builds its V0 engine when an engine is created outside the main thread unless V1 is
     requested explicitly; T3 needs V1 and our loop thread is not main. Unless the caller chose
-    otherwise, vLLM is also told not to install its own log handler, which writes INFO lines to
-    *standard output* (a script's output, e.g. ``--out -`` audio or a pipe): its records go to
-    the caller's logging configuration instead (without one, warnings and errors on stderr). The
-    variables are set only while the engine is built (vLLM reads them on import, and its
-    engine-core process inherits them) and restored afterwards, so importing or loading this
-    package changes nothing else in the caller's environment."""
-    wanted = {"VLLM_USE_V1": "1"}
-    if "VLLM_CONFIGURE_LOGGING" not in os.environ:
-        wanted["VLLM_CONFIGURE_LOGGING"] = "0"
+    otherwise, vLLM's logging is set up by :func:`_vllm_logging_variables`. The variables are set
+    only while the engine is built (vLLM reads them on import, and its engine-core process
+    inherits them) and restored afterwards, so importing or loading this package changes nothing
+    else in the caller's environment."""
+    wanted = {"VLLM_USE_V1": "1", **_vllm_logging_variables()}
     previous = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:
@@ -274,7 +307,9 @@ class ChatterboxTTS(SpeechFront[Voice]):
             num_gpu_blocks_override=config.num_gpu_blocks_override,
             conditioning_device=config.device,
             in_process=config.t3_process == "in-process",
-            **config.engine_kwargs,
+            missing_language_dependency=config.missing_language_dependency,
+            # Loading is logged with its time; vLLM's weight-loading bar would print regardless.
+            **{"use_tqdm_on_load": False, **config.engine_kwargs},
         )
 
         async def start_engine() -> AsyncT3Engine:
@@ -429,31 +464,38 @@ class ChatterboxTTS(SpeechFront[Voice]):
             [text], [params or GenerationParams.for_model(self.model)], self.config, self.model
         )
         voice_value = self._resolve_voice(voice)
+        # Every chunk's text is checked before any S3Gen lane opens: a chunk the front end
+        # refuses must not leave the lanes of the chunks before it open.
+        requests = [self._t3_request(item, voice_value) for item in plan.items]
         scheduler = self.scheduler
         events = StreamEvents()
         listener = Listener()
-        items = []
-        for item in plan.items:
-            request = self._t3_request(item, voice_value)
-            lane_id = scheduler.open_stream(
-                voice_value.s3gen,
-                seed=item.seed,
-                config=streaming,
-                listener=listener,
-                order=item.order,
-                deliver=functools.partial(events.put, item.order),
+        items: list[StreamItem] = []
+        try:
+            for item, request in zip(plan.items, requests, strict=True):
+                lane_id = scheduler.open_stream(
+                    voice_value.s3gen,
+                    seed=item.seed,
+                    config=streaming,
+                    listener=listener,
+                    order=item.order,
+                    deliver=functools.partial(events.put, item.order),
+                )
+                items.append(StreamItem(item.order, request, lane_id))
+            session = StreamSession(
+                items,
+                t3_stream=self._t3.stream_speech_tokens,
+                loop=self._loop,
+                scheduler=scheduler,
+                events=events,
+                crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
+                engine_failure=self._t3_failure,
             )
-            items.append(StreamItem(item.order, request, lane_id))
-        session = StreamSession(
-            items,
-            t3_stream=self._t3.stream_speech_tokens,
-            loop=self._loop,
-            scheduler=scheduler,
-            events=events,
-            crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
-            engine_failure=self._t3_failure,
-        )
-        session.start()
+            session.start()
+        except BaseException:
+            for opened in items:
+                scheduler.cancel(opened.lane_id)
+            raise
         return session
 
     def stream(

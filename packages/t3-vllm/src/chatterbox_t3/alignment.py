@@ -41,7 +41,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from chatterbox_t3.config import T3Config
+from chatterbox_t3.config import PROMPT_BOS_POSITIONS, T3Config
 from chatterbox_t3.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ _Length = TypeVar("_Length", int, torch.Tensor)
 ALIGNMENT_HEADS: tuple[tuple[int, int], ...] = ((12, 15), (13, 11), (9, 2))
 """``(layer, head)`` of the reference's ``LLAMA_ALIGNED_HEADS``, in its order."""
 
-NUM_PROMPT_BOS = 2
+NUM_PROMPT_BOS = PROMPT_BOS_POSITIONS
 """The multilingual reference always runs two rows and two start-of-speech positions."""
 
 # The reference's thresholds (alignment_stream_analyzer.py), in frames of attention mass.

@@ -238,8 +238,8 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         raise CorruptCheckpointFileError(
-            f"{path} is incomplete or corrupt ({type(error).__name__}: {error}); delete it and "
-            "download the checkpoint again"
+            f"{path} is incomplete or corrupt: torch cannot read it as a state dict of tensors "
+            f"({_torch_reason(error)}); delete it and download the checkpoint again"
         ) from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -248,6 +248,18 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path} does not hold a state dict (names -> tensors); is it the right file?"
         )
     return state
+
+
+def _torch_reason(error: BaseException) -> str:
+    """What ``torch.load`` found wrong, without its advice to users of ``weights_only`` (e.g.
+    "Please file an issue..."), which is about torch's own loader, not this file."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        # Its first line is advice about weights_only; the next says what the file holds.
+        lines = lines[1:2] or ["it holds objects other than tensors"]
+    reason = lines[0] if lines else type(error).__name__
+    reason = reason.split("WeightsUnpickler error:", 1)[-1].strip()
+    return reason.split(" Please file an issue", 1)[0][:160]
 
 
 def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -> T3Config:
@@ -262,8 +274,20 @@ def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -
     if not directory.is_dir():
         raise MissingCheckpointFileError(f"checkpoint directory not found: {directory}")
     files = checkpoint_files(directory)
+    configured = config is not None or (directory / T3_CONFIG_FILE).is_file()
     config = config or T3Config.from_checkpoint_dir(directory)
-    check_tensor_layout(directory / files.t3, t3_tensor_layout(config))
+    try:
+        check_tensor_layout(directory / files.t3, t3_tensor_layout(config))
+    except (MissingTensorError, TensorShapeError) as error:
+        if configured:
+            raise
+        # The usual cause: a checkpoint of other dimensions (a tiny random one) without the
+        # t3_config.json that describes them, read with the real model's configuration.
+        raise type(error)(
+            f"{directory} has no {T3_CONFIG_FILE}, and its T3 weights do not have the real "
+            f"model's dimensions: a checkpoint of other dimensions (e.g. a tiny random one) needs "
+            f"the {T3_CONFIG_FILE} written with it ({error})"
+        ) from None
     _require_file(directory / files.tokenizer)
     return config
 

@@ -19,7 +19,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from chatterbox_t3.errors import CheckpointError, ConfigurationError, MissingCheckpointFileError
+from chatterbox_t3.errors import (
+    CheckpointError,
+    ConfigurationError,
+    MissingCheckpointFileError,
+    TextTooLongError,
+)
+
+PROMPT_BOS_POSITIONS = 2
+"""Start-of-speech tokens at the end of a prompt, at most: two with CFG (both reference models)."""
 
 T3_CONFIG_FILE = "t3_config.json"
 """Optional file in a checkpoint directory that overrides :class:`T3Config` fields."""
@@ -77,8 +85,10 @@ def detect_model_kind(directory: str | Path) -> ModelKind:
             f"{directory} holds no T3 weights: expected {names} (English or multilingual "
             "Chatterbox)"
         )
+    both = " and ".join(files.t3 for files in CHECKPOINT_FILES.values())
     raise CheckpointError(
-        f"{directory} holds both {names}; keep one model per checkpoint directory"
+        f"{directory} holds both {both} (the English and the multilingual T3); keep one model "
+        "per checkpoint directory"
     )
 
 
@@ -203,6 +213,33 @@ class T3Config:
     def max_model_len(self) -> int:
         """Longest sequence the learned position tables allow: conditioning, text, speech."""
         return self.conditioning_len + self.text_position_rows + self.speech_position_rows
+
+    def text_capacity(self, max_model_len: int) -> int:
+        """Text ids (start and stop included) one prompt can hold in an engine of
+        ``max_model_len`` positions: the conditioning rows, up to two start-of-speech tokens
+        (CFG; the multilingual model always) and one position to generate come first, and the
+        text position table bounds it too. The one limit every text check uses."""
+        reserved = self.conditioning_len + PROMPT_BOS_POSITIONS + 1
+        return max(0, min(self.text_position_rows, max_model_len - reserved))
+
+    def check_text_fits(self, num_text_ids: int, max_model_len: int) -> None:
+        """Raises :class:`~chatterbox_t3.errors.TextTooLongError` when ``num_text_ids`` framed
+        text ids exceed :meth:`text_capacity` (the engine checks every request with it; a front
+        end can check before an engine exists, knowing the ``max_model_len`` it will load)."""
+        capacity = self.text_capacity(max_model_len)
+        if num_text_ids <= capacity:
+            return
+        bound = (
+            f"T3's {self.max_text_tokens} text positions"
+            if capacity == self.text_position_rows
+            else f"max_model_len={max_model_len} positions, which also hold the voice "
+            "conditioning and the speech"
+        )
+        raise TextTooLongError(
+            f"text needs {num_text_ids - 2} tokens after normalisation, at most {capacity - 2} "
+            f"fit ({bound}); split it into shorter pieces (one word this long has nowhere to be "
+            "split)"
+        )
 
     # ----------------------------------------------------------------------------------- I/O
     def to_dict(self) -> dict[str, Any]:

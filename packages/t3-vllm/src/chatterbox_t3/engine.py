@@ -28,10 +28,9 @@ from chatterbox_t3.errors import (
     InvalidVoiceError,
     MissingConditioningError,
     T3InputError,
-    TextTooLongError,
 )
 from chatterbox_t3.model_dir import prepare_vllm_model_dir
-from chatterbox_t3.multilingual_text import MultilingualTokenizer
+from chatterbox_t3.multilingual_text import MissingDependencyPolicy, MultilingualTokenizer
 from chatterbox_t3.sampling import T3SamplingParams, valid_speech_tokens
 from chatterbox_t3.text import EnglishTokenizer, TextEncoder
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
@@ -91,6 +90,7 @@ class T3Frontend:
         max_model_len: int,
         conditioning_device: str | torch.device = "cpu",
         conditioning_cache_size: int = 256,
+        missing_dependency: MissingDependencyPolicy = "error",
     ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.config = config
@@ -104,6 +104,7 @@ class T3Frontend:
                 tokenizer_path,
                 self.checkpoint_dir / files.cangjie,
                 text_vocab_size=config.text_tokens_dict_size,
+                missing_dependency=missing_dependency,
             )
         else:
             self.tokenizer = EnglishTokenizer(
@@ -156,12 +157,19 @@ class T3Frontend:
         if not text.strip():
             raise EmptyTextError("text is empty; give T3 something to say")
         ids = self.tokenizer.encode_text(text, language)
-        if len(ids) > self.config.max_text_tokens:
-            raise TextTooLongError(
-                f"text needs {len(ids)} tokens after normalisation, at most "
-                f"{self.config.max_text_tokens} fit T3's text positions; split it into sentences"
-            )
-        return [self.config.start_text_token, *ids, self.config.stop_text_token]
+        framed = [self.config.start_text_token, *ids, self.config.stop_text_token]
+        self.check_text_fits(len(framed))
+        return framed
+
+    @property
+    def text_capacity(self) -> int:
+        """Text ids (framed) a prompt of this engine holds (:meth:`T3Config.text_capacity` of the
+        engine's real ``max_model_len``, after :meth:`limit_to_kv_cache`)."""
+        return self.config.text_capacity(self.max_model_len)
+
+    def check_text_fits(self, num_text_ids: int) -> None:
+        """:meth:`T3Config.check_text_fits` for this engine's real ``max_model_len``."""
+        self.config.check_text_fits(num_text_ids, self.max_model_len)
 
     def prepare(self, request: T3Request) -> _PreparedRequest:
         if not isinstance(request, T3Request):
@@ -194,15 +202,9 @@ class T3Frontend:
             + [t + config.text_id_offset for t in text_ids]
             + [config.start_speech_token] * num_bos
         )
+        self.check_text_fits(len(text_ids))
         num_prompt_tokens = config.conditioning_len - 1 + len(prompt_ids)
         room = self.max_model_len - num_prompt_tokens
-        if room < 1:
-            raise TextTooLongError(
-                f"the prompt needs {num_prompt_tokens} positions ({len(text_ids)} text tokens "
-                f"with conditioning and start-of-speech) plus one to generate, but at most "
-                f"{self.max_model_len} fit (max_model_len, or the KV cache when "
-                "num_gpu_blocks_override is set); shorten the text or allow longer sequences"
-            )
         conditioning = self.conditioning.get(request.voice, params.exaggeration)
         prompt = {
             "prompt_token_ids": prompt_ids,
@@ -318,6 +320,7 @@ def _prepare_engine(
     conditioning_device: str | None,
     conditioning_cache_size: int,
     cache_dir: str | Path | None,
+    missing_dependency: MissingDependencyPolicy = "error",
     **engine_options: Any,
 ) -> tuple[Path, T3Frontend, dict[str, Any], CudaGraphPlan]:
     """What both engines do before starting vLLM: validate the checkpoint, derive vLLM's model
@@ -332,6 +335,7 @@ def _prepare_engine(
         max_model_len=length,
         conditioning_device=conditioning_device or _default_device(),
         conditioning_cache_size=conditioning_cache_size,
+        missing_dependency=missing_dependency,
     )
     arguments, plan = _engine_arguments(model_dir, config, max_model_len=length, **engine_options)
     return model_dir, frontend, arguments, plan
@@ -366,6 +370,7 @@ class T3Engine:
         conditioning_device: str | None = None,
         conditioning_cache_size: int = 256,
         cache_dir: str | Path | None = None,
+        missing_language_dependency: MissingDependencyPolicy = "error",
         **engine_kwargs: Any,
     ) -> T3Engine:
         """Validate the checkpoint, derive vLLM's model directory and start the engine.
@@ -377,7 +382,9 @@ class T3Engine:
         ``"piecewise"`` or ``"off"``; ``enforce_eager=True`` is the older spelling of ``"off"``.
         Batch sizes up to ``max_num_seqs`` are captured. A ``compilation_config`` (dict or
         ``vllm.config.CompilationConfig``) in the keyword arguments is merged with the mode.
-        Remaining keyword arguments go to ``vllm.LLM``.
+        ``missing_language_dependency``: the multilingual front end's ``missing_dependency``
+        (:class:`~chatterbox_t3.multilingual_text.MultilingualTokenizer`). Remaining keyword
+        arguments go to ``vllm.LLM``.
         """
         from vllm import LLM
 
@@ -387,6 +394,7 @@ class T3Engine:
             conditioning_device=conditioning_device,
             conditioning_cache_size=conditioning_cache_size,
             cache_dir=cache_dir,
+            missing_dependency=missing_language_dependency,
             dtype=dtype,
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -480,6 +488,7 @@ class AsyncT3Engine:
         conditioning_device: str | None = None,
         conditioning_cache_size: int = 256,
         cache_dir: str | Path | None = None,
+        missing_language_dependency: MissingDependencyPolicy = "error",
         in_process: bool = False,
         **engine_kwargs: Any,
     ) -> AsyncT3Engine:
@@ -496,6 +505,7 @@ class AsyncT3Engine:
             conditioning_device=conditioning_device,
             conditioning_cache_size=conditioning_cache_size,
             cache_dir=cache_dir,
+            missing_dependency=missing_language_dependency,
             dtype=dtype,
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -582,6 +592,20 @@ class AsyncT3Engine:
     def num_unfinished_requests(self) -> int:
         """Requests vLLM is still serving (decoding or queued); aborted ones leave at once."""
         return int(self._engine.output_processor.get_num_unfinished_requests())
+
+    def refresh_idle_stats(self) -> None:
+        """Sets vLLM's scheduler gauges (``vllm:num_requests_running`` / ``_waiting``) to 0 when
+        no request is unfinished. vLLM V1 updates them only from a step's outputs, and the step
+        that frees aborted requests outputs nothing: after the last request was aborted they
+        kept its count until another request ran. Call it when the gauges are read."""
+        if self.num_unfinished_requests():
+            return
+        for loggers in getattr(self._engine, "stat_loggers", None) or ():
+            for stat_logger in loggers:
+                for name in ("gauge_scheduler_running", "gauge_scheduler_waiting"):
+                    gauge = getattr(stat_logger, name, None)
+                    if gauge is not None:
+                        gauge.set(0)
 
     def engine_failure(self) -> str | None:
         """Why vLLM's engine core can no longer serve (``None`` while it can): its process

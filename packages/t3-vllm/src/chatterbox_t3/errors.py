@@ -57,13 +57,13 @@ class MissingLanguageDependencyError(T3InputError):
     not available. Raised instead of silently skipping the step, which the reference does with a
     warning and which lowers the speech quality of that language."""
 
-    def __init__(self, language: str, package: str, remedy: str) -> None:
+    def __init__(
+        self, language: str, package: str, remedy: str, *, problem: str | None = None
+    ) -> None:
         self.language = language
         self.package = package
-        super().__init__(
-            f"language {language!r} needs the package {package!r}, which is not available: "
-            f"{remedy}"
-        )
+        problem = problem or f"needs the package {package!r}, which is not installed"
+        super().__init__(f"language {language!r} {problem}: {remedy}")
 
 
 class MalformedTextError(T3InputError):

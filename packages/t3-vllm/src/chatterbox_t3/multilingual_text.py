@@ -28,15 +28,17 @@ drop), this module raises :class:`MissingLanguageDependencyError` naming the pac
 ``missing_dependency="skip"`` keeps the reference behaviour. :func:`check_language` validates a
 language id and its dependency without loading anything, for a preflight.
 
-Deliberate differences from the reference, both about text it would damage:
+Tags are read as the reference reads them: the whole text is lowercased first, so ``[laughter]``
+and ``[sigh]`` in any case are the tag tokens while ``[UH]`` and ``[UM]`` (whose tokens are
+capitalised) become the letters "[uh]", and Chinese word segmentation splits a tag like any other
+word. Deliberate differences from the reference, both about text it would damage:
 
 - ``language=None`` means English: the text gets the ``[en]`` token (the reference would encode
   it with no language token at all, an input the model never saw in training).
-- Tokens of the vocabulary written in the text -- the paralinguistic tags (``[laughter]``,
-  ``[sigh]``, ``[UH]``, ...) and language tokens -- are kept whole, in any letter case: the
-  language steps run only on the text between them. In the reference, lowercasing turns ``[UH]`` and
-  ``[UM]`` into the letters "[uh]", and Chinese word segmentation splits any tag into pieces
-  separated by ``[SPACE]``. Text without such tokens encodes exactly as in the reference.
+- No user text produces a control token. The framing tokens (``[START]``, ``[STOP]``, ``[UNK]``,
+  ``[PAD]``...) are capitalised, so lowercasing already spells them out, as in the reference; a
+  language token written in the text (``[fr]``) is spelled out too, where the reference encodes
+  it as the language token in the middle of the prompt.
 
 Characters the tokenizer has no token for raise :class:`UnsupportedCharactersError` by default,
 as in :class:`~chatterbox_t3.text.EnglishTokenizer`; ``unknown="unk"`` maps them to ``[UNK]``.
@@ -48,7 +50,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import re
 import threading
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -67,6 +68,7 @@ from chatterbox_t3.errors import (
     UnsupportedLanguageError,
 )
 from chatterbox_t3.text import (
+    CONTROL_TOKENS,
     SENTENCE_ENDINGS,
     SPACE,
     SPECIAL_TOKENS,
@@ -74,6 +76,7 @@ from chatterbox_t3.text import (
     STOP_TEXT,
     UNKNOWN,
     check_unicode,
+    control_pattern,
     decode_ids,
     encode_spaced,
     normalize_punctuation,
@@ -144,7 +147,12 @@ LANGUAGE_DEPENDENCIES: Mapping[str, LanguageDependency] = MappingProxyType(
 )
 
 _CANGJIE_END = "[cj_.]"
-_BRACKETED = re.compile(r"\[[^\[\]\s]+\]")
+MULTILINGUAL_CONTROLS = control_pattern(
+    [*CONTROL_TOKENS, *(f"[{code}]" for code in SUPPORTED_LANGUAGES)]
+)
+"""Control tokens spelled out where user text writes them: the framing ones (which lowercasing
+already keeps from matching) and the 23 language tokens (after lowercasing, "[fr]" in a text
+would be the French token in the middle of the prompt)."""
 
 
 # ------------------------------------------------------------------------- languages and policy
@@ -163,23 +171,27 @@ def _check_policy(missing_dependency: str) -> None:
         )
 
 
-def _missing_dependency_error(language: str, detail: str = "") -> MissingLanguageDependencyError:
-    """The error for a language whose package is absent, with how to get it or opt out."""
+def _missing_dependency_error(
+    language: str, detail: str = "", *, problem: str | None = None, remedy: str | None = None
+) -> MissingLanguageDependencyError:
+    """The error for a language whose package (or its data: ``problem``) is absent, with how to
+    get it (``remedy``, by default installing the package) or opt out."""
     dependency = LANGUAGE_DEPENDENCIES[language]
     name = SUPPORTED_LANGUAGES[language]
-    if dependency.on_pypi:
+    if remedy is None and dependency.on_pypi:
         remedy = f"install it with {INSTALL_EXTRA}"
-    else:
+    elif remedy is None:
         remedy = (
             f"it is not published on PyPI (so {MULTILINGUAL_EXTRA} cannot include it); "
             "install it from its source"
         )
     opt_out = (
-        f"or pass missing_dependency='skip' to encode {name} without {dependency.purpose} "
-        "(what the reference does when the package is missing, at a cost in quality)"
+        f"or pass missing_dependency='skip' (chatterbox-vllm: --missing-language-dependency "
+        f"skip) to encode {name} without {dependency.purpose} (what the reference does when "
+        "the package is missing, at a cost in quality)"
     )
     remedy = f"{remedy}, {opt_out}" + (f" ({detail})" if detail else "")
-    return MissingLanguageDependencyError(language, dependency.package, remedy)
+    return MissingLanguageDependencyError(language, dependency.package, remedy, problem=problem)
 
 
 def _importable(module: str) -> bool:
@@ -330,16 +342,20 @@ def _pkuseg_segmenter(module: Any, policy: MissingDependencyPolicy) -> Any | Non
     try:
         return module.pkuseg()
     except Exception as error:  # a failed download surfaces as any network/IO error
-        detail = (
-            f"its model 'spacy_ontonotes' is not in PKUSEG_HOME and could not be downloaded: "
-            f"{error}; on a machine without internet access copy spacy_ontonotes.zip and its "
-            "unpacked folder into PKUSEG_HOME (default ~/.pkuseg)"
+        home = getattr(getattr(module, "config", None), "pkuseg_home", "~/.pkuseg")
+        problem = (
+            f"needs spacy-pkuseg's segmentation model 'spacy_ontonotes', which is not in "
+            f"PKUSEG_HOME ({home}) and could not be downloaded ({type(error).__name__}: "
+            f"{str(error)[:200]})"
+        )
+        remedy = (
+            "put spacy_ontonotes.zip and its unpacked folder spacy_ontonotes/ there (or point "
+            "PKUSEG_HOME at a directory holding them; the README's 'Chinese without internet "
+            "access' says how to ship them)"
         )
         if policy == "error":
-            raise _missing_dependency_error("zh", detail) from error
-        logger.warning(
-            "spacy-pkuseg unusable (%s): Chinese is encoded without segmentation", detail
-        )
+            raise _missing_dependency_error("zh", problem=problem, remedy=remedy) from None
+        logger.warning("Chinese is encoded without word segmentation: it %s", problem)
         return None
 
 
@@ -399,8 +415,8 @@ class MultilingualTokenizer:
         self._cangjie_file = Path(cangjie_file) if cangjie_file else path.parent / CANGJIE_FILE
         if cangjie_file is not None and not self._cangjie_file.is_file():
             raise MissingCheckpointFileError(f"Cangjie table not found: {self._cangjie_file}")
-        self._written_tokens, self._canonical_tokens = _written_tokens(self._tokenizer)
         self._steps: dict[str, Callable[[str], str]] = {}
+        self._failed_steps: dict[str, MissingLanguageDependencyError] = {}
         self._steps_lock = threading.Lock()
 
     # -- the pipeline
@@ -412,32 +428,25 @@ class MultilingualTokenizer:
         return self.encode(normalize_multilingual_text(text), language)
 
     def encode(self, text: str, language: str | None = None) -> list[int]:
-        """Ids of already-normalised ``text`` in ``language`` (the reference's ``encode``)."""
+        """Ids of already-normalised ``text`` in ``language`` (the reference's ``encode``; a
+        language token written in the text is spelled out, see the module docstring)."""
         check_unicode(text)
         language = check_language(language, missing_dependency=self.missing_dependency)
-        spaced = f"[{language}]{self.preprocess(text, language)}".replace(" ", SPACE)
-        return encode_spaced(self._tokenizer, spaced, text, self.unknown, self.unknown_id)
+        spaced = self.preprocess(text, language).replace(" ", SPACE)
+        return encode_spaced(
+            self._tokenizer,
+            spaced,
+            text,
+            self.unknown,
+            self.unknown_id,
+            controls=MULTILINGUAL_CONTROLS,
+            prefix=f"[{language}]",
+        )
 
     def preprocess(self, text: str, language: str) -> str:
-        """Lowercase, NFKD and the language step, on the text between vocabulary tokens written in
-        it (kept whole, in their vocabulary spelling)."""
-        step = self._step(language)
-        out = []
-        last = 0
-        for match in self._written_tokens.finditer(text):
-            out.append(self._prepare_piece(text[last : match.start()], step))
-            out.append(self._canonical_tokens[match.group().lower()])
-            last = match.end()
-        out.append(self._prepare_piece(text[last:], step))
-        joined = "".join(out)
-        # Korean's step strips the whole text in the reference, not each piece.
-        return joined.strip() if language == "ko" else joined
-
-    @staticmethod
-    def _prepare_piece(piece: str, step: Callable[[str], str]) -> str:
-        if not piece:
-            return piece
-        return step(unicodedata.normalize("NFKD", piece.lower()))
+        """Lowercase, NFKD, then the language step, on the whole text (the reference's order:
+        a tag is lowercased and, in Chinese, segmented like any other word)."""
+        return self._step(language)(unicodedata.normalize("NFKD", text.lower()))
 
     def decode(self, ids: list[int]) -> str:
         """The reference's ``decode`` (language steps are not undone)."""
@@ -448,8 +457,14 @@ class MultilingualTokenizer:
     def _step(self, language: str) -> Callable[[str], str]:
         """The language's step, built once (pykakasi and pkuseg load dictionaries/models)."""
         with self._steps_lock:
+            if language in self._failed_steps:
+                raise self._failed_steps[language]  # tried once (a download is not retried)
             if language not in self._steps:
-                self._steps[language] = self._build_step(language)
+                try:
+                    self._steps[language] = self._build_step(language)
+                except MissingLanguageDependencyError as error:
+                    self._failed_steps[language] = error
+                    raise
             return self._steps[language]
 
     def _build_step(self, language: str) -> Callable[[str], str]:
@@ -507,15 +522,3 @@ def _check_vocabulary(path: Path, vocab: dict[str, int], text_vocab_size: int | 
             f"{path} has token ids up to {largest}, but T3 has {text_vocab_size} text tokens: "
             "the tokenizer belongs to another model; use the checkpoint's own"
         )
-
-
-def _written_tokens(tokenizer: Tokenizer) -> tuple[re.Pattern[str], dict[str, str]]:
-    """A case-insensitive pattern of the bracketed added tokens (tags, language and special
-    tokens), longest first, and the map from a lowercased match to the vocabulary spelling."""
-    canonical: dict[str, str] = {}
-    for token in tokenizer.get_added_tokens_decoder().values():
-        if _BRACKETED.fullmatch(token.content):
-            canonical.setdefault(token.content.lower(), token.content)
-    alternatives = sorted(canonical, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(n) for n in alternatives) or r"(?!)", re.IGNORECASE)
-    return pattern, canonical

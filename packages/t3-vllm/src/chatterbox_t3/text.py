@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -65,12 +66,30 @@ def check_unicode(text: str) -> None:
         raise MalformedTextError(match.start(), match.group())
 
 
+SILENT_CHARACTERS = {
+    "\ufeff": "byte-order mark / zero-width no-break space",
+    "\u200b": "zero-width space",
+    "\u2060": "word joiner",
+    "\u00ad": "soft hyphen",
+}
+"""Invisible characters that pasted text carries and that have no sound: removed before
+anything else (neither tokenizer has a token for them). Other format characters (e.g. the
+zero-width joiners some scripts spell with) are kept, and refused by name if unrepresentable."""
+_SILENT = str.maketrans(dict.fromkeys(SILENT_CHARACTERS, None))
+
+
+def strip_silent_characters(text: str) -> str:
+    """``text`` without :data:`SILENT_CHARACTERS`."""
+    return text.translate(_SILENT)
+
+
 def normalize_punctuation(text: str, sentence_endings: tuple[str, ...]) -> str:
     """The reference's ``punc_norm``, step for step; English and multilingual differ only in which
     characters already end a sentence (the multilingual one adds CJK punctuation), so both call
     this with their own ``sentence_endings``."""
     # Checked on the raw text so the reported position is the caller's.
     check_unicode(text)
+    text = strip_silent_characters(text)
     if len(text) == 0:
         return EMPTY_TEXT_REPLACEMENT
     # Checked before whitespace is collapsed, so a leading space prevents capitalisation.
@@ -106,19 +125,58 @@ class TextEncoder(Protocol):
         ...
 
 
+def control_pattern(controls: Iterable[str]) -> re.Pattern[str]:
+    """A pattern of the control tokens' spellings (longest first), to find them in user text."""
+    alternatives = sorted(set(controls), key=len, reverse=True)
+    return re.compile("|".join(re.escape(c) for c in alternatives) or r"(?!)")
+
+
 def encode_spaced(
-    tokenizer: Tokenizer, spaced: str, text: str, unknown: str, unknown_id: int
+    tokenizer: Tokenizer,
+    spaced: str,
+    text: str,
+    unknown: str,
+    unknown_id: int,
+    *,
+    controls: re.Pattern[str] | None = None,
+    prefix: str = "",
 ) -> list[int]:
-    """Ids of ``spaced`` (``text`` prepared for the tokenizer: spaces as ``[SPACE]``); with
-    ``unknown="error"`` the characters that became ``[UNK]`` raise
-    :class:`UnsupportedCharactersError` (naming them in ``text``), with ``"unk"`` they stay."""
-    encoding = tokenizer.encode(spaced)
-    ids = list(encoding.ids)
+    """Ids of ``prefix`` + ``spaced`` (``text`` prepared for the tokenizer: spaces as
+    ``[SPACE]``); with ``unknown="error"`` the characters that became ``[UNK]`` raise
+    :class:`UnsupportedCharactersError` (naming them in ``text``), with ``"unk"`` they stay.
+
+    A control token written in ``spaced`` (a match of ``controls``: e.g. ``[START]``) is
+    spelled out, its brackets and name encoded apart, so that no user text can put a start,
+    stop or language token into the prompt; ``prefix`` (the language token) is encoded as is."""
+    ids: list[int] = list(tokenizer.encode(prefix).ids) if prefix else []
+    offsets: list[tuple[int, int]] = [(0, 0)] * len(ids)
+    pieces: list[tuple[int, str]] = []
+    last = 0
+    for match in (controls or _NO_CONTROLS).finditer(spaced):
+        pieces.append((last, spaced[last : match.start()]))
+        name = match.group()
+        pieces += [(match.start(), "["), (match.start() + 1, name[1:-1]), (match.end() - 1, "]")]
+        last = match.end()
+    pieces.append((last, spaced[last:]))
+    for start, piece in pieces:
+        if not piece:
+            continue
+        encoding = tokenizer.encode(piece)
+        ids += encoding.ids
+        offsets += [(start + a, start + b) for a, b in encoding.offsets]
     if unknown == "error" and unknown_id in ids:
-        characters = unrepresentable_characters(spaced, ids, encoding.offsets, unknown_id)
+        characters = unrepresentable_characters(spaced, ids, offsets, unknown_id)
         if characters:
             raise UnsupportedCharactersError(characters, text)
     return ids
+
+
+_NO_CONTROLS = re.compile(r"(?!)")
+CONTROL_TOKENS = ("[START]", "[STOP]", "[UNK]", "[PAD]", "[SEP]", "[CLS]", "[MASK]")
+"""Tokens that frame or pad a prompt. Written in user text they are spelled out, never encoded
+as the token: the English reference (chatterbox-tts 0.1.2) encodes them, so a "[STOP]" in a text
+put a stop token in the middle of its prompt. ``[SPACE]`` is not one: every space becomes it."""
+ENGLISH_CONTROLS = control_pattern(CONTROL_TOKENS)
 
 
 def unrepresentable_characters(
@@ -193,7 +251,12 @@ class EnglishTokenizer:
         """Ids of ``text`` (already normalised); raises on unrepresentable characters."""
         check_unicode(text)
         return encode_spaced(
-            self._tokenizer, text.replace(" ", SPACE), text, self.unknown, self.unknown_id
+            self._tokenizer,
+            text.replace(" ", SPACE),
+            text,
+            self.unknown,
+            self.unknown_id,
+            controls=ENGLISH_CONTROLS,
         )
 
     def encode_text(self, text: str, language: str | None = None) -> list[int]:

@@ -105,6 +105,9 @@ class Metrics:
         probe = getattr(tts._t3, "num_unfinished_requests", None)
         if callable(probe):
             self.t3_unfinished.set(probe())
+        idle_stats = getattr(tts._t3, "refresh_idle_stats", None)
+        if callable(idle_stats):  # vLLM's own gauges, stale after aborts (see the method)
+            idle_stats()
         now, tokens = time.perf_counter(), self._total_tokens()
         then, before = self._last
         if now > then:

@@ -15,6 +15,8 @@ import functools
 import io
 import json
 import logging
+import re
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ from chatterbox_vllm.encoding import RESPONSE_FORMATS, StreamEncoder, available_
 from chatterbox_vllm.errors import (
     AudioError,
     ChatterboxError,
+    ChunkInputError,
     EngineDeadError,
     InvalidTextError,
 )
@@ -72,11 +75,13 @@ class APIError(Exception):
 
 def _param_of(error: ChatterboxError) -> str | None:
     """The request field a product error is about (its message starts with a control name)."""
+    if isinstance(error, ChunkInputError):  # a chunk of the input the engine cannot take
+        return _param_of(error.cause)
     if isinstance(error, InvalidTextError):
         return "input"
     if isinstance(error, AudioError):
         return "voice"
-    first = str(error).split(" ", 1)[0].rstrip(":")
+    first = re.split(r"[ :=]", str(error), maxsplit=1)[0]
     return first if first in CONTROLS else None
 
 
@@ -142,6 +147,11 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             return JSONResponse(error_body(str(error), kind="server_error"), 503)
         return JSONResponse(error_body(str(error), param=_param_of(error)), 400)
 
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, error: ClientGone) -> Response:
+        # Nobody reads it: nginx's 499 "client closed request", for the request counter.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("request %s %s failed", request.method, request.url.path)
@@ -171,7 +181,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     # ------------------------------------------------------------------ speech
 
     @app.post("/v1/audio/speech", dependencies=[Depends(authorize)])
-    async def speech(body: SpeechRequest) -> Response:  # type: ignore[valid-type]
+    async def speech(body: SpeechRequest, connection: Request) -> Response:  # type: ignore[valid-type]
         request: Any = body
         accepted_models = (settings.model_name, *OPENAI_MODEL_ALIASES)
         if request.model not in accepted_models:
@@ -221,6 +231,21 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         sse = request.stream_format == "sse"
         encoder = StreamEncoder(request.response_format, tts.sample_rate)
 
+        released = False
+
+        def release() -> None:
+            """Ends the request's work once, however it ends (also when the response never
+            started reading :func:`audio_bytes`: a client gone before the first byte)."""
+            nonlocal released
+            if released:
+                return
+            released = True
+            session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
+            encoder.close()
+            metrics.speech_tokens.inc(session.speech_tokens)
+            metrics.running_streams.dec()
+            slots.release()
+
         async def audio_bytes() -> AsyncGenerator[bytes, None]:
             """The encoded audio as it is ready; raises if the stream fails."""
             first = True
@@ -238,23 +263,26 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                             first = False
                         yield data
             finally:
-                session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
-                metrics.speech_tokens.inc(session.speech_tokens)
-                metrics.running_streams.dec()
-                slots.release()
+                release()
 
         if sse:
-            return StreamingResponse(
+            return _ReleasingStream(
                 _sse_events(audio_bytes(), session, len(request.input)),
+                release=release,
                 media_type="text/event-stream",
             )
         media_type = RESPONSE_FORMATS[request.response_format].media_type
         if not encoder.format.streamable:
             # Sent once complete (FLAC's header holds the length): a failure is still a 5xx.
-            async with contextlib.aclosing(audio_bytes()) as pieces:
-                body = b"".join([piece async for piece in pieces])
+            # Nothing is sent while it is made, so the client's going away is watched here.
+            try:
+                body = await _unless_disconnected(_join(audio_bytes()), connection)
+            finally:
+                release()
             return Response(body, media_type=media_type)
-        return StreamingResponse(_abort_on_failure(audio_bytes()), media_type=media_type)
+        return _ReleasingStream(
+            _abort_on_failure(audio_bytes()), release=release, media_type=media_type
+        )
 
     # ------------------------------------------------------------------ voices
 
@@ -361,7 +389,11 @@ def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
     if isinstance(cause, RecursionError):
         return "the request body is nested too deeply to parse; send a flat JSON object"
     if isinstance(cause, ValueError) and "digits" in str(cause):
-        return f"the request body has a number that is too long to parse ({cause})"
+        # Python's message goes on about sys.set_int_max_str_digits: only its first part is ours.
+        return (
+            "the request body has a number that is too long to parse (more than "
+            f"{sys.get_int_max_str_digits():,} digits); send numbers of ordinary size"
+        )
     if cause is not None and type(cause).__name__ == "MultiPartException":
         return f"the multipart body cannot be read: {cause}"
     if error.status_code == 404:
@@ -372,6 +404,54 @@ def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
             f"; use {allowed}" if allowed else ""
         )
     return str(error.detail)
+
+
+class _ReleasingStream(StreamingResponse):
+    """A streamed speech body whose request's work is released however the response ends
+    (Starlette never iterates the body of a client that left before it started)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, release: Any, media_type: str) -> None:
+        super().__init__(content, media_type=media_type)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+class ClientGone(Exception):
+    """The client closed the connection while its complete (non-streamed) body was made."""
+
+
+CLIENT_CLOSED_REQUEST = 499
+DISCONNECT_POLL_SECONDS = 0.5
+"""How often a request whose body is sent once complete checks that its client is still there."""
+
+
+async def _join(pieces: AsyncGenerator[bytes, None]) -> bytes:
+    async with contextlib.aclosing(pieces):
+        return b"".join([piece async for piece in pieces])
+
+
+async def _unless_disconnected(work: Any, connection: Request) -> bytes:
+    """Awaits ``work`` (the whole body); a client that disconnects meanwhile cancels it (its T3
+    requests are aborted and S3Gen lanes dropped) and raises :class:`ClientGone`."""
+    task: asyncio.Task[bytes] = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+            if done:
+                return task.result()
+            if await connection.is_disconnected():
+                logger.info("the client went away before its audio was complete; stopped it")
+                raise ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def _abort_on_failure(pieces: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
