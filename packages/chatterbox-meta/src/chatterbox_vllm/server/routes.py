@@ -2,7 +2,9 @@
 
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) with the status a
 client can act on: 400 bad request (the field is named), 401 API key, 404 unknown voice to delete,
-413 input or upload too large, 429 too many concurrent streams, 503 engine dead. A failure in one
+413 input or upload too large, 429 over capacity (``--over-capacity reject``, or a full queue),
+503 engine dead or no slot within ``--max-queue-wait`` (both with ``Retry-After``). Admission:
+:mod:`chatterbox_vllm.server.admission`. A failure in one
 request never stops the server; a client that disconnects mid-stream has its T3 requests aborted.
 """
 
@@ -33,6 +35,7 @@ from chatterbox_vllm.errors import (
     InvalidTextError,
 )
 from chatterbox_vllm.languages import SUPPORTED_LANGUAGES
+from chatterbox_vllm.server.admission import Admission, AdmissionError, Ticket
 from chatterbox_vllm.server.metrics import Metrics
 from chatterbox_vllm.server.middleware import (
     AbortFailedStreams,
@@ -65,9 +68,27 @@ class APIError(Exception):
         *,
         param: str | None = None,
         kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.headers = headers
+
+
+def _refused(error: AdmissionError) -> APIError:
+    """A stream admission turned away: 429 (over capacity) or 503 (waited too long)."""
+    return APIError(
+        error.status,
+        str(error),
+        kind="rate_limit_error" if error.status == 429 else "server_error",
+        headers={"Retry-After": str(error.retry_after_s)},
+    )
+
+
+QUEUED_SECONDS_HEADER = "X-Chatterbox-Queued-Seconds"
+"""On a response whose request waited in the admission queue: how long it waited."""
+DISCONNECT_POLL_SECONDS = 0.5
+"""How often a queued request checks that its client is still there."""
 
 
 def _param_of(error: ChatterboxError) -> str | None:
@@ -80,41 +101,33 @@ def _param_of(error: ChatterboxError) -> str | None:
     return first if first in CONTROLS else None
 
 
-class _Slots:
-    """At most ``limit`` speech requests at once; beyond that, 429 (never a queue that hangs)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-
-    def acquire(self) -> None:
-        if self.used >= self.limit:
-            raise APIError(
-                429,
-                f"too many concurrent speech requests ({self.limit} running); retry later or "
-                "raise --max-concurrent-streams",
-                kind="rate_limit_error",
-            )
-        self.used += 1
-
-    def release(self) -> None:
-        self.used -= 1
-
-
 def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> FastAPI:
     """The server's app over one loaded :class:`~chatterbox_vllm.ChatterboxTTS`."""
     settings = settings or ServerSettings()
     app = FastAPI(title="chatterbox-vllm", summary="Chatterbox TTS on vLLM, OpenAI-compatible")
     voices = VoiceStore(tts, settings.voices_dir)
     metrics = Metrics()
-    slots = _Slots(settings.max_concurrent_streams)
+    admission = Admission(
+        hard_cap=settings.max_concurrent_streams,
+        capacity=(lambda: tts.scheduler.capacity.streams())
+        if settings.capacity == "measured"
+        else (lambda: None),
+        over_capacity=settings.over_capacity,
+        max_queue_wait_s=settings.max_queue_wait,
+        max_queued=settings.max_queued_streams,
+    )
     formats = available_formats()
     app.state.tts, app.state.voices, app.state.metrics = tts, voices, metrics
+    app.state.admission = admission  # WebSocket sessions take their slots here too
     tts.on_stream_done = metrics.observe_stream
+    tts.on_window = metrics.observe_window
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError) -> JSONResponse:
         return JSONResponse(
-            error_body(error.message, param=error.param, kind=error.kind), error.status
+            error_body(error.message, param=error.param, kind=error.kind),
+            error.status,
+            headers=error.headers,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -170,8 +183,28 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     # ------------------------------------------------------------------ speech
 
+    async def admitted(http_request: Request) -> Ticket | None:
+        """A slot from admission, waiting in its queue if need be; None if the client went
+        away meanwhile (its place is freed)."""
+        waiting = asyncio.ensure_future(admission.acquire())
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_SECONDS)
+                if done:
+                    return waiting.result()
+                if await http_request.is_disconnected():
+                    break
+        except AdmissionError as error:
+            raise _refused(error) from None
+        finally:
+            waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AdmissionError):
+            if await waiting is not None:  # admitted just as the client left
+                admission.release()
+        return None
+
     @app.post("/v1/audio/speech", dependencies=[Depends(authorize)])
-    async def speech(body: SpeechRequest) -> Response:  # type: ignore[valid-type]
+    async def speech(body: SpeechRequest, http_request: Request) -> Response:  # type: ignore[valid-type]
         request: Any = body
         accepted_models = (settings.model_name, *OPENAI_MODEL_ALIASES)
         if request.model not in accepted_models:
@@ -210,12 +243,15 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         except UnknownVoiceError as error:
             raise APIError(400, str(error), param="voice") from None
         params = GenerationParams.from_controls(controls_of(request), model=tts.model)
-        slots.acquire()
         started = time.perf_counter()
+        ticket = await admitted(http_request)
+        if ticket is None:
+            return Response(status_code=499)  # the client closed the request while queued
+        admitted_at = time.perf_counter()
         try:
             session = await asyncio.to_thread(tts.open_stream, request.input, voice, params=params)
         except BaseException:
-            slots.release()
+            admission.release()
             raise
         metrics.running_streams.inc()
         sse = request.stream_format == "sse"
@@ -241,20 +277,24 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
                 metrics.speech_tokens.inc(session.speech_tokens)
                 metrics.running_streams.dec()
-                slots.release()
+                admission.release(time.perf_counter() - admitted_at)
 
+        queued = {QUEUED_SECONDS_HEADER: f"{ticket.queued_s:.3f}"} if ticket.position else None
         if sse:
             return StreamingResponse(
                 _sse_events(audio_bytes(), session, len(request.input)),
                 media_type="text/event-stream",
+                headers=queued,
             )
         media_type = RESPONSE_FORMATS[request.response_format].media_type
         if not encoder.format.streamable:
             # Sent once complete (FLAC's header holds the length): a failure is still a 5xx.
             async with contextlib.aclosing(audio_bytes()) as pieces:
                 body = b"".join([piece async for piece in pieces])
-            return Response(body, media_type=media_type)
-        return StreamingResponse(_abort_on_failure(audio_bytes()), media_type=media_type)
+            return Response(body, media_type=media_type, headers=queued)
+        return StreamingResponse(
+            _abort_on_failure(audio_bytes()), media_type=media_type, headers=queued
+        )
 
     # ------------------------------------------------------------------ voices
 
@@ -291,7 +331,16 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         failure = tts._t3_failure()
         if failure is not None:
             return JSONResponse({"status": "dead", "reason": failure}, 503)
-        return JSONResponse({"status": "ok", "model": tts.model, "running_streams": slots.used})
+        admission.poll()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": tts.model,
+                "running_streams": admission.running,
+                "queued_streams": admission.queued,
+                "at_capacity": admission.at_capacity,
+            }
+        )
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:
@@ -317,6 +366,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         metrics.refresh(tts)
+        admission.poll()
+        metrics.refresh_admission(admission)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
