@@ -45,7 +45,9 @@ class SimStream:
     stalls: list[float] = field(default_factory=list)
 
     def available(self, now: float) -> int:
-        return max(0, min(self.tokens, math.floor((now - self.arrival - self.t3_start_s) * self.t3_rate)))
+        return max(
+            0, min(self.tokens, math.floor((now - self.arrival - self.t3_start_s) * self.t3_rate))
+        )
 
     def next_need(self) -> tuple[int, int] | None:
         """(tokens the next window needs, its new tokens), None when done."""
@@ -103,7 +105,12 @@ def simulate(streams: list[SimStream], choose, costs: RoundCosts) -> float:
             now = min(s.ready_at() for s in pending)
             continue
         windows = [
-            ReadyWindow(key=i, deadline=s.deadline(), playing=s.first_audio_at is not None, tokens=s.flow_tokens())
+            ReadyWindow(
+                key=i,
+                deadline=s.deadline(),
+                playing=s.first_audio_at is not None,
+                tokens=s.flow_tokens(),
+            )
             for i, s in enumerate(streams)
             if s in ready
         ]
@@ -162,7 +169,8 @@ SCENARIOS = {
 def test_below_capacity_no_stream_stalls(make) -> None:
     streams = make()
     concurrent = max(
-        sum(1 for s in streams if s.arrival <= t.arrival < s.arrival + s.tokens / 25) for t in streams
+        sum(1 for s in streams if s.arrival <= t.arrival < s.arrival + s.tokens / 25)
+        for t in streams
     )
     assert concurrent < capacity(64)  # the scenario is below what the engine holds
     costs = RoundCosts()

@@ -170,7 +170,10 @@ def typical_stream_windows(
     while kept < total:
         hop = min(largest_tokens, first_tokens * 2**index, total - kept)
         windows.append(
-            (prompt_tokens + min(left_context, kept) + hop + lookahead, hop / SPEECH_TOKENS_PER_SECOND)
+            (
+                prompt_tokens + min(left_context, kept) + hop + lookahead,
+                hop / SPEECH_TOKENS_PER_SECOND,
+            )
         )
         kept += hop
         index += 1

@@ -333,7 +333,9 @@ class S3GenScheduler:
                 except Exception as error:  # one lane's bad input must not stop the others
                     self._fail(lane, error)
             live = [lane for lane in lanes if lane.lane_id in self._lanes]
-            decoding = sum(1 for lane in live if lane.stream is not None and not lane.stream.finished)
+            decoding = sum(
+                1 for lane in live if lane.stream is not None and not lane.stream.finished
+            )
             self._t3_sample.advance(time.perf_counter(), decoding, self.capacity)
             if not self._run_streamed(live):
                 self._run_whole(live)

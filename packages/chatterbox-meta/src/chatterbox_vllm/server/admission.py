@@ -115,6 +115,10 @@ class Admission:
     def at_capacity(self) -> bool:
         return self.running >= self.limit()
 
+    def would_queue(self) -> bool:
+        """Whether a request arriving now would wait in the queue."""
+        return self.over_capacity == "queue" and (bool(self._queue) or self.running >= self.limit())
+
     def retry_after_s(self) -> int:
         """A client's best guess of when to retry: the streams ahead of it, drained at the
         limit's pace of one mean stream length per ``limit`` streams."""

@@ -203,6 +203,84 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 admission.release()
         return None
 
+    async def open_speech(
+        request: Any, voice: Any, params: GenerationParams, started: float
+    ) -> tuple[Any, StreamEncoder, AsyncGenerator[bytes, None]]:
+        """Starts an admitted request's stream; its slot is released when the audio ends."""
+        admitted_at = time.perf_counter()
+        try:
+            session = await asyncio.to_thread(tts.open_stream, request.input, voice, params=params)
+        except BaseException:
+            admission.release()
+            raise
+        metrics.running_streams.inc()
+        encoder = StreamEncoder(request.response_format, tts.sample_rate)
+
+        async def audio_bytes() -> AsyncGenerator[bytes, None]:
+            """The encoded audio as it is ready; raises if the stream fails."""
+            first = True
+            try:
+                async with contextlib.aclosing(aiterate_stream(session)) as chunks:
+                    async for chunk in chunks:
+                        data = encoder.encode(chunk.waveform)
+                        if chunk.final:
+                            data += encoder.finish()
+                        metrics.audio_seconds.inc(chunk.duration_s)
+                        if not data:
+                            continue
+                        if first:
+                            metrics.first_audio.observe(time.perf_counter() - started)
+                            first = False
+                        yield data
+            finally:
+                session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
+                metrics.speech_tokens.inc(session.speech_tokens)
+                metrics.running_streams.dec()
+                admission.release(time.perf_counter() - admitted_at)
+
+        return session, encoder, audio_bytes()
+
+    async def queued_sse(
+        request: Any, voice: Any, params: GenerationParams, started: float
+    ) -> AsyncIterator[bytes]:
+        """An SSE request that waits for admission after its headers: ``speech.queued`` (its
+        place in the queue) first, then the usual events, or an ``error`` event if it is
+        refused (over capacity, or no slot within --max-queue-wait)."""
+        positions: list[int] = []
+        waiting = asyncio.ensure_future(admission.acquire(on_queued=positions.append))
+        owned = False
+        try:
+            await asyncio.sleep(0)  # it joins the queue (or is admitted) now
+            if positions:
+                yield _sse(
+                    {
+                        "type": "speech.queued",
+                        "position": positions[0],
+                        "max_wait_s": settings.max_queue_wait,
+                    }
+                )
+            await waiting
+            owned = True
+            try:
+                session, _, pieces = await open_speech(request, voice, params, started)
+            except ChatterboxError as error:
+                if isinstance(error, EngineDeadError):
+                    body = error_body(str(error), kind="server_error")
+                else:
+                    body = error_body(str(error), param=_param_of(error))
+                yield _sse({"type": "error", **body})
+                return
+            async for event in _sse_events(pieces, session, len(request.input)):
+                yield event
+        except AdmissionError as error:
+            kind = "rate_limit_error" if error.status == 429 else "server_error"
+            yield _sse({"type": "error", **error_body(str(error), kind=kind)})
+        finally:
+            if not waiting.done():
+                waiting.cancel()  # the client went away while queued: its place is freed
+            elif not owned and not waiting.cancelled() and waiting.exception() is None:
+                admission.release()
+
     @app.post("/v1/audio/speech", dependencies=[Depends(authorize)])
     async def speech(body: SpeechRequest, http_request: Request) -> Response:  # type: ignore[valid-type]
         request: Any = body
@@ -244,57 +322,30 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             raise APIError(400, str(error), param="voice") from None
         params = GenerationParams.from_controls(controls_of(request), model=tts.model)
         started = time.perf_counter()
+        sse = request.stream_format == "sse"
+        if sse and admission.would_queue():
+            # Headers now, a speech.queued event, then the audio once admitted.
+            return StreamingResponse(
+                queued_sse(request, voice, params, started), media_type="text/event-stream"
+            )
         ticket = await admitted(http_request)
         if ticket is None:
             return Response(status_code=499)  # the client closed the request while queued
-        admitted_at = time.perf_counter()
-        try:
-            session = await asyncio.to_thread(tts.open_stream, request.input, voice, params=params)
-        except BaseException:
-            admission.release()
-            raise
-        metrics.running_streams.inc()
-        sse = request.stream_format == "sse"
-        encoder = StreamEncoder(request.response_format, tts.sample_rate)
-
-        async def audio_bytes() -> AsyncGenerator[bytes, None]:
-            """The encoded audio as it is ready; raises if the stream fails."""
-            first = True
-            try:
-                async with contextlib.aclosing(aiterate_stream(session)) as chunks:
-                    async for chunk in chunks:
-                        data = encoder.encode(chunk.waveform)
-                        if chunk.final:
-                            data += encoder.finish()
-                        metrics.audio_seconds.inc(chunk.duration_s)
-                        if not data:
-                            continue
-                        if first:
-                            metrics.first_audio.observe(time.perf_counter() - started)
-                            first = False
-                        yield data
-            finally:
-                session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
-                metrics.speech_tokens.inc(session.speech_tokens)
-                metrics.running_streams.dec()
-                admission.release(time.perf_counter() - admitted_at)
-
+        session, encoder, pieces = await open_speech(request, voice, params, started)
         queued = {QUEUED_SECONDS_HEADER: f"{ticket.queued_s:.3f}"} if ticket.position else None
         if sse:
             return StreamingResponse(
-                _sse_events(audio_bytes(), session, len(request.input)),
+                _sse_events(pieces, session, len(request.input)),
                 media_type="text/event-stream",
                 headers=queued,
             )
         media_type = RESPONSE_FORMATS[request.response_format].media_type
         if not encoder.format.streamable:
             # Sent once complete (FLAC's header holds the length): a failure is still a 5xx.
-            async with contextlib.aclosing(audio_bytes()) as pieces:
+            async with contextlib.aclosing(pieces):
                 body = b"".join([piece async for piece in pieces])
             return Response(body, media_type=media_type, headers=queued)
-        return StreamingResponse(
-            _abort_on_failure(audio_bytes()), media_type=media_type, headers=queued
-        )
+        return StreamingResponse(_abort_on_failure(pieces), media_type=media_type, headers=queued)
 
     # ------------------------------------------------------------------ voices
 
