@@ -43,12 +43,18 @@ def token_bucket(tokens: int) -> int:
     return max(TOKEN_BUCKET, -(-tokens // TOKEN_BUCKET) * TOKEN_BUCKET)
 
 
+UNMEASURED_EXPONENT = 0.5
+"""A shape not measured yet costs the nearest measured one times (work ratio) ** this: batched
+GPU work grows sublinearly with rows, and an optimistic guess gets the shape tried (and so
+measured) where a pessimistic one would keep rounds small for ever."""
+
+
 @dataclass
 class RoundCosts:
     """Measured seconds of an S3Gen round per shape ``(row bucket, token bucket)``: an EWMA of
     each shape's rounds. A shape not measured yet is estimated from the measured shape of nearest
-    work (rows x tokens), in proportion to the work (an upper bound for larger shapes: batching
-    only gets cheaper per row); with nothing measured, rounds are free (the first ones measure)."""
+    work (rows x tokens) by :data:`UNMEASURED_EXPONENT`; with nothing measured, rounds are free
+    (the first ones measure)."""
 
     alpha: float = 0.2
     """Weight of the newest measurement."""
@@ -74,7 +80,17 @@ class RoundCosts:
             return 0.0
         work = key[0] * key[1]
         nearest = min(self.seconds, key=lambda k: (abs(math.log(k[0] * k[1] / work)), -k[0]))
-        return self.seconds[nearest] * work / (nearest[0] * nearest[1])
+        return self.seconds[nearest] * (work / (nearest[0] * nearest[1])) ** UNMEASURED_EXPONENT
+
+    def at_rows(self, rows: int, tokens: int) -> float | None:
+        """A round of ``rows`` windows ``tokens`` wide, from measurements of that row bucket
+        only (in proportion to the width); None if that row bucket was never measured."""
+        bucket, width = self.shape(rows, tokens)
+        known = {t: c for (r, t), c in self.seconds.items() if r == bucket}
+        if not known:
+            return None
+        nearest = min(known, key=lambda t: abs(math.log(t / width)))
+        return known[nearest] * width / nearest
 
 
 @dataclass(frozen=True)
@@ -101,11 +117,18 @@ class DeadlinePolicy:
             return 0.0
         return self.costs.estimate(len(windows), max(w.tokens for w in windows))
 
-    def choose(self, windows: Sequence[ReadyWindow], now: float) -> list[ReadyWindow]:
+    def choose(
+        self,
+        windows: Sequence[ReadyWindow],
+        now: float,
+        upcoming: Sequence[ReadyWindow] = (),
+    ) -> list[ReadyWindow]:
         """The windows of the next round (never empty when ``windows`` is not): a prefix of
         the windows in deadline order, or of the playing streams' windows first (a new
         stream's first window may be due earlier, yet it only goes first while the players
-        keep their slack), whichever prefix makes the fewest misses."""
+        keep their slack), whichever prefix makes the fewest misses. ``upcoming``: playing
+        streams' next windows whose tokens are not complete yet; each must still fit in a
+        round of its own after this one (a long round must not run a player dry meanwhile)."""
         if not windows:
             return []
         by_deadline = sorted(windows, key=lambda w: (w.deadline, not w.playing))
@@ -116,20 +139,28 @@ class DeadlinePolicy:
             most = min(len(ordered), self.max_batch)
             for size in sorted({min(1 << i, most) for i in range(most.bit_length() + 1)}):
                 batch = ordered[:size]
-                key = (*self._misses(batch, ordered[size : size + self.max_batch], now), rank)
-                key = (key[0], key[1], key[2], -size, rank)
+                playing, first, lateness = self._misses(
+                    batch, ordered[size : size + self.max_batch], upcoming, now
+                )
+                key = (playing, first, lateness, -size, rank)
                 if best is None or key < best:
                     best, chosen = key, batch
         return chosen
 
     def _misses(
-        self, batch: list[ReadyWindow], following: list[ReadyWindow], now: float
+        self,
+        batch: list[ReadyWindow],
+        following: list[ReadyWindow],
+        upcoming: Sequence[ReadyWindow],
+        now: float,
     ) -> tuple[int, int, float]:
         """(playing streams that miss, first windows that miss, the players' lateness) if
-        ``batch`` runs now and ``following`` right after it."""
+        ``batch`` runs now, ``following`` right after it, and each upcoming window alone after
+        this round."""
         done = now + self.expected_seconds(batch)
         then = done + self.expected_seconds(following)
         late = [(w, done) for w in batch] + [(w, then) for w in following]
+        late += [(w, done + self.expected_seconds([w])) for w in upcoming]
         playing = sum(1 for w, t in late if w.playing and t > w.deadline)
         first = sum(1 for w, t in late if not w.playing and t > w.deadline)
         lateness = sum(max(0.0, t - w.deadline) for w, t in late if w.playing)
@@ -184,10 +215,11 @@ def typical_stream_windows(
 class CapacityModel:
     """How many real-time streams the engine holds (module docstring).
 
-    * S3Gen: a full round of ``max_batch`` windows costs :class:`RoundCosts`' estimate for the
-      window's width; a typical stream needs ``sum(cost / max_batch)`` busy seconds for its
+    * S3Gen: a full round of ``max_batch`` windows costs what such rounds measured (scaled to
+      the window's width); a typical stream needs ``sum(cost / max_batch)`` busy seconds for its
       ``sum(audio)`` seconds, so S3Gen feeds ``utilisation * sum(audio) * max_batch / sum(cost)``
-      streams at real time. Unknown (``None``) until a round was measured.
+      streams at real time. Unknown (``None``) until a full round was measured: smaller rounds
+      say little about a full one (their cost is mostly fixed), and a guess could admit too many.
     * T3: per-request token rate and aggregate rate (EWMA over :meth:`observe_t3` intervals).
       While each request gets more than ``t3_margin`` times the real-time rate, T3 does not bind
       (its aggregate grows with the batch: the rate measured at a small batch says nothing about
@@ -221,9 +253,10 @@ class CapacityModel:
         return new if old is None else old + self.alpha * (new - old)
 
     def s3gen_streams(self) -> float | None:
-        if not self.costs.seconds or not self.windows:
+        costs = [self.costs.at_rows(self.max_batch, t) for t, _ in self.windows]
+        if not costs or any(c is None for c in costs):
             return None
-        busy = sum(self.costs.estimate(self.max_batch, t) for t, _ in self.windows)
+        busy = sum(c or 0.0 for c in costs)
         if busy <= 0:
             return None
         audio = sum(seconds for _, seconds in self.windows)

@@ -184,6 +184,8 @@ class _Lane:
     window: Any = None
     """Streamed lanes: the next window, taken from the stream and waiting for its round."""
     window_ready_at: float = 0.0
+    last_width: int = 0
+    """Flow tokens of the lane's last window (the width its next one is costed at)."""
     ended: bool = False
     inbox: list[tuple[str, Any]] = field(default_factory=list)
     maybe_ready: bool = False
@@ -369,6 +371,7 @@ class S3GenScheduler:
         now = time.perf_counter()
         ready: dict[int, _Lane] = {}
         requests = []
+        upcoming = []
         for lane in lanes:
             if lane.whole or lane.lane_id not in self._lanes:
                 continue
@@ -381,9 +384,13 @@ class S3GenScheduler:
             if lane.window is not None:
                 ready[lane.lane_id] = lane
                 requests.append(self._ready_window(lane))
+            elif lane.listener is not None and lane.listener.playing and lane.last_width:
+                # Its tokens are still coming: this round must leave it time for its own.
+                deadline = lane.listener.deadline(lane.order)
+                upcoming.append(ReadyWindow(lane.lane_id, deadline, True, lane.last_width))
         if not requests:
             return False
-        chosen = self.policy.choose(requests, now)
+        chosen = self.policy.choose(requests, now, upcoming)
         owners = [ready[cast(int, request.key)] for request in chosen]
         windows = [lane.window for lane in owners]
         from chatterbox_s3gen.streaming import synthesize_windows
@@ -438,6 +445,7 @@ class S3GenScheduler:
         width = (window.reference.num_prompt_tokens if prompt is None else prompt) + int(
             window.tokens.numel()
         )
+        lane.last_width = width
         return ReadyWindow(lane.lane_id, listener.deadline(lane.order), listener.playing, width)
 
     def _timeline(self, timeline: WindowTimeline) -> None:
