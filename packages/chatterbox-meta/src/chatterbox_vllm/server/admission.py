@@ -26,12 +26,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
+
 logger = logging.getLogger(__name__)
 
 OVER_CAPACITY_CHOICES = ("queue", "reject")
 
 
-class AdmissionError(Exception):
+class AdmissionError(ChatterboxError):
     """A stream that was not admitted; ``status`` and ``retry_after_s`` for the HTTP answer."""
 
     status = 429
@@ -77,7 +79,7 @@ class Admission:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if over_capacity not in OVER_CAPACITY_CHOICES:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"over_capacity must be one of {', '.join(OVER_CAPACITY_CHOICES)}, "
                 f"got {over_capacity!r}"
             )
