@@ -2,7 +2,8 @@
 
 ``bash bench/device/session.sh product`` runs ``chatterbox-vllm bench --json E2E`` on
 benchmark-text-1 at the defaults and ``bench/server_load.py --json LOAD`` at N = 1, 8, 32, 64, 128,
-then this script writes one JSON file (``bench/results/product-latest.json``'s shape) and prints a
+256 and a Poisson round (64 streams arriving at 4 per second: ``"serve_poisson"``, the same keys
+plus ``"rate_per_s"``), then this script writes one JSON file (``bench/results/product-latest.json``'s shape) and prints a
 markdown table::
 
     python bench/product.py --e2e e2e.json --load load.json --commit abc1234 \\
@@ -30,13 +31,21 @@ SERVE_FIELDS = (
     "rtf_p50",
     "aggregate_x",
     "failures",
+    "queued",
+    "rejected",
     "captures_after_start",
     "s3gen_busy_share",
     "s3gen_batch_ms",
     "s3gen_windows_per_batch",
     "t3_ttft_ms",
     "t3_ms_per_token",
+    "windows",
+    "deadline_misses_next",
+    "deadline_misses_first",
+    "deadline_misses_next_t3",
+    "deadline_misses_next_s3gen",
 )
+POISSON_FIELDS = (*SERVE_FIELDS[:1], "rate_per_s", *SERVE_FIELDS[1:])
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -80,6 +89,9 @@ def merge(
         }
     if load is not None:
         report["serve"] = [{k: row.get(k) for k in SERVE_FIELDS} for row in load["summary"]]
+        report["serve_poisson"] = [
+            {k: row.get(k) for k in POISSON_FIELDS} for row in load.get("poisson", [])
+        ]
         report["serve_peak_gpu_memory_gib"] = (
             serve_peak_mib / 1024 if serve_peak_mib is not None else None
         )
@@ -113,19 +125,27 @@ def markdown(report: dict[str, Any]) -> str:
             "",
         ]
     serve = report.get("serve")
-    if serve:
+    if serve or report.get("serve_poisson"):
         lines += [
             "| N | first audio p50 / p95 ms | stalled streams (worst ms) | RTF min / p50 "
-            "| audio s per s | failures | captures after start | S3Gen busy | S3Gen batch ms "
-            "(windows) | T3 TTFT ms | T3 ms/token |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| audio s per s | failures | queued / rejected | deadline misses playing / first "
+            "| captures after start | S3Gen busy | S3Gen batch ms (windows) | T3 TTFT ms "
+            "| T3 ms/token |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in serve:
+        rows = [(str(row["n"]), row) for row in serve or []]
+        rows += [
+            (f"{row['n']} @ {_fmt(row.get('rate_per_s'))}/s", row)
+            for row in report.get("serve_poisson") or []
+        ]
+        for label, row in rows:
             lines.append(
-                f"| {row['n']} | {_fmt(row['first_audio_p50_ms'])} / {_fmt(row['first_audio_p95_ms'])} "
+                f"| {label} | {_fmt(row['first_audio_p50_ms'])} / {_fmt(row['first_audio_p95_ms'])} "
                 f"| {row['stalled_streams']} ({_fmt(row['worst_stall_ms'])}) "
                 f"| {_fmt(row['rtf_min'], 2)} / {_fmt(row['rtf_p50'], 2)} "
                 f"| {_fmt(row['aggregate_x'], 1)} | {row['failures']} "
+                f"| {_fmt(row.get('queued'))} / {_fmt(row.get('rejected'))} "
+                f"| {_fmt(row.get('deadline_misses_next'))} / {_fmt(row.get('deadline_misses_first'))} "
                 f"| {_fmt(row['captures_after_start'])} "
                 f"| {_fmt(_pct(row.get('s3gen_busy_share')))} "
                 f"| {_fmt(row.get('s3gen_batch_ms'))} ({_fmt(row.get('s3gen_windows_per_batch'), 1)}) "

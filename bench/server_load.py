@@ -13,6 +13,16 @@ markdown row to stdout:
 * total audio seconds per second (all successful streams' audio / the round's wall time);
 * failures (a status other than 200, a transport error, a timeout, or a 200 without audio).
 
+A Poisson round (``--poisson RATE:COUNT``, e.g. ``4:64``) sends COUNT requests whose start times
+are a Poisson process of RATE new streams per second (seeded: ``--arrival-seed``): the steady
+state rather than a burst; it is reported in its own table and JSON list (``poisson``).
+
+Over the server's capacity a request may wait in its admission queue (its response carries
+``X-Chatterbox-Queued-Seconds``: counted as *queued*) or be refused with 429 or, after the
+queue's max wait, 503 with ``Retry-After`` (counted as *rejected*, not as failures). Each
+round also reads the server's per-window timeline from ``/metrics``: windows delivered and
+deadline misses (a playing stream ran dry, or a first audio later than its target), by cause.
+
 Either target a running server (``--url``) or let the tool start one (``--model-dir`` plus the
 server's own flags after ``--``): it waits for ``/health``, runs, then stops it with SIGTERM.
 One untimed warm-up request goes first. Logs and progress go to stderr.
@@ -30,6 +40,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shlex
 import signal
@@ -73,6 +84,10 @@ class StreamResult:
     audio_bytes: int = 0
     stall_s: float = 0.0
     started_at_s: float = 0.0  # relative to the round's start
+    queued_s: float | None = None
+    """Seconds the server kept it in its admission queue (None: admitted at once)."""
+    rejected: bool = False
+    """Refused by admission (429, or 503 after the queue's max wait; both with Retry-After)."""
 
     @property
     def audio_s(self) -> float:
@@ -90,6 +105,8 @@ class RoundResult:
     streams: list[StreamResult] = field(default_factory=list)
     captures_after_start: float | None = None
     profile: dict[str, float | None] = field(default_factory=dict)
+    rate_per_s: float | None = None
+    """Poisson rounds: new streams per second (None: all at once)."""
 
     @property
     def ok(self) -> list[StreamResult]:
@@ -97,7 +114,15 @@ class RoundResult:
 
     @property
     def failures(self) -> list[StreamResult]:
-        return [s for s in self.streams if not s.ok]
+        return [s for s in self.streams if not s.ok and not s.rejected]
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for s in self.streams if s.queued_s is not None)
+
+    @property
+    def rejected(self) -> int:
+        return sum(1 for s in self.streams if s.rejected)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -128,8 +153,11 @@ async def one_stream(
     index: int,
     timeout_s: float,
     round_start: float,
+    delay_s: float = 0.0,
 ) -> StreamResult:
     result = StreamResult(index=index)
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
     start = time.perf_counter()
     result.started_at_s = start - round_start
     playback_end = 0.0  # when the audio received so far finishes playing (perf_counter clock)
@@ -139,7 +167,13 @@ async def one_stream(
         nonlocal playback_end, pending
         async with client.stream("POST", url, json=body, headers=headers) as response:
             result.status = response.status_code
+            queued = response.headers.get("x-chatterbox-queued-seconds")
+            if queued is not None:
+                result.queued_s = float(queued)
             if response.status_code != 200:
+                result.rejected = response.status_code in (429, 503) and (
+                    "retry-after" in response.headers
+                )
                 result.error = (
                     f"HTTP {response.status_code}: {_error_message(await response.aread())}"
                 )
@@ -188,18 +222,37 @@ async def run_round(
     concurrency: int,
     timeout_s: float,
     texts: list[str],
+    arrivals: list[float] | None = None,
 ) -> RoundResult:
-    """N requests at once; request ``i`` speaks ``texts[i % len(texts)]``."""
+    """N requests at once (or starting at ``arrivals`` seconds); request ``i`` speaks
+    ``texts[i % len(texts)]``."""
     start = time.perf_counter()
     streams = await asyncio.gather(
         *(
             one_stream(
-                client, url, {**body, "input": texts[i % len(texts)]}, headers, i, timeout_s, start
+                client,
+                url,
+                {**body, "input": texts[i % len(texts)]},
+                headers,
+                i,
+                timeout_s,
+                start,
+                arrivals[i] if arrivals else 0.0,
             )
             for i in range(concurrency)
         )
     )
     return RoundResult(concurrency, time.perf_counter() - start, list(streams))
+
+
+def poisson_arrivals(rate_per_s: float, count: int, seed: int) -> list[float]:
+    """Start times (s) of ``count`` streams arriving as a Poisson process of ``rate_per_s``."""
+    rng = random.Random(seed)
+    times, now = [], 0.0
+    for _ in range(count):
+        now += rng.expovariate(rate_per_s)
+        times.append(now)
+    return times
 
 
 def split_paragraphs(text: str, low: int = 25, high: int = 45) -> list[str]:
@@ -236,6 +289,8 @@ PROFILE_METRICS = (
     "vllm:time_to_first_token_seconds_count",
     "vllm:time_per_output_token_seconds_sum",
     "vllm:time_per_output_token_seconds_count",
+    "chatterbox_windows_total",
+    "chatterbox_window_deadline_misses_total",
 )
 """Read before and after each round: what bounds it (S3Gen busy share, T3 token times)."""
 
@@ -255,9 +310,15 @@ async def scrape_metrics(
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in PROFILE_METRICS:
             try:
-                values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+                value = float(line.rsplit(" ", 1)[1])
             except ValueError:
                 continue
+            values[name] = values.get(name, 0.0) + value
+            # Labelled series also by label values, e.g. "...misses_total|next|s3gen".
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            if labels:
+                key = "|".join([name, labels.get("kind", ""), labels.get("cause", "")])
+                values[key] = values.get(key, 0.0) + value
     return values
 
 
@@ -272,6 +333,18 @@ def round_profile(
 
     def ratio(num: float | None, den: float | None, scale: float = 1.0) -> float | None:
         return num / den * scale if num is not None and den else None
+
+    misses = "chatterbox_window_deadline_misses_total"
+
+    def labelled(kind: str, cause: str) -> float | None:
+        key = f"{misses}|{kind}|{cause}"
+        if misses not in after:
+            return None
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    def by_kind(kind: str) -> float | None:
+        parts = [labelled(kind, cause) for cause in ("t3", "s3gen")]
+        return None if parts[0] is None else sum(p or 0.0 for p in parts)
 
     busy, batches, windows = (
         delta("chatterbox_s3gen_busy_seconds_total"),
@@ -292,6 +365,14 @@ def round_profile(
             delta("vllm:time_per_output_token_seconds_count"),
             1000.0,
         ),
+        # The server's per-window timeline: windows delivered, and those that came after they
+        # were due (next: a playing stream ran dry; first: first audio later than the target),
+        # by cause (t3: the tokens came late; s3gen: they were there in time).
+        "windows": delta("chatterbox_windows_total"),
+        "deadline_misses_next": by_kind("next"),
+        "deadline_misses_first": by_kind("first"),
+        "deadline_misses_next_t3": labelled("next", "t3"),
+        "deadline_misses_next_s3gen": labelled("next", "s3gen"),
     }
 
 
@@ -334,7 +415,7 @@ async def benchmark(args: argparse.Namespace, base: str) -> list[RoundResult]:
     if args.seed is not None:
         body["seed"] = args.seed
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    most = max(args.concurrency)
+    most = max([*args.concurrency, *(count for _, count in args.poisson)])
     limits = httpx.Limits(max_connections=most + 4, max_keepalive_connections=most + 4)
     timeout = httpx.Timeout(args.request_timeout, connect=30.0)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
@@ -351,25 +432,32 @@ async def benchmark(args: argparse.Namespace, base: str) -> list[RoundResult]:
             (warm.first_audio_s or 0) * 1000,
         )
         rounds = []
-        for n in args.concurrency:
-            logger.info("round N=%d: %d concurrent streams", n, n)
+        plan: list[tuple[int, float | None]] = [(n, None) for n in args.concurrency]
+        plan += [(count, rate) for rate, count in args.poisson]
+        for n, rate in plan:
+            what = f"N={n}" if rate is None else f"Poisson {rate:g}/s x {n}"
+            logger.info("round %s", what)
             before = await scrape_metrics(client, base, headers)
+            arrivals = None if rate is None else poisson_arrivals(rate, n, args.arrival_seed)
             result = await run_round(
-                client, url, body, headers, n, args.request_timeout, args.texts
+                client, url, body, headers, n, args.request_timeout, args.texts, arrivals
             )
+            result.rate_per_s = rate
             after = await scrape_metrics(client, base, headers)
             result.captures_after_start = after.get(CAPTURE_METRIC)
             result.profile = round_profile(before, after, result.wall_s)
             for failure in result.failures[:5]:
-                logger.warning("N=%d stream %d failed: %s", n, failure.index, failure.error)
+                logger.warning("%s stream %d failed: %s", what, failure.index, failure.error)
             if len(result.failures) > 5:
-                logger.warning("N=%d: %d more failures", n, len(result.failures) - 5)
+                logger.warning("%s: %d more failures", what, len(result.failures) - 5)
             logger.info(
-                "round N=%d done in %.1f s: %d ok, %d failed",
-                n,
+                "round %s done in %.1f s: %d ok, %d failed, %d queued, %d rejected",
+                what,
                 result.wall_s,
                 len(result.ok),
                 len(result.failures),
+                result.queued,
+                result.rejected,
             )
             rounds.append(result)
     return rounds
@@ -380,6 +468,10 @@ async def benchmark(args: argparse.Namespace, base: str) -> list[RoundResult]:
 
 def _fmt(value: float, digits: int = 0) -> str:
     return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 STALL_THRESHOLD_S = 0.02
@@ -405,7 +497,10 @@ def round_summary(r: RoundResult) -> dict[str, Any]:
         "rtf_p50": percentile(rtf, 50),
         "aggregate_x": sum(s.audio_s for s in ok) / r.wall_s if r.wall_s > 0 else math.nan,
         "failures": len(r.failures),
+        "queued": r.queued,
+        "rejected": r.rejected,
         "captures_after_start": r.captures_after_start,
+        **({} if r.rate_per_s is None else {"rate_per_s": r.rate_per_s}),
         **r.profile,
     }
 
@@ -414,23 +509,30 @@ def markdown_table(rounds: list[RoundResult]) -> str:
     lines = [
         "| N | ok | failed | first audio p50 (ms) | first audio p95 (ms) | RTF min | RTF p50 "
         "| worst stall (ms) | stalled streams | audio s / stream (p50) | audio s per s "
-        "| round wall (s) | captures after start |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| round wall (s) | captures after start | queued | rejected | deadline misses "
+        "(playing / first) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rounds:
         ok = r.ok
         first = [s.first_audio_s * 1000 for s in ok if s.first_audio_s is not None]
         rtf = [s.rtf for s in ok]
         audio = [s.audio_s for s in ok]
+        label = (
+            str(r.concurrency) if r.rate_per_s is None else f"{r.concurrency} @ {r.rate_per_s:g}/s"
+        )
         lines.append(
-            f"| {r.concurrency} | {len(ok)} | {len(r.failures)} "
+            f"| {label} | {len(ok)} | {len(r.failures)} "
             f"| {_fmt(percentile(first, 50))} | {_fmt(percentile(first, 95))} "
             f"| {_fmt(min(rtf) if rtf else math.nan, 2)} | {_fmt(percentile(rtf, 50), 2)} "
             f"| {_fmt(max((s.stall_s for s in ok), default=math.nan) * 1000)} "
             f"| {stalled(r)} "
             f"| {_fmt(percentile(audio, 50), 2)} | {_fmt(sum(audio) / r.wall_s, 2)} "
             f"| {_fmt(r.wall_s, 1)} "
-            f"| {'-' if r.captures_after_start is None else f'{r.captures_after_start:g}'} |"
+            f"| {'-' if r.captures_after_start is None else f'{r.captures_after_start:g}'} "
+            f"| {r.queued} | {r.rejected} "
+            f"| {_count(r.profile.get('deadline_misses_next'))} / "
+            f"{_count(r.profile.get('deadline_misses_first'))} |"
         )
     reasons = Counter(s.error for r in rounds for s in r.failures)
     if reasons:
@@ -450,7 +552,8 @@ def write_json(
     payload = {
         "url": base,
         "server_startup_s": startup_s,
-        "summary": [round_summary(r) for r in rounds],
+        "summary": [round_summary(r) for r in rounds if r.rate_per_s is None],
+        "poisson": [round_summary(r) for r in rounds if r.rate_per_s is not None],
         "texts": args.texts,
         "voice": args.voice,
         "max_new_tokens": args.max_new_tokens,
@@ -459,6 +562,7 @@ def write_json(
         "rounds": [
             {
                 "concurrency": r.concurrency,
+                "rate_per_s": r.rate_per_s,
                 "wall_s": r.wall_s,
                 "streams": [{**asdict(s), "audio_s": s.audio_s, "rtf": s.rtf} for s in r.streams],
             }
@@ -501,7 +605,8 @@ class ManagedServer:
         if args.api_key and not _has_flag(server_args, "--api-key"):
             command += ["--api-key", args.api_key]
         if not _has_flag(server_args, "--max-concurrent-streams"):
-            command += ["--max-concurrent-streams", str(max(64, *args.concurrency))]
+            most = max(64, *args.concurrency, *(count for _, count in args.poisson))
+            command += ["--max-concurrent-streams", str(most)]
         self.command = command + server_args
         if args.server_log is not None:
             self.log_path = args.server_log
@@ -588,6 +693,19 @@ def _concurrency_list(text: str) -> list[int]:
     return values
 
 
+def _poisson_round(text: str) -> tuple[float, int]:
+    rate, _, count = text.partition(":")
+    try:
+        parsed = float(rate), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected RATE:COUNT such as 4:64 (new streams per second : streams), got {text!r}"
+        ) from None
+    if not (parsed[0] > 0 and math.isfinite(parsed[0])) or parsed[1] < 1:
+        raise argparse.ArgumentTypeError(f"RATE must be > 0 and COUNT >= 1, got {text!r}")
+    return parsed
+
+
 def _positive(kind: type) -> Any:
     def parse(text: str) -> Any:
         try:
@@ -640,6 +758,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="split the input text into 25-45 word paragraphs; request i of a round speaks "
         "paragraph i (cycling), so concurrent streams differ",
+    )
+    parser.add_argument(
+        "--poisson",
+        type=_poisson_round,
+        action="append",
+        default=[],
+        metavar="RATE:COUNT",
+        help="after the N rounds, a round of COUNT streams arriving as a Poisson process of RATE "
+        "new streams per second, e.g. 4:64 (repeatable)",
+    )
+    parser.add_argument(
+        "--arrival-seed", type=int, default=0, help="seed of the Poisson arrival times"
     )
     parser.add_argument("--seed", type=int, help="seed of every request (the same for all)")
     parser.add_argument(

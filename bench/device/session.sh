@@ -9,9 +9,10 @@
 #                  (--t3-process in-process), the same server load (LAYOUT_N, default 8,64) and
 #                  `bench` end to end (generate_schedule after-t3 and overlap) for each, one call
 #   pack           last: logs and texts into $OUT/logs.tgz (a call returns at most 8 files)
-#   product        THE product benchmark (issue 15/16): `chatterbox-vllm bench` on benchmark-text-1
-#                  at the defaults, then `bench/server_load.py` at N = 1, 8, 32, 64, 128 (distinct
-#                  25-45 word paragraphs, 25 tokens per expected second), merged by bench/product.py
+#   product        THE product benchmark (issue 15/16/22): `chatterbox-vllm bench` on benchmark-text-1
+#                  at the defaults, then `bench/server_load.py` at N = 1, 8, 32, 64, 128, 256 and a
+#                  Poisson round of 64 streams at 4/s (POISSON=RATE:COUNT; distinct 25-45 word
+#                  paragraphs, 25 tokens per expected second), merged by bench/product.py
 #                  into $OUT/product.json + product.md. Carry .gpu-bundle .device-wheels .device-data.
 #   t3-bench       T3 tok/s, cuda_graphs off/piecewise/full at batch 1/16/64 + the reference HF loop
 #   mtl-gpu        pytest -m gpu of the multilingual analyzer: tokens equal across cuda_graphs off/piecewise/full
@@ -40,9 +41,9 @@ run() {  # run NAME SECONDS COMMAND...
   grep -E '^\|| \| | vs reference|^KV|^device|passed|failed' "$out/$name.log" | tail -70
   [ $rc -eq 0 ] || tail -25 "$out/$name.log"
 }
-serve_load() {  # serve_load NAME CONCURRENCY SERVER_LOG JSON: the server under load (ck-full)
+serve_load() {  # serve_load NAME CONCURRENCY SERVER_LOG JSON [LOAD FLAGS]: the server under load (ck-full)
   run "$1" ${LOAD_S:-400} python3 bench/server_load.py --model-dir /tmp/ck-full \
-      --concurrency "$2" --text-file .device-data/benchmark-text-1.txt --paragraphs \
+      --concurrency "$2" ${5:-} --text-file .device-data/benchmark-text-1.txt --paragraphs \
       --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
       --server-log "$3" --json "$4" -- --no-watermark $SERVE_FLAGS
 }
@@ -93,8 +94,9 @@ for part in "$@"; do
           --no-watermark --quiet --json "$out/e2e.json" $E2E_FLAGS
       grep -v -E '^\s*$|\r|it/s\]' "$out/e2e.log" | tail -24
       : > "$out/gpumem.txt"  # the server's peak only
-      serve_load serve-load "${LOAD_N:-1,8,32,64,128}" "$out/server.log" "$out/server-load.json"
-      grep -E 'healthy|^\|' "$out/serve-load.log" | head -12
+      serve_load serve-load "${LOAD_N:-1,8,32,64,128,256}" "$out/server.log" "$out/server-load.json" \
+          "--poisson ${POISSON:-4:64}"
+      grep -E 'healthy|^\|' "$out/serve-load.log" | head -14
       kill $smi 2>/dev/null
       python3 bench/product.py --e2e "$out/e2e.json" --load "$out/server-load.json" \
           --commit "${PRODUCT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \

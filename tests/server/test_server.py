@@ -33,7 +33,8 @@ def server(chatterbox_checkpoint: Path, tmp_path_factory, launch_server) -> Iter
     with launch_server(
         chatterbox_checkpoint, log,
         "--voices-dir", str(voices), "--max-input-chars", "400", "--max-upload-bytes", "2000000",
-        "--max-concurrent-streams", "20", api_key=API_KEY,
+        "--max-concurrent-streams", "20", "--capacity", "cap", "--over-capacity", "reject",
+        api_key=API_KEY,
     ) as running:  # fmt: skip
         yield {**running, "voices": voices}
 
@@ -334,6 +335,12 @@ def test_first_audio_latency_buffers_and_captures_are_measured(client, server) -
     assert _metric(server["base"], "chatterbox_audio_seconds_total") > 0
     # Every finished stream reports the least audio its player had buffered.
     assert _metric(server["base"], "chatterbox_stream_min_buffer_seconds_count") > 0
+    # Every streamed window's timeline is counted (first audio and later windows), admission
+    # reports its queue, and /health whether the server is at capacity.
+    assert _metric(server["base"], "chatterbox_windows_total") > 0
+    assert "chatterbox_window_lateness_seconds_bucket" in text
+    assert _metric(server["base"], "chatterbox_queued_streams") == 0
+    assert httpx.get(server["base"] + "/health").json()["at_capacity"] is False
     # Nothing is captured on the request path (on a GPU the set is captured at start-up).
     assert _metric(server["base"], "chatterbox_s3gen_graph_captures_after_startup_total") == 0
 

@@ -82,19 +82,31 @@ def _first_runs(tts: ChatterboxTTS, lanes: dict[str, dict], count: int) -> list[
     return deliveries.order[:count]
 
 
-def test_a_new_streams_first_window_goes_before_older_streams_later_windows(
+def test_a_new_streams_first_window_goes_before_playing_streams_with_slack(
     tts: ChatterboxTTS,
 ) -> None:
     order = _first_runs(
         tts,
         {
-            # Playing, its buffer already ran dry a second ago: urgent, but it is playing.
-            "old": {"listener": _playing(2.0, 1.0), "tokens": FIRST_WINDOW_TOKENS},
+            # Playing, with seconds of audio still buffered: the newcomer's first audio first.
+            "old": {"listener": _playing(1.0, 6.0), "tokens": FIRST_WINDOW_TOKENS},
             "new": {"listener": Listener(), "tokens": FIRST_WINDOW_TOKENS},
         },
         count=2,
     )
     assert order == ["new", "old"]
+
+
+def test_a_player_about_to_run_dry_goes_before_a_new_stream(tts: ChatterboxTTS) -> None:
+    order = _first_runs(
+        tts,
+        {
+            "old": {"listener": _playing(1.0, 1.05), "tokens": FIRST_WINDOW_TOKENS},
+            "new": {"listener": Listener(), "tokens": FIRST_WINDOW_TOKENS},
+        },
+        count=2,
+    )
+    assert order == ["old", "new"]
 
 
 def test_the_stream_whose_buffer_runs_out_first_is_served_first(tts: ChatterboxTTS) -> None:

@@ -6,17 +6,25 @@ Every text chunk in flight is a *lane*. A streamed lane (``stream``/the server) 
 ``synthesize`` (the :class:`~chatterbox_vllm.interfaces.SpeechDecoder` seam, so a vocoder
 plug-in is used and float32 results equal the reference's synthesis exactly).
 
-A thread takes batches in the order listeners need them:
+A thread runs rounds in the order listeners need them:
 
 1. streamed windows before whole ones (a listener waits, a file does not);
-2. among streamed windows, a stream that has not played anything yet first (its first audio is
-   the latency a user sees), then the one whose buffered audio runs out soonest
-   (:class:`Listener` keeps each stream's playback clock);
+2. streamed windows by deadline (:mod:`chatterbox_vllm.deadlines`): a playing stream's window is
+   due when its buffered audio runs out (:class:`Listener` keeps each stream's playback clock), a
+   new stream's first window at its arrival plus a first-audio target. Each round is sized so
+   that its expected duration (an EWMA of measured round times per batch shape) finishes before
+   the earliest deadlines; new streams' first windows join only while the playing streams keep
+   their slack, and a ready window never waits for a batch to fill. Every window's timeline
+   (due, tokens complete, taken, audio out) is logged at debug and reported to
+   ``on_window`` (the server's deadline-miss metrics);
 3. whole windows, the longest ``max_batch`` per round (the decoder splits a round where padding
    would grow: ``S3Gen.synthesize`` on a GPU); by default only once T3 has
    decoded every whole lane's tokens (``overlap_generate=False``). T3 runs in vLLM's engine-core
    process and S3Gen in this one: two CUDA contexts on one GPU time-slice rather than overlap,
    so interleaving them slows both (measured: T3 -41 % while S3Gen works beside it).
+
+The same measured costs (and T3's measured token rate) give :attr:`S3GenScheduler.capacity`:
+how many real-time streams the engine holds (the server's admission uses it).
 """
 
 from __future__ import annotations
@@ -28,10 +36,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from chatterbox_vllm.deadlines import (
+    FIRST_AUDIO_TARGET_S,
+    CapacityModel,
+    DeadlinePolicy,
+    ReadyWindow,
+    RoundCosts,
+    typical_stream_windows,
+    window_deadline,
+)
 from chatterbox_vllm.interfaces import SpeechDecoder
 
 if TYPE_CHECKING:
@@ -47,7 +64,8 @@ Deliver = Callable[[list[torch.Tensor], bool, BaseException | None], None]
 @dataclass
 class Listener:
     """The playback clock of one stream (all of its text chunks): a player that starts at the
-    first audio and plays in real time runs dry at :meth:`deadline`."""
+    first audio, plays in real time and, when it runs dry, waits for the next audio (a stall)
+    runs dry at :meth:`deadline`."""
 
     opened_at: float = field(default_factory=time.perf_counter)
     first_audio_at: float | None = None
@@ -55,8 +73,11 @@ class Listener:
     """Seconds of audio delivered per text chunk (plan item ``order``)."""
     min_buffer_s: float = math.inf
     """The least audio that was buffered when new audio arrived (negative: the player stalled)."""
+    stalled_s: float = 0.0
+    """Seconds the player waited in all (its clock resumes at each new audio)."""
     open_lanes: int = 0
     """Text chunks of this stream the scheduler still holds (the stream is done at 0)."""
+    first_audio_target_s: float = FIRST_AUDIO_TARGET_S
 
     @property
     def playing(self) -> bool:
@@ -64,18 +85,60 @@ class Listener:
 
     def deadline(self, order: int) -> float:
         """When the player needs more audio of chunk ``order``: the audio delivered up to and
-        including that chunk, played from the first audio (or, before any, the stream's start:
-        its first window is overdue from the moment it was asked for)."""
-        start = self.first_audio_at if self.first_audio_at is not None else self.opened_at
-        return start + sum(seconds for k, seconds in self.delivered.items() if k <= order)
+        including that chunk has played (from the first audio, shifted by the stalls); before
+        any audio, the stream's start plus the first-audio target."""
+        return window_deadline(
+            opened_at=self.opened_at,
+            first_audio_at=self.first_audio_at,
+            stalled_s=self.stalled_s,
+            audio_before_s=sum(seconds for k, seconds in self.delivered.items() if k <= order),
+            first_audio_target_s=self.first_audio_target_s,
+        )
+
+    def buffered_s(self, now: float) -> float:
+        """Audio the player holds now (0 before the first audio and while it is stalled)."""
+        if self.first_audio_at is None:
+            return 0.0
+        return max(0.0, self.first_audio_at + self.stalled_s + sum(self.delivered.values()) - now)
 
     def on_audio(self, order: int, seconds: float, now: float) -> None:
         if self.first_audio_at is None:
             self.first_audio_at = now
         else:
-            buffered = self.first_audio_at + sum(self.delivered.values()) - now
+            buffered = self.first_audio_at + self.stalled_s + sum(self.delivered.values()) - now
             self.min_buffer_s = min(self.min_buffer_s, buffered)
+            if buffered < 0:
+                self.stalled_s -= buffered
         self.delivered[order] = self.delivered.get(order, 0.0) + seconds
+
+
+@dataclass(frozen=True)
+class WindowTimeline:
+    """One streamed window's life (``time.perf_counter`` seconds)."""
+
+    lane_id: int
+    index: int
+    first: bool
+    """The stream's first audio (its deadline is the first-audio target)."""
+    due: float
+    tokens_at: float
+    """When its tokens were complete (the scheduler saw the window ready)."""
+    taken_at: float
+    audio_at: float
+
+    @property
+    def lateness_s(self) -> float:
+        return self.audio_at - self.due
+
+    @property
+    def missed(self) -> bool:
+        return self.audio_at > self.due
+
+    @property
+    def cause(self) -> str:
+        """What made a missed window late: ``t3`` (its tokens came after it was due) or
+        ``s3gen`` (they were there in time)."""
+        return "t3" if self.tokens_at > self.due else "s3gen"
 
 
 @dataclass
@@ -89,6 +152,8 @@ class SchedulerStats:
     """(start, end) of every whole-chunk batch (``generate``'s S3Gen time)."""
     open_streams: int = 0
     """Lanes (text chunks of any call) open now."""
+    deadline_misses: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Streamed windows whose audio came after they were due, by (``first``/``next``, cause)."""
 
     @property
     def whole_batches(self) -> int:
@@ -116,6 +181,11 @@ class _Lane:
     """Whole lanes: the voice, seed and tokens for one ``synthesize`` item."""
     seed: int = 0
     tokens: list[int] = field(default_factory=list)
+    window: Any = None
+    """Streamed lanes: the next window, taken from the stream and waiting for its round."""
+    window_ready_at: float = 0.0
+    last_width: int = 0
+    """Flow tokens of the lane's last window (the width its next one is costed at)."""
     ended: bool = False
     inbox: list[tuple[str, Any]] = field(default_factory=list)
     maybe_ready: bool = False
@@ -141,13 +211,21 @@ class S3GenScheduler:
         n_timesteps: int = 10,
         overlap_generate: bool = False,
         on_stream_done: Callable[[Listener], None] | None = None,
+        on_window: Callable[[WindowTimeline], None] | None = None,
     ) -> None:
         self.decoder = decoder
         self.max_batch = max(1, max_batch)
         self.n_timesteps = n_timesteps
         self.overlap_generate = overlap_generate
         self.on_stream_done = on_stream_done
+        self.on_window = on_window
         self.stats = SchedulerStats()
+        self.costs = RoundCosts()
+        """Measured seconds of a streamed round per batch shape (the policy's and the capacity's)."""
+        self.policy = DeadlinePolicy(self.costs, self.max_batch)
+        self.capacity = CapacityModel(self.costs, self.max_batch, windows=_typical_windows())
+        """How many real-time streams this engine holds (``capacity.streams()``)."""
+        self._t3_sample = _T3Sample(time.perf_counter())
         self._lanes: dict[int, _Lane] = {}
         self._lock = threading.Condition()
         self._closed = False
@@ -253,10 +331,14 @@ class S3GenScheduler:
                     lane.inbox = []
             for lane in lanes:
                 try:
-                    self._apply(lane, messages[lane.lane_id])
+                    self._t3_sample.tokens += self._apply(lane, messages[lane.lane_id])
                 except Exception as error:  # one lane's bad input must not stop the others
                     self._fail(lane, error)
             live = [lane for lane in lanes if lane.lane_id in self._lanes]
+            decoding = sum(
+                1 for lane in live if lane.stream is not None and not lane.stream.finished
+            )
+            self._t3_sample.advance(time.perf_counter(), decoding, self.capacity)
             if not self._run_streamed(live):
                 self._run_whole(live)
 
@@ -264,36 +346,53 @@ class S3GenScheduler:
         return any(lane.inbox or lane.maybe_ready for lane in self._lanes.values())
 
     @staticmethod
-    def _apply(lane: _Lane, messages: list[tuple[str, Any]]) -> None:
+    def _apply(lane: _Lane, messages: list[tuple[str, Any]]) -> int:
+        """Applies a lane's messages; returns the streamed tokens it received (T3's rate)."""
+        streamed = 0
         for kind, payload in messages:
             lane.maybe_ready = True
             if kind == "tokens":
                 if lane.stream is not None:
                     lane.stream.add_tokens(payload)
+                    streamed += len(payload)
                 else:
                     lane.tokens.extend(payload)
             elif lane.stream is not None:
                 lane.stream.end_of_tokens()
             else:
                 lane.ended = True
+        return streamed
 
     # -- streamed windows
 
     def _run_streamed(self, lanes: list[_Lane]) -> bool:
-        """Runs one batch of the most urgent streamed windows; False if none was ready."""
-        candidates = [lane for lane in lanes if not lane.whole and lane.maybe_ready]
-        candidates.sort(key=self._urgency)
-        windows: list[Any] = []
-        owners: list[_Lane] = []
-        for lane in candidates:
-            if len(windows) >= self.max_batch:
-                break
-            try:
-                self._take_window(lane, windows, owners)
-            except Exception as error:
-                self._fail(lane, error)
-        if not windows:
+        """Runs one round of the streamed windows the deadline policy picks; False if no
+        window was ready."""
+        now = time.perf_counter()
+        ready: dict[int, _Lane] = {}
+        requests = []
+        upcoming = []
+        for lane in lanes:
+            if lane.whole or lane.lane_id not in self._lanes:
+                continue
+            if lane.window is None and lane.maybe_ready:
+                try:
+                    self._take_window(lane, now)
+                except Exception as error:
+                    self._fail(lane, error)
+                    continue
+            if lane.window is not None:
+                ready[lane.lane_id] = lane
+                requests.append(self._ready_window(lane))
+            elif lane.listener is not None and lane.listener.playing and lane.last_width:
+                # Its tokens are still coming: this round must leave it time for its own.
+                deadline = lane.listener.deadline(lane.order)
+                upcoming.append(ReadyWindow(lane.lane_id, deadline, True, lane.last_width))
+        if not requests:
             return False
+        chosen = self.policy.choose(requests, now, upcoming)
+        owners = [ready[cast(int, request.key)] for request in chosen]
+        windows = [lane.window for lane in owners]
         from chatterbox_s3gen.streaming import synthesize_windows
 
         begin = time.perf_counter()
@@ -302,47 +401,97 @@ class S3GenScheduler:
         except Exception as error:
             logger.exception("S3Gen failed on a batch of %d window(s)", len(windows))
             for lane in owners:
+                lane.window = None
                 self._fail(lane, error)
             return True
         now = time.perf_counter()
         self._count(begin, now, len(windows))
-        for lane, result in zip(owners, results):
+        self.costs.observe(len(windows), max(request.tokens for request in chosen), now - begin)
+        audio = 0.0
+        for lane, request, result in zip(owners, chosen, results):
+            taken = lane.window
+            lane.window = None
             try:
-                assert lane.stream is not None
+                assert lane.stream is not None and lane.listener is not None
+                first = not lane.listener.playing
                 chunks = lane.stream.accept(result)
                 done = lane.stream.done
                 lane.maybe_ready = not done
                 if done:
                     self._drop(lane)
                 if chunks or done:
-                    self._deliver(lane, chunks, done, now)
+                    audio += self._deliver(lane, chunks, done, now)
+                self._timeline(
+                    WindowTimeline(
+                        lane.lane_id,
+                        taken.index,
+                        first,
+                        request.deadline,
+                        lane.window_ready_at,
+                        begin,
+                        now,
+                    )
+                )
             except Exception as error:
                 self._fail(lane, error)
+        self.capacity.observe_s3gen(audio, now - begin)
         return True
 
-    @staticmethod
-    def _urgency(lane: _Lane) -> tuple[bool, float]:
+    def _ready_window(self, lane: _Lane) -> ReadyWindow:
         listener = lane.listener
-        assert listener is not None
-        return (listener.playing, listener.deadline(lane.order))
+        assert listener is not None and lane.window is not None
+        window = lane.window
+        prompt = window.prompt_tokens
+        width = (window.reference.num_prompt_tokens if prompt is None else prompt) + int(
+            window.tokens.numel()
+        )
+        lane.last_width = width
+        return ReadyWindow(lane.lane_id, listener.deadline(lane.order), listener.playing, width)
 
-    def _take_window(self, lane: _Lane, windows: list[Any], owners: list[_Lane]) -> None:
-        """Adds the lane's next window to the batch; a finished stream with nothing left for the
-        flow delivers its held-back tail instead."""
+    def _timeline(self, timeline: WindowTimeline) -> None:
+        logger.debug(
+            "window %d.%d%s, relative to when it was due: tokens complete %+.3f s, taken by "
+            "S3Gen %+.3f s, audio out %+.3f s",
+            timeline.lane_id,
+            timeline.index,
+            " (first)" if timeline.first else "",
+            timeline.tokens_at - timeline.due,
+            timeline.taken_at - timeline.due,
+            timeline.audio_at - timeline.due,
+        )
+        if timeline.missed:
+            key = ("first" if timeline.first else "next", timeline.cause)
+            self.stats.deadline_misses[key] = self.stats.deadline_misses.get(key, 0) + 1
+        if self.on_window is not None:
+            try:
+                self.on_window(timeline)
+            except Exception:  # a metrics hook must never stop synthesis
+                logger.exception("on_window hook failed")
+
+    def _take_window(self, lane: _Lane, now: float) -> None:
+        """Takes the lane's next window (held until a round runs it); a finished stream with
+        nothing left for the flow delivers its held-back tail instead."""
         stream = lane.stream
         assert stream is not None
         if stream.pending is not None:
             return
         window = stream.next_window()
         if window is not None:
-            windows.append(window)
-            owners.append(lane)
+            lane.window = window
+            lane.window_ready_at = now
             return
         lane.maybe_ready = False
         if stream.finished and not stream.done:
             chunks = stream.flush()
             self._drop(lane)
             self._deliver(lane, chunks, True, time.perf_counter())
+
+    def buffered_audio(self, now: float | None = None) -> list[float]:
+        """Seconds of audio each open stream's player holds now (the server's gauge)."""
+        now = time.perf_counter() if now is None else now
+        with self._lock:
+            listeners = {id(lane.listener): lane.listener for lane in self._lanes.values()}
+        return [listener.buffered_s(now) for listener in listeners.values() if listener is not None]
 
     # -- whole windows
 
@@ -398,12 +547,13 @@ class S3GenScheduler:
         self.stats.batches += 1
         self.stats.windows += windows
 
-    def _deliver(self, lane: _Lane, chunks: list[torch.Tensor], done: bool, now: float) -> None:
-        if lane.listener is not None:
-            seconds = sum(c.numel() for c in chunks) / self.decoder.sample_rate
-            if seconds > 0:
-                lane.listener.on_audio(lane.order, seconds, now)
+    def _deliver(self, lane: _Lane, chunks: list[torch.Tensor], done: bool, now: float) -> float:
+        """Hands audio to the lane's consumer; returns its seconds."""
+        seconds = sum(c.numel() for c in chunks) / self.decoder.sample_rate
+        if lane.listener is not None and seconds > 0:
+            lane.listener.on_audio(lane.order, seconds, now)
         lane.deliver(chunks, done, None)
+        return seconds
 
     def _drop(self, lane: _Lane) -> None:
         with self._lock:
@@ -427,3 +577,43 @@ class S3GenScheduler:
     def _fail(self, lane: _Lane, error: BaseException) -> None:
         self._drop(lane)
         lane.deliver([], True, error)
+
+
+def _typical_windows() -> list[tuple[int, float]]:
+    """The windows of a typical stream at the default :class:`StreamingConfig` (capacity)."""
+    from chatterbox_s3gen.streaming import StreamingConfig
+
+    config = StreamingConfig()
+    return typical_stream_windows(
+        first_tokens=config.first_chunk_tokens,
+        largest_tokens=config.chunk_tokens,
+        lookahead=config.lookahead_tokens,
+        left_context=config.left_context_tokens or 0,
+        prompt_tokens=config.prompt_tokens or 250,
+    )
+
+
+T3_SAMPLE_SECONDS = 1.0
+"""T3's token rate is measured over intervals of at least this long."""
+
+
+@dataclass
+class _T3Sample:
+    """Streamed tokens T3 delivered over an interval, and how many requests were decoding
+    (time-weighted): the capacity model's T3 rate."""
+
+    started: float
+    last: float = 0.0
+    tokens: int = 0
+    request_seconds: float = 0.0
+    decoding: int = 0
+
+    def advance(self, now: float, decoding: int, capacity: CapacityModel) -> None:
+        self.request_seconds += self.decoding * max(0.0, now - (self.last or self.started))
+        self.last, self.decoding = now, decoding
+        elapsed = now - self.started
+        if elapsed < T3_SAMPLE_SECONDS:
+            return
+        if self.request_seconds > 0 and self.tokens > 0:
+            capacity.observe_t3(self.tokens, elapsed, self.request_seconds / elapsed)
+        self.started, self.tokens, self.request_seconds = now, 0, 0.0

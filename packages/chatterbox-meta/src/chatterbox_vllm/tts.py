@@ -57,7 +57,7 @@ from chatterbox_vllm.results import (
     TTSRequest,
     VoiceLike,
 )
-from chatterbox_vllm.scheduler import Listener, S3GenScheduler
+from chatterbox_vllm.scheduler import Listener, S3GenScheduler, WindowTimeline
 from chatterbox_vllm.streaming import (
     AudioChunk,
     StreamEvents,
@@ -231,6 +231,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
         concurrently with it; ``s3gen_graphs``, after both. Logged as one line at INFO."""
         self.on_stream_done: Callable[[Listener], None] | None = None
         """Called with each finished stream's playback clock (the server's buffer metrics)."""
+        self.on_window: Callable[[WindowTimeline], None] | None = None
+        """Called with each streamed window's timeline (the server's deadline metrics)."""
 
     # ------------------------------------------------------------------ loading
 
@@ -434,6 +436,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
                     n_timesteps=self.config.cfm_steps,
                     overlap_generate=self.config.generate_schedule == "overlap",
                     on_stream_done=self._stream_done,
+                    on_window=self._window_done,
                 )
             return self._scheduler
 
@@ -446,6 +449,10 @@ class ChatterboxTTS(SpeechFront[Voice]):
     def _stream_done(self, listener: Listener) -> None:
         if self.on_stream_done is not None:
             self.on_stream_done(listener)
+
+    def _window_done(self, timeline: WindowTimeline) -> None:
+        if self.on_window is not None:
+            self.on_window(timeline)
 
     def open_stream(
         self,

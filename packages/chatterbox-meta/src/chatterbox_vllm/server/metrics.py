@@ -83,7 +83,74 @@ class Metrics:
         self.s3gen_windows = _get_or_create(
             Gauge, _PREFIX + "s3gen_windows_total", "windows and whole chunks those batches held"
         )
+        self.deadline_misses = _get_or_create(
+            Counter,
+            _PREFIX + "window_deadline_misses",
+            "streamed windows whose audio came after they were due (kind: first = a stream's "
+            "first audio later than the target, next = a playing stream ran dry; cause: t3 = "
+            "its tokens came late, s3gen = they were there in time)",
+            labelnames=("kind", "cause"),
+        )
+        self.windows_total = _get_or_create(
+            Counter, _PREFIX + "windows", "streamed windows delivered", labelnames=("kind",)
+        )
+        self.window_lateness = _get_or_create(
+            Histogram,
+            _PREFIX + "window_lateness_seconds",
+            "per streamed window: when its audio came minus when it was due (below 0: early)",
+            labelnames=("kind",),
+            buckets=(-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+        )
+        self.window_s3gen_wait = _get_or_create(
+            Histogram,
+            _PREFIX + "window_s3gen_wait_seconds",
+            "per streamed window: from its tokens being complete to S3Gen taking it",
+            buckets=(0.0, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+        )
+        self.capacity = _get_or_create(
+            Gauge,
+            _PREFIX + "capacity_streams",
+            "real-time streams the server estimates it holds (measured S3Gen and T3 rates; "
+            "-1 until measured)",
+        )
+        self.admission_limit = _get_or_create(
+            Gauge, _PREFIX + "admission_limit_streams", "streams admitted at once now"
+        )
+        self.queued_streams = _get_or_create(
+            Gauge, _PREFIX + "queued_streams", "requests waiting in the admission queue"
+        )
+        self.queued_total = _get_or_create(
+            Gauge, _PREFIX + "queued_streams_total", "requests that waited in the queue"
+        )
+        self.rejected_total = _get_or_create(
+            Gauge,
+            _PREFIX + "rejected_streams_total",
+            "requests refused over capacity (429) or after the max queue wait (503)",
+        )
+        self.buffered_audio = _get_or_create(
+            Histogram,
+            _PREFIX + "stream_buffered_audio_seconds",
+            "at each scrape, every open stream's buffered audio (0: not playing yet or dry)",
+            buckets=(0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+        )
         self._last = (time.perf_counter(), 0.0)
+
+    def observe_window(self, timeline: Any) -> None:
+        """A streamed window's timeline (called on the S3Gen scheduler thread)."""
+        kind = "first" if timeline.first else "next"
+        self.windows_total.labels(kind=kind).inc()
+        self.window_lateness.labels(kind=kind).observe(timeline.lateness_s)
+        self.window_s3gen_wait.observe(max(0.0, timeline.taken_at - timeline.tokens_at))
+        if timeline.missed:
+            self.deadline_misses.labels(kind=kind, cause=timeline.cause).inc()
+
+    def refresh_admission(self, admission: Any) -> None:
+        estimate = admission.capacity_estimate()
+        self.capacity.set(-1 if estimate is None else estimate)
+        self.admission_limit.set(admission.limit())
+        self.queued_streams.set(admission.queued)
+        self.queued_total.set(admission.queued_total)
+        self.rejected_total.set(admission.rejected_total + admission.timed_out_total)
 
     def observe_stream(self, listener: Any) -> None:
         """A stream finished (called on the S3Gen scheduler thread). A stream whose audio came
@@ -95,6 +162,8 @@ class Metrics:
         scheduler = tts._scheduler
         self.queue_depth.set(scheduler.stats.open_streams if scheduler is not None else 0)
         if scheduler is not None:
+            for seconds in scheduler.buffered_audio():
+                self.buffered_audio.observe(seconds)
             self.s3gen_busy.set(scheduler.stats.busy_seconds)
             self.s3gen_batches.set(scheduler.stats.batches)
             self.s3gen_windows.set(scheduler.stats.windows)

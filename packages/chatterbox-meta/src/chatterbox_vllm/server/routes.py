@@ -2,7 +2,9 @@
 
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) with the status a
 client can act on: 400 bad request (the field is named), 401 API key, 404 unknown voice to delete,
-413 input or upload too large, 429 too many concurrent streams, 503 engine dead. A failure in one
+413 input or upload too large, 429 over capacity (``--over-capacity reject``, or a full queue),
+503 engine dead or no slot within ``--max-queue-wait`` (both with ``Retry-After``). Admission:
+:mod:`chatterbox_vllm.server.admission`. A failure in one
 request never stops the server; a client that disconnects mid-stream has its T3 requests aborted.
 """
 
@@ -18,7 +20,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
@@ -36,6 +38,7 @@ from chatterbox_vllm.errors import (
     InvalidTextError,
 )
 from chatterbox_vllm.languages import SUPPORTED_LANGUAGES
+from chatterbox_vllm.server.admission import Admission, AdmissionError, Ticket
 from chatterbox_vllm.server.metrics import Metrics
 from chatterbox_vllm.server.middleware import (
     AbortFailedStreams,
@@ -68,9 +71,28 @@ class APIError(Exception):
         *,
         param: str | None = None,
         kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.headers = headers
+
+
+def _refused(error: AdmissionError) -> APIError:
+    """A stream admission turned away: 429 (over capacity) or 503 (waited too long)."""
+    return APIError(
+        error.status,
+        str(error),
+        kind="rate_limit_error" if error.status == 429 else "server_error",
+        headers={"Retry-After": str(error.retry_after_s)},
+    )
+
+
+QUEUED_SECONDS_HEADER = "X-Chatterbox-Queued-Seconds"
+"""On a response whose request waited in the admission queue: how long it waited."""
+DISCONNECT_POLL_SECONDS = 0.5
+"""How often a queued request, or one whose body is sent once complete, checks that its client
+is still there."""
 
 
 def _param_of(error: ChatterboxError) -> str | None:
@@ -85,41 +107,33 @@ def _param_of(error: ChatterboxError) -> str | None:
     return first if first in CONTROLS else None
 
 
-class _Slots:
-    """At most ``limit`` speech requests at once; beyond that, 429 (never a queue that hangs)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-
-    def acquire(self) -> None:
-        if self.used >= self.limit:
-            raise APIError(
-                429,
-                f"too many concurrent speech requests ({self.limit} running); retry later or "
-                "raise --max-concurrent-streams",
-                kind="rate_limit_error",
-            )
-        self.used += 1
-
-    def release(self) -> None:
-        self.used -= 1
-
-
 def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> FastAPI:
     """The server's app over one loaded :class:`~chatterbox_vllm.ChatterboxTTS`."""
     settings = settings or ServerSettings()
     app = FastAPI(title="chatterbox-vllm", summary="Chatterbox TTS on vLLM, OpenAI-compatible")
     voices = VoiceStore(tts, settings.voices_dir)
     metrics = Metrics()
-    slots = _Slots(settings.max_concurrent_streams)
+    admission = Admission(
+        hard_cap=settings.max_concurrent_streams,
+        capacity=(lambda: tts.scheduler.capacity.streams())
+        if settings.capacity == "measured"
+        else (lambda: None),
+        over_capacity=settings.over_capacity,
+        max_queue_wait_s=settings.max_queue_wait,
+        max_queued=settings.max_queued_streams,
+    )
     formats = available_formats()
     app.state.tts, app.state.voices, app.state.metrics = tts, voices, metrics
+    app.state.admission = admission  # WebSocket sessions take their slots here too
     tts.on_stream_done = metrics.observe_stream
+    tts.on_window = metrics.observe_window
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError) -> JSONResponse:
         return JSONResponse(
-            error_body(error.message, param=error.param, kind=error.kind), error.status
+            error_body(error.message, param=error.param, kind=error.kind),
+            error.status,
+            headers=error.headers,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -180,8 +194,120 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     # ------------------------------------------------------------------ speech
 
+    async def admitted(http_request: Request) -> Ticket | None:
+        """A slot from admission, waiting in its queue if need be; None if the client went
+        away meanwhile (its place is freed)."""
+        waiting = asyncio.ensure_future(admission.acquire())
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_SECONDS)
+                if done:
+                    return waiting.result()
+                if await http_request.is_disconnected():
+                    break
+        except AdmissionError as error:
+            raise _refused(error) from None
+        finally:
+            waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AdmissionError):
+            if await waiting is not None:  # admitted just as the client left
+                admission.release()
+        return None
+
+    async def open_speech(
+        request: Any, voice: Any, params: GenerationParams, started: float
+    ) -> tuple[Any, StreamEncoder, AsyncGenerator[bytes, None], Callable[[], None]]:
+        """Starts an admitted request's stream: its session, encoder, encoded audio and the
+        ``release`` that ends its work once, however it ends (the audio's end calls it; so must
+        a response that never started reading the audio: a client gone before the first byte)."""
+        admitted_at = time.perf_counter()
+        try:
+            session = await asyncio.to_thread(tts.open_stream, request.input, voice, params=params)
+        except BaseException:
+            admission.release()
+            raise
+        metrics.running_streams.inc()
+        encoder = StreamEncoder(request.response_format, tts.sample_rate)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
+            encoder.close()
+            metrics.speech_tokens.inc(session.speech_tokens)
+            metrics.running_streams.dec()
+            admission.release(time.perf_counter() - admitted_at)
+
+        async def audio_bytes() -> AsyncGenerator[bytes, None]:
+            """The encoded audio as it is ready; raises if the stream fails."""
+            first = True
+            try:
+                async with contextlib.aclosing(aiterate_stream(session)) as chunks:
+                    async for chunk in chunks:
+                        data = encoder.encode(chunk.waveform)
+                        if chunk.final:
+                            data += encoder.finish()
+                        metrics.audio_seconds.inc(chunk.duration_s)
+                        if not data:
+                            continue
+                        if first:
+                            metrics.first_audio.observe(time.perf_counter() - started)
+                            first = False
+                        yield data
+            finally:
+                release()
+
+        return session, encoder, audio_bytes(), release
+
+    async def queued_sse(
+        request: Any, voice: Any, params: GenerationParams, started: float
+    ) -> AsyncIterator[bytes]:
+        """An SSE request that waits for admission after its headers: ``speech.queued`` (its
+        place in the queue) first, then the usual events, or an ``error`` event if it is
+        refused (over capacity, or no slot within --max-queue-wait)."""
+        positions: list[int] = []
+        waiting = asyncio.ensure_future(admission.acquire(on_queued=positions.append))
+        owned = False
+        try:
+            await asyncio.sleep(0)  # it joins the queue (or is admitted) now
+            if positions:
+                yield _sse(
+                    {
+                        "type": "speech.queued",
+                        "position": positions[0],
+                        "max_wait_s": settings.max_queue_wait,
+                    }
+                )
+            await waiting
+            owned = True
+            try:
+                session, _, pieces, release = await open_speech(request, voice, params, started)
+            except ChatterboxError as error:
+                if isinstance(error, EngineDeadError):
+                    body = error_body(str(error), kind="server_error")
+                else:
+                    body = error_body(str(error), param=_param_of(error))
+                yield _sse({"type": "error", **body})
+                return
+            try:
+                async for event in _sse_events(pieces, session, len(request.input)):
+                    yield event
+            finally:
+                release()
+        except AdmissionError as error:
+            kind = "rate_limit_error" if error.status == 429 else "server_error"
+            yield _sse({"type": "error", **error_body(str(error), kind=kind)})
+        finally:
+            if not waiting.done():
+                waiting.cancel()  # the client went away while queued: its place is freed
+            elif not owned and not waiting.cancelled() and waiting.exception() is None:
+                admission.release()
+
     @app.post("/v1/audio/speech", dependencies=[Depends(authorize)])
-    async def speech(body: SpeechRequest, connection: Request) -> Response:  # type: ignore[valid-type]
+    async def speech(body: SpeechRequest, http_request: Request) -> Response:  # type: ignore[valid-type]
         request: Any = body
         accepted_models = (settings.model_name, *OPENAI_MODEL_ALIASES)
         if request.model not in accepted_models:
@@ -220,68 +346,36 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         except UnknownVoiceError as error:
             raise APIError(400, str(error), param="voice") from None
         params = GenerationParams.from_controls(controls_of(request), model=tts.model)
-        slots.acquire()
         started = time.perf_counter()
-        try:
-            session = await asyncio.to_thread(tts.open_stream, request.input, voice, params=params)
-        except BaseException:
-            slots.release()
-            raise
-        metrics.running_streams.inc()
         sse = request.stream_format == "sse"
-        encoder = StreamEncoder(request.response_format, tts.sample_rate)
-
-        released = False
-
-        def release() -> None:
-            """Ends the request's work once, however it ends (also when the response never
-            started reading :func:`audio_bytes`: a client gone before the first byte)."""
-            nonlocal released
-            if released:
-                return
-            released = True
-            session.close()  # a disconnected client: T3 requests aborted, S3Gen streams dropped
-            encoder.close()
-            metrics.speech_tokens.inc(session.speech_tokens)
-            metrics.running_streams.dec()
-            slots.release()
-
-        async def audio_bytes() -> AsyncGenerator[bytes, None]:
-            """The encoded audio as it is ready; raises if the stream fails."""
-            first = True
-            try:
-                async with contextlib.aclosing(aiterate_stream(session)) as chunks:
-                    async for chunk in chunks:
-                        data = encoder.encode(chunk.waveform)
-                        if chunk.final:
-                            data += encoder.finish()
-                        metrics.audio_seconds.inc(chunk.duration_s)
-                        if not data:
-                            continue
-                        if first:
-                            metrics.first_audio.observe(time.perf_counter() - started)
-                            first = False
-                        yield data
-            finally:
-                release()
-
+        if sse and admission.would_queue():
+            # Headers now, a speech.queued event, then the audio once admitted.
+            return StreamingResponse(
+                queued_sse(request, voice, params, started), media_type="text/event-stream"
+            )
+        ticket = await admitted(http_request)
+        if ticket is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)  # it left while queued
+        session, encoder, pieces, release = await open_speech(request, voice, params, started)
+        queued = {QUEUED_SECONDS_HEADER: f"{ticket.queued_s:.3f}"} if ticket.position else None
         if sse:
             return _ReleasingStream(
-                _sse_events(audio_bytes(), session, len(request.input)),
+                _sse_events(pieces, session, len(request.input)),
                 release=release,
                 media_type="text/event-stream",
+                headers=queued,
             )
         media_type = RESPONSE_FORMATS[request.response_format].media_type
         if not encoder.format.streamable:
             # Sent once complete (FLAC's header holds the length): a failure is still a 5xx.
             # Nothing is sent while it is made, so the client's going away is watched here.
             try:
-                body = await _unless_disconnected(_join(audio_bytes()), connection)
+                body = await _unless_disconnected(_join(pieces), http_request)
             finally:
                 release()
-            return Response(body, media_type=media_type)
+            return Response(body, media_type=media_type, headers=queued)
         return _ReleasingStream(
-            _abort_on_failure(audio_bytes()), release=release, media_type=media_type
+            _abort_on_failure(pieces), release=release, media_type=media_type, headers=queued
         )
 
     # ------------------------------------------------------------------ voices
@@ -319,7 +413,16 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         failure = tts._t3_failure()
         if failure is not None:
             return JSONResponse({"status": "dead", "reason": failure}, 503)
-        return JSONResponse({"status": "ok", "model": tts.model, "running_streams": slots.used})
+        admission.poll()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": tts.model,
+                "running_streams": admission.running,
+                "queued_streams": admission.queued,
+                "at_capacity": admission.at_capacity,
+            }
+        )
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:
@@ -345,6 +448,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
         metrics.refresh(tts)
+        admission.poll()
+        metrics.refresh_admission(admission)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -410,8 +515,15 @@ class _ReleasingStream(StreamingResponse):
     """A streamed speech body whose request's work is released however the response ends
     (Starlette never iterates the body of a client that left before it started)."""
 
-    def __init__(self, content: AsyncIterator[bytes], *, release: Any, media_type: str) -> None:
-        super().__init__(content, media_type=media_type)
+    def __init__(
+        self,
+        content: AsyncIterator[bytes],
+        *,
+        release: Any,
+        media_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
         self._release = release
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -426,8 +538,6 @@ class ClientGone(Exception):
 
 
 CLIENT_CLOSED_REQUEST = 499
-DISCONNECT_POLL_SECONDS = 0.5
-"""How often a request whose body is sent once complete checks that its client is still there."""
 
 
 async def _join(pieces: AsyncGenerator[bytes, None]) -> bytes:

@@ -28,12 +28,34 @@ class ServerSettings:
     )
     max_input_chars: int = _setting(4096, "longest input text in characters (413 beyond)")
     max_upload_bytes: int = _setting(20_000_000, "largest voice upload (413 beyond)")
-    max_concurrent_streams: int = _setting(64, "requests served at once (429 beyond)")
+    max_concurrent_streams: int = _setting(
+        64, "hard cap on requests served at once, whatever the measured capacity"
+    )
+    capacity: str = _setting(
+        "measured",
+        "how many streams run at once: 'measured' (the engine's estimate from its own S3Gen "
+        "and T3 rates, within --max-concurrent-streams) or 'cap' (--max-concurrent-streams)",
+    )
+    over_capacity: str = _setting(
+        "queue",
+        "past the measured capacity (or the cap): 'queue' (FIFO, see --max-queue-wait) or "
+        "'reject' (429 with Retry-After)",
+    )
+    max_queue_wait: float = _setting(
+        30.0, "seconds a queued request waits for a slot before a 503 with Retry-After"
+    )
+    max_queued_streams: int = _setting(256, "requests that may wait in the queue (429 beyond)")
     drain_seconds: float = _setting(120.0, "on SIGTERM, how long running streams may finish")
     model_name: str = _setting("chatterbox", "the model id /v1/models lists")
 
     def __post_init__(self) -> None:
-        for name in ("port", "max_input_chars", "max_upload_bytes", "max_concurrent_streams"):
+        for name in (
+            "port",
+            "max_input_chars",
+            "max_upload_bytes",
+            "max_concurrent_streams",
+            "max_queued_streams",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidParameterError(f"{name} must be a positive int, got {value!r}")
@@ -44,6 +66,18 @@ class ServerSettings:
         if not 0 <= self.drain_seconds < float("inf"):
             raise InvalidParameterError(
                 f"drain_seconds must be a number of seconds >= 0, got {self.drain_seconds}"
+            )
+        if self.capacity not in ("measured", "cap"):
+            raise InvalidParameterError(
+                f"capacity must be 'measured' or 'cap', got {self.capacity!r}"
+            )
+        if self.over_capacity not in ("queue", "reject"):
+            raise InvalidParameterError(
+                f"over_capacity must be 'queue' or 'reject', got {self.over_capacity!r}"
+            )
+        if not 0 < self.max_queue_wait < float("inf"):
+            raise InvalidParameterError(
+                f"max_queue_wait must be a number of seconds > 0, got {self.max_queue_wait}"
             )
         if not self.model_name.strip():
             raise InvalidParameterError(
@@ -68,10 +102,14 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         kind = {"int": int, "float": float}.get(str(setting.type).split(" ")[0], str)
         if setting.name == "voices_dir":
             kind = Path
+        choices = {"over_capacity": ("queue", "reject"), "capacity": ("measured", "cap")}.get(
+            setting.name
+        )
         group.add_argument(
             "--" + setting.name.replace("_", "-"),
             dest=setting.name,
             type=kind,
+            choices=choices,
             default=None,
             help=f"{setting.metadata['help']} (default: {setting.default})",
         )
