@@ -387,9 +387,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
         Streams run concurrently with each other (and share S3Gen batches); all checks happen
         here, before anything is queued."""
         self._check_open()
-        plan = plan_requests(
-            [text], [params or GenerationParams.for_model(self.model)], self.config, self.model
-        )
+        params = params or GenerationParams.for_model(self.model)
+        plan = plan_requests([text], [params], self.config, self.model)
         voice_value = self._resolve_voice(voice)
         scheduler = self.scheduler
         events = StreamEvents()
@@ -414,6 +413,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             events=events,
             crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
             engine_failure=self._t3_failure,
+            speed=params.speed,
         )
         session.start()
         return session

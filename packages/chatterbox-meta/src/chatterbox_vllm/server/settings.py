@@ -31,6 +31,7 @@ class ServerSettings:
     max_concurrent_streams: int = _setting(64, "requests served at once (429 beyond)")
     drain_seconds: float = _setting(120.0, "on SIGTERM, how long running streams may finish")
     model_name: str = _setting("chatterbox", "the model id /v1/models lists")
+    playground: bool = _setting(True, "serve the playground page at / (--no-playground: off)")
 
     def __post_init__(self) -> None:
         for name in ("port", "max_input_chars", "max_upload_bytes", "max_concurrent_streams"):
@@ -65,6 +66,16 @@ class ServerSettings:
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     for setting in fields(ServerSettings):
+        if setting.name == "playground":
+            group.add_argument(
+                "--no-playground",
+                dest="playground",
+                action="store_const",
+                const=False,
+                default=None,
+                help="do not serve the playground page at / (the API is unchanged)",
+            )
+            continue
         kind = {"int": int, "float": float}.get(str(setting.type).split(" ")[0], str)
         if setting.name == "voices_dir":
             kind = Path
