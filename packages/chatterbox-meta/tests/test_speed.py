@@ -24,9 +24,7 @@ def voiced(seconds: float, f0: float = F0, seed: int = 0) -> np.ndarray:
     t = np.arange(round(seconds * RATE)) / RATE
     jitter = 1 + 0.01 * np.sin(2 * np.pi * 4.0 * t)  # a little natural pitch movement
     phase = 2 * np.pi * f0 * np.cumsum(jitter) / RATE
-    signal = sum(
-        np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k**1.2 for k in range(1, 25)
-    )
+    signal = sum(np.sin(k * phase + rng.uniform(0, 2 * np.pi)) / k**1.2 for k in range(1, 25))
     contour = 0.6 + 0.4 * np.sin(2 * np.pi * 1.3 * t) ** 2
     fade = np.minimum(1, np.minimum(t, t[::-1]) / 0.02)
     return (0.2 * signal * contour * fade).astype(np.float32)

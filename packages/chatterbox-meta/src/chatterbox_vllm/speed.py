@@ -73,9 +73,10 @@ class SpeedStretcher:
     def __init__(self, speed: float, sample_rate: int) -> None:
         self.speed = speed if speed == 1.0 else check_speed(speed)
         self.sample_rate = sample_rate
-        self._context = np.zeros(0, np.float32)  # emitted input the next run sees again
-        self._pending = np.zeros(0, np.float32)  # input not emitted yet
-        self._fade_tail = np.zeros(0, np.float32)  # last run's output past its end, to fade out
+        empty: np.ndarray = np.zeros(0, np.float32)
+        self._context = empty  # emitted input the next run sees again
+        self._pending = empty  # input not emitted yet
+        self._fade_tail = empty  # last run's output past its end, to fade out
         self._taken = 0  # input samples emitted so far
         self._given = 0  # output samples returned so far
         self._lookahead = round(LOOKAHEAD_SECONDS * sample_rate)

@@ -197,8 +197,8 @@ async function loadVoices(select) {
 async function deleteVoice(name) {
   try {
     await apiJson(`/v1/voices/${encodeURIComponent(name)}`, { method: "DELETE" });
-    $("voice-message").textContent = `deleted ${name}`;
     await loadVoices();
+    $("voice-message").textContent = `deleted ${name}`;
   } catch (error) {
     if (!(error instanceof KeyNeeded)) $("voice-message").textContent = error.message;
   }
@@ -214,8 +214,8 @@ $("upload-form").addEventListener("submit", async (event) => {
   $("voice-message").textContent = `uploading ${name}…`;
   try {
     const answer = await apiJson("/v1/voices", { method: "POST", body: form });
-    $("voice-message").textContent = `${answer.replaced ? "replaced" : "uploaded"} ${answer.name}`;
     await loadVoices(answer.name);
+    $("voice-message").textContent = `${answer.replaced ? "replaced" : "uploaded"} ${answer.name}`;
   } catch (error) {
     if (!(error instanceof KeyNeeded)) $("voice-message").textContent = error.message;
   }
