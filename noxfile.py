@@ -6,12 +6,14 @@ nox -s t3 s3gen meta      # each component's own tests, the component alone in a
 nox -s parity             # our code vs the reference chatterbox-tts 0.1.2 on identical weights
 nox -s parity_mtl         # the multilingual front end (and T3) vs chatterbox-tts 0.1.7
 nox -s lint typecheck
+nox -s browser            # the playground page in headless Chromium (installs Debian's chromium)
 nox -s gpu                # tests marked `gpu`, on a machine with a CUDA GPU
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +21,17 @@ import nox
 
 nox.needs_version = ">=2024.4.15"
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "typecheck", "tests", "t3", "s3gen", "meta", "parity", "parity_mtl"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "tests",
+    "t3",
+    "s3gen",
+    "meta",
+    "parity",
+    "parity_mtl",
+    "browser",
+]
 nox.options.error_on_external_run = True
 
 ROOT = Path(__file__).parent
@@ -69,7 +81,58 @@ def tests(session: nox.Session) -> None:
         "test",
         env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
     )
-    _pytest(session, "tests", "--ignore=tests/parity", "--ignore=tests/parity_mtl")
+    _pytest(
+        session,
+        "tests",
+        "--ignore=tests/parity",
+        "--ignore=tests/parity_mtl",
+        f"--ignore={PLAYGROUND_TESTS}",
+    )
+
+
+PLAYGROUND_TESTS = "tests/server/test_playground.py"
+BROWSER_PACKAGES = ("chromium", "chromium-driver")
+"""Debian's headless Chromium and its WebDriver (/usr/bin/chromium, /usr/bin/chromedriver)."""
+
+
+def _install_chromium(session: nox.Session) -> None:
+    """Installs Debian's chromium and chromium-driver with apt (CI runs as root; elsewhere sudo
+    without a password prompt). Skips the session, saying so, only where apt is unavailable."""
+    if Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists():
+        return
+    if shutil.which("apt-get") is None:
+        session.skip(
+            "apt-get is not available here, so Debian's chromium and chromium-driver cannot be "
+            "installed: install them (/usr/bin/chromium, /usr/bin/chromedriver) to run the "
+            "playground's browser tests"
+        )
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends"]
+    # apt-get answers 100 when its package lists are missing or stale (a fresh machine): update.
+    session.run(*install, *BROWSER_PACKAGES, external=True, env=env, success_codes=[0, 100])
+    if not Path("/usr/bin/chromedriver").exists():
+        session.run(*sudo, "apt-get", "update", "-q", external=True, env=env)
+        session.run(*install, *BROWSER_PACKAGES, external=True, env=env)
+
+
+@nox.session(python=PYTHON)
+def browser(session: nox.Session) -> None:
+    """The playground page (GET /) in Debian's headless Chromium, driven by Selenium, against a
+    real server on a tiny CPU checkpoint; screenshots in test-artifacts/playground/."""
+    _install_chromium(session)
+    session.run_install(
+        "uv",
+        "sync",
+        "--locked",
+        "--all-packages",
+        "--group",
+        "test",
+        "--group",
+        "browser",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+    _pytest(session, PLAYGROUND_TESTS)
 
 
 @nox.session(python=PYTHON)

@@ -120,6 +120,25 @@ def test_openai_client_gets_audio_of_the_expected_length(client, reference, fmt:
     assert np.abs(audio).max() > 0
 
 
+def test_speed_stretches_the_audio_and_one_leaves_it_untouched(client, reference) -> None:
+    _, pcm = reference
+    samples = np.frombuffer(pcm, "<i2")
+    for speed in (1.0, 2.0):
+        response = client.audio.speech.create(
+            model="chatterbox",
+            voice="default",
+            input="Hello from the server.",
+            response_format="pcm",
+            speed=speed,
+            extra_body={"max_new_tokens": 20, "seed": 3},
+        )
+        audio = np.frombuffer(response.content, "<i2")
+        if speed == 1.0:
+            assert np.array_equal(audio, samples)  # no processing at all
+        else:
+            assert audio.size == round(samples.size / speed)
+
+
 def test_streaming_response_and_sse_events(client, server) -> None:
     with client.audio.speech.with_streaming_response.create(
         model="tts-1",
@@ -182,7 +201,8 @@ def test_uploaded_voice_is_listed_used_persisted_and_deleted(client, server) -> 
         ({"cfg_weight": 7}, 400, "cfg_weight", "less than or equal to 3"),
         ({"temperature": "hot"}, 400, "temperature", "valid number"),
         ({"seed": 1.5}, 400, "seed", "valid integer"),
-        ({"speed": 1.5}, 400, "speed", "not supported"),
+        ({"speed": 4.5}, 400, "speed", "less than or equal to 4"),
+        ({"speed": 0.2}, 400, "speed", "greater than or equal to 0.25"),
         ({"model": "whisper-1"}, 400, "model", "unknown model"),
         ({"bogus": 1}, 400, "bogus", "Extra inputs are not permitted"),
         (

@@ -175,6 +175,15 @@ CONTROLS: dict[str, Control] = {
             "take (characters / 15); a guard against run-away generations",
             optional=True,
         ),
+        Control(
+            "speed",
+            float,
+            1.0,
+            0.25,
+            4.0,
+            "playback speed (OpenAI's range): the audio is time-stretched, its pitch unchanged; "
+            "2 is twice as fast, 1 leaves it untouched",
+        ),
     )
 }
 """Every per-request control, in the order ``--help`` and the server schema list them."""
@@ -212,6 +221,7 @@ class ControlKwargs(TypedDict, total=False):
     seed: int | None
     max_new_tokens: int | None
     max_tokens_per_expected_second: float | None
+    speed: float | None
 
 
 assert list(ControlKwargs.__annotations__) == list(CONTROLS), "one keyword per control"
@@ -239,6 +249,7 @@ class GenerationParams:
     seed: int | None = _default("seed")
     max_new_tokens: int | None = _default("max_new_tokens")
     max_tokens_per_expected_second: float | None = _default("max_tokens_per_expected_second")
+    speed: float = _default("speed")
 
     def __post_init__(self) -> None:
         for name, control in CONTROLS.items():

@@ -32,6 +32,7 @@ from chatterbox_vllm.results import (
     TTSRequest,
     VoiceLike,
 )
+from chatterbox_vllm.speed import change_speed
 from chatterbox_vllm.watermark import Watermarker, apply_watermark
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         for request_index, request in enumerate(requests):
             outputs = [audio[item.order] for item in plan.items_of(request_index)]
             waveforms = [output.waveform for output in outputs]
-            joined = self._join_chunks(waveforms)
+            joined = self._join_chunks(waveforms, request.params.speed)
             stats.audio_seconds += joined.numel() / self.sample_rate
             stats.speech_tokens += sum(len(output.tokens) for output in outputs)
             results.append(
@@ -217,10 +218,13 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         request_index = plan.items[error.order].request_index
         return type(cause)(f"text {request_index}: {cause}")
 
-    def _join_chunks(self, waveforms: list[torch.Tensor]) -> torch.Tensor:
-        """Crossfades one text's chunk audio together and watermarks the result."""
+    def _join_chunks(self, waveforms: list[torch.Tensor], speed: float = 1.0) -> torch.Tensor:
+        """Crossfades one text's chunk audio together, brings it to ``speed`` (1.0: untouched)
+        and watermarks the result (the watermark goes on the audio as it is heard)."""
         crossfade = round(self.config.crossfade_seconds * self.sample_rate)
         joined = equal_power_crossfade_join(waveforms, crossfade)
+        if speed != 1.0 and joined.numel():
+            joined = torch.from_numpy(change_speed(joined.numpy(), self.sample_rate, speed))
         if self._watermarker is not None and joined.numel():
             joined = apply_watermark(self._watermarker, joined, self.sample_rate)
         return joined

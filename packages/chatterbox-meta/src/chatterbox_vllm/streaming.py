@@ -28,6 +28,7 @@ from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, ChunkJoiner
 from chatterbox_vllm.errors import EngineDeadError
 from chatterbox_vllm.pipeline import decode_all_or_none
 from chatterbox_vllm.scheduler import S3GenScheduler
+from chatterbox_vllm.speed import SpeedStretcher
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class StreamSession:
         events: StreamEvents,
         crossfade_samples: int,
         engine_failure: Callable[[], str | None],
+        speed: float = 1.0,
     ) -> None:
         self.items = items
         self._t3_stream = t3_stream
@@ -114,6 +116,7 @@ class StreamSession:
         self._scheduler = scheduler
         self.events = events
         self._joiner = ChunkJoiner(crossfade_samples)
+        self._stretcher = None if speed == 1.0 else SpeedStretcher(speed, S3GEN_SAMPLE_RATE)
         self._engine_failure = engine_failure
         self._buffers: dict[int, list[tuple[list[torch.Tensor], bool]]] = {
             i.order: [] for i in items
@@ -159,13 +162,22 @@ class StreamSession:
             audio = torch.cat([p.reshape(-1) for p in pieces]) if pieces else torch.zeros(0)
             emitted = self._joiner.add(audio, chunk_done=done and not buffer)
             if emitted.numel():
+                emitted = self._at_speed(emitted, final=False)
+            if emitted.numel():
                 out.append(self._chunk(emitted, final=False))
             if done and not buffer:
                 self._current += 1
-        tail = self._joiner.finish()
+        tail = self._at_speed(self._joiner.finish(), final=True)
         out.append(self._chunk(tail, final=True))
         self._finished = True
         return out
+
+    def _at_speed(self, waveform: torch.Tensor, *, final: bool) -> torch.Tensor:
+        if self._stretcher is None:
+            return waveform
+        # Stateful across chunks (no click at the joins): it may hold audio back until the next
+        # chunk, and gives everything it holds with the final one.
+        return torch.from_numpy(self._stretcher.process(waveform.numpy(), final=final))
 
     def _chunk(self, waveform: torch.Tensor, *, final: bool) -> AudioChunk:
         chunk = AudioChunk(

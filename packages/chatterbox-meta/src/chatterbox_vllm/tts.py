@@ -467,9 +467,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
         Streams run concurrently with each other (and share S3Gen batches); all checks happen
         here, before anything is queued."""
         self._check_open()
-        plan = plan_requests(
-            [text], [params or GenerationParams.for_model(self.model)], self.config, self.model
-        )
+        params = params or GenerationParams.for_model(self.model)
+        plan = plan_requests([text], [params], self.config, self.model)
         voice_value = self._resolve_voice(voice)
         # Every chunk's text is checked before any S3Gen lane opens: a chunk the front end
         # refuses must not leave the lanes of the chunks before it open.
@@ -497,6 +496,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 events=events,
                 crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
                 engine_failure=self._t3_failure,
+                speed=params.speed,
             )
             session.start()
         except BaseException:

@@ -47,6 +47,7 @@ from chatterbox_vllm.server.middleware import (
     StreamAborted,
     error_body,
 )
+from chatterbox_vllm.server.playground import add_playground
 from chatterbox_vllm.server.schema import SpeechRequest, controls_of
 from chatterbox_vllm.server.settings import ServerSettings
 from chatterbox_vllm.server.voices import UnknownVoiceError, VoiceStore
@@ -329,12 +330,6 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 f"response_format {request.response_format!r} is not available; use one of {', '.join(formats)}",
                 param="response_format",
             )
-        if request.speed != 1.0:
-            raise APIError(
-                400,
-                f"speed {request.speed} is not supported: Chatterbox speaks at its own pace (use 1.0)",
-                param="speed",
-            )
         if request.instructions:
             raise APIError(
                 400,
@@ -452,6 +447,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         metrics.refresh_admission(admission)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    if settings.playground:
+        add_playground(app, settings, tts.model)
     return app
 
 

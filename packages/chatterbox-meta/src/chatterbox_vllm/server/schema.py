@@ -23,9 +23,6 @@ class SpeechRequestBase(BaseModel):
         "default", description="a voice name: 'default' or one uploaded to /v1/voices"
     )
     response_format: str = Field("mp3", description="wav, pcm, flac, mp3, opus or aac")
-    speed: StrictFloat | StrictInt = Field(
-        1.0, description="only 1.0 (Chatterbox has no tempo control)"
-    )
     stream_format: Literal["audio", "sse"] = Field(
         "audio", description="audio: the encoded stream; sse: speech.audio.delta/done events"
     )
@@ -47,7 +44,8 @@ SpeechRequest = create_model(  # type: ignore[call-overload]
     __base__=SpeechRequestBase,
     **{name: _field(control) for name, control in CONTROLS.items()},
 )
-"""The whole request body (OpenAI fields + ``exaggeration``, ``cfg_weight``, ``seed``...)."""
+"""The whole request body (OpenAI fields + ``exaggeration``, ``cfg_weight``, ``seed``...; OpenAI's
+``speed`` is a control of the contract too)."""
 
 
 def controls_of(request: BaseModel) -> dict[str, Any]:

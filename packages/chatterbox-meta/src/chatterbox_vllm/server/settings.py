@@ -47,6 +47,7 @@ class ServerSettings:
     max_queued_streams: int = _setting(256, "requests that may wait in the queue (429 beyond)")
     drain_seconds: float = _setting(120.0, "on SIGTERM, how long running streams may finish")
     model_name: str = _setting("chatterbox", "the model id /v1/models lists")
+    playground: bool = _setting(True, "serve the playground page at / (--no-playground: off)")
 
     def __post_init__(self) -> None:
         for name in (
@@ -99,6 +100,16 @@ class ServerSettings:
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     for setting in fields(ServerSettings):
+        if setting.name == "playground":
+            group.add_argument(
+                "--no-playground",
+                dest="playground",
+                action="store_const",
+                const=False,
+                default=None,
+                help="do not serve the playground page at / (the API is unchanged)",
+            )
+            continue
         kind = {"int": int, "float": float}.get(str(setting.type).split(" ")[0], str)
         if setting.name == "voices_dir":
             kind = Path
