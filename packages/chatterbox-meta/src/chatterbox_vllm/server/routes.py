@@ -119,16 +119,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
-        param = None
-        for item in error.errors():
-            if item.get("type") == "json_invalid":
-                problems.append(f"the body is not valid JSON ({item.get('ctx', {}).get('error')})")
-                continue
-            where = [str(part) for part in item.get("loc", ()) if part not in ("body",)]
-            param = param or (where[0] if where else None)
-            problems.append(f"{'.'.join(where) or 'body'}: {_validation_message(item)}")
-        return JSONResponse(error_body("; ".join(problems), param=param), 400)
+        message, param = validation_problem(error.errors())
+        return JSONResponse(error_body(message, param=param), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -155,31 +147,13 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     app.add_middleware(AbortFailedStreams)
 
     async def authorize(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise APIError(
-                401,
-                "missing API key: send 'Authorization: Bearer <key>'",
-                kind="authentication_error",
-            )
-        if token.strip() != settings.api_key:
-            raise APIError(401, "wrong API key", kind="authentication_error")
+        check_api_key(settings, request.headers.get("authorization", ""))
 
     # ------------------------------------------------------------------ speech
 
     @app.post("/v1/audio/speech", dependencies=[Depends(authorize)])
     async def speech(body: SpeechRequest) -> Response:  # type: ignore[valid-type]
         request: Any = body
-        accepted_models = (settings.model_name, *OPENAI_MODEL_ALIASES)
-        if request.model not in accepted_models:
-            raise APIError(
-                400,
-                f"unknown model {request.model!r}; use one of {', '.join(accepted_models)}",
-                param="model",
-            )
         if len(request.input) > settings.max_input_chars:
             raise APIError(
                 413,
@@ -187,29 +161,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 "are accepted (split the text, or raise --max-input-chars)",
                 param="input",
             )
-        if request.response_format not in formats:
-            raise APIError(
-                400,
-                f"response_format {request.response_format!r} is not available; use one of {', '.join(formats)}",
-                param="response_format",
-            )
-        if request.speed != 1.0:
-            raise APIError(
-                400,
-                f"speed {request.speed} is not supported: Chatterbox speaks at its own pace (use 1.0)",
-                param="speed",
-            )
-        if request.instructions:
-            raise APIError(
-                400,
-                "instructions are not supported by Chatterbox (use exaggeration / cfg_weight)",
-                param="instructions",
-            )
-        try:
-            voice = voices.get(request.voice)
-        except UnknownVoiceError as error:
-            raise APIError(400, str(error), param="voice") from None
-        params = GenerationParams.from_controls(controls_of(request), model=tts.model)
+        voice, params = check_speech_options(request, settings, formats, voices, tts.model)
         slots.acquire()
         started = time.perf_counter()
         try:
@@ -319,7 +271,90 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         metrics.refresh(tts)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    from chatterbox_vllm.server.realtime import add_speech_stream_route
+
+    add_speech_stream_route(
+        app, tts=tts, settings=settings, voices=voices, metrics=metrics, slots=slots
+    )
     return app
+
+
+def check_api_key(
+    settings: ServerSettings, authorization: str, query_key: str | None = None
+) -> None:
+    """The API key of a request: ``Authorization: Bearer KEY`` (or, where a browser cannot set
+    headers, the WebSocket's ``api_key`` query parameter); 401 when missing or wrong."""
+    if settings.api_key is None:
+        return
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        key = token.strip()
+    elif query_key:
+        key = query_key
+    else:
+        raise APIError(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>'",
+            kind="authentication_error",
+        )
+    if key != settings.api_key:
+        raise APIError(401, "wrong API key", kind="authentication_error")
+
+
+def check_speech_options(
+    request: Any,
+    settings: ServerSettings,
+    formats: tuple[str, ...] | list[str],
+    voices: VoiceStore,
+    model: Any,
+) -> tuple[Any, GenerationParams]:
+    """The checks of how to speak, shared by ``/v1/audio/speech`` and the WebSocket session
+    (model, format, speed, instructions, voice, controls): the voice and params, or the
+    :class:`APIError` naming the field."""
+    accepted_models = (settings.model_name, *OPENAI_MODEL_ALIASES)
+    if request.model not in accepted_models:
+        raise APIError(
+            400,
+            f"unknown model {request.model!r}; use one of {', '.join(accepted_models)}",
+            param="model",
+        )
+    if request.response_format not in formats:
+        raise APIError(
+            400,
+            f"response_format {request.response_format!r} is not available; use one of {', '.join(formats)}",
+            param="response_format",
+        )
+    if request.speed != 1.0:
+        raise APIError(
+            400,
+            f"speed {request.speed} is not supported: Chatterbox speaks at its own pace (use 1.0)",
+            param="speed",
+        )
+    if request.instructions:
+        raise APIError(
+            400,
+            "instructions are not supported by Chatterbox (use exaggeration / cfg_weight)",
+            param="instructions",
+        )
+    try:
+        voice = voices.get(request.voice)
+    except UnknownVoiceError as error:
+        raise APIError(400, str(error), param="voice") from None
+    return voice, GenerationParams.from_controls(controls_of(request), model=model)
+
+
+def validation_problem(errors: Any) -> tuple[str, str | None]:
+    """pydantic's errors of a request body as one message, and the first field named."""
+    problems = []
+    param = None
+    for item in errors:
+        if item.get("type") == "json_invalid":
+            problems.append(f"the body is not valid JSON ({item.get('ctx', {}).get('error')})")
+            continue
+        where = [str(part) for part in item.get("loc", ()) if part not in ("body",)]
+        param = param or (where[0] if where else None)
+        problems.append(f"{'.'.join(where) or 'body'}: {_validation_message(item)}")
+    return "; ".join(problems), param
 
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
