@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +41,14 @@ from starlette.websockets import WebSocketDisconnect
 from chatterbox_vllm.encoding import StreamEncoder
 from chatterbox_vllm.errors import ChatterboxError, ChunkInputError, EngineDeadError
 from chatterbox_vllm.planner import IncrementalPlanner, resolve_params
-from chatterbox_vllm.server.middleware import error_body
-from chatterbox_vllm.server.routes import (
+from chatterbox_vllm.server.checks import (
     APIError,
-    _param_of,
     check_api_key,
     check_speech_options,
+    param_of,
     validation_problem,
 )
+from chatterbox_vllm.server.middleware import error_body
 from chatterbox_vllm.server.schema import SpeechSession
 from chatterbox_vllm.streaming import TextStream, aiterate_stream
 
@@ -244,7 +245,7 @@ class SpeechStreamSession:
             return True
         return False
 
-    async def _parse(self, message: dict[str, Any]) -> dict[str, Any] | None:
+    async def _parse(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
         text = message.get("text")
         if text is None:
             await self._error("send JSON text frames, not binary ones", code="invalid_event")
@@ -291,7 +292,7 @@ class SpeechStreamSession:
             await self._error(error.message, param=error.param, kind=error.kind)
             return
         except ChatterboxError as error:
-            await self._error(str(error), param=_param_of(error))
+            await self._error(str(error), param=param_of(error))
             return
         self.options, self._given = options, merged
         await self._send({"type": "session.updated", "session": self._describe()})
@@ -495,7 +496,7 @@ class SpeechStreamSession:
             return
         if isinstance(error, ChunkInputError):
             error = error.cause
-        param = _param_of(error)
+        param = param_of(error)
         await self._error(str(error), param="delta" if param == "input" else param)
 
     async def _error(
