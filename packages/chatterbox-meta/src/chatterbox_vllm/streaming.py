@@ -144,7 +144,8 @@ class StreamSession:
         self.speech_tokens = 0
 
     def start(self) -> None:
-        self._future = self._loop.submit(self._decode_all())
+        # The items of now: those added later (``add``) are started by ``add`` itself.
+        self._future = self._loop.submit(self._decode_all(list(self.items)))
 
     def add(self, plan_items: list[PlanItem]) -> None:
         """More text chunks, in order after those the session has: T3 starts on them at once
@@ -176,8 +177,8 @@ class StreamSession:
         rejected while the audio of earlier text was playing."""
         self.events.put(NO_ITEM, [], True, error)
 
-    async def _decode_all(self) -> None:
-        await decode_all_or_none(self._decode(item) for item in self.items)
+    async def _decode_all(self, items: list[StreamItem]) -> None:
+        await decode_all_or_none(self._decode(item) for item in items)
 
     async def _decode(self, item: StreamItem) -> None:
         sent = 0

@@ -126,6 +126,14 @@ def add_speech_stream_route(
         session = SpeechStreamSession(websocket, tts, settings, voices, metrics)
         try:
             await session.run()
+        except Exception as error:  # never an HTTP error response on a WebSocket
+            logger.exception("speech stream session failed")
+            with contextlib.suppress(Exception):
+                event = _error_event(
+                    f"internal error: {type(error).__name__}: {error}", kind="server_error"
+                )
+                await websocket.send_text(json.dumps(event))
+                await websocket.close(CLOSE_SERVER_ERROR)
         finally:
             await session.stop()
             metrics.running_streams.dec()
