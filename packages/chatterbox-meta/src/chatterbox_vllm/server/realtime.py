@@ -287,7 +287,7 @@ class SpeechStreamSession:
                 code="turn_in_progress",
             )
             return
-        merged = {**self._given, **given}
+        merged = {"model": self.settings.model_name, **self._given, **given}
         try:
             options = SpeechSession(**merged)
         except ValidationError as error:
