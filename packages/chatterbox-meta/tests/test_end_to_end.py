@@ -244,3 +244,22 @@ def test_missing_checkpoint_file_is_named(tiny_checkpoint: Path, tmp_path: Path)
             shutil.copyfile(tiny_checkpoint / name, tmp_path / name)
     with pytest.raises(CheckpointError, match=r"missing t3_cfg\.safetensors: T3 weights"):
         ChatterboxTTS.from_local(tmp_path)
+
+
+def test_start_up_timeline_splits_the_engine_start_into_its_stages(tts: ChatterboxTTS) -> None:
+    """The worker's stages are measured inside vLLM's engine process: each is a positive time,
+    they come in the order they ran, and with the rest they add up to the engine's start."""
+    timings = tts.load_timings
+    stages = [stage for stage in timings if stage.startswith("t3_engine.")]
+    assert stages[:4] == [
+        "t3_engine.device",
+        "t3_engine.weights",
+        "t3_engine.compile",
+        "t3_engine.kv_profile",
+    ]
+    assert "t3_engine.kv_cache" in stages and "t3_engine.graph_capture" in stages
+    assert stages[-1] == "t3_engine.other"
+    assert timings["imports"] >= 0 and timings["t3_engine"] > 0
+    assert all(timings[stage] >= 0 for stage in stages)
+    assert timings["t3_engine.weights"] > 0 and timings["t3_engine.graph_capture"] > 0
+    assert sum(timings[stage] for stage in stages) == pytest.approx(timings["t3_engine"], rel=1e-6)

@@ -421,6 +421,11 @@ class T3Engine:
     ) -> T3Voice:
         return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
 
+    def startup_timeline(self) -> dict[str, float]:
+        """Seconds of each start-up stage of the engine's worker
+        (:data:`~chatterbox_t3.startup.STARTUP_STAGES`), in the order they ran."""
+        return dict(self._llm.collective_rpc("t3_startup_timeline")[0])
+
     def generate_speech_tokens(
         self, requests: Sequence[T3Request], use_tqdm: bool = False
     ) -> list[T3Output]:
@@ -558,6 +563,11 @@ class AsyncT3Engine:
                 on_tokens(len(new))
             if output.finished or not final_only:
                 yield self.frontend.to_output(output, prepared.num_prompt_tokens, tuple(raw))
+
+    async def startup_timeline(self) -> dict[str, float]:
+        """Seconds of each start-up stage of the engine's worker
+        (:data:`~chatterbox_t3.startup.STARTUP_STAGES`), in the order they ran."""
+        return dict((await self._engine.collective_rpc("t3_startup_timeline"))[0])
 
     def num_unfinished_requests(self) -> int:
         """Requests vLLM is still serving (decoding or queued); aborted ones leave at once."""
