@@ -5,6 +5,8 @@
 # PARTs:
 #   serve-only     the server load alone (LOAD_N, default 1,8,64)
 #   product-mps    the server load again under CUDA MPS (after product; needs its checkpoint)
+#   speech-stream  WS /v1/audio/speech/stream (issue 28): first audio after the first sentence's
+#                  end at 1 and 32 sessions, text at 30 tokens/s, stalls, barge-in time
 #   pack           last: logs and texts into $OUT/logs.tgz (a call returns at most 8 files)
 #   product        THE product benchmark (issue 15/16): `chatterbox-vllm bench` on benchmark-text-1
 #                  at the defaults, then `bench/server_load.py` at N = 1, 8, 32, 64, 128 (distinct
@@ -112,6 +114,11 @@ for part in "$@"; do
       serve_load serve-load-mps "${LOAD_N_MPS:-8,32,64,128}" "$out/server-mps.log" "$out/server-load-mps.json"
       grep -E 'healthy|^\||error' "$out/serve-load-mps.log" | head -14
       echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
+    speech-stream)
+      make_checkpoint
+      run speech-stream ${STREAM_S:-500} python3 bench/speech_stream_bench.py --model-dir /tmp/ck-full \
+          --concurrency "${STREAM_N:-1,32}" --controls '{"max_tokens_per_expected_second": 25}' \
+          --startup-timeout 300 --server-log "$out/stream-server.log" -- --no-watermark $SERVE_FLAGS ;;
     pack)  # at most 8 files come back: logs go into one archive
       (cd "$out" && tar czf logs.tgz *.log *.txt 2>/dev/null && rm -f *.log *.txt) ;;
     *) echo "unknown part $part"; exit 2 ;;
