@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if server_args and args.model_dir is None:
         parser.error("arguments after '--' are server flags: they need --model-dir")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per /metrics poll otherwise
     server = None
     try:
         if args.model_dir is not None:
