@@ -8,6 +8,8 @@
 #   layouts        issue 22/26: T3 in vLLM's engine process vs in the server's process
 #                  (--t3-process in-process), the same server load (LAYOUT_N, default 8,64) and
 #                  `bench` end to end (generate_schedule after-t3 and overlap) for each, one call
+#   speech-stream  WS /v1/audio/speech/stream (issue 28): first audio after the first sentence's
+#                  end at 1 and 32 sessions, text at 30 tokens/s, stalls, barge-in time
 #   pack           last: logs and texts into $OUT/logs.tgz (a call returns at most 8 files)
 #   product        THE product benchmark (issue 15/16/22): `chatterbox-vllm bench` on benchmark-text-1
 #                  at the defaults, then `bench/server_load.py` at N = 1, 8, 32, 64, 128, 256 and a
@@ -131,6 +133,11 @@ for part in "$@"; do
               --json "$out/e2e-$layout-$schedule.json"
         done
       done ;;
+    speech-stream)
+      make_checkpoint
+      run speech-stream ${STREAM_S:-500} python3 bench/speech_stream_bench.py --model-dir /tmp/ck-full \
+          --concurrency "${STREAM_N:-1,32}" --controls '{"max_tokens_per_expected_second": 25}' \
+          --startup-timeout 300 --server-log "$out/stream-server.log" -- --no-watermark $SERVE_FLAGS ;;
     pack)  # at most 8 files come back: logs go into one archive
       (cd "$out" && tar czf logs.tgz *.log *.txt 2>/dev/null && rm -f *.log *.txt) ;;
     *) echo "unknown part $part"; exit 2 ;;

@@ -76,3 +76,79 @@ def test_estimated_tokens_follow_text_length_and_the_caps(
         max_tokens=token_cap("x" * chars, max_new_tokens, per_second), seed=None,
     )  # fmt: skip
     assert item.estimated_tokens == expected
+
+
+# ---------------------------------------------------------------------------- incremental mode
+
+
+def _feed(planner, deltas: list[str]) -> list[tuple[int, str]]:
+    """(index of the delta after which an item came out, its text); -1: the commit."""
+    out = [(i, item.text) for i, delta in enumerate(deltas) for item in planner.append(delta)]
+    return out + [(-1, item.text) for item in planner.commit()]
+
+
+def test_incremental_items_come_out_when_their_end_is_known() -> None:
+    from chatterbox_vllm.planner import IncrementalPlanner
+
+    config = EngineConfig(max_chunk_chars=60)
+    planner = IncrementalPlanner(GenerationParams(seed=9), config)
+    deltas = ["Dr. Sm", "ith is h", "ere.", " He", " says hi!", " And th", "e end"]
+    out = _feed(planner, deltas)
+    # "Dr." ends no sentence; "here." ends one only when the space after it arrives.
+    assert out == [(3, "Dr. Smith is here."), (5, "He says hi!"), (-1, "And the end")]
+    assert [item.seed for item in planner.items] == [9, 10, 11]
+    assert [item.order for item in planner.items] == [0, 1, 2]
+    text = "".join(deltas)
+    assert [text[s.start : s.end].strip() for s in planner.spans] == [t for _, t in out]
+
+
+def test_incremental_plan_equals_the_whole_plan_where_the_split_is_the_same() -> None:
+    from chatterbox_vllm.planner import IncrementalPlanner
+
+    config = EngineConfig(max_chunk_chars=60)
+    text = (
+        "The first sentence is said right here. Then a second one follows it! "
+        "A third sentence is long enough to stand alone."
+    )
+    params = GenerationParams(seed=4, max_tokens_per_expected_second=20)
+    whole = plan_requests([text], [params], config).items
+    planner = IncrementalPlanner(params, config)
+    _feed(planner, [text[i : i + 2] for i in range(0, len(text), 2)])
+    assert planner.items == list(whole)
+
+
+def test_a_long_first_clause_starts_early_and_a_run_on_is_cut_at_the_chunk_size() -> None:
+    from chatterbox_vllm.planner import FIRST_CLAUSE_MIN_CHARS, IncrementalPlanner
+
+    config = EngineConfig(max_chunk_chars=60)
+    planner = IncrementalPlanner(GenerationParams(), config)
+    clause = "Well, as I was saying to my friend yesterday,"
+    assert len(clause.split(", ", 1)[1]) >= FIRST_CLAUSE_MIN_CHARS
+    out = _feed(planner, [clause, " we should go", " and then, later on, more"])
+    # "Well," is too short to say alone; the clause is not (known once the space after its
+    # comma arrives); later clauses wait for their sentence.
+    assert out == [(1, clause), (-1, "we should go and then, later on, more")]
+    run_on = "word " * 30
+    planner = IncrementalPlanner(GenerationParams(), config)
+    cut = planner.append(run_on)
+    assert cut and all(len(item.text) <= 60 for item in cut)
+    assert len(planner.pending) <= 60
+    assert planner.pending_after("more words") == len(planner.pending) + len("more words")
+
+
+def test_incremental_deltas_may_cut_surrogate_pairs_and_bad_text_is_named() -> None:
+    import json
+
+    from chatterbox_vllm.planner import IncrementalPlanner
+
+    config = EngineConfig(max_chunk_chars=60)
+    planner = IncrementalPlanner(GenerationParams(), config, model="multilingual")
+    planner.append(json.loads('"Smile \\ud83d"'))
+    planner.append(json.loads('"\\ude00 now. "'))
+    assert [item.text for item in planner.items] == ["Smile \U0001f600 now."]
+    with pytest.raises(InvalidTextError, match="unpaired surrogate"):
+        planner.append("A lone \ud800 surrogate. ")
+    with pytest.raises(InvalidParameterError, match="delta must be a str"):
+        IncrementalPlanner(GenerationParams(), config).append(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="max_new_tokens"):
+        IncrementalPlanner(GenerationParams(max_new_tokens=100_000), config)

@@ -4,6 +4,7 @@ same total length as ``generate``; chunks in order; early close and concurrent s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 import torch
@@ -72,3 +73,46 @@ def test_bad_stream_input_fails_before_anything_starts(tts: ChatterboxTTS) -> No
         tts.stream("   ")
     with pytest.raises(InvalidParameterError, match="cfg_weight"):
         tts.stream("Hello.", cfg_weight=9)
+
+
+def test_stream_text_speaks_deltas_like_stream_speaks_the_whole_text(tts: ChatterboxTTS) -> None:
+    # Two sentences that the whole-text planner splits in two as well (max_chunk_chars 60).
+    text = "The first sentence is said right here. Then a second one follows it!"
+    controls = {"seed": 5, "max_new_tokens": 8}
+    whole = _joined(tts.stream(text, **controls))
+    deltas = [text[i : i + 4] for i in range(0, len(text), 4)]  # cut inside words
+    chunks = list(tts.stream_text(iter(deltas), **controls))
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert chunks[-1].final and [c.text_chunk for c in chunks][-1] == 1
+    pieces = _joined(chunks)
+    assert pieces.numel() == whole.numel()
+    # S3Gen may batch the two lanes' windows differently: equal to float32 rounding.
+    assert torch.allclose(pieces, whole, atol=1e-4)
+    assert tts.scheduler.stats.open_streams == 0
+
+
+def test_astream_text_reads_an_async_iterable_while_it_speaks(tts: ChatterboxTTS) -> None:
+    async def llm() -> AsyncIterator[str]:
+        for word in "Hello there, how are you? I am fine.".split(" "):
+            yield word + " "
+            await asyncio.sleep(0.02)
+
+    async def main() -> list:
+        return [chunk async for chunk in tts.astream_text(llm(), seed=2, max_new_tokens=6)]
+
+    chunks = asyncio.run(main())
+    assert sum(chunk.waveform.numel() for chunk in chunks) > 0 and chunks[-1].final
+    # "Hello there," is too short to say alone: two sentences, two text chunks.
+    assert {chunk.text_chunk for chunk in chunks} == {0, 1}
+
+
+def test_stream_text_errors_are_specific_and_stop_the_work(tts: ChatterboxTTS) -> None:
+    from chatterbox_vllm.errors import InvalidParameterError, InvalidTextError
+
+    with pytest.raises(InvalidParameterError, match="for a whole text use stream"):
+        tts.stream_text("Hello.")
+    with pytest.raises(InvalidParameterError, match="cfg_weight"):
+        tts.stream_text(["Hello."], cfg_weight=9)
+    with pytest.raises(InvalidTextError, match="unpaired surrogate"):
+        list(tts.stream_text(["Fine. ", "Broken \udc00 text. "], max_new_tokens=4))
+    assert tts.scheduler.stats.open_streams == 0

@@ -11,6 +11,11 @@ first audio arrives).
 How streamed audio differs from ``generate``'s (measured in the s3gen README): each window sees
 only the tokens decoded so far plus a 3-token look-ahead, so samples differ slightly from the
 non-streamed synthesis of the same tokens; lengths are identical.
+
+A stream of text that is still being written (:class:`TextStream`: ``stream_text`` and the
+WebSocket route) is the same session opened with no items: the
+:class:`~chatterbox_vllm.planner.IncrementalPlanner` hands it each sentence as its end is known
+(:meth:`StreamSession.add`), and the session ends once it is sealed and every item is spoken.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-from collections.abc import AsyncGenerator, Callable, Iterator
+import threading
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +33,7 @@ import torch
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, ChunkJoiner
 from chatterbox_vllm.errors import EngineDeadError
 from chatterbox_vllm.pipeline import decode_all_or_none
+from chatterbox_vllm.planner import IncrementalPlanner, PlanItem
 from chatterbox_vllm.scheduler import S3GenScheduler
 from chatterbox_vllm.speed import SpeedStretcher
 
@@ -78,6 +85,9 @@ class StreamEvents:
         return self._queue.get_nowait()
 
 
+NO_ITEM = -1
+"""The item of an event that carries no audio: it only wakes the consumer (sealed, failed)."""
+
 STREAM_POLL_SECONDS = 1.0
 """How often a waiting stream checks that the T3 engine is alive."""
 
@@ -96,7 +106,9 @@ class StreamSession:
     the scheduler turns tokens into audio, and the consumer reads :class:`AudioChunk` in order.
 
     ``t3_stream(request)`` is an async iterator of cumulative token outputs (last = final);
-    ``engine_failure()`` says why the engine died, ``None`` while it is alive."""
+    ``engine_failure()`` says why the engine died, ``None`` while it is alive. A session opened
+    with ``open_item`` (plan item -> its T3 request and scheduler lane) and ``sealed=False``
+    takes more items with :meth:`add` while it runs, and ends after :meth:`seal`."""
 
     def __init__(
         self,
@@ -109,6 +121,8 @@ class StreamSession:
         crossfade_samples: int,
         engine_failure: Callable[[], str | None],
         speed: float = 1.0,
+        open_item: Callable[[PlanItem], StreamItem] | None = None,
+        sealed: bool = True,
     ) -> None:
         self.items = items
         self._t3_stream = t3_stream
@@ -125,13 +139,49 @@ class StreamSession:
         self._emitted = 0
         self._finished = False
         self._future: Any = None
+        self._added: list[Any] = []  # the T3 futures of items added after the start
+        self._open_item = open_item
+        self._sealed = sealed
+        self._closed = False
+        self._lock = threading.Lock()  # items are added on one thread, audio taken on another
         self.speech_tokens = 0
 
     def start(self) -> None:
-        self._future = self._loop.submit(self._decode_all())
+        # The items of now: those added later (``add``) are started by ``add`` itself.
+        self._future = self._loop.submit(self._decode_all(list(self.items)))
 
-    async def _decode_all(self) -> None:
-        await decode_all_or_none(self._decode(item) for item in self.items)
+    def add(self, plan_items: list[PlanItem]) -> None:
+        """More text chunks, in order after those the session has: T3 starts on them at once
+        and their audio follows the earlier chunks', crossfaded."""
+        if self._open_item is None or self._sealed:
+            raise RuntimeError("this stream takes no more text (it is sealed)")
+        for plan_item in plan_items:
+            with self._lock:
+                if self._closed:
+                    return
+                if plan_item.order != len(self.items):
+                    raise RuntimeError(f"item {plan_item.order} added out of order")
+                self._buffers[plan_item.order] = []
+                try:
+                    item = self._open_item(plan_item)
+                except BaseException:
+                    del self._buffers[plan_item.order]
+                    raise
+                self.items.append(item)
+                self._added.append(self._loop.submit(self._decode(item)))
+
+    def seal(self) -> None:
+        """No more items: the session ends once those it has are spoken."""
+        self._sealed = True
+        self.events.put(NO_ITEM, [], False, None)
+
+    def fail(self, error: BaseException) -> None:
+        """Ends the session with ``error`` (raised to the consumer), e.g. text the planner
+        rejected while the audio of earlier text was playing."""
+        self.events.put(NO_ITEM, [], True, error)
+
+    async def _decode_all(self, items: list[StreamItem]) -> None:
+        await decode_all_or_none(self._decode(item) for item in items)
 
     async def _decode(self, item: StreamItem) -> None:
         sent = 0
@@ -167,6 +217,8 @@ class StreamSession:
                 out.append(self._chunk(emitted, final=False))
             if done and not buffer:
                 self._current += 1
+        if not self._sealed:
+            return out  # more text may come: the last chunk's end stays held for the crossfade
         tail = self._at_speed(self._joiner.finish(), final=True)
         out.append(self._chunk(tail, final=True))
         self._finished = True
@@ -184,7 +236,7 @@ class StreamSession:
             waveform=waveform,
             sample_rate=S3GEN_SAMPLE_RATE,
             index=self._emitted,
-            text_chunk=min(self._current, len(self.items) - 1),
+            text_chunk=max(0, min(self._current, len(self.items) - 1)),
             final=final,
         )
         self._emitted += 1
@@ -197,8 +249,10 @@ class StreamSession:
         order, pieces, done, error = event
         if error is not None:
             raise error
-        self._buffers[order].append((pieces, done))
-        return self._next_ready()
+        with self._lock:
+            if order != NO_ITEM:
+                self._buffers[order].append((pieces, done))
+            return self._next_ready()
 
     def check_engine(self) -> None:
         failure = self._engine_failure()
@@ -214,9 +268,13 @@ class StreamSession:
 
     def close(self) -> None:
         """Stops T3 (vLLM aborts the requests, freeing their KV blocks) and the S3Gen streams."""
-        if self._future is not None and not self._future.done():
-            self._future.cancel()
-        for item in self.items:
+        with self._lock:
+            self._closed = True
+            items = list(self.items)
+        for future in [self._future, *self._added]:
+            if future is not None and not future.done():
+                future.cancel()
+        for item in items:
             self._scheduler.cancel(item.lane_id)
 
 
@@ -258,3 +316,78 @@ async def aiterate_stream(session: StreamSession) -> AsyncGenerator[AudioChunk, 
                 yield chunk
     finally:
         session.close()
+
+
+class TextStream:
+    """Speech of a text that is still being written: an
+    :class:`~chatterbox_vllm.planner.IncrementalPlanner` feeding an open :class:`StreamSession`
+    (one voice, one seed sequence; the session's chunks are joined by the crossfade).
+    :meth:`append` deltas, then :meth:`commit`; read the audio with :func:`iterate_stream` /
+    :func:`aiterate_stream` on :attr:`session` meanwhile (from another thread or task)."""
+
+    def __init__(self, planner: IncrementalPlanner, session: StreamSession) -> None:
+        self.planner = planner
+        self.session = session
+
+    def append(self, delta: str) -> list[PlanItem]:
+        """A piece of text; returns the items it completed (already on their way to T3)."""
+        items = self.planner.append(delta)
+        self.session.add(items)
+        return items
+
+    def commit(self) -> list[PlanItem]:
+        """The end of the text: what is buffered is spoken, and the stream ends after it."""
+        items = self.planner.commit()
+        self.session.add(items)
+        self.session.seal()
+        return items
+
+    def close(self) -> None:
+        """Stops everything at once (T3 requests aborted, S3Gen lanes dropped)."""
+        self.session.close()
+
+
+def iterate_text_stream(stream: TextStream, deltas: Iterable[str]) -> Iterator[AudioChunk]:
+    """``stream_text``: reads ``deltas`` on the calling thread, and between two deltas yields
+    the audio that is ready (without waiting); after the last delta, the rest as it comes."""
+    session = stream.session
+    try:
+        for delta in deltas:
+            stream.append(delta)
+            while True:
+                try:
+                    event = session.events.get_nowait()
+                except queue.Empty:
+                    break
+                yield from session.take(event)
+        stream.commit()
+        yield from iterate_stream(session)
+    finally:
+        session.close()
+
+
+async def aiterate_text_stream(
+    stream: TextStream, deltas: AsyncIterable[str] | Iterable[str]
+) -> AsyncGenerator[AudioChunk, None]:
+    """``astream_text``: a task reads ``deltas`` (an async or a plain iterable) while audio is
+    yielded as it is ready; a delta the planner rejects ends the stream with its error."""
+
+    async def feed() -> None:
+        try:
+            if isinstance(deltas, AsyncIterable):
+                async for delta in deltas:
+                    await asyncio.to_thread(stream.append, delta)
+            else:
+                for delta in deltas:
+                    await asyncio.to_thread(stream.append, delta)
+            await asyncio.to_thread(stream.commit)
+        except Exception as error:
+            stream.session.fail(error)
+
+    feeder = asyncio.ensure_future(feed())
+    try:
+        async for chunk in aiterate_stream(stream.session):
+            yield chunk
+    finally:
+        feeder.cancel()
+        stream.session.close()

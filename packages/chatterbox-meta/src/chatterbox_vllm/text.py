@@ -194,14 +194,33 @@ def fold_accents(text: str) -> str:
     return "".join(char for char in decomposed if not unicodedata.combining(char))
 
 
+def sentence_ends(text: str) -> list[int]:
+    """Where each sentence of ``text`` ends (after its punctuation and closing quotes), for the
+    sentences whose end is known: a period, say, counts once the whitespace after it has
+    arrived (and it does not end an abbreviation or an initial)."""
+    return [
+        match.end()
+        for match in _SENTENCE_END.finditer(text)
+        if not _is_abbreviation(text, match.start())
+    ]
+
+
+def is_speakable(text: str) -> bool:
+    """True when ``text`` has a letter or digit (a piece of only punctuation says nothing)."""
+    return _SPEAKABLE.search(text) is not None
+
+
+def clause_ends(text: str) -> list[int]:
+    """Where each clause of ``text`` ends (``, ; : —`` and CJK clause marks), as
+    :func:`sentence_ends` does for sentences."""
+    return [match.end() for match in _CLAUSE_END.finditer(text)]
+
+
 def split_sentences(text: str) -> list[str]:
     """Splits whitespace-normalised text into sentences, keeping their punctuation."""
     sentences = []
     start = 0
-    for match in _SENTENCE_END.finditer(text):
-        end = match.end()
-        if _is_abbreviation(text, match.start()):
-            continue
+    for end in sentence_ends(text):
         sentence = text[start:end].strip()
         if sentence:
             sentences.append(sentence)

@@ -18,7 +18,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from chatterbox_vllm.errors import (
     ChatterboxError,
     ChunkInputError,
     EngineDeadError,
+    InvalidParameterError,
     InvalidTextError,
     from_component_error,
     from_engine_start_error,
@@ -48,7 +49,7 @@ from chatterbox_vllm.hub import (
 from chatterbox_vllm.interfaces import SpeechDecoder, StreamingSpeechTokenGenerator
 from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.pipeline import ChunkJob, EventLoopThread, run_pipeline
-from chatterbox_vllm.planner import Plan, PlanItem, plan_requests
+from chatterbox_vllm.planner import IncrementalPlanner, Plan, PlanItem, plan_requests
 from chatterbox_vllm.results import (
     ChunkAudio,
     GenerationResult,
@@ -63,8 +64,11 @@ from chatterbox_vllm.streaming import (
     StreamEvents,
     StreamItem,
     StreamSession,
+    TextStream,
     aiterate_stream,
+    aiterate_text_stream,
     iterate_stream,
+    iterate_text_stream,
 )
 from chatterbox_vllm.voices import Voice, VoiceCache
 from chatterbox_vllm.watermark import Watermarker, resolve_watermarker
@@ -470,25 +474,53 @@ class ChatterboxTTS(SpeechFront[Voice]):
         params = params or GenerationParams.for_model(self.model)
         plan = plan_requests([text], [params], self.config, self.model)
         voice_value = self._resolve_voice(voice)
-        # Every chunk's text is checked before any S3Gen lane opens: a chunk the front end
-        # refuses must not leave the lanes of the chunks before it open.
-        requests = [self._t3_request(item, voice_value) for item in plan.items]
+        session = self._open_session(
+            voice_value, streaming, list(plan.items), sealed=True, speed=params.speed
+        )
+        try:
+            session.start()
+        except BaseException:
+            session.close()  # its lanes are dropped
+            raise
+        return session
+
+    def _open_session(
+        self,
+        voice: Voice,
+        streaming: StreamingConfig | None,
+        plan_items: list[PlanItem],
+        *,
+        sealed: bool,
+        speed: float,
+    ) -> StreamSession:
+        """A stream session over ``plan_items`` (each with its T3 request and streamed lane);
+        unsealed, it takes more items as they are planned."""
         scheduler = self.scheduler
         events = StreamEvents()
         listener = Listener()
+
+        def open_lane(item: PlanItem, request: Any) -> StreamItem:
+            lane_id = scheduler.open_stream(
+                voice.s3gen,
+                seed=item.seed,
+                config=streaming,
+                listener=listener,
+                order=item.order,
+                deliver=functools.partial(events.put, item.order),
+            )
+            return StreamItem(item.order, request, lane_id)
+
+        def open_item(item: PlanItem) -> StreamItem:
+            return open_lane(item, self._t3_request(item, voice))
+
+        # Every chunk's text is checked before any S3Gen lane opens: a chunk the front end
+        # refuses must not leave the lanes of the chunks before it open.
+        requests = [self._t3_request(item, voice) for item in plan_items]
         items: list[StreamItem] = []
         try:
-            for item, request in zip(plan.items, requests, strict=True):
-                lane_id = scheduler.open_stream(
-                    voice_value.s3gen,
-                    seed=item.seed,
-                    config=streaming,
-                    listener=listener,
-                    order=item.order,
-                    deliver=functools.partial(events.put, item.order),
-                )
-                items.append(StreamItem(item.order, request, lane_id))
-            session = StreamSession(
+            for item, request in zip(plan_items, requests, strict=True):
+                items.append(open_lane(item, request))
+            return StreamSession(
                 items,
                 t3_stream=self._t3.stream_speech_tokens,
                 loop=self._loop,
@@ -496,14 +528,34 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 events=events,
                 crossfade_samples=round(self.config.crossfade_seconds * self.sample_rate),
                 engine_failure=self._t3_failure,
-                speed=params.speed,
+                speed=speed,
+                open_item=open_item,
+                sealed=sealed,
             )
-            session.start()
         except BaseException:
             for opened in items:
                 scheduler.cancel(opened.lane_id)
             raise
-        return session
+
+    def open_text_stream(
+        self,
+        voice: VoiceLike = None,
+        *,
+        params: GenerationParams | None = None,
+        streaming: StreamingConfig | None = None,
+    ) -> TextStream:
+        """A stream of speech for text that is still being written (an LLM's tokens): append
+        deltas to the returned :class:`~chatterbox_vllm.streaming.TextStream`, then commit; read
+        its session's audio meanwhile (what :meth:`stream_text` / :meth:`astream_text` and the
+        WebSocket route do). Voice and controls are checked here, before anything is queued."""
+        self._check_open()
+        params = params or GenerationParams.for_model(self.model)
+        planner = IncrementalPlanner(params, self.config, self.model)
+        session = self._open_session(
+            self._resolve_voice(voice), streaming, [], sealed=False, speed=params.speed
+        )
+        session.start()
+        return TextStream(planner, session)
 
     def stream(
         self,
@@ -520,6 +572,58 @@ class ChatterboxTTS(SpeechFront[Voice]):
         params = self.params(**controls)
         session = self.open_stream(text, voice, params=params, streaming=streaming)
         return iterate_stream(session)
+
+    def stream_text(
+        self,
+        deltas: Iterable[str],
+        voice: VoiceLike = None,
+        *,
+        streaming: StreamingConfig | None = None,
+        **controls: Unpack[ControlKwargs],
+    ) -> Iterator[AudioChunk]:
+        """Speaks text while it is still being written: ``deltas`` (any iterable of str, e.g. an
+        LLM's tokens) are split into sentences as they arrive (the first clause on its own when
+        it is long enough), each goes to T3 as soon as its end is known, and the audio comes as
+        :class:`AudioChunk` in order, joined by the crossfade; one voice and one seed sequence
+        (``seed``, ``seed + 1``, ... per chunk, as :meth:`stream`). Audio that is ready is
+        yielded between two deltas; after the last one, the rest as it is made. Closing the
+        iterator stops the work. For an async iterable, use :meth:`astream_text`."""
+        if isinstance(deltas, str) or not isinstance(deltas, Iterable):
+            raise InvalidParameterError(
+                f"deltas must be an iterable of str (pieces of the text), got {type(deltas).__name__}"
+                + (
+                    "; use astream_text for an async iterable"
+                    if isinstance(deltas, AsyncIterable)
+                    else ""
+                )
+                + ("; for a whole text use stream" if isinstance(deltas, str) else "")
+            )
+        params = self.params(**controls)
+        stream = self.open_text_stream(voice, params=params, streaming=streaming)
+        return iterate_text_stream(stream, deltas)
+
+    async def astream_text(
+        self,
+        deltas: AsyncIterable[str] | Iterable[str],
+        voice: VoiceLike = None,
+        *,
+        streaming: StreamingConfig | None = None,
+        **controls: Unpack[ControlKwargs],
+    ) -> AsyncIterator[AudioChunk]:
+        """:meth:`stream_text` for asyncio code: ``deltas`` may be an async iterable (read by a
+        task while audio is yielded as soon as it is ready) or a plain one."""
+        import asyncio
+
+        if isinstance(deltas, str) or not isinstance(deltas, AsyncIterable | Iterable):
+            raise InvalidParameterError(
+                f"deltas must be an (async) iterable of str, got {type(deltas).__name__}"
+            )
+        params = self.params(**controls)
+        stream = await asyncio.to_thread(
+            self.open_text_stream, voice, params=params, streaming=streaming
+        )
+        async for chunk in aiterate_text_stream(stream, deltas):
+            yield chunk
 
     async def astream(
         self,

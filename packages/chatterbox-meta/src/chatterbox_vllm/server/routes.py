@@ -17,7 +17,6 @@ import functools
 import io
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -28,17 +27,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatterbox_vllm.controls import CONTROLS, GenerationParams
 from chatterbox_vllm.encoding import RESPONSE_FORMATS, StreamEncoder, available_formats
 from chatterbox_vllm.errors import (
-    AudioError,
     ChatterboxError,
-    ChunkInputError,
     EngineDeadError,
-    InvalidTextError,
 )
 from chatterbox_vllm.languages import SUPPORTED_LANGUAGES
 from chatterbox_vllm.server.admission import Admission, AdmissionError, Ticket
+from chatterbox_vllm.server.checks import (
+    APIError,
+    check_api_key,
+    check_speech_options,
+    param_of,
+    refused,
+    validation_problem,
+)
 from chatterbox_vllm.server.metrics import Metrics
 from chatterbox_vllm.server.middleware import (
     AbortFailedStreams,
@@ -48,64 +51,22 @@ from chatterbox_vllm.server.middleware import (
     error_body,
 )
 from chatterbox_vllm.server.playground import add_playground
-from chatterbox_vllm.server.schema import SpeechRequest, controls_of
+from chatterbox_vllm.server.schema import SpeechRequest
 from chatterbox_vllm.server.settings import ServerSettings
 from chatterbox_vllm.server.voices import UnknownVoiceError, VoiceStore
 from chatterbox_vllm.streaming import aiterate_stream
 
 if TYPE_CHECKING:
+    from chatterbox_vllm.controls import GenerationParams
     from chatterbox_vllm.tts import ChatterboxTTS
 
 logger = logging.getLogger(__name__)
-
-OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-"""Model ids OpenAI clients send by default; accepted as names of this model."""
-
-
-class APIError(Exception):
-    """An error answered as OpenAI-style JSON with ``status``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
-        self.headers = headers
-
-
-def _refused(error: AdmissionError) -> APIError:
-    """A stream admission turned away: 429 (over capacity) or 503 (waited too long)."""
-    return APIError(
-        error.status,
-        str(error),
-        kind="rate_limit_error" if error.status == 429 else "server_error",
-        headers={"Retry-After": str(error.retry_after_s)},
-    )
-
 
 QUEUED_SECONDS_HEADER = "X-Chatterbox-Queued-Seconds"
 """On a response whose request waited in the admission queue: how long it waited."""
 DISCONNECT_POLL_SECONDS = 0.5
 """How often a queued request, or one whose body is sent once complete, checks that its client
 is still there."""
-
-
-def _param_of(error: ChatterboxError) -> str | None:
-    """The request field a product error is about (its message starts with a control name)."""
-    if isinstance(error, ChunkInputError):  # a chunk of the input the engine cannot take
-        return _param_of(error.cause)
-    if isinstance(error, InvalidTextError):
-        return "input"
-    if isinstance(error, AudioError):
-        return "voice"
-    first = re.split(r"[ :=]", str(error), maxsplit=1)[0]
-    return first if first in CONTROLS else None
 
 
 def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> FastAPI:
@@ -139,16 +100,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
-        param = None
-        for item in error.errors():
-            if item.get("type") == "json_invalid":
-                problems.append(f"the body is not valid JSON ({item.get('ctx', {}).get('error')})")
-                continue
-            where = [str(part) for part in item.get("loc", ()) if part not in ("body",)]
-            param = param or (where[0] if where else None)
-            problems.append(f"{'.'.join(where) or 'body'}: {_validation_message(item)}")
-        return JSONResponse(error_body("; ".join(problems), param=param), 400)
+        message, param = validation_problem(error.errors())
+        return JSONResponse(error_body(message, param=param), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -160,7 +113,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     async def _product_error(request: Request, error: ChatterboxError) -> JSONResponse:
         if isinstance(error, EngineDeadError):
             return JSONResponse(error_body(str(error), kind="server_error"), 503)
-        return JSONResponse(error_body(str(error), param=_param_of(error)), 400)
+        return JSONResponse(error_body(str(error), param=param_of(error)), 400)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request: Request, error: ClientGone) -> Response:
@@ -180,18 +133,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     app.add_middleware(AbortFailedStreams)
 
     async def authorize(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise APIError(
-                401,
-                "missing API key: send 'Authorization: Bearer <key>'",
-                kind="authentication_error",
-            )
-        if token.strip() != settings.api_key:
-            raise APIError(401, "wrong API key", kind="authentication_error")
+        check_api_key(settings, request.headers.get("authorization", ""))
 
     # ------------------------------------------------------------------ speech
 
@@ -207,7 +149,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 if await http_request.is_disconnected():
                     break
         except AdmissionError as error:
-            raise _refused(error) from None
+            raise refused(error) from None
         finally:
             waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError, AdmissionError):
@@ -290,7 +232,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 if isinstance(error, EngineDeadError):
                     body = error_body(str(error), kind="server_error")
                 else:
-                    body = error_body(str(error), param=_param_of(error))
+                    body = error_body(str(error), param=param_of(error))
                 yield _sse({"type": "error", **body})
                 return
             try:
@@ -310,13 +252,6 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     @app.post("/v1/audio/speech", dependencies=[Depends(authorize)])
     async def speech(body: SpeechRequest, http_request: Request) -> Response:  # type: ignore[valid-type]
         request: Any = body
-        accepted_models = (settings.model_name, *OPENAI_MODEL_ALIASES)
-        if request.model not in accepted_models:
-            raise APIError(
-                400,
-                f"unknown model {request.model!r}; use one of {', '.join(accepted_models)}",
-                param="model",
-            )
         if len(request.input) > settings.max_input_chars:
             raise APIError(
                 413,
@@ -324,23 +259,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 "are accepted (split the text, or raise --max-input-chars)",
                 param="input",
             )
-        if request.response_format not in formats:
-            raise APIError(
-                400,
-                f"response_format {request.response_format!r} is not available; use one of {', '.join(formats)}",
-                param="response_format",
-            )
-        if request.instructions:
-            raise APIError(
-                400,
-                "instructions are not supported by Chatterbox (use exaggeration / cfg_weight)",
-                param="instructions",
-            )
-        try:
-            voice = voices.get(request.voice)
-        except UnknownVoiceError as error:
-            raise APIError(400, str(error), param="voice") from None
-        params = GenerationParams.from_controls(controls_of(request), model=tts.model)
+        voice, params = check_speech_options(request, settings, formats, voices, tts.model)
         started = time.perf_counter()
         sse = request.stream_format == "sse"
         if sse and admission.would_queue():
@@ -449,6 +368,11 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     if settings.playground:
         add_playground(app, settings, tts.model)
+    from chatterbox_vllm.server.realtime import add_speech_stream_route
+
+    add_speech_stream_route(
+        app, tts=tts, settings=settings, voices=voices, metrics=metrics, admission=admission
+    )
     return app
 
 
@@ -473,14 +397,6 @@ def _body_limit(settings: ServerSettings, path: str) -> tuple[int, str]:
         f"a request may have (--max-input-chars {settings.max_input_chars:,} characters of "
         "input plus the other fields)",
     )
-
-
-def _validation_message(item: dict[str, Any]) -> str:
-    """pydantic's message for one invalid field, with FastAPI's internals put in user terms."""
-    message = str(item.get("msg"))
-    if "UploadFile" in message:
-        return "expected an audio file (a multipart part with a filename), got a plain form field"
-    return message
 
 
 def _http_error_message(request: Request, error: StarletteHTTPException) -> str:

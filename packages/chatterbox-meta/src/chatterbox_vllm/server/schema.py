@@ -1,7 +1,9 @@
 """The ``/v1/audio/speech`` request body: OpenAI's fields plus every control of the contract.
 
 The control fields are generated from :data:`chatterbox_vllm.controls.CONTROLS` (type, range,
-meaning in the OpenAPI schema), so the server accepts exactly what ``generate`` accepts."""
+meaning in the OpenAPI schema), so the server accepts exactly what ``generate`` accepts. A
+WebSocket session (``/v1/audio/speech/stream``) is configured by :data:`SpeechSession`: the same
+fields but the text."""
 
 from __future__ import annotations
 
@@ -12,21 +14,33 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 from chatterbox_vllm.controls import CONTROLS, Control
 
 
-class SpeechRequestBase(BaseModel):
-    """OpenAI's ``audio.speech.create`` fields."""
+class SpeechOptionsBase(BaseModel):
+    """How to speak: the fields a speech request and a WebSocket session share."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="model id (see /v1/models)")
-    input: str = Field(description="the text to speak")
     voice: str = Field(
         "default", description="a voice name: 'default' or one uploaded to /v1/voices"
     )
     response_format: str = Field("mp3", description="wav, pcm, flac, mp3, opus or aac")
+    instructions: str | None = Field(None, description="not supported (must be empty)")
+
+
+class SpeechRequestBase(SpeechOptionsBase):
+    """OpenAI's ``audio.speech.create`` fields."""
+
+    input: str = Field(description="the text to speak")
     stream_format: Literal["audio", "sse"] = Field(
         "audio", description="audio: the encoded stream; sse: speech.audio.delta/done events"
     )
-    instructions: str | None = Field(None, description="not supported (must be empty)")
+
+
+class SpeechSessionBase(SpeechOptionsBase):
+    """The ``session`` of a WebSocket ``session.update`` (``/v1/audio/speech/stream``)."""
+
+    model: str = Field("chatterbox", description="model id (see /v1/models)")
+    response_format: str = Field("pcm", description="pcm or wav")
 
 
 def _field(control: Control) -> tuple[Any, Any]:
@@ -46,6 +60,14 @@ SpeechRequest = create_model(  # type: ignore[call-overload]
 )
 """The whole request body (OpenAI fields + ``exaggeration``, ``cfg_weight``, ``seed``...; OpenAI's
 ``speed`` is a control of the contract too)."""
+
+SpeechSession = create_model(  # type: ignore[call-overload]
+    "SpeechSession",
+    __base__=SpeechSessionBase,
+    **{name: _field(control) for name, control in CONTROLS.items()},
+)
+"""A WebSocket session's settings: the same fields and checks as :data:`SpeechRequest` but the
+text (it arrives in ``input_text_buffer.append`` events)."""
 
 
 def controls_of(request: BaseModel) -> dict[str, Any]:

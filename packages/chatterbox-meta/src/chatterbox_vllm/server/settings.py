@@ -46,6 +46,19 @@ class ServerSettings:
     )
     max_queued_streams: int = _setting(256, "requests that may wait in the queue (429 beyond)")
     drain_seconds: float = _setting(120.0, "on SIGTERM, how long running streams may finish")
+    stream_max_buffer_chars: int = _setting(
+        2000, "WebSocket /v1/audio/speech/stream: most text buffered without a known end"
+    )
+    stream_max_session_seconds: float = _setting(
+        3600.0, "WebSocket /v1/audio/speech/stream: longest session (then closed)"
+    )
+    stream_max_idle_seconds: float = _setting(
+        300.0, "WebSocket /v1/audio/speech/stream: closed after this long without a message"
+    )
+    stream_commit_after_seconds: float = _setting(
+        2.0,
+        "WebSocket /v1/audio/speech/stream: buffered text is spoken after this long without a delta",
+    )
     model_name: str = _setting("chatterbox", "the model id /v1/models lists")
     playground: bool = _setting(True, "serve the playground page at / (--no-playground: off)")
 
@@ -56,6 +69,7 @@ class ServerSettings:
             "max_upload_bytes",
             "max_concurrent_streams",
             "max_queued_streams",
+            "stream_max_buffer_chars",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -64,6 +78,20 @@ class ServerSettings:
             raise InvalidParameterError(f"port must be in [1, 65535], got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidParameterError("api_key must not be empty (omit it to serve without one)")
+        for name in (
+            "stream_max_session_seconds",
+            "stream_max_idle_seconds",
+            "stream_commit_after_seconds",
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value < float("inf")
+            ):
+                raise InvalidParameterError(
+                    f"{name} must be a number of seconds > 0, got {value!r}"
+                )
         if not 0 <= self.drain_seconds < float("inf"):
             raise InvalidParameterError(
                 f"drain_seconds must be a number of seconds >= 0, got {self.drain_seconds}"
