@@ -381,7 +381,9 @@ def test_word_timings_follow_the_reference_analyzer(engine, reference) -> None:
     of the text. (Random weights: this checks the plumbing, not how well speech aligns.)"""
     cases = [CASES[0], CASES[1], CASES[7]]
     requests = [
-        T3Request(text, make_voice(40 + i), deterministic(0.5), language=language, word_timings=True)
+        T3Request(
+            text, make_voice(40 + i), deterministic(0.5), language=language, word_timings=True
+        )
         for i, (language, text) in enumerate(cases)
     ]
     outputs = engine.generate_speech_tokens(requests)

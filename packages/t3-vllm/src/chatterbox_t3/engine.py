@@ -35,8 +35,8 @@ from chatterbox_t3.multilingual_text import MultilingualTokenizer
 from chatterbox_t3.sampling import T3SamplingParams, valid_speech_indices
 from chatterbox_t3.text import EnglishTokenizer, TextEncoder
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
-from chatterbox_t3.word_alignment import TextWord, WordFrames, align_words, text_words
 from chatterbox_t3.voice_encoder import VoiceEncoder
+from chatterbox_t3.word_alignment import TextWord, WordFrames, align_words, text_words
 
 logger = logging.getLogger(__name__)
 

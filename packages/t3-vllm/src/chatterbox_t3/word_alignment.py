@@ -83,9 +83,7 @@ def text_words(
     if spellings is not None and len(spellings) == len(words):
         names = list(spellings)
     else:
-        names = [
-            unicodedata.normalize("NFC", decode(list(text_ids[a : b + 1]))) for a, b in words
-        ]
+        names = [unicodedata.normalize("NFC", decode(list(text_ids[a : b + 1]))) for a, b in words]
     return tuple(TextWord(name, a, b) for name, (a, b) in zip(names, words, strict=True))
 
 
@@ -112,6 +110,5 @@ def align_words(words: Sequence[TextWord], positions: Sequence[int]) -> tuple[Wo
         return low
 
     return tuple(
-        WordFrames(word.text, first_frame(word.first), first_frame(word.last + 1))
-        for word in words
+        WordFrames(word.text, first_frame(word.first), first_frame(word.last + 1)) for word in words
     )

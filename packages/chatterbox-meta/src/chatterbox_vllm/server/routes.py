@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
@@ -209,6 +209,13 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             voice = voices.get(request.voice)
         except UnknownVoiceError as error:
             raise APIError(400, str(error), param="voice") from None
+        if request.timestamps and tts.model != "multilingual":
+            raise APIError(
+                400,
+                "timestamps are available on the multilingual model only (word timings come "
+                "from its alignment analyzer; this server runs the English model, which has none)",
+                param="timestamps",
+            )
         params = GenerationParams.from_controls(controls_of(request), model=tts.model)
         slots.acquire()
         started = time.perf_counter()
@@ -220,6 +227,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         metrics.running_streams.inc()
         sse = request.stream_format == "sse"
         encoder = StreamEncoder(request.response_format, tts.sample_rate)
+        words: list[Any] = []  # word timings as they arrive (timestamps=true)
 
         async def audio_bytes() -> AsyncGenerator[bytes, None]:
             """The encoded audio as it is ready; raises if the stream fails."""
@@ -227,6 +235,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             try:
                 async with contextlib.aclosing(aiterate_stream(session)) as chunks:
                     async for chunk in chunks:
+                        words.extend(chunk.words)
                         data = encoder.encode(chunk.waveform)
                         if chunk.final:
                             data += encoder.finish()
@@ -245,10 +254,26 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
         if sse:
             return StreamingResponse(
-                _sse_events(audio_bytes(), session, len(request.input)),
+                _sse_events(
+                    audio_bytes(),
+                    session,
+                    len(request.input),
+                    words if request.timestamps else None,
+                ),
                 media_type="text/event-stream",
             )
         media_type = RESPONSE_FORMATS[request.response_format].media_type
+        if request.timestamps:
+            # The audio and its word timings in one JSON body (sent once complete).
+            async with contextlib.aclosing(audio_bytes()) as pieces:
+                audio = b"".join([piece async for piece in pieces])
+            return JSONResponse(
+                {
+                    "audio": base64.b64encode(audio).decode(),
+                    "response_format": request.response_format,
+                    "timestamps": [word.as_dict() for word in words],
+                }
+            )
         if not encoder.format.streamable:
             # Sent once complete (FLAC's header holds the length): a failure is still a 5xx.
             async with contextlib.aclosing(audio_bytes()) as pieces:
@@ -386,16 +411,30 @@ async def _abort_on_failure(pieces: AsyncGenerator[bytes, None]) -> AsyncIterato
 
 
 async def _sse_events(
-    pieces: AsyncGenerator[bytes, None], session: Any, input_chars: int
+    pieces: AsyncGenerator[bytes, None],
+    session: Any,
+    input_chars: int,
+    words: list[Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """``speech.audio.delta`` events, then ``speech.audio.done`` with usage; a failure after
     the headers ends the stream with an ``error`` event of type ``server_error`` (the input
-    was checked before the headers, so what fails now is the server)."""
+    was checked before the headers, so what fails now is the server). ``words``: filled with
+    word timings as audio is produced; each is sent as a ``speech.word`` event after the audio
+    it arrived with."""
+
+    def word_events() -> Iterator[bytes]:
+        while words:
+            yield _sse({"type": "speech.word", **words.pop(0).as_dict()})
+
     try:
         async with contextlib.aclosing(pieces):
             async for piece in pieces:
                 event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
                 yield _sse(event)
+                for word_event in word_events():
+                    yield word_event
+        for word_event in word_events():
+            yield word_event
     except Exception as error:
         message = _describe_failure(error)
         logger.error("speech stream (SSE) failed: %s", message)

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
 
 from chatterbox_vllm.controls import CONTROLS, Control
 
@@ -30,6 +39,14 @@ class SpeechRequestBase(BaseModel):
         "audio", description="audio: the encoded stream; sse: speech.audio.delta/done events"
     )
     instructions: str | None = Field(None, description="not supported (must be empty)")
+    timestamps: StrictBool = Field(
+        False,
+        description=(
+            "word timings (multilingual model): with stream_format=sse, a speech.word event "
+            "{word, start_time, end_time} per word; otherwise a JSON body {audio: base64, "
+            "response_format, timestamps: [{word, start_time, end_time}]}"
+        ),
+    )
 
 
 def _field(control: Control) -> tuple[Any, Any]:
