@@ -292,12 +292,12 @@ def test_teacher_forced_logits_of_both_cfg_rows(engine, reference) -> None:
             lambda module, inputs, output: model._parity_rows.append(output.detach().cpu())
         )
 
-    def collect(worker: Any) -> list[Any]:
+    def collect(worker: Any) -> tuple[bytes, tuple[int, ...]]:
         model = worker.model_runner.model
         model._parity_hook.remove()
-        rows = model._parity_rows
+        rows = torch.cat(model._parity_rows).float()
         del model._parity_rows, model._parity_hook
-        return rows  # type: ignore[no-any-return]
+        return rows.numpy().tobytes(), tuple(rows.shape)  # exact float32 through the RPC
 
     reference_rows: list[torch.Tensor] = []
     hook = reference.t3.speech_head.register_forward_hook(
@@ -312,12 +312,13 @@ def test_teacher_forced_logits_of_both_cfg_rows(engine, reference) -> None:
     try:
         [ours] = engine.generate_speech_tokens([request])
     finally:
-        [our_rows] = engine.vllm.collective_rpc(collect)
+        [(data, shape)] = engine.vllm.collective_rpc(collect)
     assert_same_tokens(ours, expected, request)
     steps = len(expected)
     # One call per step on both sides ([1 row, 2 branches, vocab] here); ours also computes a
     # discarded row for each partial prefill chunk, which comes first.
-    ours_by_step = torch.cat(our_rows)[-steps:]
+    rows = torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape)
+    ours_by_step = rows[-steps:]
     theirs_by_step = torch.stack(reference_rows[:steps])
     assert ours_by_step.shape == theirs_by_step.shape == (steps, 2, ours_by_step.shape[-1])
     for branch, name in enumerate(("conditional", "unconditional")):

@@ -101,7 +101,7 @@ def test_word_timings_of_a_two_chunk_text(mtl_tts: ChatterboxTTS) -> None:
     expected = []
     for index, tokens in enumerate(result.speech_tokens):
         end = starts[index] + result.chunk_samples[index]
-        for frames in tokens.words:  # type: ignore[attr-defined]
+        for frames in tokens.words:
             expected.append(
                 (
                     min(starts[index] + frames.start * SAMPLES_PER_TOKEN, end) / 24_000,

@@ -27,6 +27,7 @@ from chatterbox_vllm.audio import (
 from chatterbox_vllm.config import EngineConfig
 from chatterbox_vllm.controls import ControlKwargs, GenerationParams
 from chatterbox_vllm.errors import ChatterboxError, ChunkInputError, InvalidParameterError
+from chatterbox_vllm.interfaces import SPEECH_TOKEN_RATE_HZ
 from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.planner import Plan, plan_requests
 from chatterbox_vllm.results import (
@@ -269,6 +270,11 @@ def chunk_word_timings(
         return min(start_sample + round(frame_seconds * rate), end_sample) / rate
 
     return [
-        WordTiming(word.text, seconds(word.start_s), seconds(word.end_s), text_chunk)
+        WordTiming(
+            word.text,
+            seconds(word.start / SPEECH_TOKEN_RATE_HZ),
+            seconds(word.end / SPEECH_TOKEN_RATE_HZ),
+            text_chunk,
+        )
         for word in getattr(tokens, "words", ())
     ]
