@@ -223,7 +223,10 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
         words: list[WordTiming] = []
         start = 0
         for index, output in enumerate(outputs):
-            words.extend(chunk_word_timings(output.tokens, index, start, lengths[index]))
+            last = index == len(outputs) - 1
+            words.extend(
+                chunk_word_timings(output.tokens, index, start, lengths[index], crossfade, last)
+            )
             if index < len(overlaps):
                 start += lengths[index] - overlaps[index]
         return tuple(words)
@@ -258,13 +261,23 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
 
 
 def chunk_word_timings(
-    tokens: object, text_chunk: int, start_sample: int, num_samples: int
+    tokens: object,
+    text_chunk: int,
+    start_sample: int,
+    num_samples: int,
+    crossfade_samples: int,
+    last: bool,
 ) -> list[WordTiming]:
     """One chunk's words (T3's ``words``: frames of its speech tokens) in seconds of the joined
-    audio, the chunk starting at ``start_sample`` and lasting ``num_samples`` (times are clamped
-    to it: S3Gen renders 960 samples per token, so clamping only guards the last frame)."""
+    audio, the chunk starting at ``start_sample`` and lasting ``num_samples``. Times are clamped
+    to the chunk and, unless it is the ``last``, to before the end the join crossfades with the
+    next chunk (``min(crossfade, length / 2)``, the most the join overlaps): so the next chunk's
+    words never start before this chunk's end, and no word ends after the audio (S3Gen renders
+    960 samples per token, less a trimmed half token)."""
     rate = S3GEN_SAMPLE_RATE
     end_sample = start_sample + num_samples
+    if not last:
+        end_sample -= min(crossfade_samples, num_samples // 2)
 
     def seconds(frame_seconds: float) -> float:
         return min(start_sample + round(frame_seconds * rate), end_sample) / rate

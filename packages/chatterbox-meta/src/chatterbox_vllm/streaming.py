@@ -195,7 +195,14 @@ class StreamSession:
         output = self._words.pop(self._current, None)
         if output is not None:
             self._pending_words.extend(
-                chunk_word_timings(output, self._current, self._chunk_start, self._chunk_samples)
+                chunk_word_timings(
+                    output,
+                    self._current,
+                    self._chunk_start,
+                    self._chunk_samples,
+                    self._crossfade,
+                    last=self._current == len(self.items) - 1,
+                )
             )
         self._chunk_samples = 0
 
