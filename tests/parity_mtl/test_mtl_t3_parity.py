@@ -380,7 +380,7 @@ def test_word_timings_follow_the_reference_analyzer(engine, reference) -> None:
     """Ours returns, per speech token, the text position the reference's analyzer aligned it
     to; the words' frames follow from those positions, monotonic, inside the audio, one per word
     of the text. (Random weights: this checks the plumbing, not how well speech aligns.)"""
-    cases = [CASES[0], CASES[1], CASES[7]]
+    cases = [CASES[0], CASES[7]]  # two in one batch: CI time is bounded
     requests = [
         T3Request(
             text, make_voice(40 + i), deterministic(0.5), language=language, word_timings=True
