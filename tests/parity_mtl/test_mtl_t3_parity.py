@@ -10,12 +10,16 @@ reference with ``min_p=1.0`` (only the most likely token survives its MinP warpe
 weights make the analyzer force the stop token (token repetition, long tail, alignment
 repetition), so where it does the step is the reference's.
 
+Also here: the teacher-forced logits of both CFG rows, and the aligned text positions behind word
+timings, against the reference's.
+
 Run: ``nox -s parity_mtl``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,10 @@ from chatterbox_t3.checkpoint import MULTILINGUAL_T3_FILE, write_random_t3_check
 from vllm_cpu_test_support.checkpoints import random_t3_voice as make_voice
 
 logger = logging.getLogger(__name__)
+
+# The logits test reads T3's speech-head rows inside the engine-core process through vLLM's
+# collective_rpc, which ships a function there only with this set (before the engine starts).
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 SEED = 4321
 TINY_LLAMA = "Llama_tiny_mtl_parity"
@@ -265,3 +273,134 @@ def test_stop_suppressed_until_the_text_is_spoken(
     finally:
         engine.shutdown()
     assert_same_tokens(ours, expected, request)
+
+
+# --------------------------------------------------------------------- logits and word timings
+LOGITS_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+"""float32 on both sides; the attention kernels differ (vLLM's CPU attention vs eager)."""
+
+
+def test_teacher_forced_logits_of_both_cfg_rows(engine, reference) -> None:
+    """The conditional and unconditional speech-head rows of every step, ours and the
+    reference's, on the same tokens (the reference's decode, which ours reproduces exactly, is
+    the teacher): the rows before CFG, the analyzer, the penalty and the sampler."""
+
+    def record(worker: Any) -> None:
+        model = worker.model_runner.model
+        model._parity_rows = []
+        model._parity_hook = model.speech_head.register_forward_hook(
+            lambda module, inputs, output: model._parity_rows.append(output.detach().cpu())
+        )
+
+    def collect(worker: Any) -> tuple[bytes, tuple[int, ...]]:
+        model = worker.model_runner.model
+        model._parity_hook.remove()
+        rows = torch.cat(model._parity_rows).float()
+        del model._parity_rows, model._parity_hook
+        return rows.numpy().tobytes(), tuple(rows.shape)  # exact float32 through the RPC
+
+    reference_rows: list[torch.Tensor] = []
+    hook = reference.t3.speech_head.register_forward_hook(
+        lambda module, inputs, output: reference_rows.append(output[:, -1].detach().clone())
+    )
+    request = T3Request(CASES[1][1], make_voice(11), deterministic(0.5), language="de")
+    try:
+        expected = reference.generate(request)
+    finally:
+        hook.remove()
+    engine.vllm.collective_rpc(record)
+    try:
+        [ours] = engine.generate_speech_tokens([request])
+    finally:
+        [(data, shape)] = engine.vllm.collective_rpc(collect)
+    assert_same_tokens(ours, expected, request)
+    steps = len(expected)
+    # One call per step on both sides ([1 row, 2 branches, vocab] here); ours also computes a
+    # discarded row for each partial prefill chunk, which comes first.
+    rows = torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape)
+    ours_by_step = rows[-steps:]
+    theirs_by_step = torch.stack(reference_rows[:steps])
+    assert ours_by_step.shape == theirs_by_step.shape == (steps, 2, ours_by_step.shape[-1])
+    for branch, name in enumerate(("conditional", "unconditional")):
+        difference = (ours_by_step[:, branch] - theirs_by_step[:, branch]).abs().max().item()
+        logger.info("teacher-forced %s row: max |ours - reference| = %.3g", name, difference)
+        torch.testing.assert_close(
+            ours_by_step[:, branch], theirs_by_step[:, branch], **LOGITS_TOLERANCE
+        )
+    # The two rows differ (the unconditional one has no text): both were really compared.
+    assert not torch.allclose(theirs_by_step[:, 0], theirs_by_step[:, 1])
+
+
+def _reference_positions(reference: Reference, request: T3Request) -> tuple[list[int], list[int]]:
+    """The reference's tokens and its analyzer's ``text_position`` after every step (the
+    position each token was sampled at)."""
+    from chatterbox.models.t3.inference.alignment_stream_analyzer import AlignmentStreamAnalyzer
+
+    positions: list[int] = []
+    original = AlignmentStreamAnalyzer.step
+
+    def step(self: Any, logits: torch.Tensor, next_token: Any = None) -> torch.Tensor:
+        out = original(self, logits, next_token=next_token)
+        positions.append(int(self.text_position))
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AlignmentStreamAnalyzer, "step", step)
+        tokens = reference.generate(request)
+    assert len(positions) == len(tokens)
+    return tokens, positions
+
+
+def _expected_words(
+    text_ids: list[int], space_id: int, positions: list[int]
+) -> list[tuple[int, int]]:
+    """Frames of each word by brute force: a word is a run of ids between [SPACE] (after the
+    start and language tokens, before the stop token); it starts at the first frame whose
+    highest position so far reaches its first token and ends at the first frame that has
+    passed its last token."""
+    words, current = [], []
+    for index in range(2, len(text_ids) - 1):
+        if text_ids[index] == space_id:
+            if current:
+                words.append((current[0], current[-1]))
+            current = []
+        else:
+            current.append(index)
+    if current:
+        words.append((current[0], current[-1]))
+    highest = [max(positions[: k + 1]) for k in range(len(positions))]
+
+    def first(threshold: int) -> int:
+        return next((k for k, h in enumerate(highest) if h >= threshold), len(positions))
+
+    return [(first(a), first(b + 1)) for a, b in words]
+
+
+def test_word_timings_follow_the_reference_analyzer(engine, reference) -> None:
+    """Ours returns, per speech token, the text position the reference's analyzer aligned it
+    to; the words' frames follow from those positions, monotonic, inside the audio, one per word
+    of the text. (Random weights: this checks the plumbing, not how well speech aligns.)"""
+    cases = [CASES[0], CASES[7]]  # two in one batch: CI time is bounded
+    requests = [
+        T3Request(
+            text, make_voice(40 + i), deterministic(0.5), language=language, word_timings=True
+        )
+        for i, (language, text) in enumerate(cases)
+    ]
+    outputs = engine.generate_speech_tokens(requests)
+    space_id = reference.tokenizer.tokenizer.token_to_id("[SPACE]")
+    for request, ours in zip(requests, outputs, strict=True):
+        tokens, positions = _reference_positions(reference, request)
+        assert_same_tokens(ours, tokens, request)
+        end = tokens.index(STOP) if STOP in tokens else len(tokens)
+        kept = [i for i in range(end) if tokens[i] < 6561]
+        expected_positions = [positions[i] for i in kept]
+        assert list(ours.text_positions) == expected_positions
+        text_ids = reference.text_tokens(request.text, request.language)[0].tolist()
+        expected = _expected_words(text_ids, space_id, expected_positions)
+        assert [(w.start, w.end) for w in ours.words] == expected
+        assert [w.text for w in ours.words] == request.text.split()
+        frames = [f for w in ours.words for f in (w.start, w.end)]
+        assert frames == sorted(frames) and frames[-1] <= len(ours.token_ids)
+        # Random weights still move the alignment through the text: not all words are empty.
+        assert sum(w.end > w.start for w in ours.words) >= len(ours.words) // 2

@@ -214,6 +214,7 @@ def test_uploaded_voice_is_listed_used_persisted_and_deleted(client, server) -> 
         ),
         ({"language": "fr"}, 400, "language", "'fr' (French) needs the multilingual model"),
         ({"language": 3}, 400, "language", "valid string"),
+        ({"timestamps": True}, 400, "timestamps", "multilingual model only"),
     ],
 )
 def test_bad_requests_get_their_status_and_name_the_field(

@@ -4,6 +4,8 @@ serving. Tiny random checkpoint written by ``make_random_checkpoint(model="multi
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -81,3 +83,47 @@ def test_text_too_long_for_the_engine_is_a_400_and_leaves_no_lane_open(server) -
     assert _metric(server, "chatterbox_s3gen_open_streams") == 0
     assert _speech(server, language="fr").status_code == 200  # still serving
     assert _metric(server, "chatterbox_s3gen_open_streams") == 0
+
+
+WORDS_TEXT = "Bonjour tout le monde, ici Paris."
+
+
+def test_word_timestamps_as_json_and_as_sse_events(server) -> None:
+    """``timestamps: true``: a JSON body with the audio and one timing per word, and the same
+    timings as ``speech.word`` events of an SSE stream (same seed, same tokens); monotonic and
+    inside the audio."""
+    body = {"input": WORDS_TEXT, "language": "fr", "seed": 5, "max_new_tokens": 24,
+            "timestamps": True}  # fmt: skip
+    wrapped = _speech(server, **body)
+    assert wrapped.status_code == 200, wrapped.text
+    assert wrapped.headers["content-type"].startswith("application/json")
+    payload = wrapped.json()
+    assert payload["response_format"] == "pcm"
+    duration = len(base64.b64decode(payload["audio"])) / 2 / 24000  # 16-bit samples at 24 kHz
+    words = payload["timestamps"]
+    assert [w["word"] for w in words] == WORDS_TEXT.split()
+    times = [t for w in words for t in (w["start_time"], w["end_time"])]
+    assert times == sorted(times) and times[0] >= 0 and times[-1] <= duration + 1e-9
+    assert any(w["end_time"] > w["start_time"] for w in words)
+
+    request = {"model": "chatterbox", "voice": "default", "response_format": "pcm",
+               "stream_format": "sse", **body}  # fmt: skip
+    events = []
+    with httpx.stream(
+        "POST",
+        server["base"] + "/v1/audio/speech",
+        json=request,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=300,
+    ) as response:
+        assert response.status_code == 200
+        events = [
+            json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")
+        ]
+    streamed = [
+        {k: e[k] for k in ("word", "start_time", "end_time")}
+        for e in events
+        if e["type"] == "speech.word"
+    ]
+    assert streamed == words
+    assert events[-1]["type"] == "speech.audio.done"

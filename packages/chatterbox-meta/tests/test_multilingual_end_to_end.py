@@ -83,3 +83,38 @@ def test_a_bad_language_is_named_and_the_engine_keeps_working(mtl_tts: Chatterbo
     assert (
         mtl_tts.generate("Hallo.", language="de", max_new_tokens=4, progress=False).duration_s > 0
     )
+
+
+def test_word_timings_of_a_two_chunk_text(mtl_tts: ChatterboxTTS) -> None:
+    """Every word of every chunk gets a start and end in the joined audio: T3's word frames at
+    25 per second, shifted by where the crossfade join puts the chunk (computed here from the
+    chunk lengths), monotonic, inside the audio; a stream of the same request carries the same
+    timings on its chunks. Random weights: this checks the bookkeeping, not alignment quality."""
+    text = "Bonjour tout le monde, comment allez-vous? Je vais très bien, merci beaucoup."
+    controls: dict[str, Any] = {"language": "fr", "seed": 9, "max_new_tokens": 30}
+    result = mtl_tts.generate(text, progress=False, **controls)
+    assert len(result.chunks) == 2
+    assert [w.word for w in result.words] == [w for chunk in result.chunks for w in chunk.split()]
+    crossfade = round(mtl_tts.config.crossfade_seconds * 24_000)
+    first, second = result.chunk_samples
+    starts = [0, first - min(crossfade, first // 2, second // 2)]
+    expected = []
+    # Chunk 0 gives up the end it crossfades with chunk 1; the last chunk keeps its whole audio.
+    ends = [starts[0] + first - min(crossfade, first // 2), starts[1] + second]
+    for index, tokens in enumerate(result.speech_tokens):
+        end = ends[index]
+        for frames in tokens.words:
+            expected.append(
+                (
+                    min(starts[index] + frames.start * SAMPLES_PER_TOKEN, end) / 24_000,
+                    min(starts[index] + frames.end * SAMPLES_PER_TOKEN, end) / 24_000,
+                    index,
+                )
+            )
+    assert [(w.start_time, w.end_time, w.text_chunk) for w in result.words] == expected
+    times = [t for w in result.words for t in (w.start_time, w.end_time)]
+    assert times == sorted(times) and times[-1] <= result.duration_s
+    assert any(w.end_time > w.start_time for w in result.words)
+
+    streamed = [w for chunk in mtl_tts.stream(text, **controls) for w in chunk.words]
+    assert streamed == list(result.words)

@@ -19,10 +19,15 @@ from typing import Any, Generic, TypeVar, overload
 import torch
 from typing_extensions import Unpack
 
-from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, equal_power_crossfade_join
+from chatterbox_vllm.audio import (
+    S3GEN_SAMPLE_RATE,
+    crossfade_overlaps,
+    equal_power_crossfade_join,
+)
 from chatterbox_vllm.config import EngineConfig
 from chatterbox_vllm.controls import ControlKwargs, GenerationParams
 from chatterbox_vllm.errors import ChatterboxError, ChunkInputError, InvalidParameterError
+from chatterbox_vllm.interfaces import SPEECH_TOKEN_RATE_HZ
 from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.planner import Plan, plan_requests
 from chatterbox_vllm.results import (
@@ -31,6 +36,7 @@ from chatterbox_vllm.results import (
     GenerationStats,
     TTSRequest,
     VoiceLike,
+    WordTiming,
 )
 from chatterbox_vllm.speed import change_speed
 from chatterbox_vllm.watermark import Watermarker, apply_watermark
@@ -202,11 +208,31 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
                     speech_tokens=tuple(output.tokens for output in outputs),
                     chunk_samples=tuple(w.numel() for w in waveforms),
                     watermarked=self._watermarker is not None,
+                    words=tuple(
+                        word.at_speed(request.params.speed) for word in self._word_timings(outputs)
+                    ),
                 )
             )
         stats.wall_seconds = time.perf_counter() - start
         self.last_stats = stats
         return results
+
+    def _word_timings(self, outputs: list[ChunkAudio]) -> tuple[WordTiming, ...]:
+        """The chunks' word frames placed in the joined audio (each chunk starts where the
+        crossfade join puts it)."""
+        crossfade = round(self.config.crossfade_seconds * self.sample_rate)
+        lengths = [output.waveform.numel() for output in outputs]
+        overlaps = crossfade_overlaps(lengths, crossfade)
+        words: list[WordTiming] = []
+        start = 0
+        for index, output in enumerate(outputs):
+            last = index == len(outputs) - 1
+            words.extend(
+                chunk_word_timings(output.tokens, index, start, lengths[index], crossfade, last)
+            )
+            if index < len(overlaps):
+                start += lengths[index] - overlaps[index]
+        return tuple(words)
 
     @staticmethod
     def _name_request(plan: Plan, error: ChunkInputError) -> ChatterboxError:
@@ -238,3 +264,36 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
     @abc.abstractmethod
     def close(self) -> None:
         """Stops the engine(s) (idempotent)."""
+
+
+def chunk_word_timings(
+    tokens: object,
+    text_chunk: int,
+    start_sample: int,
+    num_samples: int,
+    crossfade_samples: int,
+    last: bool,
+) -> list[WordTiming]:
+    """One chunk's words (T3's ``words``: frames of its speech tokens) in seconds of the joined
+    audio, the chunk starting at ``start_sample`` and lasting ``num_samples``. Times are clamped
+    to the chunk and, unless it is the ``last``, to before the end the join crossfades with the
+    next chunk (``min(crossfade, length / 2)``, the most the join overlaps): so the next chunk's
+    words never start before this chunk's end, and no word ends after the audio (S3Gen renders
+    960 samples per token, less a trimmed half token)."""
+    rate = S3GEN_SAMPLE_RATE
+    end_sample = start_sample + num_samples
+    if not last:
+        end_sample -= min(crossfade_samples, num_samples // 2)
+
+    def seconds(frame_seconds: float) -> float:
+        return min(start_sample + round(frame_seconds * rate), end_sample) / rate
+
+    return [
+        WordTiming(
+            word.text,
+            seconds(word.start / SPEECH_TOKEN_RATE_HZ),
+            seconds(word.end / SPEECH_TOKEN_RATE_HZ),
+            text_chunk,
+        )
+        for word in getattr(tokens, "words", ())
+    ]

@@ -43,12 +43,28 @@ class SpeechTokenSequence(Protocol):
         ...
 
 
+class WordFrames(Protocol):
+    """One word of the text and the speech frames ``[start, end)`` it was spoken in (frame ``k``
+    is token ``k`` of the utterance; ``chatterbox_t3.word_alignment.WordFrames`` is one)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class SpeechTokens:
     """Validated speech tokens of one utterance at :data:`SPEECH_TOKEN_RATE_HZ`."""
 
     token_ids: tuple[int, ...]
     finish_reason: str = "stop"
+    words: tuple[WordFrames, ...] = ()
+    """The text's words and their frames, when the generator aligns them (multilingual T3)."""
 
     def __post_init__(self) -> None:
         if self.finish_reason not in FINISH_REASONS:

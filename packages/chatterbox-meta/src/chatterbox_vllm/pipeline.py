@@ -168,7 +168,9 @@ def run_pipeline(
         kept = tuple(t for t in ids if 0 <= t < SPEECH_VOCAB_SIZE)
         if len(kept) != len(ids):
             logger.debug("chunk %d: dropped %d non-speech token ids", index, len(ids) - len(kept))
-        jobs[index].tokens = SpeechTokens(kept, final.finish_reason)
+        # T3 returns only valid ids, so its word frames index ``kept`` as they are.
+        words = tuple(getattr(final, "words", ()))
+        jobs[index].tokens = SpeechTokens(kept, final.finish_reason, words)
         scheduler.add_tokens(lanes[index], list(kept))
         scheduler.end(lanes[index])
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,28 @@ class ChunkAudio:
 
 
 @dataclass(frozen=True)
+class WordTiming:
+    """When one word of the text is spoken, in seconds of the joined audio (multilingual model:
+    from its alignment analyzer, see ``chatterbox_t3.word_alignment``). ``text_chunk``: the chunk
+    of the text it belongs to."""
+
+    word: str
+    start_time: float
+    end_time: float
+    text_chunk: int
+
+    def as_dict(self) -> dict[str, object]:
+        """The server's JSON form (Kokoro-FastAPI's word timestamp fields)."""
+        return {"word": self.word, "start_time": self.start_time, "end_time": self.end_time}
+
+    def at_speed(self, speed: float) -> WordTiming:
+        """The same word in audio played at ``speed`` (the ``speed`` control's time stretch)."""
+        if speed == 1.0:
+            return self
+        return replace(self, start_time=self.start_time / speed, end_time=self.end_time / speed)
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """Speech for one text: ``waveform`` is mono float32 ``[samples]`` at ``sample_rate``."""
 
@@ -51,6 +73,9 @@ class GenerationResult:
     """Samples of each chunk's audio before joining (the joined ``waveform`` is their sum minus
     one crossfade per join)."""
     watermarked: bool
+    words: tuple[WordTiming, ...] = ()
+    """Every word of every chunk with its start and end in ``waveform`` (monotonic, inside the
+    audio); multilingual model only (empty for the English one, which has no aligner)."""
 
     @property
     def finish_reasons(self) -> tuple[str, ...]:

@@ -25,15 +25,17 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, ChunkJoiner
+from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, ChunkJoiner, crossfade_overlaps
 from chatterbox_vllm.errors import EngineDeadError
+from chatterbox_vllm.front import chunk_word_timings
 from chatterbox_vllm.pipeline import decode_all_or_none
 from chatterbox_vllm.planner import IncrementalPlanner, PlanItem
+from chatterbox_vllm.results import WordTiming
 from chatterbox_vllm.scheduler import S3GenScheduler
 from chatterbox_vllm.speed import SpeedStretcher
 
@@ -52,6 +54,9 @@ class AudioChunk:
     """Which chunk of the text (plan item) the audio belongs to."""
     final: bool
     """True for the stream's last chunk."""
+    words: tuple[WordTiming, ...] = ()
+    """Words whose timings became known with this chunk (multilingual model): each text
+    chunk's words arrive once its audio is complete, times in seconds of the whole stream."""
 
     @property
     def duration_s(self) -> float:
@@ -130,7 +135,15 @@ class StreamSession:
         self._scheduler = scheduler
         self.events = events
         self._joiner = ChunkJoiner(crossfade_samples)
+        self._speed = speed
         self._stretcher = None if speed == 1.0 else SpeedStretcher(speed, S3GEN_SAMPLE_RATE)
+        self._crossfade = crossfade_samples
+        self._words: dict[int, Any] = {}  # order -> T3's final output (its words' frames)
+        self._lengths: list[int] = []  # samples of each finished text chunk
+        self._chunk_samples = 0  # of the current text chunk so far
+        self._chunk_start = 0  # where the current text chunk starts in the stream
+        self._samples_out = 0
+        self._pending_words: list[WordTiming] = []
         self._engine_failure = engine_failure
         self._buffers: dict[int, list[tuple[list[torch.Tensor], bool]]] = {
             i.order: [] for i in items
@@ -192,6 +205,8 @@ class StreamSession:
                     self._scheduler.add_tokens(item.lane_id, ids[sent:])
                     self.speech_tokens += len(ids) - sent
                     sent = len(ids)
+                if output.finished:
+                    self._words[item.order] = output  # before the lane ends: read at its end
             self._scheduler.end(item.lane_id)
         except BaseException as error:
             self._scheduler.cancel(item.lane_id)
@@ -211,6 +226,9 @@ class StreamSession:
             pieces, done = buffer.pop(0)
             audio = torch.cat([p.reshape(-1) for p in pieces]) if pieces else torch.zeros(0)
             emitted = self._joiner.add(audio, chunk_done=done and not buffer)
+            self._chunk_samples += audio.numel()
+            if done and not buffer:
+                self._finish_text_chunk()
             if emitted.numel():
                 emitted = self._at_speed(emitted, final=False)
             if emitted.numel():
@@ -231,13 +249,48 @@ class StreamSession:
         # chunk, and gives everything it holds with the final one.
         return torch.from_numpy(self._stretcher.process(waveform.numpy(), final=final))
 
+    def _finish_text_chunk(self) -> None:
+        """The current text chunk's audio is complete: place it in the stream (the joiner's
+        overlap with the previous chunk) and queue its words for the next audio chunk."""
+        if self._lengths:
+            previous = self._lengths[-1]
+            [overlap] = crossfade_overlaps([previous, self._chunk_samples], self._crossfade)
+            self._chunk_start += previous - overlap
+        self._lengths.append(self._chunk_samples)
+        output = self._words.pop(self._current, None)
+        if output is not None:
+            self._pending_words.extend(
+                chunk_word_timings(
+                    output,
+                    self._current,
+                    self._chunk_start,
+                    self._chunk_samples,
+                    self._crossfade,
+                    last=self._current == len(self.items) - 1,
+                )
+            )
+        self._chunk_samples = 0
+
     def _chunk(self, waveform: torch.Tensor, *, final: bool) -> AudioChunk:
+        self._samples_out += waveform.numel()
+        words: tuple[WordTiming, ...] = ()
+        # The last text chunk's words wait for the final chunk, which knows the stream's length.
+        if final or self._current < len(self.items) - 1:
+            words = tuple(word.at_speed(self._speed) for word in self._pending_words)
+            self._pending_words = []
+        if final:  # no word ends after the stream's last sample
+            end = self._samples_out / S3GEN_SAMPLE_RATE
+            words = tuple(
+                replace(w, start_time=min(w.start_time, end), end_time=min(w.end_time, end))
+                for w in words
+            )
         chunk = AudioChunk(
             waveform=waveform,
             sample_rate=S3GEN_SAMPLE_RATE,
             index=self._emitted,
             text_chunk=max(0, min(self._current, len(self.items) - 1)),
             final=final,
+            words=words,
         )
         self._emitted += 1
         return chunk

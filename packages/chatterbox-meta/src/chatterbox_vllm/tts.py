@@ -702,6 +702,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
             voice=voice.t3,
             params=item.t3_sampling(),
             text_token_ids=self._check_text(item),
+            # Word timings come from the multilingual analyzer; the English T3 has none.
+            word_timings=self.model == "multilingual",
             **self._language_of(item),
         )
 

@@ -188,6 +188,7 @@ class AlignmentGuard:
         self._state: torch.Tensor | None = None
         self._positions: torch.Tensor | None = None
         self._initial: torch.Tensor | None = None
+        self._sampled_positions: torch.Tensor | None = None
         self.dry_run = os.environ.get(DRY_RUN_ENV) == "1"
         if self.dry_run:
             logger.warning(
@@ -216,6 +217,25 @@ class AlignmentGuard:
         if self._positions is None or self._positions.shape[0] < length:
             self._positions = torch.arange(max(length, 4096), device=device)
         return self._positions[:length]
+
+    def sampled_positions(self, num_rows: int) -> torch.Tensor:
+        """``[num_rows]`` int64: the aligned text position (index into ``[start, text..., stop]``)
+        each logits row of the last :meth:`apply` was sampled at, -1 for rows that took no
+        analyzer step. What word timings are built from (:mod:`chatterbox_t3.word_alignment`)."""
+        positions = self._sampled_positions
+        if positions is None or positions.shape[0] < num_rows:
+            return torch.full((num_rows,), -1, dtype=torch.long)
+        return positions[:num_rows]
+
+    def _record_positions(self, rows: torch.Tensor, position: torch.Tensor, num_rows: int) -> None:
+        positions = self._sampled_positions
+        if positions is None or positions.shape[0] < num_rows:
+            positions = torch.full(
+                (max(num_rows, 64),), -1, dtype=torch.long, device=position.device
+            )
+            self._sampled_positions = positions
+        positions.fill_(-1)
+        positions[rows] = position.long()
 
     # ------------------------------------------------------------------------------- the step
     def store_keys(self, step: AlignmentStep, num_kv_slots: int) -> None:
@@ -254,6 +274,7 @@ class AlignmentGuard:
         """Store the step's keys, then apply the stop rules to ``logits`` ``[rows, vocab]``."""
         self.store_keys(step, num_kv_slots)
         if step.num_rows == 0:
+            self._record_positions(step.facts[:, StepFacts.ROW], logits.new_zeros(0), 0)
             return logits
         facts = step.facts
         state_table = self._state_for(step.num_state_slots, logits.device)
@@ -291,6 +312,7 @@ class AlignmentGuard:
             [position[:, None], complete[:, None].float(), mass, input_token[:, None].float()],
             dim=1,
         )
+        self._record_positions(facts[:, StepFacts.ROW], position, logits.shape[0])
         if self.dry_run:
             return logits
         rows = facts[:, StepFacts.ROW]

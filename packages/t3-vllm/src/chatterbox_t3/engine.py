@@ -31,10 +31,11 @@ from chatterbox_t3.errors import (
 )
 from chatterbox_t3.model_dir import prepare_vllm_model_dir
 from chatterbox_t3.multilingual_text import MissingDependencyPolicy, MultilingualTokenizer
-from chatterbox_t3.sampling import T3SamplingParams, valid_speech_tokens
+from chatterbox_t3.sampling import T3SamplingParams, valid_speech_indices
 from chatterbox_t3.text import EnglishTokenizer, TextEncoder
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
 from chatterbox_t3.voice_encoder import VoiceEncoder
+from chatterbox_t3.word_alignment import TextWord, WordFrames, align_words, text_words
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class T3Request:
     language: str | None = None
     """Language id (``"fr"``, ``"zh"``, ...; see ``multilingual_text.SUPPORTED_LANGUAGES``) for a
     multilingual checkpoint; None is English. An English checkpoint accepts only None / "en"."""
+    word_timings: bool = False
+    """Return the aligned text position of every speech token and the words' frames
+    (:attr:`T3Output.text_positions`, :attr:`T3Output.words`). Multilingual checkpoints only:
+    the English model has no alignment analyzer (see the package README)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,12 @@ class T3Output:
     raw_token_ids: tuple[int, ...] = ()
     num_prompt_tokens: int = 0
     finished: bool = True
+    text_positions: tuple[int, ...] = ()
+    """With ``word_timings``: the aligned text position (index into ``[start, text..., stop]``)
+    of each of ``token_ids``."""
+    words: tuple[WordFrames, ...] = ()
+    """With ``word_timings``, on the final output: every word of the text and the frames of
+    ``token_ids`` it was spoken in (:mod:`chatterbox_t3.word_alignment`)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ class _PreparedRequest:
     prompt: dict[str, Any]
     sampling_params: Any
     num_prompt_tokens: int
+    words: tuple[TextWord, ...] | None = None
+    """The text's words when the request asked for word timings."""
 
 
 class T3Frontend:
@@ -205,6 +218,7 @@ class T3Frontend:
         self.check_text_fits(len(text_ids))
         num_prompt_tokens = config.conditioning_len - 1 + len(prompt_ids)
         room = self.max_model_len - num_prompt_tokens
+        words = self.text_words(request, text_ids) if request.word_timings else None
         conditioning = self.conditioning.get(request.voice, params.exaggeration)
         prompt = {
             "prompt_token_ids": prompt_ids,
@@ -213,17 +227,43 @@ class T3Frontend:
             # after one BOS looks like the second prompt BOS but sits at another speech position.
             "cache_salt": f"t3-bos{num_bos}",
         }
+        sampling_params = params.to_vllm(config, min(params.max_new_tokens, room))
+        if words is not None:
+            # The aligned positions ride in the sampled token's logprob record
+            # (chatterbox_t3.worker.AlignedPositionSampler).
+            sampling_params.logprobs = 0
         return _PreparedRequest(
             prompt=prompt,
-            sampling_params=params.to_vllm(config, min(params.max_new_tokens, room)),
+            sampling_params=sampling_params,
             num_prompt_tokens=num_prompt_tokens,
+            words=words,
+        )
+
+    def text_words(self, request: T3Request, text_ids: list[int]) -> tuple[TextWord, ...]:
+        """The words of ``text_ids`` (framed) for word timings; raises for the English model."""
+        if not self.config.is_multilingual:
+            raise T3InputError(
+                "word_timings needs the multilingual model's alignment analyzer; this English "
+                "checkpoint has none (chatterbox-tts runs it for the multilingual model only), "
+                "so it cannot give word timings"
+            )
+        return text_words(
+            text_ids,
+            space_id=self.tokenizer.space_id,
+            decode=self.tokenizer.decode,
+            leading_tags=1,  # the language token the multilingual front end puts first
+            spellings=request.text.split(),
         )
 
     def to_output(
-        self, request_output: Any, num_prompt_tokens: int, raw: tuple[int, ...] | None = None
+        self,
+        request_output: Any,
+        prepared: _PreparedRequest,
+        raw: tuple[int, ...] | None = None,
+        positions: tuple[int, ...] | None = None,
     ) -> T3Output:
-        """``raw``: every id sampled so far when ``request_output`` carries only the newest
-        (vLLM's DELTA output kind)."""
+        """``raw`` / ``positions``: every id sampled so far and its aligned text position when
+        ``request_output`` carries only the newest (vLLM's DELTA output kind)."""
         completion = request_output.outputs[0]
         if raw is None:
             raw = tuple(int(t) for t in completion.token_ids)
@@ -231,13 +271,31 @@ class T3Frontend:
         reason = completion.finish_reason or ""
         if finished and reason not in ("stop", "length"):
             raise RuntimeError(f"vLLM finished a T3 request with finish_reason={reason!r}")
+        kept = valid_speech_indices(raw, self.config)
+        text_positions: tuple[int, ...] = ()
+        words: tuple[WordFrames, ...] = ()
+        if prepared.words is not None:
+            if positions is None:
+                positions = sampled_positions(completion.logprobs)
+            text_positions = tuple(positions[i] for i in kept)
+            if finished:
+                words = align_words(prepared.words, text_positions)
         return T3Output(
-            token_ids=valid_speech_tokens(raw, self.config),
+            token_ids=tuple(raw[i] for i in kept),
             finish_reason=reason if finished else "",
             raw_token_ids=raw,
-            num_prompt_tokens=num_prompt_tokens,
+            num_prompt_tokens=prepared.num_prompt_tokens,
             finished=finished,
+            text_positions=text_positions,
+            words=words,
         )
+
+
+def sampled_positions(logprobs: Any) -> tuple[int, ...]:
+    """The aligned text positions in a completion's logprob records (one dict per sampled token,
+    holding the sampled token's record; its ``rank`` is the position, see
+    :class:`chatterbox_t3.worker.AlignedPositionSampler`)."""
+    return tuple(int(next(iter(record.values())).rank) for record in logprobs or ())
 
 
 def _engine_arguments(
@@ -448,8 +506,7 @@ class T3Engine:
             use_tqdm=use_tqdm,
         )
         return [
-            self.frontend.to_output(output, p.num_prompt_tokens)
-            for output, p in zip(outputs, prepared, strict=True)
+            self.frontend.to_output(output, p) for output, p in zip(outputs, prepared, strict=True)
         ]
 
     def shutdown(self) -> None:
@@ -576,13 +633,22 @@ class AsyncT3Engine:
         )
         request_id = f"t3-{uuid.uuid4().hex}"
         raw: list[int] = []
+        positions: list[int] = []
         async for output in self._engine.generate(prepared.prompt, sampling_params, request_id):
-            new = output.outputs[0].token_ids
+            completion = output.outputs[0]
+            new = completion.token_ids
             raw.extend(int(t) for t in new)
+            if prepared.words is not None:
+                positions.extend(sampled_positions(completion.logprobs))
             if on_tokens is not None:
                 on_tokens(len(new))
             if output.finished or not final_only:
-                yield self.frontend.to_output(output, prepared.num_prompt_tokens, tuple(raw))
+                yield self.frontend.to_output(
+                    output,
+                    prepared,
+                    tuple(raw),
+                    tuple(positions) if prepared.words is not None else None,
+                )
 
     async def startup_timeline(self) -> dict[str, float]:
         """Seconds of each start-up stage of the engine's worker

@@ -157,6 +157,11 @@ class T3SamplingParams:
 
 def valid_speech_tokens(raw_token_ids: Sequence[int], config: T3Config) -> tuple[int, ...]:
     """Speech codes the decoder can use, from T3's raw output (reference post-processing)."""
+    return tuple(raw_token_ids[i] for i in valid_speech_indices(raw_token_ids, config))
+
+
+def valid_speech_indices(raw_token_ids: Sequence[int], config: T3Config) -> tuple[int, ...]:
+    """Indices into ``raw_token_ids`` of the codes :func:`valid_speech_tokens` keeps."""
     ids = list(raw_token_ids)
     start = 0
     starts = [i for i, t in enumerate(ids) if t == config.start_speech_token]
@@ -165,4 +170,4 @@ def valid_speech_tokens(raw_token_ids: Sequence[int], config: T3Config) -> tuple
     end = len(ids)
     if config.stop_speech_token in ids:
         end = ids.index(config.stop_speech_token)
-    return tuple(t for t in ids[start:end] if t < config.num_valid_speech_tokens)
+    return tuple(i for i in range(start, end) if ids[i] < config.num_valid_speech_tokens)

@@ -114,14 +114,21 @@ SPECIAL_TOKENS = (START_TEXT, STOP_TEXT, UNKNOWN, SPACE)
 
 class TextEncoder(Protocol):
     """What the engine needs of a text front end, English or multilingual: the text's ids (without
-    the start/stop tokens, which the engine adds) and those two ids."""
+    the start/stop tokens, which the engine adds), those two ids, and for word timings the space
+    id and a decoder."""
 
     start_id: int
     stop_id: int
+    space_id: int
+    """``[SPACE]``: what separates words (word timings group the tokens between them)."""
 
     def encode_text(self, text: str, language: str | None = None) -> list[int]:
         """Normalise ``text`` and return its ids for ``language`` (None: the checkpoint's
         default)."""
+        ...
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of ``ids`` as the model spells it (after normalisation)."""
         ...
 
 

@@ -13,10 +13,13 @@ on CPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from vllm.v1.outputs import SamplerOutput
+from vllm.v1.sample.sampler import Sampler
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -29,9 +32,42 @@ from chatterbox_t3.startup import StartupTimelineMixin
 
 if TYPE_CHECKING:
     from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.sample.metadata import SamplingMetadata
 
 GPU_WORKER = "chatterbox_t3.worker.T3GPUWorker"
 CPU_WORKER = "chatterbox_t3.worker.T3CPUWorker"
+
+
+class AlignedPositionSampler(Sampler):
+    """vLLM's sampler, whose logprob output also carries each sampled token's aligned text position.
+
+    Word timings need, per speech token, the text position the multilingual analyzer aligned it
+    to; it is computed on the device inside the engine-core process, and the caller is in another
+    process. vLLM 0.9.2 V1 moves per-token data from the model runner to the caller only as the
+    sampled ids and their logprobs (``ModelRunnerOutput`` -> the scheduler's ``EngineCoreOutput``
+    -> the output processor), so the position rides in the logprob record of the sampled token:
+    a request that asks for ``logprobs=0`` (:class:`~chatterbox_t3.engine.T3Request`
+    ``word_timings=True``) gets the sampled token's logprob as usual and, in place of its rank,
+    the aligned position (:meth:`AlignmentGuard.sampled_positions`). It arrives in the same
+    message as its token, through preemption, streaming (DELTA) and final-only outputs alike, with
+    no side channel to keep in step and no patch of vLLM's scheduler or output processor. (The
+    rank of a T3 token means nothing to a caller; the other channels are taken: pooled outputs end
+    a request, ``stop_reason`` and events are per request, not per token.)
+    """
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__()
+        self._runner = runner
+
+    def forward(self, logits: torch.Tensor, sampling_metadata: SamplingMetadata) -> SamplerOutput:
+        output = super().forward(logits, sampling_metadata)
+        tensors = output.logprobs_tensors
+        guard = getattr(getattr(self._runner, "model", None), "alignment_guard", None)
+        if tensors is None or guard is None:
+            return output
+        ranks = tensors.selected_token_ranks
+        positions = guard.sampled_positions(logits.shape[0]).to(ranks.device, ranks.dtype)
+        return replace(output, logprobs_tensors=tensors._replace(selected_token_ranks=positions))
 
 
 class T3RunnerMixin:
@@ -157,11 +193,15 @@ class T3RunnerMixin:
 
 
 class T3GPUModelRunner(T3RunnerMixin, GPUModelRunner):
-    pass
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampler = AlignedPositionSampler(self)
 
 
 class T3CPUModelRunner(T3RunnerMixin, CPUModelRunner):
-    pass
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampler = AlignedPositionSampler(self)
 
 
 class T3GPUWorker(StartupTimelineMixin, Worker):

@@ -19,7 +19,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
@@ -159,10 +160,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     async def open_speech(
         request: Any, voice: Any, params: GenerationParams, started: float
-    ) -> tuple[Any, StreamEncoder, AsyncGenerator[bytes, None], Callable[[], None]]:
-        """Starts an admitted request's stream: its session, encoder, encoded audio and the
-        ``release`` that ends its work once, however it ends (the audio's end calls it; so must
-        a response that never started reading the audio: a client gone before the first byte)."""
+    ) -> _Speech:
+        """Starts an admitted request's stream (see :class:`_Speech`)."""
         admitted_at = time.perf_counter()
         try:
             session = await asyncio.to_thread(tts.open_stream, request.input, voice, params=params)
@@ -171,6 +170,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             raise
         metrics.running_streams.inc()
         encoder = StreamEncoder(request.response_format, tts.sample_rate)
+        words: list[Any] = []  # word timings as they arrive (multilingual model)
         released = False
 
         def release() -> None:
@@ -190,6 +190,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             try:
                 async with contextlib.aclosing(aiterate_stream(session)) as chunks:
                     async for chunk in chunks:
+                        words.extend(chunk.words)
                         data = encoder.encode(chunk.waveform)
                         if chunk.final:
                             data += encoder.finish()
@@ -203,7 +204,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             finally:
                 release()
 
-        return session, encoder, audio_bytes(), release
+        return _Speech(session, encoder, audio_bytes(), release, words)
 
     async def queued_sse(
         request: Any, voice: Any, params: GenerationParams, started: float
@@ -227,7 +228,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             await waiting
             owned = True
             try:
-                session, _, pieces, release = await open_speech(request, voice, params, started)
+                speech = await open_speech(request, voice, params, started)
             except ChatterboxError as error:
                 if isinstance(error, EngineDeadError):
                     body = error_body(str(error), kind="server_error")
@@ -236,10 +237,15 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 yield _sse({"type": "error", **body})
                 return
             try:
-                async for event in _sse_events(pieces, session, len(request.input)):
+                async for event in _sse_events(
+                    speech.pieces,
+                    speech.session,
+                    len(request.input),
+                    speech.words if request.timestamps else None,
+                ):
                     yield event
             finally:
-                release()
+                speech.release()
         except AdmissionError as error:
             kind = "rate_limit_error" if error.status == 429 else "server_error"
             yield _sse({"type": "error", **error_body(str(error), kind=kind)})
@@ -260,6 +266,13 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 param="input",
             )
         voice, params = check_speech_options(request, settings, formats, voices, tts.model)
+        if request.timestamps and tts.model != "multilingual":
+            raise APIError(
+                400,
+                "timestamps are available on the multilingual model only (word timings come "
+                "from its alignment analyzer; this server runs the English model, which has none)",
+                param="timestamps",
+            )
         started = time.perf_counter()
         sse = request.stream_format == "sse"
         if sse and admission.would_queue():
@@ -270,26 +283,44 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
         ticket = await admitted(http_request)
         if ticket is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)  # it left while queued
-        session, encoder, pieces, release = await open_speech(request, voice, params, started)
+        speech = await open_speech(request, voice, params, started)
         queued = {QUEUED_SECONDS_HEADER: f"{ticket.queued_s:.3f}"} if ticket.position else None
         if sse:
             return _ReleasingStream(
-                _sse_events(pieces, session, len(request.input)),
-                release=release,
+                _sse_events(
+                    speech.pieces,
+                    speech.session,
+                    len(request.input),
+                    speech.words if request.timestamps else None,
+                ),
+                release=speech.release,
                 media_type="text/event-stream",
                 headers=queued,
             )
         media_type = RESPONSE_FORMATS[request.response_format].media_type
-        if not encoder.format.streamable:
-            # Sent once complete (FLAC's header holds the length): a failure is still a 5xx.
-            # Nothing is sent while it is made, so the client's going away is watched here.
+        if request.timestamps or not speech.encoder.format.streamable:
+            # Sent once complete (FLAC's header holds the length; timings wrap the audio in
+            # JSON): a failure is still a 5xx. Nothing is sent while it is made, so the client's
+            # going away is watched here.
             try:
-                body = await _unless_disconnected(_join(pieces), http_request)
+                body = await _unless_disconnected(_join(speech.pieces), http_request)
             finally:
-                release()
+                speech.release()
+            if request.timestamps:
+                return JSONResponse(
+                    {
+                        "audio": base64.b64encode(body).decode(),
+                        "response_format": request.response_format,
+                        "timestamps": [word.as_dict() for word in speech.words],
+                    },
+                    headers=queued,
+                )
             return Response(body, media_type=media_type, headers=queued)
         return _ReleasingStream(
-            _abort_on_failure(pieces), release=release, media_type=media_type, headers=queued
+            _abort_on_failure(speech.pieces),
+            release=speech.release,
+            media_type=media_type,
+            headers=queued,
         )
 
     # ------------------------------------------------------------------ voices
@@ -424,6 +455,20 @@ def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
     return str(error.detail)
 
 
+@dataclass
+class _Speech:
+    """An admitted request's running speech: its session, encoder, encoded audio (``pieces``),
+    the word timings that have arrived with it, and ``release``, which ends its work once however
+    it ends (the audio's end calls it; so must a response that never started reading the audio:
+    a client gone before the first byte)."""
+
+    session: Any
+    encoder: StreamEncoder
+    pieces: AsyncGenerator[bytes, None]
+    release: Callable[[], None]
+    words: list[Any]
+
+
 class _ReleasingStream(StreamingResponse):
     """A streamed speech body whose request's work is released however the response ends
     (Starlette never iterates the body of a client that left before it started)."""
@@ -489,16 +534,30 @@ async def _abort_on_failure(pieces: AsyncGenerator[bytes, None]) -> AsyncIterato
 
 
 async def _sse_events(
-    pieces: AsyncGenerator[bytes, None], session: Any, input_chars: int
+    pieces: AsyncGenerator[bytes, None],
+    session: Any,
+    input_chars: int,
+    words: list[Any] | None = None,
 ) -> AsyncIterator[bytes]:
     """``speech.audio.delta`` events, then ``speech.audio.done`` with usage; a failure after
     the headers ends the stream with an ``error`` event of type ``server_error`` (the input
-    was checked before the headers, so what fails now is the server)."""
+    was checked before the headers, so what fails now is the server). ``words``: filled with
+    word timings as audio is produced; each is sent as a ``speech.word`` event after the audio
+    it arrived with."""
+
+    def word_events() -> Iterator[bytes]:
+        while words:
+            yield _sse({"type": "speech.word", **words.pop(0).as_dict()})
+
     try:
         async with contextlib.aclosing(pieces):
             async for piece in pieces:
                 event = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()}
                 yield _sse(event)
+                for word_event in word_events():
+                    yield word_event
+        for word_event in word_events():
+            yield word_event
     except Exception as error:
         message = _describe_failure(error)
         logger.error("speech stream (SSE) failed: %s", message)

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
 
 from chatterbox_vllm.controls import CONTROLS, Control
 
@@ -33,6 +42,14 @@ class SpeechRequestBase(SpeechOptionsBase):
     input: str = Field(description="the text to speak")
     stream_format: Literal["audio", "sse"] = Field(
         "audio", description="audio: the encoded stream; sse: speech.audio.delta/done events"
+    )
+    timestamps: StrictBool = Field(
+        False,
+        description=(
+            "word timings (multilingual model): with stream_format=sse, a speech.word event "
+            "{word, start_time, end_time} per word; otherwise a JSON body {audio: base64, "
+            "response_format, timestamps: [{word, start_time, end_time}]}"
+        ),
     )
 
 

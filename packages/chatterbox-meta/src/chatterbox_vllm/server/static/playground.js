@@ -344,6 +344,8 @@ async function speak() {
     stream_format: "sse",
     ...controlValues(),
   };
+  // Word timings come from the multilingual model's alignment analyzer (the English one has none).
+  if (state.config.model === "multilingual") body.timestamps = true;
   // A download in another format is generated again: a seed makes it the same audio.
   if (format !== "wav" && format !== "pcm" && body.seed === undefined) {
     body.seed = Math.floor(Math.random() * 2 ** 31);
@@ -455,21 +457,21 @@ $("speak").addEventListener("click", speak);
 $("stop").addEventListener("click", stop);
 
 // ------------------------------------------------------------------ word timings (optional)
-// When the server sends per-word timing events on the SSE stream (an event whose type names a
-// word, with "word" and "start"/"end" in seconds of audio), each word is shown and highlighted
-// as it plays. A server without them sends none, and this does nothing.
+// With timestamps (multilingual model) the SSE stream carries a speech.word event per word
+// ({word, start_time, end_time} in seconds of audio): each word is shown and highlighted as it
+// plays. Without them no such event comes, and this does nothing.
 const wordTimings = {
   timers: [],
   accepts(event) {
-    return typeof event.type === "string" && event.type.includes("word")
-      && typeof event.word === "string" && typeof event.start === "number";
+    return event.type === "speech.word" && typeof event.word === "string"
+      && typeof event.start_time === "number";
   },
   add(event, player) {
     const span = document.createElement("span");
     span.textContent = event.word;
     $("words").append(span, " ");
     const base = player.startedAt === undefined ? player.context.currentTime : player.startedAt;
-    const delay = Math.max(0, (base + event.start - player.context.currentTime) * 1000);
+    const delay = Math.max(0, (base + event.start_time - player.context.currentTime) * 1000);
     this.timers.push(setTimeout(() => span.classList.add("spoken"), delay));
   },
   reset() {
