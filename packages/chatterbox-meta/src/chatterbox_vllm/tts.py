@@ -275,6 +275,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             cuda_graphs=config.cuda_graphs,
             num_gpu_blocks_override=config.num_gpu_blocks_override,
             conditioning_device=config.device,
+            in_process=config.t3_process == "in-process",
             **config.engine_kwargs,
         )
 

@@ -480,9 +480,13 @@ class AsyncT3Engine:
         conditioning_device: str | None = None,
         conditioning_cache_size: int = 256,
         cache_dir: str | Path | None = None,
+        in_process: bool = False,
         **engine_kwargs: Any,
     ) -> AsyncT3Engine:
-        """Same arguments as :meth:`T3Engine.from_checkpoint`."""
+        """Same arguments as :meth:`T3Engine.from_checkpoint`, plus ``in_process``: run vLLM's
+        engine core in this process on a thread of its own
+        (:class:`~chatterbox_t3.inprocess.InProcessEngine`) instead of ``AsyncLLM``'s engine
+        process, so that T3 and the caller's GPU work share one CUDA context."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -504,8 +508,14 @@ class AsyncT3Engine:
             extra=engine_kwargs,
         )
         arguments.setdefault("disable_log_requests", True)
-        logger.info("starting vLLM (async) for T3 (%s)", model_dir)
-        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+        if in_process:
+            from chatterbox_t3.inprocess import InProcessEngine
+
+            logger.info("starting vLLM for T3 in this process (%s)", model_dir)
+            engine: Any = InProcessEngine(AsyncEngineArgs(**arguments))
+        else:
+            logger.info("starting vLLM (async) for T3 (%s)", model_dir)
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
         frontend.limit_to_kv_cache(engine.vllm_config.cache_config)
         return cls(engine, frontend, plan)
 
@@ -588,7 +598,9 @@ class AsyncT3Engine:
                 for name, code in finished.items()
             )
         if getattr(self._engine, "errored", False):
-            return "vLLM reported its engine core dead"
+            return getattr(self._engine, "failure_reason", None) or (
+                "vLLM reported its engine core dead"
+            )
         return None
 
     def shutdown(self) -> None:
