@@ -98,6 +98,17 @@ def test_per_request_controls_in_one_batch(tts: ChatterboxTTS) -> None:
     assert chunk_lengths_match_tokens(first) and chunk_lengths_match_tokens(second)
 
 
+def test_speed_stretches_generate_and_stream_alike(tts: ChatterboxTTS) -> None:
+    text = "Faster, please."
+    normal = tts.generate(text, seed=4, max_new_tokens=12)
+    assert tts.generate(text, seed=4, max_new_tokens=12, speed=1.0).waveform.equal(normal.waveform)
+    fast = tts.generate(text, seed=4, max_new_tokens=12, speed=2.0)
+    assert fast.speech_tokens == normal.speech_tokens  # the same speech, played faster
+    assert fast.waveform.numel() == round(normal.waveform.numel() / 2)
+    streamed = [c.waveform for c in tts.stream(text, seed=4, max_new_tokens=12, speed=2.0)]
+    assert sum(w.numel() for w in streamed) == fast.waveform.numel()
+
+
 def test_long_text_is_chunked_at_sentences_and_joined_with_crossfade(tts: ChatterboxTTS) -> None:
     sentences = [
         "The first sentence is short.",

@@ -71,7 +71,7 @@ class GenerationResult:
     """The speech tokens T3 produced for each chunk (with why each chunk ended)."""
     chunk_samples: tuple[int, ...]
     """Samples of each chunk's audio before joining (the joined ``waveform`` is their sum minus
-    one crossfade per join)."""
+    one crossfade per join, divided by ``speed`` when that is not 1)."""
     watermarked: bool
     words: tuple[WordTiming, ...] = ()
     """Every word of every chunk with its start and end in ``waveform`` (monotonic, inside the

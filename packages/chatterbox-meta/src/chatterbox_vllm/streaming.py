@@ -316,6 +316,11 @@ class StreamSession:
             )
 
     @property
+    def stretches(self) -> bool:
+        """Whether this stream's audio is time-stretched (``speed`` other than 1.0)."""
+        return self._stretcher is not None
+
+    @property
     def finished(self) -> bool:
         return self._finished
 
@@ -365,7 +370,12 @@ async def aiterate_stream(session: StreamSession) -> AsyncGenerator[AudioChunk, 
                     except asyncio.TimeoutError:
                         session.check_engine()
                     continue
-            for chunk in session.take(event):
+            if session.stretches:
+                # Time-stretching (speed != 1) takes CPU milliseconds: off the event loop.
+                chunks = await asyncio.to_thread(session.take, event)
+            else:
+                chunks = session.take(event)
+            for chunk in chunks:
                 yield chunk
     finally:
         session.close()
