@@ -314,7 +314,6 @@ class ChatterboxTTS(SpeechFront[Voice]):
             conditioning_device=config.device,
             in_process=config.t3_process == "in-process",
             missing_language_dependency=config.missing_language_dependency,
-            in_process=config.t3_process == "in-process",
             # Loading is logged with its time; vLLM's weight-loading bar would print regardless.
             **{"use_tqdm_on_load": False, **config.engine_kwargs},
         )
