@@ -37,6 +37,9 @@ def server(chatterbox_checkpoint: Path, tmp_path_factory, launch_server) -> Iter
     with launch_server(
         chatterbox_checkpoint, log,
         "--max-input-chars", "400", "--max-upload-bytes", str(UPLOAD_LIMIT),
+        # A CPU's measured capacity is under one real-time stream: without the fixed cap, the
+        # concurrent requests of these tests would queue behind each other.
+        "--capacity", "cap",
         api_key=API_KEY, max_new_tokens=200,
     ) as running:  # fmt: skip
         yield running
