@@ -160,7 +160,7 @@ def s3gen(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def meta(session: nox.Session) -> None:
     """chatterbox-vllm (the end-to-end package) with its two components."""
-    _install_isolated(session, T3, S3GEN, META, CPU_SUPPORT)
+    _install_isolated(session, T3, S3GEN, f"{META}[speed]", CPU_SUPPORT)
     _pytest(session, "packages/chatterbox-meta/tests")
 
 

@@ -150,3 +150,21 @@ def test_streamed_pieces_join_without_discontinuities(speed: float) -> None:
 def test_speed_outside_openais_range_is_refused(value: float) -> None:
     with pytest.raises(InvalidParameterError, match=r"speed must be in \[0.25, 4\]"):
         GenerationParams(speed=value)
+
+
+def test_speed_without_its_library_is_a_clear_error_before_any_work(monkeypatch) -> None:
+    """pedalboard (GPL-3.0) is the opt-in ``speed`` extra: without it a speed other than 1.0 is
+    refused when the parameters are made (naming the extra), and 1.0 needs nothing."""
+    import importlib.util
+
+    from chatterbox_vllm import GenerationParams, InvalidParameterError
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "pedalboard" else real_find_spec(name, *args),
+    )
+    with pytest.raises(InvalidParameterError, match=r"chatterbox-vllm\[speed\]"):
+        GenerationParams(speed=2.0)
+    assert GenerationParams(speed=1.0).speed == 1.0

@@ -254,6 +254,9 @@ class GenerationParams:
     def __post_init__(self) -> None:
         for name, control in CONTROLS.items():
             control.check(getattr(self, name))
+        from chatterbox_vllm.speed import require_time_stretch
+
+        require_time_stretch(self.speed)
         if self.language is not None and self.language != self.language.lower():
             object.__setattr__(self, "language", self.language.lower())
 

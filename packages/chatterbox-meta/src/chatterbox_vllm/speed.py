@@ -16,6 +16,8 @@ whole-text ``generate`` have the same duration.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 from chatterbox_vllm.errors import InvalidParameterError
@@ -52,7 +54,18 @@ def check_speed(speed: float) -> float:
     # The range itself is the controls contract's (CONTROLS["speed"]); this guards direct callers.
     if not 0.25 <= speed <= 4.0:
         raise InvalidParameterError(f"speed must be in [0.25, 4] (playback speed), got {speed!r}")
+    require_time_stretch(speed)
     return float(speed)
+
+
+def require_time_stretch(speed: float) -> None:
+    """A speed other than 1.0 needs pedalboard (the ``speed`` extra): checked when the request is
+    made, before any model work, so a missing library is a clear error rather than lost work."""
+    if speed != 1.0 and importlib.util.find_spec("pedalboard") is None:
+        raise InvalidParameterError(
+            f"speed {speed:g} needs the time-stretch library pedalboard (Rubber Band, GPL-3.0), "
+            "which is not installed: pip install 'chatterbox-vllm[speed]' (speed 1.0 needs nothing)"
+        )
 
 
 def change_speed(audio: np.ndarray, sample_rate: int, speed: float) -> np.ndarray:
