@@ -40,8 +40,8 @@ class _Request:
 
 class InProcessEngine:
     """The part of vLLM's ``AsyncLLM`` that :class:`~chatterbox_t3.engine.AsyncT3Engine` uses
-    (``generate``, ``collective_rpc``, ``output_processor``, ``errored``, ``vllm_config``,
-    ``shutdown``), with the engine core in this process. Construction blocks until vLLM has
+    (``generate``, ``collective_rpc``, ``output_processor``, ``stat_loggers``, ``errored``,
+    ``vllm_config``, ``shutdown``), with the engine core in this process. Construction blocks until vLLM has
     loaded the model, profiled memory and captured its graphs (or failed: the error is raised)."""
 
     def __init__(self, engine_args: Any) -> None:
@@ -67,6 +67,12 @@ class InProcessEngine:
     @property
     def output_processor(self) -> Any:
         return self._engine.output_processor
+
+    @property
+    def stat_loggers(self) -> list[list[Any]]:
+        """``AsyncLLM``'s shape (per engine, its loggers): the Prometheus logger, if stats are on."""
+        logger_ = getattr(self._engine, "stat_logger", None)
+        return [[logger_]] if logger_ is not None else []
 
     @property
     def errored(self) -> bool:
