@@ -29,6 +29,7 @@ class HandFedSession:
     """A stream whose audio the test delivers (:meth:`finish`)."""
 
     speech_tokens = 3
+    stretches = False  # speed 1.0: chunks are taken on the event loop
 
     def __init__(self) -> None:
         self.events = StreamEvents()
