@@ -189,6 +189,15 @@ MODEL_DEFAULTS: dict[ModelKind, dict[str, float]] = {
         "min_p": 0.05,
         "top_p": 1.0,
     },
+    # ChatterboxTurboTTS.generate's defaults; Turbo has no CFG, exaggeration or min-p.
+    "turbo": {
+        "exaggeration": 0.0,
+        "cfg_weight": 0.0,
+        "temperature": 0.8,
+        "repetition_penalty": 1.2,
+        "min_p": 0.0,
+        "top_p": 0.95,
+    },
 }
 """Per-model defaults where they differ from :attr:`Control.default` (the English model's):
 chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS.generate`` defaults. They apply only to

@@ -24,8 +24,9 @@ from chatterbox_t3.errors import CheckpointError, ConfigurationError, MissingChe
 T3_CONFIG_FILE = "t3_config.json"
 """Optional file in a checkpoint directory that overrides :class:`T3Config` fields."""
 
-ModelKind = Literal["english", "multilingual"]
-"""Which Chatterbox T3 a checkpoint holds: the English model or Chatterbox Multilingual."""
+ModelKind = Literal["english", "multilingual", "turbo"]
+"""Which Chatterbox T3 a checkpoint holds: the English model (chatterbox-tts 0.1.2), Chatterbox
+Multilingual or Chatterbox Turbo (both chatterbox-tts 0.1.7)."""
 
 MULTILINGUAL_TEXT_TOKENS = 2454
 """Text vocabulary of Chatterbox Multilingual (the reference's ``T3Config.is_multilingual`` test)."""
@@ -41,10 +42,12 @@ class CheckpointFiles:
     tokenizer: str
     cangjie: str | None = None
     """Chinese Cangjie table (multilingual only)."""
+    tokenizer_extra: tuple[str, ...] = ()
+    """Further files the text tokenizer needs (Turbo's GPT-2 tokenizer is a directory of files)."""
 
     @property
     def required(self) -> tuple[str, ...]:
-        return (self.t3, self.voice_encoder, self.tokenizer)
+        return (self.t3, self.voice_encoder, self.tokenizer, *self.tokenizer_extra)
 
 
 ENGLISH_FILES = CheckpointFiles("english", "t3_cfg.safetensors", "ve.safetensors", "tokenizer.json")
@@ -55,17 +58,31 @@ MULTILINGUAL_FILES = CheckpointFiles(
     "grapheme_mtl_merged_expanded_v1.json",
     cangjie="Cangjie5_TC.json",
 )
+TURBO_FILES = CheckpointFiles(
+    "turbo",
+    "t3_turbo_v1.safetensors",
+    "ve.safetensors",
+    # A Hugging Face GPT-2 tokenizer directory (chatterbox-tts 0.1.7 loads it with
+    # AutoTokenizer.from_pretrained(ckpt_dir) after downloading "*.json" and "*.txt"): the
+    # byte-level BPE vocabulary and merges, and the config naming the tokenizer class.
+    "vocab.json",
+    tokenizer_extra=("merges.txt", "tokenizer_config.json"),
+)
+TURBO_OPTIONAL_TOKENIZER_FILES = ("added_tokens.json", "special_tokens_map.json")
+"""Tokenizer files of a GPT-2 directory that ``AutoTokenizer`` reads when present (the added
+paralinguistic tokens may live here or in ``tokenizer_config.json``)."""
 CHECKPOINT_FILES: Mapping[ModelKind, CheckpointFiles] = {
     "english": ENGLISH_FILES,
     "multilingual": MULTILINGUAL_FILES,
+    "turbo": TURBO_FILES,
 }
 
 
 def detect_model_kind(directory: str | Path) -> ModelKind:
     """Which model a checkpoint directory holds, by its T3 weights file.
 
-    Raises :class:`MissingCheckpointFileError` when it holds neither (naming both files), and
-    :class:`CheckpointError` when it holds both (which T3 to load would be a guess).
+    Raises :class:`MissingCheckpointFileError` when it holds none (naming every T3 file), and
+    :class:`CheckpointError` when it holds more than one (which T3 to load would be a guess).
     """
     directory = Path(directory)
     present = [files for files in CHECKPOINT_FILES.values() if (directory / files.t3).is_file()]
@@ -74,11 +91,13 @@ def detect_model_kind(directory: str | Path) -> ModelKind:
     names = " or ".join(files.t3 for files in CHECKPOINT_FILES.values())
     if not present:
         raise MissingCheckpointFileError(
-            f"{directory} holds no T3 weights: expected {names} (English or multilingual "
-            "Chatterbox)"
+            f"{directory} holds no T3 weights: expected {names} (English, multilingual or "
+            "Turbo Chatterbox)"
         )
+    found = " and ".join(files.t3 for files in present)
+    quantity = "both" if len(present) == 2 else "all of"
     raise CheckpointError(
-        f"{directory} holds both {names}; keep one model per checkpoint directory"
+        f"{directory} holds {quantity} {found}; keep one model per checkpoint directory"
     )
 
 
