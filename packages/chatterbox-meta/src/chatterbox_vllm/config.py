@@ -78,7 +78,11 @@ class EngineConfig:
     vocoder: str = _knob(
         "hift-torch", "S3Gen vocoder backend (chatterbox_s3gen.available_vocoders())"
     )
-    cfm_steps: int = _knob(10, "S3Gen flow-matching Euler steps (10, the reference's)")
+    cfm_steps: int | None = _knob(
+        None,
+        "S3Gen flow-matching Euler steps (default: the model's, as the reference: 10, or 2 for "
+        "Turbo's meanflow decoder)",
+    )
     s3gen_batch_size: int | None = _knob(
         None,
         "most finished chunks (or stream windows) S3Gen synthesises in one batch "
@@ -128,7 +132,7 @@ class EngineConfig:
             "voice_cache_size",
         ):
             value = getattr(self, name)
-            if value is None and name in ("max_num_seqs", "s3gen_batch_size"):
+            if value is None and name in ("max_num_seqs", "s3gen_batch_size", "cfm_steps"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidParameterError(f"{name} must be a positive int, got {value!r}")

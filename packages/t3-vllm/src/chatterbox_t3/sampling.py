@@ -90,6 +90,10 @@ SAMPLING_LIMITS: dict[str, ControlLimit] = {
 }
 """Accepted range of each float control of :class:`T3SamplingParams`."""
 
+TOP_K_LIMIT = ControlLimit(0, 10_000, "keep only the k most likely speech tokens; 0 disables it")
+"""Accepted range of :attr:`T3SamplingParams.top_k` (an int; a k past the speech vocabulary keeps
+every token, as 0 does; Turbo's reference samples with k = 1000)."""
+
 
 @dataclass(frozen=True)
 class T3SamplingParams:
@@ -100,6 +104,9 @@ class T3SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.05
     repetition_penalty: float = 1.2
+    top_k: int = 0
+    """Keep the ``top_k`` most likely tokens before sampling; 0 disables it (the English and
+    multilingual references have no top-k; Turbo's uses 1000)."""
     cfg_weight: float = DEFAULT_CFG_WEIGHT
     """Classifier-free guidance weight; 0 disables CFG (one start-of-speech token, cond logits)."""
     exaggeration: float = 0.5
@@ -110,6 +117,12 @@ class T3SamplingParams:
     def __post_init__(self) -> None:
         for name, limit in SAMPLING_LIMITS.items():
             limit.check(name, getattr(self, name))
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise InvalidSamplingParameterError(
+                f"top_k must be an int in {TOP_K_LIMIT.interval} ({TOP_K_LIMIT.meaning}), got "
+                f"{type(self.top_k).__name__} {self.top_k!r}"
+            )
+        TOP_K_LIMIT.check("top_k", self.top_k)
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
             raise InvalidSamplingParameterError(
                 f"max_new_tokens must be an int, got {self.max_new_tokens!r}"
@@ -144,6 +157,7 @@ class T3SamplingParams:
             temperature=float(self.temperature),
             top_p=float(self.top_p),
             min_p=float(self.min_p),
+            top_k=int(self.top_k),
             repetition_penalty=float(self.repetition_penalty),
             max_tokens=max_tokens,
             seed=self.seed,
