@@ -44,9 +44,11 @@ def _voice(seconds: float, sample_rate: int, seed: int) -> torch.Tensor:
     return (envelope * (torch.sin(phase) + 0.3 * torch.sin(3 * phase)) + 0.02 * noise).float()
 
 
-# (voice seconds, voice sample rate, speech tokens, vocoder seed): an odd prompt-mel frame count at
-# 24 kHz and a 44.1 kHz voice; the tokens end in the three silence tokens Turbo appends.
-CASES = [(1.5, 24_000, 12, 7), (2.3, 44_100, 30, 8)]
+# (voice seconds, voice sample rate, speech tokens, vocoder seed): a 44.1 kHz voice (resampled on
+# both paths) whose prompt mel has an odd frame count; the tokens end in the three silence tokens
+# Turbo appends. One case: a full-size CPU flow costs seconds per step, and the CI budget is 40 s
+# (the standard decoder's parity covers more voices through the same encoder and vocoder).
+CASES = [(1.7, 44_100, 24, 7)]
 SILENCE = [4299, 4299, 4299]
 
 

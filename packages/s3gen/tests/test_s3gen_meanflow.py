@@ -167,7 +167,7 @@ def test_streams_run_on_the_sealed_shapes_at_two_steps(
     cfg = StreamingConfig()
     report = prepare_stream_graphs(model, cfg, max_rows=2)
     assert report.n_timesteps == 2 and report.shapes == tuple(stream_flow_shapes(cfg, 2))
-    token_lists = [tokens(130, 5), tokens(24, 6)]
+    token_lists = [tokens(70, 5), tokens(24, 6)]
 
     def run(on: S3Gen, config: StreamingConfig = cfg) -> list[list[torch.Tensor]]:
         streams = [S3GenStream(on, voice, seed=i, config=config) for i in range(2)]
