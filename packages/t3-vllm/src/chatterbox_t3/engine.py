@@ -442,6 +442,11 @@ class T3Engine:
     ) -> T3Voice:
         return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
 
+    def startup_timeline(self) -> dict[str, float]:
+        """Seconds of each start-up stage of the engine's worker
+        (:data:`~chatterbox_t3.startup.STARTUP_STAGES`), in the order they ran."""
+        return dict(self._llm.collective_rpc("t3_startup_timeline")[0])
+
     def generate_speech_tokens(
         self, requests: Sequence[T3Request], use_tqdm: bool = False
     ) -> list[T3Output]:
@@ -496,9 +501,13 @@ class AsyncT3Engine:
         conditioning_device: str | None = None,
         conditioning_cache_size: int = 256,
         cache_dir: str | Path | None = None,
+        in_process: bool = False,
         **engine_kwargs: Any,
     ) -> AsyncT3Engine:
-        """Same arguments as :meth:`T3Engine.from_checkpoint`."""
+        """Same arguments as :meth:`T3Engine.from_checkpoint`, plus ``in_process``: run vLLM's
+        engine core in this process on a thread of its own
+        (:class:`~chatterbox_t3.inprocess.InProcessEngine`) instead of ``AsyncLLM``'s engine
+        process, so that T3 and the caller's GPU work share one CUDA context."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -520,8 +529,14 @@ class AsyncT3Engine:
             extra=engine_kwargs,
         )
         arguments.setdefault("disable_log_requests", True)
-        logger.info("starting vLLM (async) for T3 (%s)", model_dir)
-        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+        if in_process:
+            from chatterbox_t3.inprocess import InProcessEngine
+
+            logger.info("starting vLLM for T3 in this process (%s)", model_dir)
+            engine: Any = InProcessEngine(AsyncEngineArgs(**arguments))
+        else:
+            logger.info("starting vLLM (async) for T3 (%s)", model_dir)
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
         frontend.limit_to_kv_cache(engine.vllm_config.cache_config)
         return cls(engine, frontend, plan)
 
@@ -580,6 +595,11 @@ class AsyncT3Engine:
             if output.finished or not final_only:
                 yield self.frontend.to_output(output, prepared.num_prompt_tokens, tuple(raw))
 
+    async def startup_timeline(self) -> dict[str, float]:
+        """Seconds of each start-up stage of the engine's worker
+        (:data:`~chatterbox_t3.startup.STARTUP_STAGES`), in the order they ran."""
+        return dict((await self._engine.collective_rpc("t3_startup_timeline"))[0])
+
     def num_unfinished_requests(self) -> int:
         """Requests vLLM is still serving (decoding or queued); aborted ones leave at once."""
         return int(self._engine.output_processor.get_num_unfinished_requests())
@@ -599,7 +619,9 @@ class AsyncT3Engine:
                 for name, code in finished.items()
             )
         if getattr(self._engine, "errored", False):
-            return "vLLM reported its engine core dead"
+            return getattr(self._engine, "failure_reason", None) or (
+                "vLLM reported its engine core dead"
+            )
         return None
 
     def shutdown(self) -> None:
