@@ -5,6 +5,9 @@
 # PARTs:
 #   serve-only     the server load alone (LOAD_N, default 1,8,64)
 #   product-mps    the server load again under CUDA MPS (after product; needs its checkpoint)
+#   layouts        issue 22/26: T3 in vLLM's engine process vs in the server's process
+#                  (--t3-process in-process), the same server load (LAYOUT_N, default 8,64) and
+#                  `bench` end to end (generate_schedule after-t3 and overlap) for each, one call
 #   pack           last: logs and texts into $OUT/logs.tgz (a call returns at most 8 files)
 #   product        THE product benchmark (issue 15/16): `chatterbox-vllm bench` on benchmark-text-1
 #                  at the defaults, then `bench/server_load.py` at N = 1, 8, 32, 64, 128 (distinct
@@ -112,6 +115,20 @@ for part in "$@"; do
       serve_load serve-load-mps "${LOAD_N_MPS:-8,32,64,128}" "$out/server-mps.log" "$out/server-load-mps.json"
       grep -E 'healthy|^\||error' "$out/serve-load-mps.log" | head -14
       echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
+    layouts)
+      make_checkpoint
+      for layout in separate in-process; do
+        SERVE_FLAGS="$SERVE_FLAGS --t3-process $layout" serve_load "load-$layout" "${LAYOUT_N:-8,64}" \
+            "$out/server-$layout.log" "$out/server-load-$layout.json"
+        grep -E 'healthy|^\||error' "$out/load-$layout.log" | head -8
+        grep -E 'start-up timeline' "$out/server-$layout.log" | head -1
+        for schedule in after-t3 overlap; do
+          run "e2e-$layout-$schedule" ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir /tmp/ck-full \
+              --text-file .device-data/benchmark-text-1.txt --voice .device-data/voice-01.wav \
+              --no-watermark --quiet --t3-process $layout --generate-schedule $schedule \
+              --json "$out/e2e-$layout-$schedule.json"
+        done
+      done ;;
     pack)  # at most 8 files come back: logs go into one archive
       (cd "$out" && tar czf logs.tgz *.log *.txt 2>/dev/null && rm -f *.log *.txt) ;;
     *) echo "unknown part $part"; exit 2 ;;

@@ -6,6 +6,7 @@ and that every bad input gets its own error while the object keeps working."""
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +245,45 @@ def test_missing_checkpoint_file_is_named(tiny_checkpoint: Path, tmp_path: Path)
             shutil.copyfile(tiny_checkpoint / name, tmp_path / name)
     with pytest.raises(CheckpointError, match=r"missing t3_cfg\.safetensors: T3 weights"):
         ChatterboxTTS.from_local(tmp_path)
+
+
+def test_start_up_timeline_splits_the_engine_start_into_its_stages(tts: ChatterboxTTS) -> None:
+    """The worker's stages are measured inside vLLM's engine process: each is a positive time,
+    they come in the order they ran, and with the rest they add up to the engine's start."""
+    timings = tts.load_timings
+    stages = [stage for stage in timings if stage.startswith("t3_engine.")]
+    assert stages[:4] == [
+        "t3_engine.device",
+        "t3_engine.weights",
+        "t3_engine.compile",
+        "t3_engine.kv_profile",
+    ]
+    assert "t3_engine.kv_cache" in stages and "t3_engine.graph_capture" in stages
+    assert stages[-1] == "t3_engine.other"
+    assert timings["imports"] >= 0 and timings["t3_engine"] > 0
+    assert all(timings[stage] >= 0 for stage in stages)
+    assert timings["t3_engine.weights"] > 0 and timings["t3_engine.graph_capture"] > 0
+    assert sum(timings[stage] for stage in stages) == pytest.approx(timings["t3_engine"], rel=1e-6)
+
+
+def test_t3_in_this_process_speaks_as_the_engine_process_does(
+    tts: ChatterboxTTS, tiny_checkpoint: Path, chatterbox_engine_options
+) -> None:
+    """``t3_process="in-process"`` (vLLM's engine core on a thread of this process) gives the same
+    audio for the same text, voice and seed; a stream abandoned early frees its T3 request."""
+    text, options = "The same words twice.", dict(seed=7, max_new_tokens=30, temperature=0.8)
+    expected = tts.generate(text, **options).waveform
+    with ChatterboxTTS.from_local(
+        tiny_checkpoint, t3_process="in-process", **chatterbox_engine_options
+    ) as local:
+        assert local.config.t3_process == "in-process"
+        assert torch.equal(local.generate(text, **options).waveform, expected)
+        stream = local.stream("A stream that nobody finishes listening to.", max_new_tokens=150)
+        next(iter(stream))
+        stream.close()
+        for _ in range(100):  # the abort reaches the engine thread between two steps
+            if local._t3.num_unfinished_requests() == 0:
+                break
+            time.sleep(0.05)
+        assert local._t3.num_unfinished_requests() == 0
+        assert local.generate("Still serving.", max_new_tokens=20).finish_reasons == ("length",)

@@ -255,3 +255,13 @@ def test_stop_token_ends_the_utterance(stopping_engine) -> None:
     )
     [cut] = engine.generate_speech_tokens([short])
     assert cut.finish_reason == "length" and cut.raw_token_ids == out.raw_token_ids[:3]
+
+
+def test_start_up_timeline_comes_from_the_engine_worker(tiny_engine) -> None:
+    """vLLM's worker (in the engine-core process) timed its own start-up stages, in order."""
+    from chatterbox_t3.startup import STARTUP_STAGES
+
+    timeline = tiny_engine.startup_timeline()
+    assert list(timeline) == list(STARTUP_STAGES)
+    assert all(seconds >= 0 for seconds in timeline.values())
+    assert timeline["weights"] > 0 and timeline["graph_capture"] > 0

@@ -95,7 +95,10 @@ def bench(args: argparse.Namespace) -> int:
         ("audio duration", f"{audio:.2f} s"),
         ("model load", f"{load_seconds:.2f} s"),
         *(
-            (f"  {stage.replace('_', ' ')}", f"{seconds:.2f} s")
+            (
+                f"{'    ' if '.' in stage else '  '}{stage.split('.')[-1].replace('_', ' ')}",
+                f"{seconds:.2f} s",
+            )
             for stage, seconds in getattr(tts, "load_timings", {}).items()
         ),
         ("voice preparation", f"{stats.voice_seconds:.2f} s"),

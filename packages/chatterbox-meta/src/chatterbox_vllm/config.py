@@ -31,6 +31,7 @@ LARGE_GPU_BYTES = 40 * 2**30
 HUGE_GPU_BYTES = 100 * 2**30
 CUDA_GRAPH_MODES = ("auto", "full", "piecewise", "off")
 GENERATE_SCHEDULES = ("after-t3", "overlap")
+T3_PROCESSES = ("separate", "in-process")
 KV_BLOCK_SIZE = 16
 """Positions per KV-cache block: vLLM 0.9.2's default for T3 (CUDA and CPU)."""
 
@@ -95,6 +96,13 @@ class EngineConfig:
         "time-slice one GPU instead of overlapping) or overlap (each chunk as it finishes)",
         choices=GENERATE_SCHEDULES,
     )
+    t3_process: str = _knob(
+        "separate",
+        "where vLLM's engine core runs T3: separate (vLLM's engine process; T3 and S3Gen "
+        "time-slice the GPU unless CUDA MPS runs) or in-process (a thread of this process: one "
+        "CUDA context, S3Gen on its own CUDA stream beside T3)",
+        choices=T3_PROCESSES,
+    )
     stream_graphs: bool = _knob(
         True,
         "capture S3Gen's CUDA graphs for streamed windows at start-up (CUDA only; a few "
@@ -149,6 +157,7 @@ class EngineConfig:
             ("s3gen_dtype", S3GEN_DTYPES),
             ("cuda_graphs", CUDA_GRAPH_MODES),
             ("generate_schedule", GENERATE_SCHEDULES),
+            ("t3_process", T3_PROCESSES),
         ):
             if getattr(self, name) not in accepted:
                 raise InvalidParameterError(
@@ -257,7 +266,7 @@ class EngineConfig:
             f"{'' if self.max_model_len else ' (derived)'} max_new_tokens={self.max_new_tokens} "
             f"chunk_chars={self.chunk_chars}{'' if self.max_chunk_chars else ' (derived)'} "
             f"s3gen_batch_size={self.s3gen_batch_size} generate_schedule={self.generate_schedule} "
-            f"gpu_memory_utilization={self.gpu_memory_utilization}"
+            f"t3_process={self.t3_process} gpu_memory_utilization={self.gpu_memory_utilization}"
         )
 
 

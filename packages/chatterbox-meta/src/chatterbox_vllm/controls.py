@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from chatterbox_t3.sampling import SAMPLING_LIMITS, TOP_K_LIMIT, T3SamplingParams
+from chatterbox_t3.sampling import SAMPLING_LIMITS, T3SamplingParams
 from chatterbox_vllm.errors import InvalidParameterError
 from chatterbox_vllm.languages import SUPPORTED_LANGUAGES, check_language_for_model
 from chatterbox_vllm.models import ModelKind, check_model_kind
@@ -141,9 +141,9 @@ CONTROLS: dict[str, Control] = {
             "top_k",
             int,
             T3SamplingParams().top_k,
-            TOP_K_LIMIT.low,
-            TOP_K_LIMIT.high,
-            TOP_K_LIMIT.meaning,
+            0,
+            math.inf,  # T3 takes any k >= 0 (a k past the vocabulary keeps every token)
+            "keep only the k most likely speech tokens; 0 disables it",
         ),
         _sampling_control("min_p"),
         _sampling_control("repetition_penalty"),

@@ -128,6 +128,36 @@ def _prepare_s3gen_graphs(s3gen: Any, config: EngineConfig) -> float:
     return float(report.seconds)
 
 
+def _t3_engine_stages(loop: EventLoopThread, t3: Any, engine_seconds: float) -> dict[str, float]:
+    """The T3 engine's start-up stages measured inside its worker (``t3_engine.<stage>``), plus
+    ``t3_engine.other``: the rest of ``engine_seconds`` (process start, imports, scheduler)."""
+    stages = loop.submit(t3.startup_timeline()).result()
+    timeline = {f"t3_engine.{stage}": seconds for stage, seconds in stages.items()}
+    timeline["t3_engine.other"] = max(0.0, engine_seconds - sum(stages.values()))
+    return timeline
+
+
+def describe_load_timings(timings: dict[str, float]) -> str:
+    """One line of the start-up timeline, e.g. ``imports 4.1 s, T3 engine 45.5 s (weights 3.0 s,
+    ...), S3Gen graphs 31.3 s``; the T3 engine's stages in brackets after it."""
+
+    def name(stage: str) -> str:
+        return stage.replace("t3_engine", "T3 engine").replace("s3gen", "S3Gen").replace("_", " ")
+
+    parts: list[str] = []
+    for stage, seconds in timings.items():
+        if stage.startswith("t3_engine."):
+            continue
+        part = f"{name(stage)} {seconds:.1f} s"
+        inner = [
+            f"{name(sub.split('.', 1)[1])} {value:.1f} s"
+            for sub, value in timings.items()
+            if sub.startswith(f"{stage}.")
+        ]
+        parts.append(f"{part} ({', '.join(inner)})" if inner else part)
+    return ", ".join(parts)
+
+
 class ChatterboxTTS(SpeechFront[Voice]):
     """Chatterbox text-to-speech on vLLM, on one GPU (or the CPU test path).
 
@@ -162,8 +192,11 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self._scheduler: S3GenScheduler | None = None
         self._scheduler_lock = threading.Lock()
         self.load_timings: dict[str, float] = {}
-        """Seconds of each load stage (``t3_engine``: from the start of loading until vLLM's
-        engine answered; ``s3gen_weights``, concurrently; ``s3gen_graphs``, after both)."""
+        """Seconds of each load stage, in order: ``imports`` (torch, vLLM, both components);
+        ``t3_engine``, from then until vLLM's engine answered, split into its worker's stages
+        ``t3_engine.device`` / ``.weights`` / ``.compile`` / ``.kv_profile`` / ``.kv_cache`` /
+        ``.graph_capture`` and ``.other`` (process start, imports, scheduler); ``s3gen_weights``,
+        concurrently with it; ``s3gen_graphs``, after both. Logged as one line at INFO."""
         self.on_stream_done: Callable[[Listener], None] | None = None
         """Called with each finished stream's playback clock (the server's buffer metrics)."""
 
@@ -221,10 +254,13 @@ class ChatterboxTTS(SpeechFront[Voice]):
         path, model = inspect_checkpoint_dir(directory)
         logger.info("checkpoint %s holds the %s model", path, describe_model(model))
         watermarker = resolve_watermarker(watermark)
+        timings: dict[str, float] = {}
+        begin = time.perf_counter()
         from chatterbox_s3gen import S3Gen
 
         with _v1_engine_requested():  # vLLM reads its variables when it is first imported
             from chatterbox_t3 import AsyncT3Engine
+        timings["imports"] = time.perf_counter() - begin
 
         config = config.resolve_here()
         logger.info("loading %s: %s", path, config.describe())
@@ -238,6 +274,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             cuda_graphs=config.cuda_graphs,
             num_gpu_blocks_override=config.num_gpu_blocks_override,
             conditioning_device=config.device,
+            in_process=config.t3_process == "in-process",
             **config.engine_kwargs,
         )
 
@@ -245,7 +282,6 @@ class ChatterboxTTS(SpeechFront[Voice]):
             # Built on the loop that will drive it: vLLM binds its output handler there.
             return AsyncT3Engine.from_checkpoint(path, **engine_kwargs)
 
-        timings: dict[str, float] = {}
         try:
             begin = time.perf_counter()
             with _v1_engine_requested():
@@ -274,6 +310,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             timings["t3_engine"] = time.perf_counter() - begin
             logger.info("T3 engine started in %.1f s", timings["t3_engine"])
             try:
+                timings.update(_t3_engine_stages(loop, t3, timings["t3_engine"]))
                 timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
             except BaseException:
                 t3.shutdown()
@@ -300,6 +337,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             model=model,
         )
         tts.load_timings = timings
+        logger.info("start-up timeline: %s", describe_load_timings(timings))
         return tts
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from chatterbox_t3.alignment import NUM_PROMPT_BOS
 from chatterbox_t3.conditioning import ConditioningCache, ConditioningEncoder, T3Voice
-from chatterbox_t3.config import T3Config, checkpoint_files
+from chatterbox_t3.config import AnyT3Config, TurboT3Config, checkpoint_files, load_t3_config
 from chatterbox_t3.cuda_graphs import CudaGraphMode, CudaGraphPlan, check_mode, plan_cuda_graphs
 from chatterbox_t3.errors import (
     EmptyTextError,
@@ -34,6 +34,7 @@ from chatterbox_t3.model_dir import prepare_vllm_model_dir
 from chatterbox_t3.multilingual_text import MultilingualTokenizer
 from chatterbox_t3.sampling import T3SamplingParams, valid_speech_tokens
 from chatterbox_t3.text import EnglishTokenizer, TextEncoder
+from chatterbox_t3.turbo_text import TurboTokenizer
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
 from chatterbox_t3.voice_encoder import VoiceEncoder
 
@@ -86,7 +87,7 @@ class T3Frontend:
     def __init__(
         self,
         checkpoint_dir: str | Path,
-        config: T3Config,
+        config: AnyT3Config,
         *,
         max_model_len: int,
         conditioning_device: str | torch.device = "cpu",
@@ -97,8 +98,18 @@ class T3Frontend:
         self.max_model_len = max_model_len
         files = checkpoint_files(self.checkpoint_dir)
         tokenizer_path = self.checkpoint_dir / files.tokenizer
-        self.tokenizer: TextEncoder
-        if config.is_multilingual:
+        self.tokenizer: TextEncoder | TurboTokenizer
+        encoder: torch.nn.Module
+        if isinstance(config, TurboT3Config):
+            from chatterbox_t3.turbo_model import TurboConditioningEncoder
+
+            self.tokenizer = TurboTokenizer(
+                self.checkpoint_dir, text_vocab_size=config.text_tokens_dict_size
+            )
+            encoder = TurboConditioningEncoder.from_checkpoint_dir(
+                self.checkpoint_dir, config, device=conditioning_device
+            )
+        elif config.is_multilingual:
             assert files.cangjie is not None
             self.tokenizer = MultilingualTokenizer(
                 tokenizer_path,
@@ -109,9 +120,10 @@ class T3Frontend:
             self.tokenizer = EnglishTokenizer(
                 tokenizer_path, text_vocab_size=config.text_tokens_dict_size
             )
-        encoder = ConditioningEncoder.from_checkpoint_dir(
-            self.checkpoint_dir, config, device=conditioning_device
-        )
+        if not isinstance(config, TurboT3Config):
+            encoder = ConditioningEncoder.from_checkpoint_dir(
+                self.checkpoint_dir, config, device=conditioning_device
+            )
         self.conditioning = ConditioningCache(encoder, max_entries=conditioning_cache_size)
         self._conditioning_device = conditioning_device
         self._voice_encoder: VoiceEncoder | None = None
@@ -150,7 +162,8 @@ class T3Frontend:
                 self.max_model_len = capacity
 
     def text_token_ids(self, text: str, language: str | None = None) -> list[int]:
-        """Normalised, tokenised text framed by the start/stop text tokens (T3 text ids)."""
+        """Normalised, tokenised text framed by the start/stop text tokens (T3 text ids; Turbo
+        has no start/stop text tokens)."""
         if not isinstance(text, str):
             raise T3InputError(f"text must be a str, got {type(text).__name__}")
         if not text.strip():
@@ -161,6 +174,8 @@ class T3Frontend:
                 f"text needs {len(ids)} tokens after normalisation, at most "
                 f"{self.config.max_text_tokens} fit T3's text positions; split it into sentences"
             )
+        if isinstance(self.config, TurboT3Config):
+            return ids
         return [self.config.start_text_token, *ids, self.config.stop_text_token]
 
     def prepare(self, request: T3Request) -> _PreparedRequest:
@@ -187,14 +202,19 @@ class T3Frontend:
         )
         # English reference: a second BOS only with CFG; the multilingual one always runs both
         # rows, so its prompt always has two (also with cfg_weight=0, whose logits are the
-        # conditional row's).
-        num_bos = NUM_PROMPT_BOS if params.uses_cfg or config.is_multilingual else 1
+        # conditional row's). Turbo: one row, one BOS.
+        turbo = isinstance(config, TurboT3Config)
+        num_bos = NUM_PROMPT_BOS if not turbo and (params.uses_cfg or config.is_multilingual) else 1
         prompt_ids = (
             [config.conditioning_placeholder_id]
             + [t + config.text_id_offset for t in text_ids]
             + [config.start_speech_token] * num_bos
         )
-        num_prompt_tokens = config.conditioning_len - 1 + len(prompt_ids)
+        # Turbo's conditioning has a row per prompt token (the placeholder expands to 1 + P).
+        conditioning_len = (
+            1 + request.voice.prompt_tokens.numel() if turbo else config.conditioning_len
+        )
+        num_prompt_tokens = conditioning_len - 1 + len(prompt_ids)
         room = self.max_model_len - num_prompt_tokens
         if room < 1:
             raise TextTooLongError(
@@ -203,13 +223,14 @@ class T3Frontend:
                 f"{self.max_model_len} fit (max_model_len, or the KV cache when "
                 "num_gpu_blocks_override is set); shorten the text or allow longer sequences"
             )
-        conditioning = self.conditioning.get(request.voice, params.exaggeration)
+        # Turbo has no emotion input: one cache entry per voice whatever exaggeration says.
+        conditioning = self.conditioning.get(request.voice, 0.0 if turbo else params.exaggeration)
         prompt = {
             "prompt_token_ids": prompt_ids,
             "multi_modal_data": {CONDITIONING_MODALITY: [conditioning]},
             # Requests with one and two BOS must never share cached blocks: a generated 6561
             # after one BOS looks like the second prompt BOS but sits at another speech position.
-            "cache_salt": f"t3-bos{num_bos}",
+            "cache_salt": "t3-turbo" if turbo else f"t3-bos{num_bos}",
         }
         return _PreparedRequest(
             prompt=prompt,
@@ -240,7 +261,7 @@ class T3Frontend:
 
 def _engine_arguments(
     model_dir: Path,
-    config: T3Config,
+    config: AnyT3Config,
     *,
     dtype: str,
     max_num_seqs: int,
@@ -300,7 +321,7 @@ def _engine_arguments(
     return arguments, plan
 
 
-def _resolve_max_model_len(config: T3Config, max_model_len: int | None) -> int:
+def _resolve_max_model_len(config: AnyT3Config, max_model_len: int | None) -> int:
     if max_model_len is None:
         return config.max_model_len
     if not 0 < max_model_len <= config.max_model_len:
@@ -323,7 +344,7 @@ def _prepare_engine(
     """What both engines do before starting vLLM: validate the checkpoint, derive vLLM's model
     directory, build the front end and the engine arguments."""
     check_mode(engine_options["cuda_graphs"])  # before any loading work
-    config = T3Config.from_checkpoint_dir(checkpoint_dir)
+    config = load_t3_config(checkpoint_dir)
     model_dir = prepare_vllm_model_dir(checkpoint_dir, config, cache_dir=cache_dir)
     length = _resolve_max_model_len(config, max_model_len)
     frontend = T3Frontend(
@@ -404,7 +425,7 @@ class T3Engine:
         return cls(llm, frontend, plan)
 
     @property
-    def config(self) -> T3Config:
+    def config(self) -> AnyT3Config:
         return self.frontend.config
 
     @property
@@ -420,6 +441,11 @@ class T3Engine:
         self, wav_16k: np.ndarray | torch.Tensor, prompt_tokens: torch.Tensor
     ) -> T3Voice:
         return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
+
+    def startup_timeline(self) -> dict[str, float]:
+        """Seconds of each start-up stage of the engine's worker
+        (:data:`~chatterbox_t3.startup.STARTUP_STAGES`), in the order they ran."""
+        return dict(self._llm.collective_rpc("t3_startup_timeline")[0])
 
     def generate_speech_tokens(
         self, requests: Sequence[T3Request], use_tqdm: bool = False
@@ -475,9 +501,13 @@ class AsyncT3Engine:
         conditioning_device: str | None = None,
         conditioning_cache_size: int = 256,
         cache_dir: str | Path | None = None,
+        in_process: bool = False,
         **engine_kwargs: Any,
     ) -> AsyncT3Engine:
-        """Same arguments as :meth:`T3Engine.from_checkpoint`."""
+        """Same arguments as :meth:`T3Engine.from_checkpoint`, plus ``in_process``: run vLLM's
+        engine core in this process on a thread of its own
+        (:class:`~chatterbox_t3.inprocess.InProcessEngine`) instead of ``AsyncLLM``'s engine
+        process, so that T3 and the caller's GPU work share one CUDA context."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -499,13 +529,19 @@ class AsyncT3Engine:
             extra=engine_kwargs,
         )
         arguments.setdefault("disable_log_requests", True)
-        logger.info("starting vLLM (async) for T3 (%s)", model_dir)
-        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+        if in_process:
+            from chatterbox_t3.inprocess import InProcessEngine
+
+            logger.info("starting vLLM for T3 in this process (%s)", model_dir)
+            engine: Any = InProcessEngine(AsyncEngineArgs(**arguments))
+        else:
+            logger.info("starting vLLM (async) for T3 (%s)", model_dir)
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
         frontend.limit_to_kv_cache(engine.vllm_config.cache_config)
         return cls(engine, frontend, plan)
 
     @property
-    def config(self) -> T3Config:
+    def config(self) -> AnyT3Config:
         return self.frontend.config
 
     @property
@@ -559,6 +595,11 @@ class AsyncT3Engine:
             if output.finished or not final_only:
                 yield self.frontend.to_output(output, prepared.num_prompt_tokens, tuple(raw))
 
+    async def startup_timeline(self) -> dict[str, float]:
+        """Seconds of each start-up stage of the engine's worker
+        (:data:`~chatterbox_t3.startup.STARTUP_STAGES`), in the order they ran."""
+        return dict((await self._engine.collective_rpc("t3_startup_timeline"))[0])
+
     def num_unfinished_requests(self) -> int:
         """Requests vLLM is still serving (decoding or queued); aborted ones leave at once."""
         return int(self._engine.output_processor.get_num_unfinished_requests())
@@ -578,7 +619,9 @@ class AsyncT3Engine:
                 for name, code in finished.items()
             )
         if getattr(self._engine, "errored", False):
-            return "vLLM reported its engine core dead"
+            return getattr(self._engine, "failure_reason", None) or (
+                "vLLM reported its engine core dead"
+            )
         return None
 
     def shutdown(self) -> None:

@@ -25,6 +25,7 @@ from vllm.v1.worker.gpu_worker import Worker
 from chatterbox_t3.alignment import AlignmentStep, StepFacts, text_length
 from chatterbox_t3.cfg import cfg_weight_from_extra_args
 from chatterbox_t3.speech_positions import T3StepContext
+from chatterbox_t3.startup import StartupTimelineMixin
 
 if TYPE_CHECKING:
     from vllm.v1.core.sched.output import SchedulerOutput
@@ -51,8 +52,10 @@ class T3RunnerMixin:
     def _prepare_inputs(self, scheduler_output: SchedulerOutput) -> Any:
         result = super()._prepare_inputs(scheduler_output)  # type: ignore[misc]
         num_scheduled_tokens: np.ndarray = result[-1]
-        self._publish_t3_step(num_scheduled_tokens)
         runner: Any = self
+        # Turbo (GPT-2 positions, no CFG) needs nothing beyond what vLLM passes.
+        if getattr(runner.model, "step_context", None) is not None:
+            self._publish_t3_step(num_scheduled_tokens)
         if getattr(runner.model, "alignment_guard", None) is not None:
             self._publish_alignment_step(num_scheduled_tokens)
         return result
@@ -163,8 +166,8 @@ class T3CPUModelRunner(T3RunnerMixin, CPUModelRunner):
     pass
 
 
-class T3GPUWorker(Worker):
-    """vLLM's V1 GPU worker with :class:`T3GPUModelRunner`."""
+class T3GPUWorker(StartupTimelineMixin, Worker):
+    """vLLM's V1 GPU worker with :class:`T3GPUModelRunner` (start-up stages timed)."""
 
     def init_device(self) -> None:
         super().init_device()
@@ -172,8 +175,8 @@ class T3GPUWorker(Worker):
         self.model_runner = T3GPUModelRunner(self.vllm_config, self.device)
 
 
-class T3CPUWorker(CPUWorker):
-    """vLLM's V1 CPU worker with :class:`T3CPUModelRunner`."""
+class T3CPUWorker(StartupTimelineMixin, CPUWorker):
+    """vLLM's V1 CPU worker with :class:`T3CPUModelRunner` (start-up stages timed)."""
 
     def init_device(self) -> None:
         super().init_device()
