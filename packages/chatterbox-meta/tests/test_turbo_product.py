@@ -86,7 +86,7 @@ def test_top_k_is_one_control_of_the_contract() -> None:
     assert controls_from_namespace(args) == {"top_k": 50}
     assert GenerationParams(top_k=50).t3_sampling(max_tokens=10, seed=None).top_k == 50
     assert T3SamplingParams(top_k=50).top_k == 50
-    for bad in (-1, 2.5, True):
+    for bad in (-1, 2.5, True, 100_001):
         with pytest.raises(InvalidParameterError, match="top_k must be"):
             GenerationParams(top_k=bad)  # type: ignore[arg-type]
 

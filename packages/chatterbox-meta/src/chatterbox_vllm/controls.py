@@ -142,7 +142,9 @@ CONTROLS: dict[str, Control] = {
             int,
             T3SamplingParams().top_k,
             0,
-            math.inf,  # T3 takes any k >= 0 (a k past the vocabulary keeps every token)
+            # T3 takes any k >= 0; past the speech vocabulary (8,194 tokens English, 6,563
+            # Turbo) a k keeps every token, so a finite bound loses nothing.
+            100_000,
             "keep only the k most likely speech tokens; 0 disables it",
         ),
         _sampling_control("min_p"),
