@@ -139,6 +139,10 @@ def check_text(
 
     validate_text(text)
     check_language(language, model)
+    if model == "turbo":
+        # Turbo's byte-level GPT-2 BPE spells every character (tags included); only a chunk too
+        # long for its positions can fail, and the engine checks that before decoding.
+        return text
     if model != "english":
         return _check_multilingual_text(text, checkpoint, chunk_chars, language)
     tokenizer = checkpoint_tokenizer(checkpoint)
