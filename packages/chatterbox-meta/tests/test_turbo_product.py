@@ -167,3 +167,12 @@ def test_turbo_voice_windows_and_loudness(voice_models) -> None:  # type: ignore
     by_hand = s3gen.embed_ref((loud.double() * gain).float()[: 10 * 24_000], 24_000)
     torch.testing.assert_close(voice.s3gen.prompt_mel, by_hand.prompt_mel, rtol=0, atol=1e-4)
     assert not torch.allclose(english.s3gen.prompt_mel, voice.s3gen.prompt_mel, atol=1e-2)
+
+
+def test_turbo_sequences_have_room_for_a_375_token_voice_prompt() -> None:
+    from chatterbox_vllm.config import EngineConfig
+
+    standard = EngineConfig(max_new_tokens=20)
+    # speaker + 375 prompt tokens instead of speaker + 32 perceiver outputs + emotion
+    assert standard.for_turbo().model_len >= standard.model_len + (376 - 34)
+    assert EngineConfig(max_model_len=512).for_turbo().model_len == 512  # a set value is kept

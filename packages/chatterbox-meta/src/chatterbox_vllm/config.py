@@ -19,6 +19,9 @@ from chatterbox_vllm.text import chunk_chars_for_token_budget
 
 CONDITIONING_POSITIONS = 34
 """T3's prefill starts with 34 conditioning positions (speaker, 32 perceiver outputs, emotion)."""
+TURBO_CONDITIONING_POSITIONS = 1 + 375
+"""Turbo's conditioning: the speaker projection and up to 375 voice-prompt tokens (no perceiver,
+no emotion input)."""
 SPECIAL_POSITIONS = 4
 """Start/stop of text and start/stop of speech around a chunk's text and speech tokens."""
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -206,6 +209,15 @@ class EngineConfig:
             return self.max_model_len
         needed = CONDITIONING_POSITIONS + self.chunk_chars + SPECIAL_POSITIONS + self.max_new_tokens
         return -(-needed // 16) * 16
+
+    def for_turbo(self) -> EngineConfig:
+        """This config with room for Turbo's longer conditioning in each sequence (its voice
+        prompt is up to 375 tokens instead of 32 perceiver outputs): a derived ``max_model_len``
+        grows by the difference; one the caller set is kept."""
+        if self.max_model_len is not None:
+            return self
+        extra = TURBO_CONDITIONING_POSITIONS - CONDITIONING_POSITIONS
+        return replace(self, max_model_len=-(-(self.model_len + extra) // 16) * 16)
 
     @property
     def speech_positions(self) -> int:

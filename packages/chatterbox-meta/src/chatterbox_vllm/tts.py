@@ -262,6 +262,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
             from chatterbox_t3 import AsyncT3Engine
         timings["imports"] = time.perf_counter() - begin
 
+        if model == "turbo":
+            config = config.for_turbo()
         config = config.resolve_here()
         logger.info("loading %s: %s", path, config.describe())
         assert config.device is not None
