@@ -24,6 +24,7 @@ from typing import Any, Literal
 from chatterbox_t3.config import TURBO_FILES
 from chatterbox_t3.errors import (
     CheckpointError,
+    ConfigurationError,
     MissingCheckpointFileError,
     UnsupportedLanguageError,
 )
@@ -167,7 +168,9 @@ def generated_bpe(num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]
         key=lambda p: (position[p[0]] + position[p[1]], position[p[0]]),
     )
     if num_merges > len(pairs):
-        raise ValueError(f"at most {len(pairs)} two-symbol merges exist, asked for {num_merges}")
+        raise ConfigurationError(
+            f"num_merges must be at most {len(pairs)} (two-symbol merges), got {num_merges}"
+        )
     merges = pairs[:num_merges]
     vocab = {symbol: i for i, symbol in enumerate(alphabet)}
     for a, b in merges:
@@ -213,5 +216,7 @@ def write_turbo_tokenizer(directory: str | Path, size: Literal["tiny", "full"] =
     staging.rmdir()
     expected = turbo_tokenizer_size(size)
     if len(tokenizer) != expected:
-        raise AssertionError(f"generated tokenizer has {len(tokenizer)} entries, not {expected}")
+        raise ConfigurationError(
+            f"the generated tokenizer has {len(tokenizer)} entries, expected {expected}"
+        )
     return expected
