@@ -5,6 +5,7 @@ nox -s tests              # the cross-package tests (tests/) in the workspace en
 nox -s t3 s3gen meta      # each component's own tests, the component alone in a fresh venv
 nox -s parity             # our code vs the reference chatterbox-tts 0.1.2 on identical weights
 nox -s parity_mtl         # the multilingual front end (and T3) vs chatterbox-tts 0.1.7
+nox -s parity_turbo       # Chatterbox Turbo (text, T3, S3Gen meanflow) vs chatterbox-tts 0.1.7
 nox -s lint typecheck
 nox -s browser            # the playground page in headless Chromium (installs Debian's chromium)
 nox -s gpu                # tests marked `gpu`, on a machine with a CUDA GPU
@@ -31,6 +32,7 @@ nox.options.sessions = [
     "parity",
     "parity_mtl",
     "browser",
+    "parity_turbo",
 ]
 nox.options.error_on_external_run = True
 
@@ -87,6 +89,7 @@ def tests(session: nox.Session) -> None:
         "--ignore=tests/parity",
         "--ignore=tests/parity_mtl",
         f"--ignore={PLAYGROUND_TESTS}",
+        "--ignore=tests/parity_turbo",
     )
 
 
@@ -202,6 +205,22 @@ def parity_mtl(session: nox.Session) -> None:
     )
     session.install("--no-deps", REFERENCE_MTL)
     _pytest(session, "tests/parity_mtl")
+
+
+# The same wheel's Turbo pipeline; its tts_turbo module (imported by the package __init__) also
+# imports pyloudnorm.
+REFERENCE_TURBO_IMPORTS = (*REFERENCE_MTL_IMPORTS, "pyloudnorm")
+
+
+@nox.session(python=PYTHON)
+def parity_turbo(session: nox.Session) -> None:
+    """Chatterbox Turbo parity with chatterbox-tts 0.1.7 (tests/parity_turbo): the text front end
+    on a generated GPT-2 tokenizer and T3 on identical random weights (and the meanflow S3Gen)."""
+    _install_isolated(
+        session, "-e", T3, "-e", S3GEN, "-e", META, CPU_SUPPORT, *REFERENCE_TURBO_IMPORTS
+    )
+    session.install("--no-deps", REFERENCE_MTL)
+    _pytest(session, "tests/parity_turbo")
 
 
 @nox.session(python=PYTHON)

@@ -70,9 +70,11 @@ def test_saved_file_has_the_reference_layout_and_loads_back(tmp_path: Path) -> N
         torch.testing.assert_close(getattr(loaded, field), getattr(voice, field))
 
 
-def test_t3_prompt_longer_than_150_tokens_is_refused() -> None:
-    with pytest.raises(ValueError, match="at most 150"):
-        _voice(t3_tokens=151)
+def test_t3_prompt_longer_than_375_tokens_is_refused() -> None:
+    """375 tokens (15 s) is the longest prompt of any model (Turbo's; the others take 150)."""
+    assert _voice(t3_tokens=375).t3_prompt_tokens.numel() == 375
+    with pytest.raises(ValueError, match="at most 375"):
+        _voice(t3_tokens=376)
 
 
 @pytest.mark.parametrize(

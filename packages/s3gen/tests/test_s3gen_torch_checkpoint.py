@@ -54,7 +54,9 @@ def test_writer_pt_format_equals_safetensors_format(tmp_path: Path) -> None:
 
 
 def test_unknown_file_format_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"file_format must be 'safetensors' .* or 'pt'.*'ckpt'"):
+    with pytest.raises(
+        ValueError, match=r"file_format must be 'safetensors' .*'pt'.* or 'meanflow'.*'ckpt'"
+    ):
         write_random_s3gen_checkpoint(tmp_path, "tiny", file_format="ckpt")
 
 
@@ -107,5 +109,8 @@ def test_wrong_tensor_in_pt_is_named(tiny_checkpoint: Path, tmp_path: Path) -> N
 
 
 def test_directory_without_either_file_names_both(tmp_path: Path) -> None:
-    with pytest.raises(MissingCheckpointFileError, match=r"s3gen\.safetensors or s3gen\.pt"):
+    with pytest.raises(
+        MissingCheckpointFileError,
+        match=r"s3gen\.safetensors, s3gen\.pt or s3gen_meanflow\.safetensors",
+    ):
         S3Gen.from_checkpoint(tmp_path)

@@ -2,8 +2,9 @@
 
 :func:`make_random_checkpoint` composes the component writers (``chatterbox_t3`` writes
 ``ve.safetensors``, ``t3_cfg.safetensors``, ``tokenizer.json``; ``chatterbox_s3gen`` writes
-``s3gen.safetensors``; the ``tiny`` size adds each component's small JSON config) and then makes
-``conds.pt`` the way the real one was made: a voice is prepared from a synthetic 3 s recording with
+``s3gen.safetensors``, or the multilingual and Turbo releases' files; the ``tiny`` size adds each
+component's small JSON config) and then makes ``conds.pt`` the way the real one was made: a voice
+is prepared (the model's own recipe) from a synthetic 3 s recording (6 s for Turbo) with
 the freshly written random models (:func:`chatterbox_vllm.voices.build_voice`) and saved in the
 reference's ``Conditionals.save`` layout.
 """
@@ -21,12 +22,19 @@ import torch
 from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE
 from chatterbox_vllm.errors import CheckpointError, InvalidParameterError
 from chatterbox_vllm.models import MODEL_FILES, ModelKind, check_model_kind
-from chatterbox_vllm.voices import build_voice
+from chatterbox_vllm.voices import VOICE_RECIPES, build_voice
 
 logger = logging.getLogger(__name__)
 
 CheckpointSize = Literal["tiny", "full"]
 SYNTHETIC_VOICE_SECONDS = 3.0
+S3GEN_FORMATS: dict[ModelKind, str] = {
+    "english": "safetensors",
+    "multilingual": "pt",
+    "turbo": "meanflow",
+}
+"""The S3Gen file each model's release holds (``write_random_s3gen_checkpoint``'s ``file_format``):
+``s3gen.safetensors``, ``s3gen.pt``, Turbo's ``s3gen_meanflow.safetensors``."""
 
 
 def synthetic_voice(seconds: float = SYNTHETIC_VOICE_SECONDS, seed: int = 0) -> torch.Tensor:
@@ -74,14 +82,15 @@ def make_random_checkpoint(
     logger.info("writing a %s random %s checkpoint (seed %d) to %s", size, model, seed, path)
     if model == "english":
         write_random_t3_checkpoint(path, size=size, seed=seed)
-        write_random_s3gen_checkpoint(path, size=size, seed=seed)
     else:
         write_random_t3_checkpoint(path, size=size, seed=seed, model=model)
-        write_random_s3gen_checkpoint(path, size=size, seed=seed, file_format="pt")
+    write_random_s3gen_checkpoint(path, size=size, seed=seed, file_format=S3GEN_FORMATS[model])
 
     voice_encoder = VoiceEncoder.from_checkpoint_dir(path)
     s3gen = S3Gen.from_checkpoint(path, device="cpu", dtype=torch.float32)
-    voice = build_voice(synthetic_voice(seed=seed), voice_encoder, s3gen)
+    # Long enough for every model's voice preparation (Turbo needs more than 5 s).
+    seconds = max(SYNTHETIC_VOICE_SECONDS, VOICE_RECIPES[model].longer_than_seconds + 1.0)
+    voice = build_voice(synthetic_voice(seconds, seed=seed), voice_encoder, s3gen, model=model)
     voice.save(path / "conds.pt")
     missing = [name for name in MODEL_FILES[model] if not (path / name).is_file()]
     if missing:

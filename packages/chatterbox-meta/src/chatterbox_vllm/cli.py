@@ -49,22 +49,24 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="local checkpoint directory (English: ve.safetensors, t3_cfg.safetensors, "
         "s3gen.safetensors, tokenizer.json; multilingual: ve.pt, t3_mtl23ls_v2.safetensors, "
-        "s3gen.pt, grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json; optional conds.pt; "
+        "s3gen.pt, grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json; turbo: "
+        "ve.safetensors, t3_turbo_v1.safetensors, s3gen_meanflow.safetensors, vocab.json, "
+        "merges.txt, tokenizer_config.json; optional conds.pt; "
         "which model it holds is detected); without it the Hub checkpoint is used",
     )
     group.add_argument(
         "--model",
         choices=MODEL_KINDS,
-        help="which model to download from the Hub: english (chatterbox-tts 0.1.2, default) or "
-        "multilingual (0.1.7, 23 languages: see --language); with --model-dir it must match "
-        "the directory's model",
+        help="which model to download from the Hub: english (chatterbox-tts 0.1.2, default), "
+        "multilingual (0.1.7, 23 languages: see --language) or turbo (0.1.7's Chatterbox Turbo, "
+        "from ResembleAI/chatterbox-turbo); with --model-dir it must match the directory's model",
     )
     group.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="Hub repository (%(default)s)")
     group.add_argument(
         "--revision",
         default=None,
         help=f"Hub revision (default: the pinned commit {DEFAULT_REVISION} for the English "
-        f"model, {MULTILINGUAL_REVISION} for the multilingual one)",
+        f"model, {MULTILINGUAL_REVISION} for the multilingual and turbo ones)",
     )
     group.add_argument("--cache-dir", type=Path, help="Hugging Face cache directory")
     group.add_argument(
@@ -133,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write ve.safetensors, t3_cfg.safetensors, s3gen.safetensors, tokenizer.json "
         "and conds.pt with random weights (for tests and benchmarks; it speaks noise); with "
         "--model multilingual the multilingual release's ve.pt, t3_mtl23ls_v2.safetensors, "
-        "s3gen.pt, grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json and conds.pt.",
+        "s3gen.pt, grapheme_mtl_merged_expanded_v1.json, Cangjie5_TC.json and conds.pt; with "
+        "--model turbo the Turbo release's ve.safetensors, t3_turbo_v1.safetensors, "
+        "s3gen_meanflow.safetensors, its GPT-2 tokenizer files and conds.pt.",
     )
     # A str, not a Path: Path("") is ".", which would fill the current directory.
     make.add_argument("directory", help="directory to write the checkpoint into")
@@ -148,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=MODEL_KINDS,
         default="english",
-        help="english (chatterbox-tts 0.1.2's files) or multilingual (0.1.7's); default "
+        help="english (chatterbox-tts 0.1.2's files), multilingual or turbo (0.1.7's); default "
         "%(default)s",
     )
     make.add_argument(
@@ -229,7 +233,7 @@ def make_checkpoint(args: argparse.Namespace) -> int:
     )
     total = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     print(
-        f"wrote a {args.size} random{' multilingual' if args.model == 'multilingual' else ''} "
+        f"wrote a {args.size} random{'' if args.model == 'english' else ' ' + args.model} "
         f"checkpoint to {path} ({total / 1e6:.1f} MB, "
         f"{time.perf_counter() - start:.1f} s)"
     )

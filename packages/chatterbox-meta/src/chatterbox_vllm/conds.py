@@ -27,7 +27,9 @@ from chatterbox_vllm.paths import open_for_writing
 SPEAKER_EMBED_SIZE = 256
 XVECTOR_SIZE = 192
 MEL_BINS = 80
-MAX_T3_PROMPT_TOKENS = 150
+MAX_T3_PROMPT_TOKENS = 375
+"""The longest T3 voice prompt of any model: Turbo's 15 s (the English and multilingual models'
+voices hold at most 150 tokens, from 6 s)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class VoiceConditionals:
     speaker_embedding: torch.Tensor
     """float32 ``[256]``, the voice encoder's L2-normalised embedding (T3's speaker input)."""
     t3_prompt_tokens: torch.Tensor
-    """int64 ``[T <= 150]``, S3 tokens of the first 6 s (T3's voice prompt)."""
+    """int64 ``[T <= 375]``, S3 tokens of the first 6 s (at most 150; Turbo: 15 s, at most 375)
+    (T3's voice prompt)."""
     s3gen_prompt_tokens: torch.Tensor
     """int64 ``[T']``, S3 tokens of the first 10 s (prepended to S3Gen's input)."""
     s3gen_prompt_mel: torch.Tensor

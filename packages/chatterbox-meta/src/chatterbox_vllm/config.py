@@ -19,6 +19,9 @@ from chatterbox_vllm.text import chunk_chars_for_token_budget
 
 CONDITIONING_POSITIONS = 34
 """T3's prefill starts with 34 conditioning positions (speaker, 32 perceiver outputs, emotion)."""
+TURBO_CONDITIONING_POSITIONS = 1 + 375
+"""Turbo's conditioning: the speaker projection and up to 375 voice-prompt tokens (no perceiver,
+no emotion input)."""
 SPECIAL_POSITIONS = 4
 """Start/stop of text and start/stop of speech around a chunk's text and speech tokens."""
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -79,7 +82,11 @@ class EngineConfig:
     vocoder: str = _knob(
         "hift-torch", "S3Gen vocoder backend (chatterbox_s3gen.available_vocoders())"
     )
-    cfm_steps: int = _knob(10, "S3Gen flow-matching Euler steps (10, the reference's)")
+    cfm_steps: int | None = _knob(
+        None,
+        "S3Gen flow-matching Euler steps (default: the model's, as the reference: 10, or 2 for "
+        "Turbo's meanflow decoder)",
+    )
     s3gen_batch_size: int | None = _knob(
         None,
         "most finished chunks (or stream windows) S3Gen synthesises in one batch "
@@ -143,7 +150,7 @@ class EngineConfig:
             "voice_cache_size",
         ):
             value = getattr(self, name)
-            if value is None and name in ("max_num_seqs", "s3gen_batch_size"):
+            if value is None and name in ("max_num_seqs", "s3gen_batch_size", "cfm_steps"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidParameterError(f"{name} must be a positive int, got {value!r}")
@@ -209,6 +216,15 @@ class EngineConfig:
             return self.max_model_len
         needed = CONDITIONING_POSITIONS + self.chunk_chars + SPECIAL_POSITIONS + self.max_new_tokens
         return -(-needed // 16) * 16
+
+    def for_turbo(self) -> EngineConfig:
+        """This config with room for Turbo's longer conditioning in each sequence (its voice
+        prompt is up to 375 tokens instead of 32 perceiver outputs): a derived ``max_model_len``
+        grows by the difference; one the caller set is kept."""
+        if self.max_model_len is not None:
+            return self
+        extra = TURBO_CONDITIONING_POSITIONS - CONDITIONING_POSITIONS
+        return replace(self, max_model_len=-(-(self.model_len + extra) // 16) * 16)
 
     @property
     def speech_positions(self) -> int:

@@ -24,6 +24,7 @@ branch); ``seed`` makes a request reproducible, chunk ``i`` of a long text using
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -36,6 +37,8 @@ from chatterbox_vllm.models import ModelKind, check_model_kind
 
 if TYPE_CHECKING:
     from chatterbox_t3.sampling import ControlLimit
+
+logger = logging.getLogger(__name__)
 
 MAX_NEW_TOKENS_LIMIT = 4096
 """T3 has learned speech positions for 4096 tokens (plus start/stop)."""
@@ -134,6 +137,16 @@ CONTROLS: dict[str, Control] = {
         _sampling_control("cfg_weight"),
         _sampling_control("temperature"),
         _sampling_control("top_p"),
+        Control(
+            "top_k",
+            int,
+            T3SamplingParams().top_k,
+            0,
+            # T3 takes any k >= 0; past the speech vocabulary (8,194 tokens English, 6,563
+            # Turbo) a k keeps every token, so a finite bound loses nothing.
+            100_000,
+            "keep only the k most likely speech tokens; 0 disables it",
+        ),
         _sampling_control("min_p"),
         _sampling_control("repetition_penalty"),
         Control(
@@ -198,10 +211,29 @@ MODEL_DEFAULTS: dict[ModelKind, dict[str, float]] = {
         "min_p": 0.05,
         "top_p": 1.0,
     },
+    # ChatterboxTurboTTS.generate's defaults; Turbo has no CFG, exaggeration or min-p.
+    "turbo": {
+        "exaggeration": 0.0,
+        "cfg_weight": 0.0,
+        "temperature": 0.8,
+        "repetition_penalty": 1.2,
+        "min_p": 0.0,
+        "top_p": 0.95,
+        "top_k": 1000,
+    },
 }
 """Per-model defaults where they differ from :attr:`Control.default` (the English model's):
-chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS.generate`` defaults. They apply only to
-controls a caller leaves unset."""
+chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS.generate`` and ``ChatterboxTurboTTS.generate``
+defaults. They apply only to controls a caller leaves unset."""
+
+IGNORED_CONTROLS: dict[ModelKind, tuple[str, ...]] = {
+    "turbo": ("cfg_weight", "exaggeration", "min_p"),
+}
+"""Controls a model does not have (Turbo: no guidance pair, no emotion input, no min-p). A
+non-zero value given for one is logged as a warning and replaced by the model's default (0), as
+chatterbox-tts's ``ChatterboxTurboTTS.generate`` does: a warning rather than an error, so a
+request written for the standard model (a script, an OpenAI client sending the server's shared
+schema) runs unchanged on Turbo; 0 is Turbo's own value and passes silently."""
 
 for _model, _table in MODEL_DEFAULTS.items():
     for _name, _value in _table.items():
@@ -215,6 +247,7 @@ class ControlKwargs(TypedDict, total=False):
     cfg_weight: float | None
     temperature: float | None
     top_p: float | None
+    top_k: int | None
     min_p: float | None
     repetition_penalty: float | None
     language: str | None
@@ -243,6 +276,7 @@ class GenerationParams:
     cfg_weight: float = _default("cfg_weight")
     temperature: float = _default("temperature")
     top_p: float = _default("top_p")
+    top_k: int = _default("top_k")
     min_p: float = _default("min_p")
     repetition_penalty: float = _default("repetition_penalty")
     language: str | None = _default("language")
@@ -280,6 +314,18 @@ class GenerationParams:
             )
         model = check_model_kind(model)
         values = {name: value for name, value in given.items() if value is not None}
+        ignored = {
+            name: values.pop(name) for name in IGNORED_CONTROLS.get(model, ()) if name in values
+        }
+        for name, value in ignored.items():
+            CONTROLS[name].check(value)  # out of range is an error on every model
+        if any(value != 0 for value in ignored.values()):
+            logger.warning(
+                "the %s model has no %s: ignoring %s (as chatterbox-tts does)",
+                model,
+                ", ".join(IGNORED_CONTROLS[model]),
+                ", ".join(f"{name}={value}" for name, value in ignored.items() if value != 0),
+            )
         for name, value in MODEL_DEFAULTS[model].items():
             values.setdefault(name, value)
         params = cls(**values)
@@ -309,6 +355,7 @@ class GenerationParams:
         return T3SamplingParams(
             temperature=self.temperature,
             top_p=self.top_p,
+            top_k=self.top_k,
             min_p=self.min_p,
             repetition_penalty=self.repetition_penalty,
             cfg_weight=self.cfg_weight,

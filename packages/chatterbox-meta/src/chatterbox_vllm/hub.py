@@ -31,11 +31,23 @@ MULTILINGUAL_REVISION: str | None = "main"
 """Hub revision of ``ResembleAI/chatterbox`` for the multilingual files. chatterbox-tts 0.1.7
 itself downloads ``main``, and no commit holding them could be verified offline, so this follows
 the branch; pass ``revision=<commit>`` to pin a snapshot."""
+TURBO_REPO_ID = "ResembleAI/chatterbox-turbo"
+"""Hub repository of Chatterbox Turbo (chatterbox-tts 0.1.7's ``ChatterboxTurboTTS``)."""
+TURBO_REVISION: str | None = "main"
+"""Hub revision of :data:`TURBO_REPO_ID`: ``main``, as the reference downloads it (no commit could
+be verified offline); pass ``revision=<commit>`` to pin a snapshot."""
 DEFAULT_REVISIONS: dict[ModelKind, str | None] = {
     "english": DEFAULT_REVISION,
     "multilingual": MULTILINGUAL_REVISION,
+    "turbo": TURBO_REVISION,
 }
 """The revision each model's download uses when none is given."""
+DEFAULT_REPO_IDS: dict[ModelKind, str] = {
+    "english": DEFAULT_REPO_ID,
+    "multilingual": DEFAULT_REPO_ID,
+    "turbo": TURBO_REPO_ID,
+}
+"""The repository each model's download uses when the default one is given."""
 
 CHECKPOINT_FILES: dict[str, str] = MODEL_FILES["english"]
 """The five files of ``ResembleAI/chatterbox`` used by the English model, with what each holds
@@ -49,17 +61,16 @@ def inspect_checkpoint_dir(
 
     Raises :class:`CheckpointError` naming each missing file and what it should contain."""
     path = Path(directory)
-    everything = ", ".join(MODEL_FILES["english"])
+    every_model = "; ".join(f"{kind}: {', '.join(MODEL_FILES[kind])}" for kind in MODEL_KINDS)
     if path.exists() and not path.is_dir():
         raise CheckpointError(
             f"checkpoint directory {path} is not a directory (it is a file); pass the directory "
-            f"that holds {everything} (English) or "
-            f"{', '.join(MODEL_FILES['multilingual'])} (multilingual)"
+            f"that holds one model's files ({every_model})"
         )
     if not path.is_dir():
         raise CheckpointError(
-            f"checkpoint directory {path} does not exist (expected a directory with "
-            f"{everything}, or the multilingual model's {', '.join(MODEL_FILES['multilingual'])})"
+            f"checkpoint directory {path} does not exist (expected a directory with one "
+            f"model's files: {every_model})"
         )
     model = _model_of(path)
     files = MODEL_FILES[model]
@@ -111,7 +122,9 @@ def download_checkpoint(
     (:data:`~chatterbox_vllm.models.MODEL_FILES`); returns their snapshot directory.
 
     ``revision`` defaults to the English pin; for ``model="multilingual"`` that default means
-    :data:`MULTILINGUAL_REVISION` (the English pin predates the multilingual files). Uses
+    :data:`MULTILINGUAL_REVISION` (the English pin predates the multilingual files), and for
+    ``model="turbo"`` :data:`TURBO_REVISION` of :data:`TURBO_REPO_ID` (the default ``repo_id``
+    then means Turbo's own repository). Uses
     ``huggingface_hub.snapshot_download`` with ``allow_patterns`` so only those files are
     fetched. The usual cache rules apply (``HF_HOME``/``HF_HUB_CACHE`` or ``cache_dir``), and with
     ``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) nothing is fetched: a cached snapshot of
@@ -124,6 +137,8 @@ def download_checkpoint(
     model = check_model_kind(model)
     if model != "english" and revision == DEFAULT_REVISION:
         revision = DEFAULT_REVISIONS[model]
+    if repo_id == DEFAULT_REPO_ID:
+        repo_id = DEFAULT_REPO_IDS[model]  # Turbo lives in its own repository
     files = MODEL_FILES[model]
     offline = (
         bool(local_files_only)

@@ -140,9 +140,10 @@ class SpeechDecoder(Protocol[ReferenceT_contra]):
         token_sequences: Sequence[Sequence[int]],
         references: Sequence[ReferenceT_contra],
         *,
-        n_timesteps: int = ...,
+        n_timesteps: int | None = ...,
         seeds: Sequence[int] | None = ...,
     ) -> list[torch.Tensor]:
         """One mono float waveform per token sequence; references pair up by index;
-        ``n_timesteps`` flow-matching steps; ``seeds`` fix each item's noise."""
+        ``n_timesteps`` flow-matching steps (``None``: the decoder's own default); ``seeds`` fix
+        each item's noise."""
         ...

@@ -28,7 +28,7 @@ def check_language_for_model(language: str | None, model: str) -> None:
     name = SUPPORTED_LANGUAGES.get(language, language)
     raise InvalidParameterError(
         f"language {language!r} ({name}) needs the multilingual model, but the loaded checkpoint "
-        "is the English model (it speaks only 'en'); load the multilingual checkpoint "
+        f"is the {model} model (it speaks only 'en'); load the multilingual checkpoint "
         "(--model multilingual, ChatterboxTTS.from_pretrained(model='multilingual'), or a "
         "directory with t3_mtl23ls_v2.safetensors) or leave language unset"
     )

@@ -1,10 +1,12 @@
-"""The two Chatterbox models a checkpoint directory can hold, and how to tell them apart.
+"""The Chatterbox models a checkpoint directory can hold, and how to tell them apart.
 
 ``english`` is chatterbox-tts 0.1.2's model (``t3_cfg.safetensors``, English only);
 ``multilingual`` is chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS`` (``t3_mtl23ls_v2.safetensors``,
 23 languages). Both use the same voice encoder and the same S3Gen (stored as ``.safetensors`` in
 the English release and as ``torch.save`` state dicts, ``.pt``, in the multilingual one), so
-voices and the voice cache are shared between them. :data:`MODEL_FILES` lists each model's Hub
+voices and the voice cache are shared between them. ``turbo`` is 0.1.7's ``ChatterboxTurboTTS``
+(``t3_turbo_v1.safetensors``: a GPT-2 medium T3 without CFG, and a 2-step meanflow S3Gen in
+``s3gen_meanflow.safetensors``). :data:`MODEL_FILES` lists each model's Hub
 files (the ``allow_patterns`` of its download); :func:`detect_model` says which model a directory
 holds from its T3 file, before anything loads.
 """
@@ -22,11 +24,12 @@ from chatterbox_vllm.errors import CheckpointError, InvalidParameterError, from_
 __all__ = ["MODEL_FILES", "MODEL_KINDS", "ModelKind", "check_model_kind", "detect_model"]
 
 MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
-"""``english`` (chatterbox-tts 0.1.2's model) and ``multilingual`` (0.1.7's), T3's
+"""``english`` (chatterbox-tts 0.1.2's model), ``multilingual`` and ``turbo`` (0.1.7's), T3's
 :data:`chatterbox_t3.config.ModelKind`."""
 
 ENGLISH_T3_FILE = T3_CHECKPOINT_FILES["english"].t3
 MULTILINGUAL_T3_FILE = T3_CHECKPOINT_FILES["multilingual"].t3
+TURBO_T3_FILE = T3_CHECKPOINT_FILES["turbo"].t3
 
 MODEL_FILES: dict[ModelKind, dict[str, str]] = {
     "english": {
@@ -46,8 +49,18 @@ MODEL_FILES: dict[ModelKind, dict[str, str]] = {
         "Cangjie5_TC.json": "Cangjie codes of Chinese characters (the zh text front end)",
         "conds.pt": "built-in default voice (torch.save of {'t3': ..., 'gen': ...} conditionals)",
     },
+    "turbo": {
+        "ve.safetensors": "voice encoder weights (the English model's 16 tensors)",
+        TURBO_T3_FILE: "Turbo T3 weights (GPT-2 medium backbone + speaker projection)",
+        "s3gen_meanflow.safetensors": "S3Gen weights with the 2-step meanflow flow decoder",
+        "vocab.json": "GPT-2 BPE vocabulary of the Turbo text tokenizer",
+        "merges.txt": "GPT-2 BPE merges of the Turbo text tokenizer",
+        "tokenizer_config.json": "Turbo text tokenizer settings and added tokens (50,276 ids "
+        "with paralinguistic tags such as [laugh])",
+        "conds.pt": "built-in default voice (torch.save of {'t3': ..., 'gen': ...} conditionals)",
+    },
 }
-"""Each model's files in ``ResembleAI/chatterbox`` (what its download fetches), with what each
+"""Each model's files in ``ResembleAI/chatterbox`` (Turbo: ``ResembleAI/chatterbox-turbo``) (what its download fetches), with what each
 holds; the multilingual list is chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS.from_pretrained``
 ``allow_patterns``."""
 OPTIONAL_FILES = frozenset({"conds.pt"})
@@ -56,6 +69,7 @@ OPTIONAL_FILES = frozenset({"conds.pt"})
 MODEL_DESCRIPTIONS: dict[ModelKind, str] = {
     "english": "Chatterbox English (chatterbox-tts 0.1.2)",
     "multilingual": "Chatterbox Multilingual, 23 languages (chatterbox-tts 0.1.7)",
+    "turbo": "Chatterbox Turbo, English, GPT-2 medium T3 (chatterbox-tts 0.1.7)",
 }
 
 
@@ -64,7 +78,7 @@ def check_model_kind(model: object, *, argument: str = "model") -> ModelKind:
     if model not in MODEL_KINDS:
         raise InvalidParameterError(
             f"{argument} must be one of {', '.join(MODEL_KINDS)} (English: chatterbox-tts "
-            f"0.1.2's model; multilingual: 0.1.7's 23-language model), got {model!r}"
+            f"0.1.2's model; multilingual: 0.1.7's 23-language model; turbo: 0.1.7's Turbo), got {model!r}"
         )
     return model  # type: ignore[return-value]
 

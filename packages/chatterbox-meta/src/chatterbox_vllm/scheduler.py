@@ -208,7 +208,7 @@ class S3GenScheduler:
         decoder: SpeechDecoder[Any],
         *,
         max_batch: int = 32,
-        n_timesteps: int = 10,
+        n_timesteps: int | None = None,
         overlap_generate: bool = False,
         on_stream_done: Callable[[Listener], None] | None = None,
         on_window: Callable[[WindowTimeline], None] | None = None,

@@ -11,6 +11,7 @@ to S3Gen in batches as they finish.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -223,7 +224,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self._voice_encoder = voice_encoder
         self.default_voice = default_voice
         self._loop = loop or EventLoopThread()
-        self._voices = VoiceCache(config.voice_cache_size)
+        self._voices = VoiceCache(config.voice_cache_size, model=model)
         self._engine_failure: str | None = None
         self._scheduler: S3GenScheduler | None = None
         self._scheduler_lock = threading.Lock()
@@ -300,6 +301,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
             from chatterbox_t3 import AsyncT3Engine
         timings["imports"] = time.perf_counter() - begin
 
+        if model == "turbo":
+            config = config.for_turbo()
         config = config.resolve_here()
         logger.info("loading %s: %s", path, config.describe())
         assert config.device is not None
@@ -342,6 +345,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 except BaseException:
                     _stop_when_built(t3_future)
                     raise
+                if config.cfm_steps is None:  # the model's own step count (Turbo: 2)
+                    config = dataclasses.replace(config, cfm_steps=s3gen.flow_steps)
                 timings["s3gen_weights"] = time.perf_counter() - begin
                 logger.info("S3Gen loaded in %.1f s", timings["s3gen_weights"])
                 t3 = t3_future.result()

@@ -14,6 +14,7 @@ an :class:`~chatterbox_s3gen.model.S3Gen`, which loads through this module)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 import re
@@ -31,6 +32,7 @@ from chatterbox_s3gen.constants import (
     CHECKPOINT_FILENAME,
     CHECKPOINT_FILENAMES,
     CONFIG_FILENAME,
+    MEANFLOW_CHECKPOINT_FILENAME,
     TORCH_CHECKPOINT_FILENAME,
 )
 from chatterbox_s3gen.errors import (
@@ -59,12 +61,24 @@ _MAX_LISTED = 12
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt")
-_EXPECTED = f"a directory with {CHECKPOINT_FILENAME} or {TORCH_CHECKPOINT_FILENAME}, or the weight file itself"
+_EXPECTED = (
+    f"a directory with {CHECKPOINT_FILENAME}, {TORCH_CHECKPOINT_FILENAME} or "
+    f"{MEANFLOW_CHECKPOINT_FILENAME}, or the weight file itself"
+)
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, S3GenConfig]:
     """``(weight file, config)`` for a checkpoint directory or weight file. A directory holding
-    both ``s3gen.safetensors`` and ``s3gen.pt`` uses the ``.safetensors`` file."""
+    several weight files uses the first of :data:`CHECKPOINT_FILENAMES`. The file's name decides
+    the decoder, as the reference's loaders do: ``s3gen_meanflow.safetensors`` is Turbo's meanflow
+    decoder (``config.meanflow``), any other name the standard one."""
+    weights, config = _resolve(path)
+    return weights, dataclasses.replace(
+        config, meanflow=weights.name == MEANFLOW_CHECKPOINT_FILENAME
+    )
+
+
+def _resolve(path: str | Path) -> tuple[Path, S3GenConfig]:
     path = Path(path)
     if path.is_dir():
         found = [path / name for name in CHECKPOINT_FILENAMES if (path / name).is_file()]

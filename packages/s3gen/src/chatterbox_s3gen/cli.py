@@ -31,9 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     random.add_argument("--seed", type=int, default=0)
     random.add_argument(
         "--format",
-        choices=("safetensors", "pt"),
+        choices=("safetensors", "pt", "meanflow"),
         default="safetensors",
-        help="s3gen.safetensors (English release) or s3gen.pt (multilingual release, torch.save)",
+        help="s3gen.safetensors (English release), s3gen.pt (multilingual release, torch.save) "
+        "or s3gen_meanflow.safetensors (Turbo release: the meanflow decoder)",
     )
     return parser
 

@@ -49,6 +49,12 @@ class S3GenConfig:
     # Flow: conditional flow matching sampler.
     cfg_rate: float = 0.7
     flow_noise_frames: int = 15_000
+    # The decoder of Chatterbox Turbo (``s3gen_meanflow.safetensors``, chatterbox-tts 0.1.7's
+    # ``S3Gen(meanflow=True)``): distilled from the guided decoder, so one estimator row per item
+    # (no classifier-free guidance pair), a linear time schedule (2 steps by default) and a time
+    # embedding that mixes each step's start time with its end time (``time_embed_mixer``).
+    # Set from the weight file's name by the loader, not by ``s3gen_config.json``.
+    meanflow: bool = False
     # HiFT vocoder (neural source filter + iSTFT).
     hift_base_channels: int = 512
     hift_nb_harmonics: int = 8
@@ -135,6 +141,17 @@ class S3GenConfig:
             hift_f0_channels=16,
             name="tiny",
         )
+
+    @property
+    def flow_steps(self) -> int:
+        """Default Euler steps: 2 for the meanflow decoder, 10 for the standard one (the
+        reference's defaults)."""
+        return 2 if self.meanflow else 10
+
+    @property
+    def guided(self) -> bool:
+        """Whether the flow runs the classifier-free guidance pair (the standard decoder)."""
+        return not self.meanflow
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,6 +40,14 @@ TORCH_CHECKPOINT_FILENAME = "s3gen.pt"
 """The multilingual checkpoint's S3Gen weights: a ``torch.save`` state dict (read with
 ``torch.load(weights_only=True)``) holding the same 2490 tensors as :data:`CHECKPOINT_FILENAME`
 (chatterbox-tts 0.1.7 loads it strictly into the same ``S3Gen()`` module tree)."""
-CHECKPOINT_FILENAMES = (CHECKPOINT_FILENAME, TORCH_CHECKPOINT_FILENAME)
+MEANFLOW_CHECKPOINT_FILENAME = "s3gen_meanflow.safetensors"
+"""Chatterbox Turbo's S3Gen weights (``ResembleAI/chatterbox-turbo``, chatterbox-tts 0.1.7's
+``S3Gen(meanflow=True)``): the same tensors as :data:`CHECKPOINT_FILENAME` plus the estimator's
+``time_embed_mixer.weight``. A checkpoint with this file runs the meanflow decoder."""
+CHECKPOINT_FILENAMES = (
+    CHECKPOINT_FILENAME,
+    TORCH_CHECKPOINT_FILENAME,
+    MEANFLOW_CHECKPOINT_FILENAME,
+)
 """Weight files a checkpoint directory may hold, in the order they are looked for."""
 CONFIG_FILENAME = "s3gen_config.json"

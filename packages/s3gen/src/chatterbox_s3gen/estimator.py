@@ -166,7 +166,11 @@ def _transformer_stack(config: S3GenConfig) -> nn.ModuleList:
 
 
 class ConditionalDecoder(nn.Module):
-    """``forward(x, mask, mu, t, spks, cond)`` -> velocity ``[B, 80, T]``."""
+    """``forward(x, mask, mu, t, spks, cond[, end])`` -> velocity ``[B, 80, T]``.
+
+    The meanflow decoder (``config.meanflow``) also takes the step's end time ``end``: both times
+    go through the same sinusoid + MLP and a bias-free linear ``time_embed_mixer`` maps the two
+    embeddings, concatenated, to the one that conditions every block."""
 
     def __init__(self, config: S3GenConfig) -> None:
         super().__init__()
@@ -204,6 +208,9 @@ class ConditionalDecoder(nn.Module):
         )
         self.final_block = CausalBlock1D(channels, channels)
         self.final_proj = nn.Conv1d(channels, MEL_CHANNELS, 1)
+        self.time_embed_mixer = (
+            nn.Linear(2 * time_dim, time_dim, bias=False) if config.meanflow else None
+        )
 
     def forward(
         self,
@@ -213,10 +220,16 @@ class ConditionalDecoder(nn.Module):
         t: torch.Tensor,
         spks: torch.Tensor,
         cond: torch.Tensor,
+        end: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x, mu, cond``: ``[B, 80, T]``; ``mask``: ``[B, 1, T]`` (1 = valid); ``t``: ``[B]``;
-        ``spks``: ``[B, 80]``."""
+        ``spks``: ``[B, 80]``; ``end`` (``[B]``, the meanflow decoder only, which requires it):
+        the time the step ends at."""
         time_emb = self.time_mlp(t)
+        if self.time_embed_mixer is not None:
+            if end is None:
+                raise ValueError("the meanflow estimator needs the step's end time `end`")
+            time_emb = self.time_embed_mixer(torch.cat([time_emb, self.time_mlp(end)], dim=1))
         h = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[-1]), cond], dim=1)
         attend = (mask > 0).unsqueeze(1)  # [B, 1, 1, T]
 

@@ -1,5 +1,7 @@
 """Tokens -> mel: token embedding, upsampling conformer encoder, and a conditional flow-matching
-(CFM) decoder solved with 10 Euler steps on a cosine time schedule with classifier-free guidance.
+(CFM) decoder solved with 10 Euler steps on a cosine time schedule with classifier-free guidance
+(the standard decoder), or with 2 steps on a linear schedule, one row per item and the step's end
+time as a second estimator input (the meanflow decoder of Chatterbox Turbo, ``config.meanflow``).
 
 Everything runs on right-padded batches with per-item lengths; see :meth:`CausalMaskedDiffWithXvec.inference`."""
 
@@ -28,6 +30,11 @@ def cosine_time_steps(n_timesteps: int) -> torch.Tensor:
     return 1 - torch.cos(t * 0.5 * torch.pi)
 
 
+def linear_time_steps(n_timesteps: int) -> torch.Tensor:
+    """``t_k = k / n`` for ``k = 0..n`` (float32): the meanflow decoder's schedule."""
+    return torch.linspace(0, 1, n_timesteps + 1, dtype=torch.float32)
+
+
 class ConditionalCFM(nn.Module):
     """Holds the estimator and the fixed initial noise (``noise``: ``[1, 80, frames]``, not part
     of the checkpoint: the reference draws it once at construction and slices it per call)."""
@@ -35,6 +42,7 @@ class ConditionalCFM(nn.Module):
     def __init__(self, config: S3GenConfig) -> None:
         super().__init__()
         self.cfg_rate = config.cfg_rate
+        self.meanflow = config.meanflow
         self.estimator = ConditionalDecoder(config)
         self.graphs: EulerGraphs | None = None
         """Set to an :class:`EulerGraphs` to replay the Euler loop from CUDA graphs on CUDA."""
@@ -55,7 +63,8 @@ class ConditionalCFM(nn.Module):
     ) -> torch.Tensor:
         """Euler integration from the fixed noise to a mel. ``mu``/``cond``: ``[B, 80, T]``;
         ``mask``: ``[B, 1, T]``; ``spks``: ``[B, 80]``. The state stays float32 whatever dtype the
-        estimator runs in; the guided and unguided rows run as one ``2B`` batch. ``x0``
+        estimator runs in; the standard decoder runs the guided and unguided rows as one ``2B``
+        batch, the meanflow decoder one row per item (see :meth:`time_steps`). ``x0``
         (``[B, 80, T]`` float32, default: the first ``T`` columns of :attr:`noise` for every row)
         is the start state, e.g. :meth:`noise_columns` of a window that starts mid-utterance.
 
@@ -74,6 +83,11 @@ class ConditionalCFM(nn.Module):
         picked = self.noise[0].index_select(1, flat).view(MEL_CHANNELS, batch, frames)
         return picked.transpose(0, 1)
 
+    def time_steps(self, n_timesteps: int) -> torch.Tensor:
+        """The step boundaries ``t_0 = 0 .. t_n = 1``: cosine for the standard decoder, linear
+        for the meanflow decoder (as the reference)."""
+        return linear_time_steps(n_timesteps) if self.meanflow else cosine_time_steps(n_timesteps)
+
     def _solve_eager(
         self,
         mu: torch.Tensor,
@@ -89,13 +103,15 @@ class ConditionalCFM(nn.Module):
         if x0 is None:
             x0 = self.noise[:, :, :frames].expand(batch, -1, -1)
         x = x0.float() * mask.float()
+        if t_span is None:
+            t_span = self.time_steps(n_timesteps).to(mu.device)
+        if self.meanflow:
+            return self._solve_meanflow(x, mask, mu, spks, cond, n_timesteps, t_span, est_dtype)
         # Rows B.. are the unconditional half of classifier-free guidance: mu, speaker and prompt zeroed.
         mask_in = torch.cat([mask, mask]).to(est_dtype)
         mu_in = torch.cat([mu, torch.zeros_like(mu)]).to(est_dtype)
         spks_in = torch.cat([spks, torch.zeros_like(spks)]).to(est_dtype)
         cond_in = torch.cat([cond, torch.zeros_like(cond)]).to(est_dtype)
-        if t_span is None:
-            t_span = cosine_time_steps(n_timesteps).to(mu.device)
         # The reference accumulates t and recomputes dt from it (not t_span differences): keep that.
         t = t_span[0:1]
         dt = t_span[1] - t_span[0]
@@ -108,6 +124,37 @@ class ConditionalCFM(nn.Module):
             t = t + dt
             if step < n_timesteps:
                 dt = t_span[step + 1] - t
+        return x
+
+    def _solve_meanflow(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        n_timesteps: int,
+        t_span: torch.Tensor,
+        est_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """One estimator row per item (the decoder was distilled from guided outputs); step ``k``
+        gives the estimator its start ``t_k`` and end ``t_{k+1}`` and moves ``x`` by
+        ``(t_{k+1} - t_k) * velocity``, as the reference's ``basic_euler``."""
+        batch = x.shape[0]
+        mask_in, mu_in = mask.to(est_dtype), mu.to(est_dtype)
+        spks_in, cond_in = spks.to(est_dtype), cond.to(est_dtype)
+        for step in range(n_timesteps):
+            start, end = t_span[step : step + 1], t_span[step + 1 : step + 2]
+            velocity = self.estimator(
+                x.to(est_dtype),
+                mask_in,
+                mu_in,
+                start.expand(batch).to(est_dtype),
+                spks_in,
+                cond_in,
+                end.expand(batch).to(est_dtype),
+            ).float()
+            x = x + (end - start) * velocity
         return x
 
 
@@ -342,7 +389,7 @@ class _CapturedSolve:
         self.x0 = torch.zeros(rows, channels, frames, device=device, dtype=torch.float32)
         self.mask[:, :, :1] = 1  # a valid first frame while warming up (no fully masked rows)
         # Made before capture: a host-to-device copy cannot happen inside one.
-        self.t_span = cosine_time_steps(n_timesteps).to(device)
+        self.t_span = cfm.time_steps(n_timesteps).to(device)
         self.n_timesteps = n_timesteps
         self.graph: torch.cuda.CUDAGraph | None = None
         if pool is None:

@@ -245,7 +245,7 @@ class S3Gen(nn.Module):
 
     @torch.inference_mode()
     def prepare_graphs(
-        self, shapes: Sequence[tuple[int, int]], n_timesteps: int = 10
+        self, shapes: Sequence[tuple[int, int]], n_timesteps: int | None = None
     ) -> GraphPreparation:
         """Start-up work: capture the Euler loop of every ``(rows, frames)`` flow shape in
         ``shapes`` (a streaming server's: :func:`chatterbox_s3gen.streaming.prepare_stream_graphs`),
@@ -253,10 +253,9 @@ class S3Gen(nn.Module):
         and one that none holds (a whole-utterance window, :meth:`synthesize`) runs eagerly;
         nothing is captured while serving (see :meth:`graph_stats`). Turns CUDA graphs on if they
         were off. On a CPU the same bookkeeping runs without capture (static buffers, eager
-        solves)."""
+        solves). ``n_timesteps``: default :attr:`flow_steps`."""
         shapes = list(shapes)
-        if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
-            raise S3GenInputError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
+        n_timesteps = self.steps(n_timesteps)
         capture = self.device.type == "cuda"
         graphs = self.flow.decoder.graphs
         if graphs is None or graphs.capture != capture:
@@ -297,6 +296,20 @@ class S3Gen(nn.Module):
     @property
     def cuda_graphs(self) -> bool:
         return self.flow.decoder.graphs is not None
+
+    @property
+    def flow_steps(self) -> int:
+        """Euler steps when a call gives none: 10 for the standard decoder, 2 for the meanflow
+        decoder (``config.meanflow``, Chatterbox Turbo's ``s3gen_meanflow.safetensors``)."""
+        return self.config.flow_steps
+
+    def steps(self, n_timesteps: int | None) -> int:
+        """``n_timesteps`` checked (a positive int), or :attr:`flow_steps` for ``None``."""
+        if n_timesteps is None:
+            return self.flow_steps
+        if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
+            raise S3GenInputError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
+        return n_timesteps
 
     @property
     def max_frames(self) -> int:
@@ -410,6 +423,7 @@ class S3Gen(nn.Module):
         n_timesteps: int,
         batch_size: int | None,
     ) -> list[torch.Tensor]:
+        """Checks every argument; ``n_timesteps`` was resolved by :meth:`steps`."""
         if isinstance(token_sequences, str | bytes | torch.Tensor) or not isinstance(
             token_sequences, Sequence
         ):
@@ -429,8 +443,6 @@ class S3Gen(nn.Module):
                 raise S3GenInputTypeError(
                     f"references[{i}] must be an S3GenReference (from embed_ref), got {type(ref).__name__}"
                 )
-        if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
-            raise S3GenInputError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
@@ -512,11 +524,12 @@ class S3Gen(nn.Module):
         token_sequences: Sequence[Sequence[int]],
         references: Sequence[S3GenReference],
         *,
-        n_timesteps: int = 10,
+        n_timesteps: int | None = None,
         batch_size: int | None = None,
     ) -> list[torch.Tensor]:
         """The flow alone: one float32 log-mel ``[80, frames]`` per item (on :attr:`device`),
         ``frames = 2 * len(tokens)`` (one less when the prompt mel has an odd frame count)."""
+        n_timesteps = self.steps(n_timesteps)
         tokens = self._check_batch(token_sequences, references, n_timesteps, batch_size)
         out: list[torch.Tensor] = [torch.empty(0)] * len(tokens)
         for chunk in self._progress(self._batches(tokens, references, batch_size), "flow"):
@@ -533,7 +546,7 @@ class S3Gen(nn.Module):
         token_sequences: Sequence[Sequence[int]],
         references: Sequence[S3GenReference],
         *,
-        n_timesteps: int = 10,
+        n_timesteps: int | None = None,
         seeds: Sequence[int] | None = None,
         batch_size: int | None = None,
     ) -> list[torch.Tensor]:
@@ -545,7 +558,9 @@ class S3Gen(nn.Module):
         unbatched run. ``batch_size`` caps the items per batch (default: all). ``seeds[i]`` seeds
         item ``i``'s vocoder noise exactly like ``torch.manual_seed(seeds[i])`` before the
         reference's ``inference``; default: drawn from torch's global RNG. The first 20 ms are
-        silenced and the next 20 ms faded in, as in the reference."""
+        silenced and the next 20 ms faded in, as in the reference. ``n_timesteps``: Euler steps,
+        default :attr:`flow_steps` (10 standard, 2 meanflow)."""
+        n_timesteps = self.steps(n_timesteps)
         tokens = self._check_batch(token_sequences, references, n_timesteps, batch_size)
         seeds = self._check_seeds(seeds, len(tokens))
         out: list[torch.Tensor] = [torch.empty(0)] * len(tokens)

@@ -3,6 +3,8 @@
 * ``flow_estimator.onnx`` — the CFM vector field, ``(x, mask, mu, t, spks, cond) -> velocity``,
   all ``[batch, 80, frames]`` except ``mask [batch, 1, frames]``, ``t [batch]``,
   ``spks [batch, 80]``; batch and frames are dynamic (run guided + unguided rows as one batch);
+  the meanflow estimator (Chatterbox Turbo's ``s3gen_meanflow.safetensors``) has a seventh input,
+  ``end [batch]``, the time each step ends at;
 * ``hift.onnx`` — the whole HiFT vocoder including the F0 predictor, sine source, STFT and
   inverse STFT: ``(mel [B, 80, T], mel_lengths [B] int64, phases [B, 9, 1], noise [B, 9, 480 T])
   -> wav [B, 480 T]``. Its randomness comes in as ``phases``/``noise``
@@ -64,6 +66,10 @@ def export_onnx(
     t = torch.rand(batch, generator=generator)
     spks = torch.randn(batch, MEL_CHANNELS, generator=generator)
     cond = torch.randn(batch, MEL_CHANNELS, frames, generator=generator)
+    inputs: tuple[torch.Tensor, ...] = (x, mask, mu, t, spks, cond)
+    names = ["x", "mask", "mu", "t", "spks", "cond"]
+    if model.config.meanflow:
+        inputs, names = (*inputs, t + 0.5), [*names, "end"]
     estimator_path = out_dir / ESTIMATOR_FILENAME
     frame_axes = {0: "batch", 2: "frames"}
     with torch.no_grad(), warnings.catch_warnings():
@@ -71,9 +77,9 @@ def export_onnx(
         warnings.simplefilter("ignore")
         torch.onnx.export(
             estimator,
-            (x, mask, mu, t, spks, cond),
+            inputs,
             str(estimator_path),
-            input_names=["x", "mask", "mu", "t", "spks", "cond"],
+            input_names=names,
             output_names=["velocity"],
             dynamic_axes={
                 "x": frame_axes,
@@ -82,6 +88,7 @@ def export_onnx(
                 "t": {0: "batch"},
                 "spks": {0: "batch"},
                 "cond": frame_axes,
+                "end": {0: "batch"},
                 "velocity": frame_axes,
             },
             opset_version=opset,

@@ -6,6 +6,7 @@ made ``checkpoint`` and ``model`` import each other."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from chatterbox_s3gen.config import S3GenConfig
 from chatterbox_s3gen.constants import (
     CHECKPOINT_FILENAME,
     CONFIG_FILENAME,
+    MEANFLOW_CHECKPOINT_FILENAME,
     TORCH_CHECKPOINT_FILENAME,
 )
 from chatterbox_s3gen.errors import ConfigurationError
@@ -47,7 +49,11 @@ def _sanitize_random_state(model: nn.Module, generator: torch.Generator) -> None
             module.bias.copy_(0.05 * torch.randn(module.bias.shape, generator=generator))
 
 
-WEIGHT_FILES = {"safetensors": CHECKPOINT_FILENAME, "pt": TORCH_CHECKPOINT_FILENAME}
+WEIGHT_FILES = {
+    "safetensors": CHECKPOINT_FILENAME,
+    "pt": TORCH_CHECKPOINT_FILENAME,
+    "meanflow": MEANFLOW_CHECKPOINT_FILENAME,
+}
 """``file_format`` of :func:`write_random_s3gen_checkpoint` -> the file it writes."""
 
 
@@ -57,8 +63,11 @@ def write_random_s3gen_checkpoint(
     """Write a random-weight ``s3gen.safetensors`` in the released layout and return its path.
 
     ``file_format="pt"`` writes the same tensors as ``s3gen.pt`` with ``torch.save`` instead (the
-    multilingual release's file); the other format's file, if the directory has one, is removed
-    so the loader cannot pick a stale one. Equal seeds give equal tensors in both formats.
+    multilingual release's file); ``file_format="meanflow"`` writes Chatterbox Turbo's
+    ``s3gen_meanflow.safetensors`` (the meanflow decoder: the same tensors plus the estimator's
+    ``time_embed_mixer.weight``). The other formats' files, if the directory has any, are removed
+    so the loader cannot pick a stale one. Equal seeds give equal tensors in the ``safetensors``
+    and ``pt`` formats.
 
     ``size="full"`` writes every one of the real model's 2490 tensors with their real names,
     shapes and dtypes (~1.06 GB float32); ``"tiny"`` writes the same names at small sizes plus
@@ -69,10 +78,12 @@ def write_random_s3gen_checkpoint(
         raise ConfigurationError(f"size must be 'tiny' or 'full', got {size!r}")
     if file_format not in WEIGHT_FILES:
         raise ConfigurationError(
-            f"file_format must be 'safetensors' ({CHECKPOINT_FILENAME}) or 'pt' "
-            f"({TORCH_CHECKPOINT_FILENAME}), got {file_format!r}"
+            f"file_format must be 'safetensors' ({CHECKPOINT_FILENAME}), 'pt' "
+            f"({TORCH_CHECKPOINT_FILENAME}) or 'meanflow' ({MEANFLOW_CHECKPOINT_FILENAME}), "
+            f"got {file_format!r}"
         )
     config = S3GenConfig.tiny() if size == "tiny" else S3GenConfig()
+    config = dataclasses.replace(config, meanflow=file_format == "meanflow")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):

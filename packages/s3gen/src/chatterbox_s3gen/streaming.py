@@ -438,7 +438,7 @@ class S3GenStream:
         reference: S3GenReference,
         *,
         seed: int = 0,
-        n_timesteps: int = 10,
+        n_timesteps: int | None = None,
         config: StreamingConfig | None = None,
     ) -> None:
         if not isinstance(s3gen, S3Gen):
@@ -449,8 +449,7 @@ class S3GenStream:
             )
         if isinstance(seed, bool) or not hasattr(seed, "__index__"):
             raise S3GenInputTypeError(f"seed must be an int, got {type(seed).__name__}")
-        if isinstance(n_timesteps, bool) or not isinstance(n_timesteps, int) or n_timesteps < 1:
-            raise S3GenInputError(f"n_timesteps must be a positive int, got {n_timesteps!r}")
+        n_timesteps = s3gen.steps(n_timesteps)  # None: the model's default (S3Gen.flow_steps)
         if config is None:
             config = StreamingConfig()
         elif not isinstance(config, StreamingConfig):
@@ -812,11 +811,12 @@ def stream_flow_shapes(
 
 
 def prepare_stream_graphs(
-    s3gen: S3Gen, config: StreamingConfig, max_rows: int, n_timesteps: int = 10
+    s3gen: S3Gen, config: StreamingConfig, max_rows: int, n_timesteps: int | None = None
 ) -> GraphPreparation:
     """A streaming server's start-up: :meth:`S3Gen.prepare_graphs` for every flow shape the
     windows of ``config`` can make in batches of up to ``max_rows`` (:func:`stream_flow_shapes`),
-    captured now and sealed, so none is captured while serving."""
+    captured now and sealed, so none is captured while serving. ``n_timesteps``: default the
+    model's :attr:`S3Gen.flow_steps` (the meanflow decoder's shapes are the same, at 2 steps)."""
     return s3gen.prepare_graphs(stream_flow_shapes(config, max_rows), n_timesteps)
 
 
@@ -1000,7 +1000,7 @@ def stream_synthesize(
     reference: S3GenReference,
     *,
     seed: int = 0,
-    n_timesteps: int = 10,
+    n_timesteps: int | None = None,
     config: StreamingConfig | None = None,
     push_sizes: Iterable[int] | None = None,
 ) -> list[torch.Tensor]:

@@ -36,8 +36,11 @@ __all__ = [
     "T3Request",
     "T3SamplingParams",
     "T3Voice",
+    "TurboT3Config",
+    "TurboTokenizer",
     "UnsupportedCharactersError",
     "VoiceEncoder",
+    "load_t3_config",
     "normalize_text",
     "write_random_t3_checkpoint",
 ]
@@ -53,6 +56,9 @@ _LOCATIONS = {
     "EnglishTokenizer": "chatterbox_t3.text",
     "normalize_text": "chatterbox_t3.text",
     "T3Config": "chatterbox_t3.config",
+    "TurboT3Config": "chatterbox_t3.config",
+    "load_t3_config": "chatterbox_t3.config",
+    "TurboTokenizer": "chatterbox_t3.turbo_text",
     "VoiceEncoder": "chatterbox_t3.voice_encoder",
     "write_random_t3_checkpoint": "chatterbox_t3.checkpoint",
     # The error root and the families callers sort by (all of them: chatterbox_t3.errors).
@@ -67,7 +73,7 @@ _LOCATIONS = {
 if TYPE_CHECKING:
     from chatterbox_t3.checkpoint import write_random_t3_checkpoint
     from chatterbox_t3.conditioning import ConditioningEncoder, T3Voice
-    from chatterbox_t3.config import T3Config
+    from chatterbox_t3.config import T3Config, TurboT3Config, load_t3_config
     from chatterbox_t3.engine import AsyncT3Engine, T3Engine, T3Output, T3Request
     from chatterbox_t3.errors import (
         CheckpointError,
@@ -79,6 +85,7 @@ if TYPE_CHECKING:
     )
     from chatterbox_t3.sampling import T3SamplingParams
     from chatterbox_t3.text import EnglishTokenizer, normalize_text
+    from chatterbox_t3.turbo_text import TurboTokenizer
     from chatterbox_t3.voice_encoder import VoiceEncoder
 
 

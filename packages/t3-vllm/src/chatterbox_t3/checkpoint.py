@@ -33,9 +33,14 @@ from chatterbox_t3.config import (
     MULTILINGUAL_FILES,
     T3_CONFIG_FILE,
     TINY_OVERRIDES_BY_KIND,
+    TURBO_FILES,
+    TURBO_TINY_OVERRIDES,
+    AnyT3Config,
     CheckpointFiles,
     T3Config,
+    TurboT3Config,
     VoiceEncoderConfig,
+    load_t3_config,
 )
 
 # Re-exported: the checkpoint API is this module's.
@@ -64,6 +69,7 @@ TOKENIZER_FILE = ENGLISH_FILES.tokenizer
 MULTILINGUAL_T3_FILE = MULTILINGUAL_FILES.t3
 MULTILINGUAL_TOKENIZER_FILE = MULTILINGUAL_FILES.tokenizer
 CANGJIE_FILE = MULTILINGUAL_FILES.cangjie
+TURBO_T3_FILE = TURBO_FILES.t3
 
 TensorLayout = dict[str, tuple[int, ...]]
 
@@ -112,6 +118,53 @@ def t3_tensor_layout(config: T3Config) -> TensorLayout:
         "speech_head.weight": (config.speech_tokens_dict_size, hidden),
     }
     return layout
+
+
+def turbo_t3_tensor_layout(config: TurboT3Config) -> TensorLayout:
+    """Every tensor of ``t3_turbo_v1.safetensors`` and its shape (the reference ``T3`` built with
+    ``GPT2_medium``: transformers' ``GPT2Model`` as ``tfmr``, whose ``Conv1D`` weights are stored
+    ``[in, out]``; the speaker projection; text/speech embeddings and heads, the speech head with
+    a bias)."""
+    hidden, inner = config.hidden_size, config.intermediate_size
+    layout: TensorLayout = {
+        "tfmr.wte.weight": (config.backbone_vocab_size, hidden),
+        "tfmr.wpe.weight": (config.max_position_embeddings, hidden),
+    }
+    for i in range(config.num_hidden_layers):
+        p = f"tfmr.h.{i}."
+        layout |= {
+            p + "ln_1.weight": (hidden,),
+            p + "ln_1.bias": (hidden,),
+            p + "attn.c_attn.weight": (hidden, 3 * hidden),
+            p + "attn.c_attn.bias": (3 * hidden,),
+            p + "attn.c_proj.weight": (hidden, hidden),
+            p + "attn.c_proj.bias": (hidden,),
+            p + "ln_2.weight": (hidden,),
+            p + "ln_2.bias": (hidden,),
+            p + "mlp.c_fc.weight": (hidden, inner),
+            p + "mlp.c_fc.bias": (inner,),
+            p + "mlp.c_proj.weight": (inner, hidden),
+            p + "mlp.c_proj.bias": (hidden,),
+        }
+    layout |= {
+        "tfmr.ln_f.weight": (hidden,),
+        "tfmr.ln_f.bias": (hidden,),
+        "cond_enc.spkr_enc.weight": (hidden, config.speaker_embed_size),
+        "cond_enc.spkr_enc.bias": (hidden,),
+        "text_emb.weight": (config.text_tokens_dict_size, hidden),
+        "speech_emb.weight": (config.speech_tokens_dict_size, hidden),
+        "text_head.weight": (config.text_tokens_dict_size, hidden),
+        "speech_head.weight": (config.speech_tokens_dict_size, hidden),
+        "speech_head.bias": (config.speech_tokens_dict_size,),
+    }
+    return layout
+
+
+def tensor_layout(config: AnyT3Config) -> TensorLayout:
+    """The T3 weights file's layout for ``config``'s model kind."""
+    if isinstance(config, TurboT3Config):
+        return turbo_t3_tensor_layout(config)
+    return t3_tensor_layout(config)
 
 
 def voice_encoder_tensor_layout(config: VoiceEncoderConfig | None = None) -> TensorLayout:
@@ -203,10 +256,10 @@ def check_state_layout(
 
 
 def load_t3_state_dict(
-    path: str | Path, config: T3Config, *, only_prefixes: tuple[str, ...] | None = None
+    path: str | Path, config: AnyT3Config, *, only_prefixes: tuple[str, ...] | None = None
 ) -> dict[str, torch.Tensor]:
     """The T3 tensors (validated against ``config``), optionally only names with given prefixes."""
-    check_tensor_layout(path, t3_tensor_layout(config))
+    check_tensor_layout(path, tensor_layout(config))
     state: dict[str, torch.Tensor] = {}
     with _open_safetensors(Path(path)) as handle:
         for name in _names(handle):
@@ -262,7 +315,7 @@ def _torch_reason(error: BaseException) -> str:
     return reason.split(" Please file an issue", 1)[0][:160]
 
 
-def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -> T3Config:
+def check_t3_checkpoint(directory: str | Path, config: AnyT3Config | None = None) -> AnyT3Config:
     """Validate the T3 files of a checkpoint directory; returns its configuration."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -275,9 +328,9 @@ def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -
         raise MissingCheckpointFileError(f"checkpoint directory not found: {directory}")
     files = checkpoint_files(directory)
     configured = config is not None or (directory / T3_CONFIG_FILE).is_file()
-    config = config or T3Config.from_checkpoint_dir(directory)
+    config = config or load_t3_config(directory)
     try:
-        check_tensor_layout(directory / files.t3, t3_tensor_layout(config))
+        check_tensor_layout(directory / files.t3, tensor_layout(config))
     except (MissingTensorError, TensorShapeError) as error:
         if configured:
             raise
@@ -288,7 +341,8 @@ def check_t3_checkpoint(directory: str | Path, config: T3Config | None = None) -
             f"model's dimensions: a checkpoint of other dimensions (e.g. a tiny random one) needs "
             f"the {T3_CONFIG_FILE} written with it ({error})"
         ) from None
-    _require_file(directory / files.tokenizer)
+    for name in (files.tokenizer, *files.tokenizer_extra):
+        _require_file(directory / name)
     return config
 
 
@@ -321,6 +375,31 @@ def _random_t3_tensor(
     return torch.randn(shape, generator=generator) * 0.02
 
 
+def _random_turbo_tensor(
+    name: str, shape: tuple[int, ...], generator: torch.Generator
+) -> torch.Tensor:
+    # HF GPT-2's initialisation (N(0, 0.02) weights, zero biases, unit layer norms) for the
+    # backbone, except the projections writing into the residual stream, drawn larger for the
+    # reason given in _random_t3_tensor; biases get small random values so a test would notice
+    # one that is not loaded. T3's own embeddings and heads: torch's defaults.
+    if name.startswith("tfmr.") and ".ln_" in name:
+        if name.endswith(".weight"):
+            return 1.0 + 0.1 * torch.randn(shape, generator=generator)
+        return 0.1 * torch.randn(shape, generator=generator)
+    if name.endswith("c_proj.weight"):
+        return torch.randn(shape, generator=generator) * RESIDUAL_WRITER_STD / 4
+    if name.startswith("tfmr.") and name.endswith(".bias"):
+        return 0.05 * torch.randn(shape, generator=generator)
+    if name in ("text_emb.weight", "speech_emb.weight", "tfmr.wte.weight"):
+        return torch.randn(shape, generator=generator)
+    if name == "tfmr.wpe.weight":
+        return torch.randn(shape, generator=generator) * 0.1
+    if name.startswith(("text_head", "speech_head", "cond_enc.")):
+        fan_in = shape[-1] if name.endswith(".weight") else shape[0]
+        return _uniform(shape, fan_in, generator)
+    return torch.randn(shape, generator=generator) * 0.02
+
+
 def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> torch.Tensor:
     bound = 1.0 / math.sqrt(fan_in)
     return (torch.rand(shape, generator=generator) * 2 - 1) * bound
@@ -349,7 +428,9 @@ def write_random_t3_checkpoint(
     and a ``t3_config.json`` recording that. ``model="english"`` writes ``t3_cfg.safetensors``,
     ``ve.safetensors`` and ``tokenizer.json``; ``"multilingual"`` the multilingual layout:
     ``t3_mtl23ls_v2.safetensors`` (2,454 text tokens), ``ve.pt`` (a torch state dict), the grapheme
-    tokenizer and ``Cangjie5_TC.json``, each in the real file's structure.
+    tokenizer and ``Cangjie5_TC.json``, each in the real file's structure; ``"turbo"``
+    ``t3_turbo_v1.safetensors`` (GPT-2 backbone), ``ve.safetensors`` and a generated GPT-2 BPE
+    tokenizer directory (full: 50,276 entries; tiny: 976, with a 2-layer 256-wide backbone).
     """
     if size not in ("tiny", "full"):
         raise ConfigurationError(f"size must be 'tiny' or 'full', got {size!r}")
@@ -361,14 +442,28 @@ def write_random_t3_checkpoint(
     for other in CHECKPOINT_FILES.values():  # one model per directory (detect_model_kind)
         if other.kind != model and (directory / other.t3).exists():
             (directory / other.t3).unlink()
-    overrides = dict(TINY_OVERRIDES_BY_KIND[model]) if size == "tiny" else {}
-    config = T3Config.for_kind(model, **overrides)
     generator = torch.Generator().manual_seed(seed)
     logger.info("writing a random %s %s T3 checkpoint to %s", size, model, directory)
+    config: AnyT3Config
+    if model == "turbo":
+        from chatterbox_t3.turbo_text import write_turbo_tokenizer
 
-    layout = t3_tensor_layout(config)
+        vocab = write_turbo_tokenizer(directory, size)
+        overrides = (
+            {**TURBO_TINY_OVERRIDES, "text_tokens_dict_size": vocab, "backbone_vocab_size": vocab}
+            if size == "tiny"
+            else {}
+        )
+        config = TurboT3Config(**overrides)
+        random_tensor = _random_turbo_tensor
+    else:
+        overrides = dict(TINY_OVERRIDES_BY_KIND[model]) if size == "tiny" else {}
+        config = T3Config.for_kind(model, **overrides)
+        random_tensor = _random_t3_tensor
+
+    layout = tensor_layout(config)
     progress = tqdm(layout.items(), desc=f"random {size} T3 tensors", disable=size == "tiny")
-    t3 = {name: _random_t3_tensor(name, shape, generator).contiguous() for name, shape in progress}
+    t3 = {name: random_tensor(name, shape, generator).contiguous() for name, shape in progress}
     save_file(t3, str(directory / files.t3))
     del t3
     ve = {
@@ -390,6 +485,8 @@ def write_random_t3_checkpoint(
 
 
 def _write_tokenizer_files(directory: Path, files: CheckpointFiles) -> None:
+    if files.kind == "turbo":
+        return  # written first: the tiny configuration takes its vocabulary size
     if files.kind == "english":
         build_english_tokenizer().save(str(directory / files.tokenizer))
         return

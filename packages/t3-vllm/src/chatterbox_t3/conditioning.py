@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from cachetools import LRUCache
 from torch import nn
 
-from chatterbox_t3.config import T3Config
+from chatterbox_t3.config import AnyT3Config, T3Config
 from chatterbox_t3.errors import ConfigurationError, InvalidVoiceError
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class T3Voice:
         """sha256 of the embedding and prompt tokens: equal voices share cached conditioning."""
         return self._content_hash
 
-    def validate_for(self, config: T3Config) -> None:
+    def validate_for(self, config: AnyT3Config) -> None:
         """Check sizes and id ranges against a model configuration."""
         if self.speaker_embedding.numel() != config.speaker_embed_size:
             raise InvalidVoiceError(
@@ -97,7 +98,8 @@ class T3Voice:
         if num_tokens > config.speech_cond_prompt_len:
             raise InvalidVoiceError(
                 f"prompt_tokens has {num_tokens} tokens, at most {config.speech_cond_prompt_len} "
-                "are allowed (the reference takes 6 s of audio at 25 tokens/s)"
+                f"are allowed (the reference takes {config.speech_cond_prompt_len / 25:g} s of "
+                "audio at 25 tokens/s)"
             )
         low, high = int(self.prompt_tokens.min()), int(self.prompt_tokens.max())
         if low < 0 or high >= config.num_valid_speech_tokens:
@@ -230,7 +232,9 @@ class ConditioningCache:
     """Thread-safe LRU (``cachetools.LRUCache``) of conditioning tensors keyed by (voice content
     hash, exaggeration); ``max_entries=0`` computes every time and keeps nothing."""
 
-    def __init__(self, encoder: ConditioningEncoder, max_entries: int = 256) -> None:
+    def __init__(
+        self, encoder: Callable[[T3Voice, float], torch.Tensor], max_entries: int = 256
+    ) -> None:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 0:
             raise ConfigurationError(f"max_entries must be an int >= 0, got {max_entries!r}")
         self.encoder = encoder

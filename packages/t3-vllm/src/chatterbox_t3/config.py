@@ -32,8 +32,9 @@ PROMPT_BOS_POSITIONS = 2
 T3_CONFIG_FILE = "t3_config.json"
 """Optional file in a checkpoint directory that overrides :class:`T3Config` fields."""
 
-ModelKind = Literal["english", "multilingual"]
-"""Which Chatterbox T3 a checkpoint holds: the English model or Chatterbox Multilingual."""
+ModelKind = Literal["english", "multilingual", "turbo"]
+"""Which Chatterbox T3 a checkpoint holds: the English model (chatterbox-tts 0.1.2), Chatterbox
+Multilingual or Chatterbox Turbo (both chatterbox-tts 0.1.7)."""
 
 MULTILINGUAL_TEXT_TOKENS = 2454
 """Text vocabulary of Chatterbox Multilingual (the reference's ``T3Config.is_multilingual`` test)."""
@@ -49,10 +50,12 @@ class CheckpointFiles:
     tokenizer: str
     cangjie: str | None = None
     """Chinese Cangjie table (multilingual only)."""
+    tokenizer_extra: tuple[str, ...] = ()
+    """Further files the text tokenizer needs (Turbo's GPT-2 tokenizer is a directory of files)."""
 
     @property
     def required(self) -> tuple[str, ...]:
-        return (self.t3, self.voice_encoder, self.tokenizer)
+        return (self.t3, self.voice_encoder, self.tokenizer, *self.tokenizer_extra)
 
 
 ENGLISH_FILES = CheckpointFiles("english", "t3_cfg.safetensors", "ve.safetensors", "tokenizer.json")
@@ -63,17 +66,31 @@ MULTILINGUAL_FILES = CheckpointFiles(
     "grapheme_mtl_merged_expanded_v1.json",
     cangjie="Cangjie5_TC.json",
 )
+TURBO_FILES = CheckpointFiles(
+    "turbo",
+    "t3_turbo_v1.safetensors",
+    "ve.safetensors",
+    # A Hugging Face GPT-2 tokenizer directory (chatterbox-tts 0.1.7 loads it with
+    # AutoTokenizer.from_pretrained(ckpt_dir) after downloading "*.json" and "*.txt"): the
+    # byte-level BPE vocabulary and merges, and the config naming the tokenizer class.
+    "vocab.json",
+    tokenizer_extra=("merges.txt", "tokenizer_config.json"),
+)
+TURBO_OPTIONAL_TOKENIZER_FILES = ("added_tokens.json", "special_tokens_map.json")
+"""Tokenizer files of a GPT-2 directory that ``AutoTokenizer`` reads when present (the added
+paralinguistic tokens may live here or in ``tokenizer_config.json``)."""
 CHECKPOINT_FILES: Mapping[ModelKind, CheckpointFiles] = {
     "english": ENGLISH_FILES,
     "multilingual": MULTILINGUAL_FILES,
+    "turbo": TURBO_FILES,
 }
 
 
 def detect_model_kind(directory: str | Path) -> ModelKind:
     """Which model a checkpoint directory holds, by its T3 weights file.
 
-    Raises :class:`MissingCheckpointFileError` when it holds neither (naming both files), and
-    :class:`CheckpointError` when it holds both (which T3 to load would be a guess).
+    Raises :class:`MissingCheckpointFileError` when it holds none (naming every T3 file), and
+    :class:`CheckpointError` when it holds more than one (which T3 to load would be a guess).
     """
     directory = Path(directory)
     present = [files for files in CHECKPOINT_FILES.values() if (directory / files.t3).is_file()]
@@ -82,13 +99,13 @@ def detect_model_kind(directory: str | Path) -> ModelKind:
     names = " or ".join(files.t3 for files in CHECKPOINT_FILES.values())
     if not present:
         raise MissingCheckpointFileError(
-            f"{directory} holds no T3 weights: expected {names} (English or multilingual "
-            "Chatterbox)"
+            f"{directory} holds no T3 weights: expected {names} (English, multilingual or "
+            "Turbo Chatterbox)"
         )
-    both = " and ".join(files.t3 for files in CHECKPOINT_FILES.values())
+    found = " and ".join(files.t3 for files in present)
+    quantity = "both" if len(present) == 2 else "all of"
     raise CheckpointError(
-        f"{directory} holds both {both} (the English and the multilingual T3); keep one model "
-        "per checkpoint directory"
+        f"{directory} holds {quantity} {found}; keep one model per checkpoint directory"
     )
 
 
@@ -257,7 +274,10 @@ class T3Config:
 
     @classmethod
     def for_kind(cls, kind: ModelKind, **overrides: Any) -> T3Config:
-        """The real configuration of ``kind`` (multilingual: the 2,454-token text vocabulary)."""
+        """The real configuration of ``kind`` (multilingual: the 2,454-token text vocabulary);
+        Turbo's is :class:`TurboT3Config`."""
+        if kind == "turbo":
+            raise ConfigurationError("Chatterbox Turbo's T3 is configured by TurboT3Config")
         if kind == "multilingual":
             overrides = {"text_tokens_dict_size": MULTILINGUAL_TEXT_TOKENS, **overrides}
         return cls(**overrides)
@@ -270,6 +290,11 @@ class T3Config:
         # as the English model's.
         has_weights = any((Path(directory) / f.t3).is_file() for f in CHECKPOINT_FILES.values())
         kind = detect_model_kind(directory) if has_weights else "english"
+        if kind == "turbo":
+            raise ConfigurationError(
+                f"{directory} holds Chatterbox Turbo, whose T3 is configured by TurboT3Config; "
+                "use chatterbox_t3.config.load_t3_config"
+            )
         path = Path(directory) / T3_CONFIG_FILE
         if not path.exists():
             return cls.for_kind(kind)
@@ -307,6 +332,158 @@ TINY_OVERRIDES_BY_KIND: Mapping[ModelKind, Mapping[str, Any]] = {
     "english": TINY_OVERRIDES,
     "multilingual": MULTILINGUAL_TINY_OVERRIDES,
 }
+
+
+@dataclass(frozen=True)
+class TurboT3Config:
+    """Chatterbox Turbo's T3 (chatterbox-tts 0.1.7 ``ChatterboxTurboTTS``): a GPT-2 medium
+    backbone fed embeddings only, one row per request (no CFG), with the defaults of the real
+    checkpoint. ``t3_config.json`` overrides fields as for :class:`T3Config`.
+
+    The sequence is ``[speaker row, prompt speech embeddings (1..375)] + text + [start-of-speech]
+    + generated speech``, and GPT-2's own learned position table (``wpe``) covers all of it, so
+    the conditioning length varies with the voice prompt and the whole sequence is bounded by
+    ``max_position_embeddings``.
+    """
+
+    text_tokens_dict_size: int = 50276
+    """The GPT-2 tokenizer's 50,257 entries plus the added (paralinguistic) tokens."""
+    max_text_tokens: int = 1024
+    """GPT-2's ``model_max_length``: the reference truncates longer text to it (we refuse it)."""
+    speech_tokens_dict_size: int = 6563
+    start_speech_token: int = 6561
+    stop_speech_token: int = 6562
+    speech_cond_prompt_len: int = 375
+    speaker_embed_size: int = 256
+
+    # GPT-2 medium (llama_configs.GPT2_MEDIUM_CONFIG).
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    layer_norm_epsilon: float = 1e-5
+    max_position_embeddings: int = 8196
+    backbone_vocab_size: int = 50276
+    """Rows of the backbone's own token embedding ``tfmr.wte`` (in the file, never used)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kinds = (int,) if f.type == "int" else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+                raise ConfigurationError(
+                    f"TurboT3Config.{f.name} must be a positive {f.type}, got {value!r}"
+                )
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigurationError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        for name in ("start_speech_token", "stop_speech_token"):
+            if not 0 <= getattr(self, name) < self.speech_tokens_dict_size:
+                raise ConfigurationError(f"{name} must lie in [0, {self.speech_tokens_dict_size})")
+
+    @property
+    def is_multilingual(self) -> bool:
+        return False
+
+    @property
+    def model_kind(self) -> ModelKind:
+        return "turbo"
+
+    @property
+    def intermediate_size(self) -> int:
+        """GPT-2's MLP width (``n_inner`` unset: four times the hidden size)."""
+        return 4 * self.hidden_size
+
+    @property
+    def max_conditioning_len(self) -> int:
+        """The speaker row plus the longest voice prompt."""
+        return 1 + self.speech_cond_prompt_len
+
+    @property
+    def conditioning_len(self) -> int:
+        """The most conditioning rows one request can have (a multimodal item's largest size)."""
+        return self.max_conditioning_len
+
+    @property
+    def num_valid_speech_tokens(self) -> int:
+        return self.start_speech_token
+
+    @property
+    def max_speech_tokens(self) -> int:
+        """Generated tokens are bounded only by the shared position table."""
+        return self.max_position_embeddings
+
+    @property
+    def text_id_offset(self) -> int:
+        return self.speech_tokens_dict_size
+
+    @property
+    def conditioning_placeholder_id(self) -> int:
+        return self.text_id_offset + self.text_tokens_dict_size
+
+    @property
+    def vllm_vocab_size(self) -> int:
+        return self.conditioning_placeholder_id + 1
+
+    @property
+    def max_model_len(self) -> int:
+        return self.max_position_embeddings
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], *, source: str = "TurboT3Config"
+    ) -> TurboT3Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"{source}: unknown TurboT3Config fields {unknown}; known: {sorted(known)}"
+            )
+        return cls(**dict(values))
+
+
+AnyT3Config = T3Config | TurboT3Config
+"""The configuration of any T3 model kind."""
+
+
+def load_t3_config(directory: str | Path) -> AnyT3Config:
+    """The configuration of the T3 a checkpoint directory holds (see :func:`detect_model_kind`),
+    with the fields of its ``t3_config.json`` overridden: :class:`TurboT3Config` for Turbo,
+    :class:`T3Config` otherwise."""
+    directory = Path(directory)
+    if (directory / TURBO_FILES.t3).is_file() and detect_model_kind(directory) == "turbo":
+        return _turbo_config_from_dir(directory)
+    return T3Config.from_checkpoint_dir(directory)
+
+
+def _turbo_config_from_dir(directory: Path) -> TurboT3Config:
+    path = directory / T3_CONFIG_FILE
+    if not path.exists():
+        return TurboT3Config()
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of TurboT3Config fields")
+    try:
+        return TurboT3Config.from_dict(values, source=str(path))
+    except ConfigurationError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+TURBO_TINY_OVERRIDES: Mapping[str, Any] = {
+    # Two narrow GPT-2 layers and a small generated tokenizer (its size is written by the
+    # random-checkpoint writer, which knows it): the structure of the real model, a few MB.
+    "hidden_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+"""``tiny`` overrides of Turbo random checkpoints (plus the tiny tokenizer's vocabulary size)."""
 
 
 VE_FILE = ENGLISH_FILES.voice_encoder

@@ -20,7 +20,7 @@ import torch
 
 from chatterbox_t3.alignment import NUM_PROMPT_BOS
 from chatterbox_t3.conditioning import ConditioningCache, ConditioningEncoder, T3Voice
-from chatterbox_t3.config import T3Config, checkpoint_files
+from chatterbox_t3.config import AnyT3Config, TurboT3Config, checkpoint_files, load_t3_config
 from chatterbox_t3.cuda_graphs import CudaGraphMode, CudaGraphPlan, check_mode, plan_cuda_graphs
 from chatterbox_t3.errors import (
     EmptyTextError,
@@ -28,11 +28,13 @@ from chatterbox_t3.errors import (
     InvalidVoiceError,
     MissingConditioningError,
     T3InputError,
+    TextTooLongError,
 )
 from chatterbox_t3.model_dir import prepare_vllm_model_dir
 from chatterbox_t3.multilingual_text import MissingDependencyPolicy, MultilingualTokenizer
 from chatterbox_t3.sampling import T3SamplingParams, valid_speech_indices
 from chatterbox_t3.text import EnglishTokenizer, TextEncoder
+from chatterbox_t3.turbo_text import TurboTokenizer
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
 from chatterbox_t3.voice_encoder import VoiceEncoder
 from chatterbox_t3.word_alignment import TextWord, WordFrames, align_words, text_words
@@ -98,7 +100,7 @@ class T3Frontend:
     def __init__(
         self,
         checkpoint_dir: str | Path,
-        config: T3Config,
+        config: AnyT3Config,
         *,
         max_model_len: int,
         conditioning_device: str | torch.device = "cpu",
@@ -110,8 +112,18 @@ class T3Frontend:
         self.max_model_len = max_model_len
         files = checkpoint_files(self.checkpoint_dir)
         tokenizer_path = self.checkpoint_dir / files.tokenizer
-        self.tokenizer: TextEncoder
-        if config.is_multilingual:
+        self.tokenizer: TextEncoder | TurboTokenizer
+        encoder: torch.nn.Module
+        if isinstance(config, TurboT3Config):
+            from chatterbox_t3.turbo_model import TurboConditioningEncoder
+
+            self.tokenizer = TurboTokenizer(
+                self.checkpoint_dir, text_vocab_size=config.text_tokens_dict_size
+            )
+            encoder = TurboConditioningEncoder.from_checkpoint_dir(
+                self.checkpoint_dir, config, device=conditioning_device
+            )
+        elif config.is_multilingual:
             assert files.cangjie is not None
             self.tokenizer = MultilingualTokenizer(
                 tokenizer_path,
@@ -123,9 +135,10 @@ class T3Frontend:
             self.tokenizer = EnglishTokenizer(
                 tokenizer_path, text_vocab_size=config.text_tokens_dict_size
             )
-        encoder = ConditioningEncoder.from_checkpoint_dir(
-            self.checkpoint_dir, config, device=conditioning_device
-        )
+        if not isinstance(config, TurboT3Config):
+            encoder = ConditioningEncoder.from_checkpoint_dir(
+                self.checkpoint_dir, config, device=conditioning_device
+            )
         self.conditioning = ConditioningCache(encoder, max_entries=conditioning_cache_size)
         self._conditioning_device = conditioning_device
         self._voice_encoder: VoiceEncoder | None = None
@@ -164,12 +177,23 @@ class T3Frontend:
                 self.max_model_len = capacity
 
     def text_token_ids(self, text: str, language: str | None = None) -> list[int]:
-        """Normalised, tokenised text framed by the start/stop text tokens (T3 text ids)."""
+        """Normalised, tokenised text framed by the start/stop text tokens (T3 text ids; Turbo
+        has no start/stop text tokens)."""
         if not isinstance(text, str):
             raise T3InputError(f"text must be a str, got {type(text).__name__}")
         if not text.strip():
             raise EmptyTextError("text is empty; give T3 something to say")
         ids = self.tokenizer.encode_text(text, language)
+        if isinstance(self.config, TurboT3Config):
+            # No start/stop text tokens; the prompt's whole length is checked with its voice
+            # (whose prompt length varies) in prepare().
+            if len(ids) > self.config.max_text_tokens:
+                raise TextTooLongError(
+                    f"text needs {len(ids)} tokens after normalisation, at most "
+                    f"{self.config.max_text_tokens} fit T3's text positions; split it into "
+                    "sentences"
+                )
+            return ids
         framed = [self.config.start_text_token, *ids, self.config.stop_text_token]
         self.check_text_fits(len(framed))
         return framed
@@ -181,8 +205,10 @@ class T3Frontend:
         return self.config.text_capacity(self.max_model_len)
 
     def check_text_fits(self, num_text_ids: int) -> None:
-        """:meth:`T3Config.check_text_fits` for this engine's real ``max_model_len``."""
-        self.config.check_text_fits(num_text_ids, self.max_model_len)
+        """:meth:`T3Config.check_text_fits` for this engine's real ``max_model_len`` (Turbo's
+        prompts are checked whole in prepare(), with their voice)."""
+        if not isinstance(self.config, TurboT3Config):
+            self.config.check_text_fits(num_text_ids, self.max_model_len)
 
     def prepare(self, request: T3Request) -> _PreparedRequest:
         if not isinstance(request, T3Request):
@@ -208,24 +234,37 @@ class T3Frontend:
         )
         # English reference: a second BOS only with CFG; the multilingual one always runs both
         # rows, so its prompt always has two (also with cfg_weight=0, whose logits are the
-        # conditional row's).
-        num_bos = NUM_PROMPT_BOS if params.uses_cfg or config.is_multilingual else 1
+        # conditional row's). Turbo: one row, one BOS.
+        turbo = isinstance(config, TurboT3Config)
+        num_bos = NUM_PROMPT_BOS if not turbo and (params.uses_cfg or config.is_multilingual) else 1
         prompt_ids = (
             [config.conditioning_placeholder_id]
             + [t + config.text_id_offset for t in text_ids]
             + [config.start_speech_token] * num_bos
         )
         self.check_text_fits(len(text_ids))
-        num_prompt_tokens = config.conditioning_len - 1 + len(prompt_ids)
+        # Turbo's conditioning has a row per prompt token (the placeholder expands to 1 + P).
+        conditioning_len = (
+            1 + request.voice.prompt_tokens.numel() if turbo else config.conditioning_len
+        )
+        num_prompt_tokens = conditioning_len - 1 + len(prompt_ids)
         room = self.max_model_len - num_prompt_tokens
+        if room < 1:  # Turbo's (the others' text_capacity leaves room)
+            raise TextTooLongError(
+                f"the prompt needs {num_prompt_tokens} positions ({len(text_ids)} text tokens "
+                f"with conditioning and start-of-speech) plus one to generate, but at most "
+                f"{self.max_model_len} fit (max_model_len, or the KV cache when "
+                "num_gpu_blocks_override is set); shorten the text or allow longer sequences"
+            )
         words = self.text_words(request, text_ids) if request.word_timings else None
-        conditioning = self.conditioning.get(request.voice, params.exaggeration)
+        # Turbo has no emotion input: one cache entry per voice whatever exaggeration says.
+        conditioning = self.conditioning.get(request.voice, 0.0 if turbo else params.exaggeration)
         prompt = {
             "prompt_token_ids": prompt_ids,
             "multi_modal_data": {CONDITIONING_MODALITY: [conditioning]},
             # Requests with one and two BOS must never share cached blocks: a generated 6561
             # after one BOS looks like the second prompt BOS but sits at another speech position.
-            "cache_salt": f"t3-bos{num_bos}",
+            "cache_salt": "t3-turbo" if turbo else f"t3-bos{num_bos}",
         }
         sampling_params = params.to_vllm(config, min(params.max_new_tokens, room))
         if words is not None:
@@ -300,7 +339,7 @@ def sampled_positions(logprobs: Any) -> tuple[int, ...]:
 
 def _engine_arguments(
     model_dir: Path,
-    config: T3Config,
+    config: AnyT3Config,
     *,
     dtype: str,
     max_num_seqs: int,
@@ -360,7 +399,7 @@ def _engine_arguments(
     return arguments, plan
 
 
-def _resolve_max_model_len(config: T3Config, max_model_len: int | None) -> int:
+def _resolve_max_model_len(config: AnyT3Config, max_model_len: int | None) -> int:
     if max_model_len is None:
         return config.max_model_len
     if not 0 < max_model_len <= config.max_model_len:
@@ -384,7 +423,7 @@ def _prepare_engine(
     """What both engines do before starting vLLM: validate the checkpoint, derive vLLM's model
     directory, build the front end and the engine arguments."""
     check_mode(engine_options["cuda_graphs"])  # before any loading work
-    config = T3Config.from_checkpoint_dir(checkpoint_dir)
+    config = load_t3_config(checkpoint_dir)
     model_dir = prepare_vllm_model_dir(checkpoint_dir, config, cache_dir=cache_dir)
     length = _resolve_max_model_len(config, max_model_len)
     frontend = T3Frontend(
@@ -470,7 +509,7 @@ class T3Engine:
         return cls(llm, frontend, plan)
 
     @property
-    def config(self) -> T3Config:
+    def config(self) -> AnyT3Config:
         return self.frontend.config
 
     @property
@@ -587,7 +626,7 @@ class AsyncT3Engine:
         return cls(engine, frontend, plan)
 
     @property
-    def config(self) -> T3Config:
+    def config(self) -> AnyT3Config:
         return self.frontend.config
 
     @property

@@ -33,7 +33,8 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from chatterbox_t3 import __version__
 from chatterbox_t3.cfg import NUM_BRANCHES
 from chatterbox_t3.checkpoint import check_t3_checkpoint, checkpoint_files
-from chatterbox_t3.config import T3Config
+from chatterbox_t3.config import AnyT3Config, TurboT3Config
+from chatterbox_t3.turbo_model import TURBO_ARCHITECTURE, TURBO_CONFIG_KEY
 from chatterbox_t3.vllm_model import ARCHITECTURE, CONDITIONING_TOKEN
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,10 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "chatterbox-vllm"
 
 
-def vllm_config_dict(config: T3Config) -> dict[str, object]:
-    """The ``config.json`` vLLM reads (Llama-typed so transformers can parse it)."""
+def vllm_config_dict(config: AnyT3Config) -> dict[str, object]:
+    """The ``config.json`` vLLM reads (Llama-typed so transformers can parse it; Turbo: GPT-2)."""
+    if isinstance(config, TurboT3Config):
+        return turbo_vllm_config_dict(config)
     return {
         "architectures": [ARCHITECTURE],
         "model_type": "llama",
@@ -86,7 +89,30 @@ def vllm_config_dict(config: T3Config) -> dict[str, object]:
     }
 
 
-def id_space_token_names(config: T3Config) -> list[str]:
+def turbo_vllm_config_dict(config: TurboT3Config) -> dict[str, object]:
+    """Turbo's ``config.json``: GPT-2 typed, one row per request (no CFG restack), the whole
+    :class:`TurboT3Config` under ``t3_turbo_config`` and the id-space vocabulary size."""
+    return {
+        "architectures": [TURBO_ARCHITECTURE],
+        "model_type": "gpt2",
+        "n_embd": config.hidden_size,
+        "n_head": config.num_attention_heads,
+        "n_layer": config.num_hidden_layers,
+        "n_inner": None,
+        "n_positions": config.max_position_embeddings,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "vocab_size": config.vllm_vocab_size,
+        "tie_word_embeddings": False,
+        "bos_token_id": config.start_speech_token,
+        "eos_token_id": config.stop_speech_token,
+        "pad_token_id": None,
+        "torch_dtype": "float32",
+        TURBO_CONFIG_KEY: config.to_dict(),
+    }
+
+
+def id_space_token_names(config: AnyT3Config) -> list[str]:
     """A readable name for every vLLM id, in id order."""
     names = [f"<speech_{i}>" for i in range(config.speech_tokens_dict_size)]
     names += [f"<text_{i}>" for i in range(config.text_tokens_dict_size)]
@@ -95,7 +121,7 @@ def id_space_token_names(config: T3Config) -> list[str]:
     return names
 
 
-def build_id_space_tokenizer(config: T3Config) -> Tokenizer:
+def build_id_space_tokenizer(config: AnyT3Config) -> Tokenizer:
     names = id_space_token_names(config)
     tokenizer = Tokenizer(models.WordLevel({name: i for i, name in enumerate(names)}))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -103,7 +129,7 @@ def build_id_space_tokenizer(config: T3Config) -> Tokenizer:
     return tokenizer
 
 
-def _checkpoint_key(checkpoint_dir: Path, config: T3Config) -> str:
+def _checkpoint_key(checkpoint_dir: Path, config: AnyT3Config) -> str:
     weights = (checkpoint_dir / checkpoint_files(checkpoint_dir).t3).resolve()
     stat = weights.stat()
     identity = {
@@ -117,7 +143,7 @@ def _checkpoint_key(checkpoint_dir: Path, config: T3Config) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _write_model_dir(target: Path, checkpoint_dir: Path, config: T3Config) -> None:
+def _write_model_dir(target: Path, checkpoint_dir: Path, config: AnyT3Config) -> None:
     (target / "config.json").write_text(json.dumps(vllm_config_dict(config), indent=2) + "\n")
     weights = (checkpoint_dir / checkpoint_files(checkpoint_dir).t3).resolve()
     try:
@@ -136,7 +162,7 @@ def _write_model_dir(target: Path, checkpoint_dir: Path, config: T3Config) -> No
 
 def prepare_vllm_model_dir(
     checkpoint_dir: str | Path,
-    config: T3Config | None = None,
+    config: AnyT3Config | None = None,
     *,
     cache_dir: str | Path | None = None,
 ) -> Path:

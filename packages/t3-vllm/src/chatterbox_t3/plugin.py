@@ -27,10 +27,14 @@ _watchdog: threading.Thread | None = None
 def register() -> None:
     from vllm import ModelRegistry
 
+    from chatterbox_t3.turbo_model import TURBO_ARCHITECTURE, ChatterboxT3TurboForCausalLM
     from chatterbox_t3.vllm_model import ARCHITECTURE, ChatterboxT3ForCausalLM
 
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+    supported = ModelRegistry.get_supported_archs()
+    if ARCHITECTURE not in supported:
         ModelRegistry.register_model(ARCHITECTURE, ChatterboxT3ForCausalLM)
+    if TURBO_ARCHITECTURE not in supported:
+        ModelRegistry.register_model(TURBO_ARCHITECTURE, ChatterboxT3TurboForCausalLM)
     exit_with_parent()
 
 

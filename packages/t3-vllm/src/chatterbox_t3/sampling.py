@@ -21,6 +21,25 @@ Equivalences that make the mapping exact:
   ``seed`` gives a request its own generator (the reference uses the global RNG, so seeded runs are
   reproducible here but not bit-identical to the reference's random draws).
 
+Chatterbox Turbo (``T3.inference_turbo``, HF logits processors in this order):
+
+1. ``l / temperature``; 2. top-k (``top_k=1000``); 3. top-p (0.95); 4. repetition penalty over
+{BOS} at the first step and the generated ids after it; 5. softmax + multinomial; stop on 6562.
+
+vLLM runs the penalty *first*, then temperature, then top-k and top-p. Penalty and temperature
+commute (as above), but top-k / top-p do not: the reference chooses its top-k / nucleus set from
+the *unpenalised* logits and then penalises inside that set, vLLM chooses the set from the
+penalised logits. So a repeated token near the cut can be in one set and not in the other, and
+the probabilities renormalised over the nucleus differ; with ``top_k=1`` (or a tiny ``top_p``)
+the reference ignores the penalty entirely while vLLM keeps it. Both are the same distribution
+family and the same greedy choice without truncation (``temperature=0`` here is the argmax of the
+penalised logits, which is what the reference's processors give with ``top_k=0, top_p=1`` and an
+argmax in place of its multinomial draw). vLLM's penalised set also keeps BOS (it is in the
+prompt) after the first step, where the reference drops it: only the never-trained logit of the
+start-of-speech id differs. ``cfg_weight``, ``exaggeration`` and ``min_p`` are not inputs of Turbo:
+its requests have one row and no emotion input, and :meth:`T3SamplingParams.to_vllm` passes
+``min_p=0`` for it; whether setting them is an error or a warning is the caller's rule.
+
 Output clean-up (:func:`valid_speech_tokens`) follows the reference's ``drop_invalid_tokens`` and
 ``tokens < 6561`` filter. The reference crashes when the model emits the start-of-speech id twice;
 here everything up to and including the *last* start-of-speech id is dropped (the single-id rule
@@ -35,7 +54,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chatterbox_t3.cfg import CFG_WEIGHT_KEY, DEFAULT_CFG_WEIGHT
-from chatterbox_t3.config import T3Config
+from chatterbox_t3.config import AnyT3Config, ModelKind, TurboT3Config
 from chatterbox_t3.errors import InvalidSamplingParameterError
 
 if TYPE_CHECKING:
@@ -106,10 +125,18 @@ class T3SamplingParams:
     """Emotion exaggeration fed to the conditioning encoder (0.5 = neutral)."""
     max_new_tokens: int = 1000
     seed: int | None = None
+    top_k: int = 0
+    """Keep the ``top_k`` most likely tokens (0: all; the English and multilingual references
+    have no top-k, Turbo's default is 1000)."""
 
     def __post_init__(self) -> None:
         for name, limit in SAMPLING_LIMITS.items():
             limit.check(name, getattr(self, name))
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InvalidSamplingParameterError(
+                f"top_k must be an int >= 0 (keeps the k most likely speech tokens; 0 disables "
+                f"it), got {self.top_k!r}"
+            )
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
             raise InvalidSamplingParameterError(
                 f"max_new_tokens must be an int, got {self.max_new_tokens!r}"
@@ -123,11 +150,23 @@ class T3SamplingParams:
         ):
             raise InvalidSamplingParameterError(f"seed must be an int or None, got {self.seed!r}")
 
+    @classmethod
+    def for_model(cls, model: ModelKind, **overrides: object) -> T3SamplingParams:
+        """The reference's defaults for ``model`` (``ChatterboxTTS.generate``,
+        ``ChatterboxMultilingualTTS.generate`` or ``ChatterboxTurboTTS.generate``), with
+        ``overrides``."""
+        defaults = MODEL_SAMPLING_DEFAULTS.get(model)
+        if defaults is None:
+            raise InvalidSamplingParameterError(
+                f"model must be one of {sorted(MODEL_SAMPLING_DEFAULTS)}, got {model!r}"
+            )
+        return cls(**{**defaults, **overrides})  # type: ignore[arg-type]
+
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_weight > 0.0
 
-    def check_against(self, config: T3Config) -> None:
+    def check_against(self, config: AnyT3Config) -> None:
         """Limits that depend on the model (speech position table)."""
         if self.max_new_tokens > config.max_speech_tokens:
             raise InvalidSamplingParameterError(
@@ -135,15 +174,18 @@ class T3SamplingParams:
                 f"positions), got {self.max_new_tokens}"
             )
 
-    def to_vllm(self, config: T3Config, max_tokens: int) -> SamplingParams:
-        """vLLM parameters for one request allowed ``max_tokens`` new tokens."""
+    def to_vllm(self, config: AnyT3Config, max_tokens: int) -> SamplingParams:
+        """vLLM parameters for one request allowed ``max_tokens`` new tokens (Turbo: no CFG
+        weight and no min-p, which it does not use)."""
         from vllm import SamplingParams
 
+        turbo = isinstance(config, TurboT3Config)
         return SamplingParams(
             n=1,
             temperature=float(self.temperature),
+            top_k=self.top_k if self.top_k > 0 else -1,
             top_p=float(self.top_p),
-            min_p=float(self.min_p),
+            min_p=0.0 if turbo else float(self.min_p),
             repetition_penalty=float(self.repetition_penalty),
             max_tokens=max_tokens,
             seed=self.seed,
@@ -151,16 +193,39 @@ class T3SamplingParams:
             ignore_eos=True,
             detokenize=False,
             skip_special_tokens=False,
-            extra_args={CFG_WEIGHT_KEY: float(self.cfg_weight)},
+            extra_args=None if turbo else {CFG_WEIGHT_KEY: float(self.cfg_weight)},
         )
 
 
-def valid_speech_tokens(raw_token_ids: Sequence[int], config: T3Config) -> tuple[int, ...]:
+MODEL_SAMPLING_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "english": {},
+    "multilingual": {
+        "temperature": 0.8,
+        "top_p": 1.0,
+        "min_p": 0.05,
+        "repetition_penalty": 2.0,
+        "cfg_weight": 0.5,
+        "exaggeration": 0.5,
+    },
+    "turbo": {
+        "temperature": 0.8,
+        "top_k": 1000,
+        "top_p": 0.95,
+        "min_p": 0.0,
+        "repetition_penalty": 1.2,
+        "cfg_weight": 0.0,
+        "exaggeration": 0.0,
+    },
+}
+"""The reference ``generate`` defaults of each model kind (fields of :class:`T3SamplingParams`)."""
+
+
+def valid_speech_tokens(raw_token_ids: Sequence[int], config: AnyT3Config) -> tuple[int, ...]:
     """Speech codes the decoder can use, from T3's raw output (reference post-processing)."""
     return tuple(raw_token_ids[i] for i in valid_speech_indices(raw_token_ids, config))
 
 
-def valid_speech_indices(raw_token_ids: Sequence[int], config: T3Config) -> tuple[int, ...]:
+def valid_speech_indices(raw_token_ids: Sequence[int], config: AnyT3Config) -> tuple[int, ...]:
     """Indices into ``raw_token_ids`` of the codes :func:`valid_speech_tokens` keeps."""
     ids = list(raw_token_ids)
     start = 0

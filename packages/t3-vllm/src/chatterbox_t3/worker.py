@@ -88,8 +88,10 @@ class T3RunnerMixin:
     def _prepare_inputs(self, scheduler_output: SchedulerOutput) -> Any:
         result = super()._prepare_inputs(scheduler_output)  # type: ignore[misc]
         num_scheduled_tokens: np.ndarray = result[-1]
-        self._publish_t3_step(num_scheduled_tokens)
         runner: Any = self
+        # Turbo (GPT-2 positions, no CFG) needs nothing beyond what vLLM passes.
+        if getattr(runner.model, "step_context", None) is not None:
+            self._publish_t3_step(num_scheduled_tokens)
         if getattr(runner.model, "alignment_guard", None) is not None:
             self._publish_alignment_step(num_scheduled_tokens)
         return result
