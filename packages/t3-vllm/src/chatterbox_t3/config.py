@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -114,8 +114,58 @@ def checkpoint_files(directory: str | Path) -> CheckpointFiles:
     return CHECKPOINT_FILES[detect_model_kind(directory)]
 
 
+_Config = TypeVar("_Config", bound="SpeechIdSpace")
+
+
+class SpeechIdSpace:
+    """The one vocabulary vLLM sees, shared by every T3 configuration (a frozen dataclass with
+    ``speech_tokens_dict_size``, ``text_tokens_dict_size`` and ``start_speech_token``): speech
+    ids keep their value, text id ``t`` is ``t + text_id_offset``, and one placeholder id marks
+    the conditioning rows. Also the dict round trip of the derived ``config.json``."""
+
+    speech_tokens_dict_size: int
+    text_tokens_dict_size: int
+    start_speech_token: int
+
+    @property
+    def num_valid_speech_tokens(self) -> int:
+        """Ids below the start-of-speech token are S3 codes the decoder understands."""
+        return self.start_speech_token
+
+    @property
+    def text_id_offset(self) -> int:
+        """vLLM id of text token ``t`` is ``t + text_id_offset`` (speech ids keep their value)."""
+        return self.speech_tokens_dict_size
+
+    @property
+    def conditioning_placeholder_id(self) -> int:
+        """vLLM id that marks the conditioning rows (expanded to the voice's row count)."""
+        return self.text_id_offset + self.text_tokens_dict_size
+
+    @property
+    def vllm_vocab_size(self) -> int:
+        """Size of the one vocabulary vLLM sees: speech ids, shifted text ids, the placeholder."""
+        return self.conditioning_placeholder_id + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(
+        cls: type[_Config], values: Mapping[str, Any], *, source: str | None = None
+    ) -> _Config:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"{source or cls.__name__}: unknown {cls.__name__} fields {unknown}; known: "
+                f"{sorted(known)}"
+            )
+        return cls(**dict(values))
+
+
 @dataclass(frozen=True)
-class T3Config:
+class T3Config(SpeechIdSpace):
     """Every constant T3 needs; defaults are the real checkpoint's values."""
 
     # Text vocabulary (tokenizer.json) and its start/stop ids.
@@ -206,27 +256,6 @@ class T3Config:
         return 1 + self.perceiver_queries + 1
 
     @property
-    def num_valid_speech_tokens(self) -> int:
-        """Ids below the start-of-speech token are S3 codes the decoder understands."""
-        return self.start_speech_token
-
-    # ---------------------------------------------------------------------- vLLM token-id space
-    @property
-    def text_id_offset(self) -> int:
-        """vLLM id of text token ``t`` is ``t + text_id_offset`` (speech ids keep their value)."""
-        return self.speech_tokens_dict_size
-
-    @property
-    def conditioning_placeholder_id(self) -> int:
-        """vLLM id that marks the conditioning rows (expanded to ``conditioning_len`` copies)."""
-        return self.text_id_offset + self.text_tokens_dict_size
-
-    @property
-    def vllm_vocab_size(self) -> int:
-        """Size of the one vocabulary vLLM sees: speech ids, shifted text ids, the placeholder."""
-        return self.conditioning_placeholder_id + 1
-
-    @property
     def max_model_len(self) -> int:
         """Longest sequence the learned position tables allow: conditioning, text, speech."""
         return self.conditioning_len + self.text_position_rows + self.speech_position_rows
@@ -259,19 +288,6 @@ class T3Config:
         )
 
     # ----------------------------------------------------------------------------------- I/O
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], *, source: str = "T3Config") -> T3Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigurationError(
-                f"{source}: unknown T3Config fields {unknown}; known: {sorted(known)}"
-            )
-        return cls(**dict(values))
-
     @classmethod
     def for_kind(cls, kind: ModelKind, **overrides: Any) -> T3Config:
         """The real configuration of ``kind`` (multilingual: the 2,454-token text vocabulary);
@@ -335,7 +351,7 @@ TINY_OVERRIDES_BY_KIND: Mapping[ModelKind, Mapping[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class TurboT3Config:
+class TurboT3Config(SpeechIdSpace):
     """Chatterbox Turbo's T3 (chatterbox-tts 0.1.7 ``ChatterboxTurboTTS``): a GPT-2 medium
     backbone fed embeddings only, one row per request (no CFG), with the defaults of the real
     checkpoint. ``t3_config.json`` overrides fields as for :class:`T3Config`.
@@ -406,44 +422,13 @@ class TurboT3Config:
         return self.max_conditioning_len
 
     @property
-    def num_valid_speech_tokens(self) -> int:
-        return self.start_speech_token
-
-    @property
     def max_speech_tokens(self) -> int:
         """Generated tokens are bounded only by the shared position table."""
         return self.max_position_embeddings
 
     @property
-    def text_id_offset(self) -> int:
-        return self.speech_tokens_dict_size
-
-    @property
-    def conditioning_placeholder_id(self) -> int:
-        return self.text_id_offset + self.text_tokens_dict_size
-
-    @property
-    def vllm_vocab_size(self) -> int:
-        return self.conditioning_placeholder_id + 1
-
-    @property
     def max_model_len(self) -> int:
         return self.max_position_embeddings
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(
-        cls, values: Mapping[str, Any], *, source: str = "TurboT3Config"
-    ) -> TurboT3Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigurationError(
-                f"{source}: unknown TurboT3Config fields {unknown}; known: {sorted(known)}"
-            )
-        return cls(**dict(values))
 
 
 AnyT3Config = T3Config | TurboT3Config

@@ -201,7 +201,10 @@ class T3Frontend:
     @property
     def text_capacity(self) -> int:
         """Text ids (framed) a prompt of this engine holds (:meth:`T3Config.text_capacity` of the
-        engine's real ``max_model_len``, after :meth:`limit_to_kv_cache`)."""
+        engine's real ``max_model_len``, after :meth:`limit_to_kv_cache`; Turbo: its text
+        positions, the rest depending on the voice's prompt length)."""
+        if isinstance(self.config, TurboT3Config):
+            return self.config.max_text_tokens
         return self.config.text_capacity(self.max_model_len)
 
     def check_text_fits(self, num_text_ids: int) -> None:
@@ -280,16 +283,17 @@ class T3Frontend:
 
     def text_words(self, request: T3Request, text_ids: list[int]) -> tuple[TextWord, ...]:
         """The words of ``text_ids`` (framed) for word timings; raises for the English model."""
-        if not self.config.is_multilingual:
+        tokenizer = self.tokenizer
+        if not self.config.is_multilingual or isinstance(tokenizer, TurboTokenizer):
             raise T3InputError(
-                "word_timings needs the multilingual model's alignment analyzer; this English "
-                "checkpoint has none (chatterbox-tts runs it for the multilingual model only), "
-                "so it cannot give word timings"
+                "word_timings needs the multilingual model's alignment analyzer; this "
+                "checkpoint's model has none (chatterbox-tts runs it for the multilingual model "
+                "only), so it cannot give word timings"
             )
         return text_words(
             text_ids,
-            space_id=self.tokenizer.space_id,
-            decode=self.tokenizer.decode,
+            space_id=tokenizer.space_id,
+            decode=tokenizer.decode,
             leading_tags=1,  # the language token the multilingual front end puts first
             spellings=request.text.split(),
         )

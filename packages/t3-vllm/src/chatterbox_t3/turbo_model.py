@@ -20,35 +20,31 @@ bias) and ``-inf`` for every prompt-only id.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import BatchFeature, GPT2Config
+from transformers import GPT2Config
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import VllmConfig
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.gpt2 import GPT2Block
-from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
-from vllm.model_executor.models.utils import merge_multimodal_embeddings
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargs
-from vllm.multimodal.parse import AudioEmbeddingItems, MultiModalDataItems
-from vllm.multimodal.processing import (
-    BaseMultiModalProcessor,
-    BaseProcessingInfo,
-    PromptReplacement,
-    PromptUpdate,
-)
-from vllm.multimodal.profiling import BaseDummyInputsBuilder
 from vllm.sequence import IntermediateTensors
 
 from chatterbox_t3.conditioning import T3Voice
 from chatterbox_t3.config import TurboT3Config
 from chatterbox_t3.errors import CheckpointError, UnexpectedTensorError
-from chatterbox_t3.vllm_model import CONDITIONING_MODALITY, CONDITIONING_TOKEN
+from chatterbox_t3.vllm_model import (
+    ConditionedSpeechModel,
+    ConditioningGeometry,
+    T3DummyInputsBuilder,
+    T3MultiModalProcessor,
+    T3ProcessingInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,65 +128,14 @@ class TurboSpeakerProjection(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- processor
-class TurboProcessingInfo(BaseProcessingInfo):
-    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
-        return {CONDITIONING_MODALITY: 1}
+class TurboProcessingInfo(T3ProcessingInfo):
+    """T3's processing with Turbo's geometry: up to ``1 + 375`` conditioning rows."""
 
-    def get_max_tokens_per_item(
-        self, seq_len: int, mm_counts: Mapping[str, int] | None
-    ) -> Mapping[str, int] | None:
-        return {CONDITIONING_MODALITY: turbo_config_of(self.get_hf_config()).max_conditioning_len}
-
-
-class TurboDummyInputsBuilder(BaseDummyInputsBuilder[TurboProcessingInfo]):
-    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
-        return CONDITIONING_TOKEN * mm_counts.get(CONDITIONING_MODALITY, 0)
-
-    def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int]) -> dict[str, Any]:
-        config = turbo_config_of(self.info.get_hf_config())
-        count = mm_counts.get(CONDITIONING_MODALITY, 0)
-        return {
-            CONDITIONING_MODALITY: torch.zeros(
-                count, config.max_conditioning_len, config.hidden_size
-            )
-        }
-
-
-class TurboMultiModalProcessor(BaseMultiModalProcessor[TurboProcessingInfo]):
-    """No HF processor: the conditioning rows pass through; the placeholder expands to as many
-    copies as the voice has rows (``1 + P``)."""
-
-    def _call_hf_processor(
-        self,
-        prompt: str,
-        mm_data: Mapping[str, object],
-        mm_kwargs: Mapping[str, object],
-        tok_kwargs: Mapping[str, object],
-    ) -> BatchFeature:
-        tokenizer: Any = self.info.get_tokenizer()
-        ids = tokenizer.encode(prompt, add_special_tokens=False)
-        return BatchFeature({"input_ids": [ids]}, tensor_type="pt")
-
-    def _get_mm_fields_config(
-        self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
-    ) -> Mapping[str, MultiModalFieldConfig]:
-        return {"audio_embeds": MultiModalFieldConfig.batched(CONDITIONING_MODALITY)}
-
-    def _get_prompt_updates(
-        self,
-        mm_items: MultiModalDataItems,
-        hf_processor_mm_kwargs: Mapping[str, object],
-        out_mm_kwargs: MultiModalKwargs,
-    ) -> Sequence[PromptUpdate]:
-        placeholder_id = turbo_config_of(self.info.get_hf_config()).conditioning_placeholder_id
-        items = mm_items.get_items(CONDITIONING_MODALITY, AudioEmbeddingItems)
-        return [
-            PromptReplacement(
-                modality=CONDITIONING_MODALITY,
-                target=[placeholder_id],
-                replacement=lambda i: [placeholder_id] * items.get_feature_size(i),
-            )
-        ]
+    def conditioning(self) -> ConditioningGeometry:
+        config = turbo_config_of(self.get_hf_config())
+        return ConditioningGeometry(
+            config.conditioning_placeholder_id, config.max_conditioning_len, config.hidden_size
+        )
 
 
 # --------------------------------------------------------------------------------------- model
@@ -239,9 +184,9 @@ _IGNORED = ("cond_enc.", "text_head.", "tfmr.wte.")
 
 
 @MULTIMODAL_REGISTRY.register_processor(
-    TurboMultiModalProcessor, info=TurboProcessingInfo, dummy_inputs=TurboDummyInputsBuilder
+    T3MultiModalProcessor, info=TurboProcessingInfo, dummy_inputs=T3DummyInputsBuilder
 )
-class ChatterboxT3TurboForCausalLM(nn.Module, SupportsMultiModal):
+class ChatterboxT3TurboForCausalLM(ConditionedSpeechModel):
     """Turbo T3 (text + voice conditioning -> S3 speech tokens), one row per request."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
@@ -255,51 +200,16 @@ class ChatterboxT3TurboForCausalLM(nn.Module, SupportsMultiModal):
         self.vocab_size = config.vllm_vocab_size
 
     # ------------------------------------------------------------------------ multimodal API
-    @classmethod
-    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
-        return CONDITIONING_TOKEN if modality == CONDITIONING_MODALITY else None
-
-    def get_language_model(self) -> nn.Module:
-        return self.model
-
     def get_multimodal_embeddings(self, **kwargs: object) -> list[torch.Tensor]:
-        rows = kwargs.get("audio_embeds")
-        if rows is None:
-            return []
-
-        # V1 batches per-item kwargs as [items, 1, L, h] (equal shapes) or nested lists.
-        def items(x: object) -> list[torch.Tensor]:
-            if isinstance(x, torch.Tensor):
-                return list(x.reshape(-1, *x.shape[-2:]).unbind(0))
-            assert isinstance(x, list | tuple)
-            return [t for y in x for t in items(y)]
-
-        dtype = self.speech_emb.weight.dtype
-        return [item.to(dtype) for item in items(rows)]
+        return self.conditioning_items(**kwargs)
 
     def get_input_embeddings(  # type: ignore[override]  # V0-only overload not supported
         self,
         input_ids: torch.Tensor,
         multimodal_embeddings: MultiModalEmbeddings | None = None,
     ) -> torch.Tensor:
-        config = self.config
-        ids = input_ids.long()
-        is_speech = ids < config.text_id_offset
-        is_text = (ids >= config.text_id_offset) & (ids < config.conditioning_placeholder_id)
-        speech_rows = self.speech_emb(ids.clamp(0, config.speech_tokens_dict_size - 1))
-        text_rows = self.text_emb(
-            (ids - config.text_id_offset).clamp(0, config.text_tokens_dict_size - 1)
-        )
-        embeds = torch.where(
-            is_text[:, None],
-            text_rows,
-            torch.where(is_speech[:, None], speech_rows, torch.zeros_like(speech_rows)),
-        )
-        if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
-            embeds = merge_multimodal_embeddings(
-                input_ids, embeds, multimodal_embeddings, config.conditioning_placeholder_id
-            )
-        return embeds
+        rows, _ = self.token_rows(input_ids)
+        return self.with_conditioning(input_ids, rows, multimodal_embeddings)
 
     # --------------------------------------------------------------------------- forward
     def forward(

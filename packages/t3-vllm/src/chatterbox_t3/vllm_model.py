@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -72,15 +73,32 @@ def t3_config_of(vllm_config: VllmConfig) -> T3Config:
 
 
 # ----------------------------------------------------------------------------------- processor
+@dataclass(frozen=True)
+class ConditioningGeometry:
+    """Where a model's conditioning goes: the placeholder id it replaces, the most rows one voice
+    has, and their width."""
+
+    placeholder_id: int
+    max_rows: int
+    hidden_size: int
+
+
 class T3ProcessingInfo(BaseProcessingInfo):
+    """vLLM's processing info of a Chatterbox T3 (Turbo's subclasses it for its own geometry)."""
+
+    def conditioning(self) -> ConditioningGeometry:
+        config = T3Config.from_dict(self.get_hf_config().t3_config)
+        return ConditioningGeometry(
+            config.conditioning_placeholder_id, config.conditioning_len, config.hidden_size
+        )
+
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {CONDITIONING_MODALITY: 1}
 
     def get_max_tokens_per_item(
         self, seq_len: int, mm_counts: Mapping[str, int] | None
     ) -> Mapping[str, int] | None:
-        config = T3Config.from_dict(self.get_hf_config().t3_config)
-        return {CONDITIONING_MODALITY: config.conditioning_len}
+        return {CONDITIONING_MODALITY: self.conditioning().max_rows}
 
 
 class T3DummyInputsBuilder(BaseDummyInputsBuilder[T3ProcessingInfo]):
@@ -88,11 +106,9 @@ class T3DummyInputsBuilder(BaseDummyInputsBuilder[T3ProcessingInfo]):
         return CONDITIONING_TOKEN * mm_counts.get(CONDITIONING_MODALITY, 0)
 
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int]) -> dict[str, Any]:
-        config = T3Config.from_dict(self.info.get_hf_config().t3_config)
+        geometry = self.info.conditioning()
         count = mm_counts.get(CONDITIONING_MODALITY, 0)
-        return {
-            CONDITIONING_MODALITY: torch.zeros(count, config.conditioning_len, config.hidden_size)
-        }
+        return {CONDITIONING_MODALITY: torch.zeros(count, geometry.max_rows, geometry.hidden_size)}
 
 
 class T3MultiModalProcessor(BaseMultiModalProcessor[T3ProcessingInfo]):
@@ -120,8 +136,7 @@ class T3MultiModalProcessor(BaseMultiModalProcessor[T3ProcessingInfo]):
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: MultiModalKwargs,
     ) -> Sequence[PromptUpdate]:
-        placeholder = T3Config.from_dict(self.info.get_hf_config().t3_config)
-        placeholder_id = placeholder.conditioning_placeholder_id
+        placeholder_id = self.info.conditioning().placeholder_id
         items = mm_items.get_items(CONDITIONING_MODALITY, AudioEmbeddingItems)
         return [
             PromptReplacement(
@@ -160,10 +175,75 @@ _TOP_LEVEL_WEIGHT_MAP = {
 _IGNORED_PREFIXES = ("cond_enc.", "text_head.", "tfmr.embed_tokens.")
 
 
+class ConditionedSpeechModel(nn.Module, SupportsMultiModal):
+    """What every Chatterbox T3 shows vLLM of its inputs: the conditioning rows that replace the
+    placeholder (``audio_embeds``) and the embeddings of speech and text ids in the one id space
+    (``config``: a :class:`T3Config` or a Turbo config with the same id-space properties)."""
+
+    config: Any
+    model: nn.Module
+    text_emb: nn.Embedding
+    speech_emb: nn.Embedding
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        return CONDITIONING_TOKEN if modality == CONDITIONING_MODALITY else None
+
+    def get_language_model(self) -> nn.Module:
+        return self.model
+
+    def conditioning_items(self, **kwargs: object) -> list[torch.Tensor]:
+        """Each request's conditioning rows ``[rows, hidden]`` in the model's dtype."""
+        rows = kwargs.get("audio_embeds")
+        if rows is None:
+            return []
+
+        # V1 batches per-item kwargs as [items, 1, rows, h] (equal shapes) or nested lists.
+        def items(x: object) -> list[torch.Tensor]:
+            if isinstance(x, torch.Tensor):
+                return list(x.reshape(-1, *x.shape[-2:]).unbind(0))
+            assert isinstance(x, list | tuple)
+            return [t for y in x for t in items(y)]
+
+        dtype = self.speech_emb.weight.dtype
+        return [item.to(dtype) for item in items(rows)]
+
+    def token_rows(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[n, hidden]`` embeddings of speech and text ids (zeros at the placeholder), and
+        which rows are text."""
+        config = self.config
+        ids = input_ids.long()
+        is_speech = ids < config.text_id_offset
+        is_text = (ids >= config.text_id_offset) & (ids < config.conditioning_placeholder_id)
+        speech_rows = self.speech_emb(ids.clamp(0, config.speech_tokens_dict_size - 1))
+        text_rows = self.text_emb(
+            (ids - config.text_id_offset).clamp(0, config.text_tokens_dict_size - 1)
+        )
+        rows = torch.where(
+            is_text[:, None],
+            text_rows,
+            torch.where(is_speech[:, None], speech_rows, torch.zeros_like(speech_rows)),
+        )
+        return rows, is_text
+
+    def with_conditioning(
+        self,
+        input_ids: torch.Tensor,
+        embeds: torch.Tensor,
+        multimodal_embeddings: MultiModalEmbeddings | None,
+    ) -> torch.Tensor:
+        """``embeds`` with the conditioning rows scattered over the placeholder positions."""
+        if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
+            embeds = merge_multimodal_embeddings(
+                input_ids, embeds, multimodal_embeddings, self.config.conditioning_placeholder_id
+            )
+        return embeds
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     T3MultiModalProcessor, info=T3ProcessingInfo, dummy_inputs=T3DummyInputsBuilder
 )
-class ChatterboxT3ForCausalLM(nn.Module, SupportsMultiModal):
+class ChatterboxT3ForCausalLM(ConditionedSpeechModel):
     """T3 (text + voice conditioning -> S3 speech tokens) with classifier-free guidance."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
@@ -187,28 +267,9 @@ class ChatterboxT3ForCausalLM(nn.Module, SupportsMultiModal):
         """KV-cache slots (blocks x block size); set by the runner once the cache exists."""
 
     # ------------------------------------------------------------------------ multimodal API
-    @classmethod
-    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
-        return CONDITIONING_TOKEN if modality == CONDITIONING_MODALITY else None
-
-    def get_language_model(self) -> nn.Module:
-        return self.model
-
     def get_multimodal_embeddings(self, **kwargs: object) -> list[torch.Tensor]:
-        rows = kwargs.get("audio_embeds")
-        if rows is None:
-            return []
-
-        # V1 batches per-item kwargs as [items, 1, 34, h] (equal shapes) or nested lists.
-        def items(x: object) -> list[torch.Tensor]:
-            if isinstance(x, torch.Tensor):
-                return list(x.reshape(-1, *x.shape[-2:]).unbind(0))
-            assert isinstance(x, list | tuple)
-            return [t for y in x for t in items(y)]
-
-        dtype = self.speech_emb.weight.dtype
         # Identical conditioning for both CFG branches (reference: cond_emb.expand(2, ...)).
-        return [item.to(dtype).repeat(1, NUM_BRANCHES) for item in items(rows)]
+        return [item.repeat(1, NUM_BRANCHES) for item in self.conditioning_items(**kwargs)]
 
     def get_input_embeddings(  # type: ignore[override]  # V0-only overload not supported
         self,
@@ -216,25 +277,10 @@ class ChatterboxT3ForCausalLM(nn.Module, SupportsMultiModal):
         multimodal_embeddings: MultiModalEmbeddings | None = None,
     ) -> torch.Tensor:
         """``[n, 2 * hidden]`` token embeddings of both branches (positions come later)."""
-        config = self.config
-        ids = input_ids.long()
-        is_speech = ids < config.text_id_offset
-        is_text = (ids >= config.text_id_offset) & (ids < config.conditioning_placeholder_id)
-        speech_rows = self.speech_emb(ids.clamp(0, config.speech_tokens_dict_size - 1))
-        text_rows = self.text_emb(
-            (ids - config.text_id_offset).clamp(0, config.text_tokens_dict_size - 1)
+        rows, is_text = self.token_rows(input_ids)
+        return self.with_conditioning(
+            input_ids, branch_inputs(rows, is_text), multimodal_embeddings
         )
-        rows = torch.where(
-            is_text[:, None],
-            text_rows,
-            torch.where(is_speech[:, None], speech_rows, torch.zeros_like(speech_rows)),
-        )
-        embeds = branch_inputs(rows, is_text)
-        if multimodal_embeddings is not None and len(multimodal_embeddings) > 0:
-            embeds = merge_multimodal_embeddings(
-                input_ids, embeds, multimodal_embeddings, config.conditioning_placeholder_id
-            )
-        return embeds
 
     # --------------------------------------------------------------------------- forward
     def forward(
