@@ -63,6 +63,15 @@ MODEL_FILES: dict[ModelKind, dict[str, str]] = {
 """Each model's files in ``ResembleAI/chatterbox`` (Turbo: ``ResembleAI/chatterbox-turbo``) (what its download fetches), with what each
 holds; the multilingual list is chatterbox-tts 0.1.7's ``ChatterboxMultilingualTTS.from_pretrained``
 ``allow_patterns``."""
+S3GEN_SILENCE_TOKEN = 4299
+"""The S3 code of silence (chatterbox-tts 0.1.7's ``S3GEN_SIL``)."""
+TRAILING_SPEECH_TOKENS: dict[ModelKind, tuple[int, ...]] = {
+    "english": (),
+    "multilingual": (),
+    "turbo": (S3GEN_SILENCE_TOKEN,) * 3,
+}
+"""Speech tokens S3Gen gets after T3's own at the end of every chunk: Turbo's reference appends
+three silence tokens (its T3 stops without the standard model's trailing quiet)."""
 OPTIONAL_FILES = frozenset({"conds.pt"})
 """Files a local checkpoint may omit: without ``conds.pt`` every request must name a voice."""
 

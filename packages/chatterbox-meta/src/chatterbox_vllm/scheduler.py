@@ -212,8 +212,13 @@ class S3GenScheduler:
         overlap_generate: bool = False,
         on_stream_done: Callable[[Listener], None] | None = None,
         on_window: Callable[[WindowTimeline], None] | None = None,
+        trailing_tokens: Sequence[int] = (),
     ) -> None:
         self.decoder = decoder
+        self.trailing_tokens = list(trailing_tokens)
+        """Tokens every lane gets after its last (the model's, see
+        :data:`~chatterbox_vllm.models.TRAILING_SPEECH_TOKENS`), on generate's and streams' path
+        alike."""
         self.max_batch = max(1, max_batch)
         self.n_timesteps = n_timesteps
         self.overlap_generate = overlap_generate
@@ -292,7 +297,9 @@ class S3GenScheduler:
         self._post(lane_id, ("tokens", tokens))
 
     def end(self, lane_id: int) -> None:
-        """No more tokens for this lane: its final window may run."""
+        """No more tokens for this lane (but :attr:`trailing_tokens`): its final window may run."""
+        if self.trailing_tokens:
+            self._post(lane_id, ("tokens", list(self.trailing_tokens)))
         self._post(lane_id, ("end", None))
 
     def cancel(self, lane_id: int) -> None:

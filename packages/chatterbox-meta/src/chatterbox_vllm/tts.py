@@ -48,7 +48,7 @@ from chatterbox_vllm.hub import (
     inspect_checkpoint_dir,
 )
 from chatterbox_vllm.interfaces import SpeechDecoder, StreamingSpeechTokenGenerator
-from chatterbox_vllm.models import ModelKind
+from chatterbox_vllm.models import TRAILING_SPEECH_TOKENS, ModelKind
 from chatterbox_vllm.pipeline import ChunkJob, EventLoopThread, run_pipeline
 from chatterbox_vllm.planner import IncrementalPlanner, Plan, PlanItem, plan_requests
 from chatterbox_vllm.results import (
@@ -446,6 +446,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
                     overlap_generate=self.config.generate_schedule == "overlap",
                     on_stream_done=self._stream_done,
                     on_window=self._window_done,
+                    trailing_tokens=TRAILING_SPEECH_TOKENS[self.model],
                 )
             return self._scheduler
 
