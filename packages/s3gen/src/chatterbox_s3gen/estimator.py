@@ -15,6 +15,7 @@ from torch import nn
 
 from chatterbox_s3gen.config import S3GenConfig
 from chatterbox_s3gen.constants import MEL_CHANNELS
+from chatterbox_s3gen.errors import S3GenInputError
 
 
 class CausalConv1d(nn.Conv1d):
@@ -228,7 +229,7 @@ class ConditionalDecoder(nn.Module):
         time_emb = self.time_mlp(t)
         if self.time_embed_mixer is not None:
             if end is None:
-                raise ValueError("the meanflow estimator needs the step's end time `end`")
+                raise S3GenInputError("the meanflow estimator needs the step's end time `end`")
             time_emb = self.time_embed_mixer(torch.cat([time_emb, self.time_mlp(end)], dim=1))
         h = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[-1]), cond], dim=1)
         attend = (mask > 0).unsqueeze(1)  # [B, 1, 1, T]
