@@ -1,10 +1,11 @@
 """Test sessions (nox with the uv backend).
 
-nox                       # every CPU session below except `gpu` (the README's test command)
+nox                       # every CPU session below except `gpu` and `parity_turbo` (which
+                          # parity_mtl runs too); the README's test command
 nox -s tests              # the cross-package tests (tests/) in the workspace environment (uv.lock)
 nox -s t3 s3gen meta      # each component's own tests, the component alone in a fresh venv
 nox -s parity             # our code vs the reference chatterbox-tts 0.1.2 on identical weights
-nox -s parity_mtl         # the multilingual front end (and T3) vs chatterbox-tts 0.1.7
+nox -s parity_mtl         # Multilingual and Turbo vs chatterbox-tts 0.1.7 (one environment)
 nox -s parity_turbo       # Chatterbox Turbo (text, T3, S3Gen meanflow) vs chatterbox-tts 0.1.7
 nox -s lint typecheck
 nox -s browser            # the playground page in headless Chromium (installs Debian's chromium)
@@ -32,7 +33,6 @@ nox.options.sessions = [
     "parity",
     "parity_mtl",
     "browser",
-    "parity_turbo",
 ]
 nox.options.error_on_external_run = True
 
@@ -196,30 +196,42 @@ REFERENCE_MTL = "chatterbox-tts==0.1.7"
 REFERENCE_MTL_IMPORTS = (*REFERENCE_IMPORTS, "s3tokenizer", "omegaconf")
 
 
-@nox.session(python=PYTHON)
-def parity_mtl(session: nox.Session) -> None:
-    """Chatterbox Multilingual parity with chatterbox-tts 0.1.7 (tests/parity_mtl): the text front
-    end on the generated tokenizer and Cangjie table, with the multilingual extra installed."""
-    _install_isolated(
-        session, "-e", T3_MULTILINGUAL, "-e", S3GEN, "-e", META, CPU_SUPPORT, *REFERENCE_MTL_IMPORTS
-    )
-    session.install("--no-deps", REFERENCE_MTL)
-    _pytest(session, "tests/parity_mtl")
-
-
 # The same wheel's Turbo pipeline; its tts_turbo module (imported by the package __init__) also
 # imports pyloudnorm.
 REFERENCE_TURBO_IMPORTS = (*REFERENCE_MTL_IMPORTS, "pyloudnorm")
 
 
+def _reference_0_1_7(session: nox.Session) -> None:
+    """chatterbox-tts 0.1.7 (--no-deps) beside our packages, editable."""
+    _install_isolated(
+        session,
+        "-e",
+        T3_MULTILINGUAL,
+        "-e",
+        S3GEN,
+        "-e",
+        META,
+        CPU_SUPPORT,
+        *REFERENCE_TURBO_IMPORTS,
+    )
+    session.install("--no-deps", REFERENCE_MTL)
+
+
+@nox.session(python=PYTHON)
+def parity_mtl(session: nox.Session) -> None:
+    """Everything against chatterbox-tts 0.1.7 in one environment: Chatterbox Multilingual
+    (tests/parity_mtl: the text front end on the generated tokenizer and Cangjie table, T3 with
+    its analyzer) and Chatterbox Turbo (tests/parity_turbo, also `nox -s parity_turbo` alone)."""
+    _reference_0_1_7(session)
+    _pytest(session, "tests/parity_mtl", "tests/parity_turbo")
+
+
 @nox.session(python=PYTHON)
 def parity_turbo(session: nox.Session) -> None:
     """Chatterbox Turbo parity with chatterbox-tts 0.1.7 (tests/parity_turbo): the text front end
-    on a generated GPT-2 tokenizer and T3 on identical random weights (and the meanflow S3Gen)."""
-    _install_isolated(
-        session, "-e", T3, "-e", S3GEN, "-e", META, CPU_SUPPORT, *REFERENCE_TURBO_IMPORTS
-    )
-    session.install("--no-deps", REFERENCE_MTL)
+    on a generated GPT-2 tokenizer, T3 on identical random weights, and the meanflow S3Gen. The
+    default `nox` runs it within parity_mtl (the same reference, one environment)."""
+    _reference_0_1_7(session)
     _pytest(session, "tests/parity_turbo")
 
 
