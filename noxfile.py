@@ -66,7 +66,8 @@ def _install_isolated(session: nox.Session, *packages: str) -> None:
 
 
 def _pytest(session: nox.Session, *paths: str, marker: str = "not gpu") -> None:
-    session.run("pytest", "-m", marker, *paths, *session.posargs, env=CPU_ENV)
+    # The slowest tests are listed: CI's time budget is spent where they are.
+    session.run("pytest", "-m", marker, "--durations=12", *paths, *session.posargs, env=CPU_ENV)
 
 
 @nox.session(python=PYTHON)
