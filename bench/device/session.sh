@@ -2,6 +2,9 @@
 # One device call = several measurements, each logged under $OUT (what comes back) and bounded by
 # its own timeout so one hang cannot eat the whole call. Run from the repo root on the device:
 #   bash bench/device/session.sh PART [PART ...]
+# MODEL=english|multilingual|turbo picks the full random checkpoint (/tmp/ck-full-$MODEL) every
+# part uses; e.g. `bash bench/device/session.sh product; MODEL=turbo bash bench/device/session.sh
+# product` measures both models in one call (Turbo's result goes to product-turbo-latest.json).
 # PARTs:
 #   serve-only     the server load alone (LOAD_N, default 1,8,64)
 #   product-mps    the server load again under CUDA MPS (after product; needs its checkpoint)
@@ -43,15 +46,18 @@ run() {  # run NAME SECONDS COMMAND...
   grep -E '^\|| \| | vs reference|^KV|^device|passed|failed' "$out/$name.log" | tail -70
   [ $rc -eq 0 ] || tail -25 "$out/$name.log"
 }
-serve_load() {  # serve_load NAME CONCURRENCY SERVER_LOG JSON [LOAD FLAGS]: the server under load (ck-full)
-  run "$1" ${LOAD_S:-400} python3 bench/server_load.py --model-dir /tmp/ck-full \
+# MODEL=english (default) | multilingual | turbo: which full random checkpoint every part uses.
+MODEL=${MODEL:-english}
+CK=/tmp/ck-full-$MODEL
+serve_load() {  # serve_load NAME CONCURRENCY SERVER_LOG JSON [LOAD FLAGS]: the server under load ($CK)
+  run "$1" ${LOAD_S:-400} python3 bench/server_load.py --model-dir $CK \
       --concurrency "$2" ${5:-} --text-file .device-data/benchmark-text-1.txt --paragraphs \
       --max-tokens-per-expected-second 25 --seed 0 --startup-timeout 300 --request-timeout 150 \
       --server-log "$3" --json "$4" -- --no-watermark $SERVE_FLAGS
 }
 make_checkpoint() {
-  [ -f /tmp/ck-full/s3gen.safetensors ] || run make-checkpoint 240 python3 -m chatterbox_vllm.cli \
-      make-random-checkpoint /tmp/ck-full --size full --seed 0
+  [ -f $CK/ve.safetensors ] || [ -f $CK/ve.pt ] || run make-checkpoint 240 python3 -m chatterbox_vllm.cli \
+      make-random-checkpoint $CK --size full --seed 0 --model $MODEL
 }
 s3gen_common=(--size full --device cuda --seconds 10 --prompt-seconds 5 --loop-items 0)
 for part in "$@"; do
@@ -91,7 +97,7 @@ for part in "$@"; do
       make_checkpoint
       nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$out/gpumem.txt" &
       smi=$!
-      run e2e ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir /tmp/ck-full \
+      run e2e ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir $CK \
           --text-file .device-data/benchmark-text-1.txt --voice .device-data/voice-01.wav \
           --no-watermark --quiet --json "$out/e2e.json" $E2E_FLAGS
       grep -v -E '^\s*$|\r|it/s\]' "$out/e2e.log" | tail -24
@@ -127,7 +133,7 @@ for part in "$@"; do
         grep -E 'healthy|^\||error' "$out/load-$layout.log" | head -8
         grep -E 'start-up timeline' "$out/server-$layout.log" | head -1
         for schedule in after-t3 overlap; do
-          run "e2e-$layout-$schedule" ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir /tmp/ck-full \
+          run "e2e-$layout-$schedule" ${E2E_S:-330} python3 -m chatterbox_vllm.cli bench --model-dir $CK \
               --text-file .device-data/benchmark-text-1.txt --voice .device-data/voice-01.wav \
               --no-watermark --quiet --t3-process $layout --generate-schedule $schedule \
               --json "$out/e2e-$layout-$schedule.json"
@@ -135,7 +141,7 @@ for part in "$@"; do
       done ;;
     speech-stream)
       make_checkpoint
-      run speech-stream ${STREAM_S:-500} python3 bench/speech_stream_bench.py --model-dir /tmp/ck-full \
+      run speech-stream ${STREAM_S:-500} python3 bench/speech_stream_bench.py --model-dir $CK \
           --concurrency "${STREAM_N:-1,32}" --controls '{"max_tokens_per_expected_second": 25}' \
           --startup-timeout 300 --server-log "$out/stream-server.log" -- --no-watermark $SERVE_FLAGS ;;
     pack)  # at most 8 files come back: logs go into one archive
