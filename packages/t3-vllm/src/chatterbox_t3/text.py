@@ -83,20 +83,28 @@ def strip_silent_characters(text: str) -> str:
     return text.translate(_SILENT)
 
 
-def normalize_punctuation(text: str, sentence_endings: tuple[str, ...]) -> str:
+def normalize_punctuation(
+    text: str,
+    sentence_endings: tuple[str, ...],
+    *,
+    replacements: tuple[tuple[str, str], ...] = _PUNCTUATION_REPLACEMENTS,
+    strip_silent: bool = True,
+) -> str:
     """The reference's ``punc_norm``, step for step; English and multilingual differ only in which
-    characters already end a sentence (the multilingual one adds CJK punctuation), so both call
-    this with their own ``sentence_endings``."""
+    characters already end a sentence (the multilingual one adds CJK punctuation), Turbo in its
+    ``replacements`` (it keeps ``...``, `` - `` and ``;``) and in keeping the silent characters
+    (``strip_silent=False``: its byte-level BPE spells them, as its reference does)."""
     # Checked on the raw text so the reported position is the caller's.
     check_unicode(text)
-    text = strip_silent_characters(text)
+    if strip_silent:
+        text = strip_silent_characters(text)
     if len(text) == 0:
         return EMPTY_TEXT_REPLACEMENT
     # Checked before whitespace is collapsed, so a leading space prevents capitalisation.
     if text[0].islower():
         text = text[0].upper() + text[1:]
     text = " ".join(text.split())
-    for old, new in _PUNCTUATION_REPLACEMENTS:
+    for old, new in replacements:
         text = text.replace(old, new)
     text = text.rstrip(" ")
     if not text.endswith(sentence_endings):

@@ -28,7 +28,7 @@ from chatterbox_t3.errors import (
     MissingCheckpointFileError,
     UnsupportedLanguageError,
 )
-from chatterbox_t3.text import EMPTY_TEXT_REPLACEMENT, SENTENCE_ENDINGS, check_unicode
+from chatterbox_t3.text import SENTENCE_ENDINGS, normalize_punctuation
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +48,9 @@ _TURBO_PUNCTUATION_REPLACEMENTS = (
 
 def turbo_punc_norm(text: str) -> str:
     """chatterbox-tts 0.1.7 ``tts_turbo.punc_norm``, step for step."""
-    check_unicode(text)
-    if len(text) == 0:
-        return EMPTY_TEXT_REPLACEMENT
-    if text[0].islower():
-        text = text[0].upper() + text[1:]
-    text = " ".join(text.split())
-    for old, new in _TURBO_PUNCTUATION_REPLACEMENTS:
-        text = text.replace(old, new)
-    text = text.rstrip(" ")
-    if not text.endswith(SENTENCE_ENDINGS):
-        text += "."
-    return text
+    return normalize_punctuation(
+        text, SENTENCE_ENDINGS, replacements=_TURBO_PUNCTUATION_REPLACEMENTS, strip_silent=False
+    )
 
 
 class TurboTokenizer:
