@@ -63,8 +63,19 @@ def test_the_multilingual_model_runs_piecewise_graphs() -> None:
     multilingual = replace(HOPPER_FA3, alignment_stop=True)
     assert resolve_cuda_graphs("auto", multilingual, max_num_seqs=8).mode == "piecewise"
     assert resolve_cuda_graphs("piecewise", multilingual, max_num_seqs=8).mode == "piecewise"
-    with pytest.raises(ValueError, match="multilingual alignment stop"):
+    with pytest.raises(ValueError, match="multilingual alignment stop.*MULTILINGUAL_FULL_GRAPHS"):
         resolve_cuda_graphs("full", multilingual, max_num_seqs=8)
+
+
+def test_the_switch_lets_the_multilingual_model_run_full_graphs() -> None:
+    from dataclasses import replace
+
+    switched = replace(HOPPER_FA3, alignment_stop=True, multilingual_full_graphs=True)
+    assert resolve_cuda_graphs("full", switched, max_num_seqs=8).mode == "full"
+    assert resolve_cuda_graphs("auto", switched, max_num_seqs=8).mode == "full"
+    # Without a backend that can be captured whole the switch changes nothing.
+    fa2 = replace(AMPERE_FA2, alignment_stop=True, multilingual_full_graphs=True)
+    assert resolve_cuda_graphs("auto", fa2, max_num_seqs=8).mode == "piecewise"
 
 
 @pytest.mark.parametrize("bad", ["Full", "eager", "", None, True, 1])

@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 CudaGraphMode = Literal["auto", "full", "piecewise", "off"]
 CUDA_GRAPH_MODES: tuple[str, ...] = ("auto", "full", "piecewise", "off")
 
+MULTILINGUAL_FULL_GRAPHS_ENV = "CHATTERBOX_T3_MULTILINGUAL_FULL_GRAPHS"
+"""``1``: let the multilingual model (alignment-guided stop) run full CUDA graphs. Off by default
+until the GPU test (tests/test_multilingual_gpu.py) has shown full graphs give the eager tokens
+with the decode-shaped capture of :class:`chatterbox_t3.worker.DecodeShapedGraphBuilder`: on an
+H200 (2026-12-02), before it, they did not."""
+
 # vLLM 0.9.2 attention backends (``VLLM_ATTENTION_BACKEND`` values) that can be captured whole.
 _TRITON = "TRITON_ATTN_VLLM_V1"
 _FLASH = ("FLASH_ATTN", "FLASH_ATTN_VLLM_V1")
@@ -53,6 +59,9 @@ class GraphEnvironment:
     """FlashAttention version vLLM would run (``get_flash_attn_version()``), None if unavailable."""
     alignment_stop: bool = False
     """The model is the multilingual one, whose forward records the alignment heads' rows."""
+    multilingual_full_graphs: bool = False
+    """:data:`MULTILINGUAL_FULL_GRAPHS_ENV` is ``1``: full graphs are allowed with the alignment
+    stop (and ``auto`` picks them)."""
 
 
 @dataclass(frozen=True)
@@ -219,15 +228,15 @@ def resolve_cuda_graphs(
         return CudaGraphPlan(mode, "off", f"no CUDA graphs on {env.platform}: eager")
     sizes = capture_sizes(max_num_seqs, max_num_batched_tokens)
     supported, why = full_graph_support(env)
-    if supported and env.alignment_stop:
+    if supported and env.alignment_stop and not env.multilingual_full_graphs:
         # Measured on an H200 (2026-12-02): with the multilingual alignment stop, piecewise graphs
-        # give the eager tokens and full graphs do not (tests/test_multilingual_gpu.py); until
-        # that is understood, the multilingual model never runs whole-forward graphs.
+        # gave the eager tokens and full graphs did not (tests/test_multilingual_gpu.py). The
+        # switch lets them run (the GPU test sets it) until the decode-shaped capture is verified.
         supported, why = (
             False,
             (
                 "the multilingual alignment stop is verified with piecewise graphs only (full graphs "
-                "changed its tokens on an H200)"
+                f"changed its tokens on an H200; {MULTILINGUAL_FULL_GRAPHS_ENV}=1 allows them)"
             ),
         )
     if mode == "full":
@@ -264,6 +273,7 @@ def detect_environment(dtype: str) -> GraphEnvironment:
         dtype=dtype,
         device_capability=(capability.major, capability.minor) if capability else None,
         flash_attn_version=version,
+        multilingual_full_graphs=os.environ.get(MULTILINGUAL_FULL_GRAPHS_ENV) == "1",
     )
 
 
@@ -299,6 +309,7 @@ __all__ = [
     "CUDA_GRAPH_MODES",
     "CudaGraphMode",
     "CudaGraphPlan",
+    "MULTILINGUAL_FULL_GRAPHS_ENV",
     "GraphEnvironment",
     "capture_sizes",
     "check_mode",

@@ -13,6 +13,8 @@ on CPU.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +33,12 @@ from chatterbox_t3.speech_positions import T3StepContext
 from chatterbox_t3.startup import StartupTimelineMixin
 
 if TYPE_CHECKING:
+    from vllm.v1.attention.backends.utils import CommonAttentionMetadata
     from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
     from vllm.v1.sample.metadata import SamplingMetadata
+
+logger = logging.getLogger(__name__)
 
 GPU_WORKER = "chatterbox_t3.worker.T3GPUWorker"
 CPU_WORKER = "chatterbox_t3.worker.T3CPUWorker"
@@ -194,10 +200,56 @@ class T3RunnerMixin:
         context.token_ids[:num_tokens].copy_(runner.input_ids[:num_tokens], non_blocking=True)
 
 
+class DecodeShapedGraphBuilder:
+    """vLLM 0.9.2's Triton attention metadata builder, made to capture full CUDA graphs that
+    launch the attention kernel eager decoding launches.
+
+    ``unified_attention`` picks its kernel from host values: the split-KV ("3D") kernel when
+    ``max_query_len == 1`` and ``(tokens // 16 + seqs) * kv_heads <= 128``, the single-pass
+    ("2D") kernel otherwise. vLLM's ``_dummy_run`` captures every graph with
+    ``max_query_len = num_tokens``, so every captured size >= 2 holds the 2D kernel, while an eager
+    (or piecewise) decode step of 2-4 T3 requests (32 KV heads: both CFG branches) runs the 3D
+    kernel. The two sum the softmax in a different order, so a full-graph decode step of 2-4
+    requests differs from eager in the last bits of every layer's attention output. Captured
+    as a decode step (``max_query_len = 1``) the graph of size C holds the kernel eager uses for
+    every batch padded up to C (T3: 3D for C <= 4, 2D from 8, the same split as eager's 1-4 | 5+).
+
+    A graph captured for decode then serves decode steps only: a step with a multi-token query
+    (prefill chunk, prefix-cache remainder) runs the compiled forward without graphs, as vLLM
+    does for FlashAttention 3.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: CommonAttentionMetadata) -> Any:
+        metadata = self._inner.build_for_cudagraph_capture(common_attn_metadata)
+        return dataclasses.replace(metadata, max_query_len=1)
+
+    def can_run_in_cudagraph(self, common_attn_metadata: CommonAttentionMetadata) -> bool:
+        return bool(common_attn_metadata.max_query_len == 1)
+
+
 class T3GPUModelRunner(T3RunnerMixin, GPUModelRunner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sampler = AlignedPositionSampler(self)
+
+    def initialize_attn_backend(self, kv_cache_config: KVCacheConfig) -> None:
+        super().initialize_attn_backend(kv_cache_config)
+        if not self.full_cuda_graph:
+            return
+        from vllm.v1.attention.backends.triton_attn import TritonAttentionMetadataBuilder
+
+        self.attn_metadata_builders = [
+            DecodeShapedGraphBuilder(builder)
+            if isinstance(builder, TritonAttentionMetadataBuilder)
+            else builder
+            for builder in self.attn_metadata_builders
+        ]
 
 
 class T3CPUModelRunner(T3RunnerMixin, CPUModelRunner):
