@@ -21,6 +21,8 @@
 #                  into $OUT/product.json + product.md. Carry .gpu-bundle .device-wheels .device-data.
 #   t3-bench       T3 tok/s, cuda_graphs off/piecewise/full at batch 1/16/64 + the reference HF loop
 #   mtl-gpu        pytest -m gpu of the multilingual analyzer: tokens equal across cuda_graphs off/piecewise/full
+#   mtl-diff       eager vs full graphs (decode-shaped capture, and vLLM's own) of the mtl-gpu batch:
+#                  per request the first differing step, the analyzer's recorded rows and state there
 #   mtl-bench      T3 tok/s, English vs multilingual (analysis on, dry run), full graphs, batch 1 and 64
 #   t3-tests       pytest -m gpu of packages/t3-vllm (CUDA-graph token identity, preemption)
 #   s3gen-tests    pytest -m gpu of packages/s3gen
@@ -65,7 +67,10 @@ for part in "$@"; do
     t3-bench) run t3-bench ${T3_BENCH_S:-380} python3 bench/device/with_reference.py packages/t3-vllm/bench/t3_bench.py \
         --random full --batch-sizes 1,16,64 --max-new-tokens 100 --cuda-graphs off,piecewise,full \
         --reference --gpu-memory-utilization 0.5 --json "$out/t3-bench.json" ;;
-    mtl-gpu) run mtl-gpu ${MTL_GPU_S:-300} python3 -m pytest packages/t3-vllm/tests/test_multilingual_gpu.py -m gpu -x -q \
+    mtl-diff) run mtl-diff ${MTL_DIFF_S:-240} python3 packages/t3-vllm/bench/mtl_graph_diff.py \
+        --modes ${MTL_DIFF_MODES:-off,full,full-vllm} --mode-timeout 100 --json "$out/mtl-diff.json"; \
+        grep -E '^(## |- |    |mode )' "$out/mtl-diff.log" | tail -80 ;;
+    mtl-gpu) run mtl-gpu ${MTL_GPU_S:-480} python3 -m pytest packages/t3-vllm/tests/test_multilingual_gpu.py -m gpu -x -q \
         -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;
     mtl-bench) run mtl-bench ${MTL_BENCH_S:-300} python3 packages/t3-vllm/bench/t3_bench.py --random full --model both \
         --batch-sizes 1,64 --max-new-tokens 200 --cuda-graphs full --gpu-memory-utilization 0.4 --json "$out/mtl-bench.json" ;;

@@ -2,11 +2,19 @@
 a GPU).
 
 float32 greedy decoding of a tiny multilingual checkpoint (14 layers: the three alignment heads
-exist) under ``cuda_graphs="off"`` and ``"piecewise"``: requests in several languages (English
-among them) in one batch, with mixed CFG weights. The analyzer's query/key rows are recorded
-inside the captured forward, so a graph that replayed stale buffers would change where the stop is
-forced. The tokens must be identical, and the analyzer must have forced stops. Full graphs gave
-other tokens (H200, 2026-12-02) and are refused for this model.
+exist) under ``cuda_graphs="off"``, ``"piecewise"`` and ``"full"``: requests in several languages
+(English among them) in one batch, with mixed CFG weights; a batch of 5 (between the captured
+sizes 4 and 8); the 16 again through a KV cache too small for them (preemption and recomputation).
+The analyzer's query/key rows are recorded inside the captured forward and its stops shrink the
+batch step by step through every captured size, so any difference between a graph and eager, in
+its buffers or in the kernels the graph froze, shows up as other tokens. The tokens must be
+identical, and the analyzer must have forced stops.
+
+Full graphs gave other tokens on an H200 (2026-12-02): vLLM 0.9.2 captured its Triton attention
+for sizes >= 2 with the 2D kernel while eager decode of 2-4 requests runs the 3D split-KV kernel
+(tests/test_graph_attention_kernel.py); :class:`chatterbox_t3.worker.DecodeShapedGraphBuilder`
+captures them as decode steps. Full graphs for this model are still behind
+``CHATTERBOX_T3_MULTILINGUAL_FULL_GRAPHS=1``, which these tests set.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import torch
 
 from chatterbox_t3 import T3Engine, T3Request, T3SamplingParams
 from chatterbox_t3.checkpoint import write_random_t3_checkpoint
+from chatterbox_t3.cuda_graphs import MULTILINGUAL_FULL_GRAPHS_ENV
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,6 +37,10 @@ pytestmark = [
 
 MAX_NEW_TOKENS = 120
 STOP = 6562
+SMALL_BATCH = 5
+"""Between the captured sizes 4 and 8: every step is padded, then 3 and 2 are padded too."""
+PREEMPTING_BLOCKS = 64
+"""KV blocks of 16 for the 16 requests (~80 prompt + up to 120 new tokens each need ~200)."""
 GPU_ENGINE: dict[str, Any] = {
     "dtype": "float32",
     "max_model_len": 384,
@@ -75,20 +88,39 @@ def _requests(make_voice) -> list[T3Request]:
     ]
 
 
-def _tokens(checkpoint: Path, mode: str, make_voice) -> list[tuple[int, ...]]:
-    engine = T3Engine.from_checkpoint(checkpoint, cuda_graphs=mode, **GPU_ENGINE)
+def _generate(engine: T3Engine, requests: list[T3Request]) -> list[tuple[int, ...]]:
+    return [o.raw_token_ids for o in engine.generate_speech_tokens(requests)]
+
+
+def _engine(checkpoint: Path, mode: str, **options: Any) -> T3Engine:
+    engine = T3Engine.from_checkpoint(checkpoint, cuda_graphs=mode, **GPU_ENGINE, **options)
+    assert engine.config.is_multilingual
+    plan = engine.cuda_graph_plan
+    assert plan is not None and plan.mode == mode
+    return engine
+
+
+@pytest.fixture(scope="module")
+def eager_runs(multilingual_checkpoint: Path, make_voice) -> dict[str, list[tuple[int, ...]]]:
+    engine = _engine(multilingual_checkpoint, "off")
     try:
-        assert engine.config.is_multilingual
-        plan = engine.cuda_graph_plan
-        assert plan is not None and plan.mode == mode
-        return [o.raw_token_ids for o in engine.generate_speech_tokens(_requests(make_voice))]
+        requests = _requests(make_voice)
+        return {
+            "mixed": _generate(engine, requests),
+            "small": _generate(engine, requests[:SMALL_BATCH]),
+        }
     finally:
         engine.shutdown()
 
 
 @pytest.fixture(scope="module")
-def eager_tokens(multilingual_checkpoint: Path, make_voice) -> list[tuple[int, ...]]:
-    return _tokens(multilingual_checkpoint, "off", make_voice)
+def eager_tokens(eager_runs) -> list[tuple[int, ...]]:
+    return eager_runs["mixed"]
+
+
+def _mismatched(tokens: list[tuple[int, ...]], expected: list[tuple[int, ...]]) -> list[int]:
+    assert len(tokens) == len(expected)
+    return [i for i, (a, b) in enumerate(zip(tokens, expected, strict=True)) if a != b]
 
 
 def test_the_analyzer_forces_stops(eager_tokens) -> None:
@@ -100,13 +132,63 @@ def test_the_analyzer_forces_stops(eager_tokens) -> None:
 def test_piecewise_graphs_give_the_eager_tokens(
     multilingual_checkpoint: Path, make_voice, eager_tokens
 ) -> None:
-    tokens = _tokens(multilingual_checkpoint, "piecewise", make_voice)
-    mismatched = [i for i, (a, b) in enumerate(zip(tokens, eager_tokens)) if a != b]
+    engine = _engine(multilingual_checkpoint, "piecewise")
+    try:
+        tokens = _generate(engine, _requests(make_voice))
+    finally:
+        engine.shutdown()
+    mismatched = _mismatched(tokens, eager_tokens)
     assert not mismatched, f"piecewise: requests {mismatched} differ from eager"
 
 
-def test_full_graphs_are_refused(multilingual_checkpoint: Path) -> None:
-    """Full graphs changed the tokens on an H200 (2026-12-02), so the engine refuses them for
-    the multilingual model (auto picks piecewise)."""
+def test_full_graphs_need_the_switch(multilingual_checkpoint: Path, monkeypatch) -> None:
+    monkeypatch.delenv(MULTILINGUAL_FULL_GRAPHS_ENV, raising=False)
     with pytest.raises(ValueError, match="multilingual alignment stop"):
         T3Engine.from_checkpoint(multilingual_checkpoint, cuda_graphs="full", **GPU_ENGINE)
+
+
+def test_full_graphs_give_the_eager_tokens(
+    multilingual_checkpoint: Path, make_voice, eager_runs, monkeypatch
+) -> None:
+    monkeypatch.setenv(MULTILINGUAL_FULL_GRAPHS_ENV, "1")
+    engine = _engine(multilingual_checkpoint, "full")
+    try:
+        compilation = engine.vllm.llm_engine.vllm_config.compilation_config
+        assert compilation.full_cuda_graph
+        assert sorted(compilation.cudagraph_capture_sizes) == [1, 2, 4, 8, 16, 24]
+        requests = _requests(make_voice)
+        mixed = _generate(engine, requests)
+        small = _generate(engine, requests[:SMALL_BATCH])
+    finally:
+        engine.shutdown()
+    mismatched = _mismatched(mixed, eager_runs["mixed"])
+    assert not mismatched, f"full graphs: requests {mismatched} differ from eager"
+    mismatched = _mismatched(small, eager_runs["small"])
+    assert not mismatched, f"full graphs, batch of {SMALL_BATCH}: requests {mismatched} differ"
+
+
+def _preempted_run(checkpoint: Path, mode: str, make_voice) -> tuple[list[tuple[int, ...]], int]:
+    engine = _engine(
+        checkpoint, mode, num_gpu_blocks_override=PREEMPTING_BLOCKS, disable_log_stats=False
+    )
+    try:
+        tokens = _generate(engine, _requests(make_voice))
+        preemptions = sum(
+            int(m.value) for m in engine.vllm.get_metrics() if m.name == "vllm:num_preemptions"
+        )
+    finally:
+        engine.shutdown()
+    return tokens, preemptions
+
+
+def test_full_graphs_through_preemption(
+    multilingual_checkpoint: Path, make_voice, monkeypatch
+) -> None:
+    """Eager and full graphs through the same small KV cache: requests are preempted and
+    recomputed (their analyzer state kept, their keys filed again) at the same steps."""
+    monkeypatch.setenv(MULTILINGUAL_FULL_GRAPHS_ENV, "1")
+    eager, eager_preemptions = _preempted_run(multilingual_checkpoint, "off", make_voice)
+    full, full_preemptions = _preempted_run(multilingual_checkpoint, "full", make_voice)
+    assert eager_preemptions > 0 and full_preemptions > 0
+    mismatched = _mismatched(full, eager)
+    assert not mismatched, f"full graphs after preemption: requests {mismatched} differ"

@@ -307,9 +307,9 @@ def plan_cuda_graphs(
 
 __all__ = [
     "CUDA_GRAPH_MODES",
+    "MULTILINGUAL_FULL_GRAPHS_ENV",
     "CudaGraphMode",
     "CudaGraphPlan",
-    "MULTILINGUAL_FULL_GRAPHS_ENV",
     "GraphEnvironment",
     "capture_sizes",
     "check_mode",
