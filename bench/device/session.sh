@@ -21,7 +21,7 @@
 #                  into $OUT/product.json + product.md. Carry .gpu-bundle .device-wheels .device-data.
 #   t3-bench       T3 tok/s, cuda_graphs off/piecewise/full at batch 1/16/64 + the reference HF loop
 #   mtl-gpu        pytest -m gpu of the multilingual analyzer: tokens equal across cuda_graphs off/piecewise/full
-#   mtl-diff       eager vs full graphs (decode-shaped capture, and vLLM's own) of the mtl-gpu batch:
+#   mtl-diff       piecewise vs full graphs (decode-shaped capture, and vLLM's own) on the mtl-gpu batch:
 #                  per request the first differing step, the analyzer's recorded rows and state there
 #   mtl-bench      T3 tok/s, English vs multilingual (analysis on, dry run), full graphs, batch 1 and 64
 #   t3-tests       pytest -m gpu of packages/t3-vllm (CUDA-graph token identity, preemption)
@@ -68,7 +68,7 @@ for part in "$@"; do
         --random full --batch-sizes 1,16,64 --max-new-tokens 100 --cuda-graphs off,piecewise,full \
         --reference --gpu-memory-utilization 0.5 --json "$out/t3-bench.json" ;;
     mtl-diff) run mtl-diff ${MTL_DIFF_S:-240} python3 packages/t3-vllm/bench/mtl_graph_diff.py \
-        --modes ${MTL_DIFF_MODES:-off,full,full-vllm} --mode-timeout 100 --json "$out/mtl-diff.json"; \
+        --modes ${MTL_DIFF_MODES:-piecewise,full,full-vllm} --mode-timeout 100 --json "$out/mtl-diff.json"; \
         grep -E '^(## |- |    |mode )' "$out/mtl-diff.log" | tail -80 ;;
     mtl-gpu) run mtl-gpu ${MTL_GPU_S:-480} python3 -m pytest packages/t3-vllm/tests/test_multilingual_gpu.py -m gpu -x -q \
         -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;

@@ -6,18 +6,23 @@ in that process, and traces every analyzer step from inside the model runner: pe
 request, its sequence length, the batch size and the graph size it was padded to, the input token,
 the recorded query and key rows of the three alignment heads, the guard's state after the step
 (aligned position, completion, masses), its decision (stop forced / suppressed) and the sampled
-token's logit margin. Then, against the first mode (eager), it prints:
+token's logit margin. Then, against the first mode, it prints:
 
-* per request, the first step whose tokens differ, with what the analyzer saw there;
-* the first step whose recorded query/key rows differ (bitwise and beyond 1e-5), and the largest
-  difference by batch size: differences confined to batches of 2-4 requests point at the
-  attention kernel a graph froze (see ``chatterbox_t3.worker.DecodeShapedGraphBuilder``);
-  differences at every batch size at a state bug.
+* per request, the first step whose tokens differ, with what the analyzer saw there in each mode;
+* the first step whose recorded query/key rows differ (bitwise and beyond 1e-5), the first step
+  whose analyzer state differs, and the largest row difference by batch size.
+
+The default reference is ``piecewise``: it gave the eager tokens on the H200 and runs the same
+Inductor code as full graphs, with the attention op eager, so full graphs should record bitwise
+the same rows. Differences confined to batches of 2-4 requests are the attention kernel a graph
+froze (:class:`chatterbox_t3.worker.DecodeShapedGraphBuilder`, undone in ``full-vllm``);
+differences at every batch size are something else, and the first one says where. (Against
+``off`` every step differs in the last bits: eager runs vLLM's own norm/rotary kernels.)
 
 Modes: ``off`` (eager), ``piecewise``, ``full`` (with the decode-shaped capture), ``full-vllm``
 (full graphs as vLLM 0.9.2 captures them: what failed on the H200 on 2026-12-02).
 
-    python bench/mtl_graph_diff.py                           # off,full,full-vllm on a GPU
+    python bench/mtl_graph_diff.py                           # piecewise,full,full-vllm on a GPU
     python bench/mtl_graph_diff.py --modes off,off --requests 3 --max-new-tokens 8   # CPU smoke
 
 Exit status: 0 every mode gave the first mode's tokens, 1 some did not, 2 a mode failed to run.

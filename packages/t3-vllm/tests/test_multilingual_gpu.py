@@ -129,18 +129,6 @@ def test_the_analyzer_forces_stops(eager_tokens) -> None:
     assert len(set(eager_tokens)) > len(eager_tokens) // 2
 
 
-def test_piecewise_graphs_give_the_eager_tokens(
-    multilingual_checkpoint: Path, make_voice, eager_tokens
-) -> None:
-    engine = _engine(multilingual_checkpoint, "piecewise")
-    try:
-        tokens = _generate(engine, _requests(make_voice))
-    finally:
-        engine.shutdown()
-    mismatched = _mismatched(tokens, eager_tokens)
-    assert not mismatched, f"piecewise: requests {mismatched} differ from eager"
-
-
 def test_full_graphs_need_the_switch(multilingual_checkpoint: Path, monkeypatch) -> None:
     monkeypatch.delenv(MULTILINGUAL_FULL_GRAPHS_ENV, raising=False)
     with pytest.raises(ValueError, match="multilingual alignment stop"):
@@ -192,3 +180,15 @@ def test_full_graphs_through_preemption(
     assert eager_preemptions > 0 and full_preemptions > 0
     mismatched = _mismatched(full, eager)
     assert not mismatched, f"full graphs after preemption: requests {mismatched} differ"
+
+
+def test_piecewise_graphs_give_the_eager_tokens(
+    multilingual_checkpoint: Path, make_voice, eager_tokens
+) -> None:
+    engine = _engine(multilingual_checkpoint, "piecewise")
+    try:
+        tokens = _generate(engine, _requests(make_voice))
+    finally:
+        engine.shutdown()
+    mismatched = _mismatched(tokens, eager_tokens)
+    assert not mismatched, f"piecewise: requests {mismatched} differ from eager"

@@ -215,8 +215,8 @@ class DecodeShapedGraphBuilder:
     every batch padded up to C (T3: 3D for C <= 4, 2D from 8, the same split as eager's 1-4 | 5+).
 
     A graph captured for decode then serves decode steps only: a step with a multi-token query
-    (prefill chunk, prefix-cache remainder) runs the compiled forward without graphs, as vLLM
-    does for FlashAttention 3.
+    (prefill chunk, prefix-cache remainder) runs the compiled forward without graphs (vLLM's
+    ``skip_cuda_graphs``), with the kernel its real metadata selects.
     """
 
     def __init__(self, inner: Any) -> None:
@@ -244,12 +244,16 @@ class T3GPUModelRunner(T3RunnerMixin, GPUModelRunner):
             return
         from vllm.v1.attention.backends.triton_attn import TritonAttentionMetadataBuilder
 
-        self.attn_metadata_builders = [
+        # Duck-typed: vLLM calls the builders' methods, never checks their type.
+        builders: list[Any] = [
             DecodeShapedGraphBuilder(builder)
             if isinstance(builder, TritonAttentionMetadataBuilder)
             else builder
             for builder in self.attn_metadata_builders
         ]
+        if any(isinstance(b, DecodeShapedGraphBuilder) for b in builders):
+            logger.info("full CUDA graphs: Triton attention captured as decode steps")
+        self.attn_metadata_builders = builders
 
 
 class T3CPUModelRunner(T3RunnerMixin, CPUModelRunner):
