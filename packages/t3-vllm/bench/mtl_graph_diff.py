@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     identical = [compare(runs[0], run) for run in runs[1:]]
     if args.json:
-        args.json.write_text(json.dumps({r["mode"]: r["tokens"] for r in runs}))
+        args.json.write_text(json.dumps([{"mode": r["mode"], "tokens": r["tokens"]} for r in runs]))
     return 0 if all(identical) else 1
 
 
