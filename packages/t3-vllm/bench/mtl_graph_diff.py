@@ -12,6 +12,10 @@ token's logit margin. Then, against the first mode, it prints:
 * the first step whose recorded query/key rows differ (bitwise and beyond 1e-5), the first step
   whose analyzer state differs, and the largest row difference by batch size.
 
+And within each mode, on a GPU: whether the keys the recorder holds after each step are the keys
+vLLM's attention wrote into its KV cache for the same tokens (bitwise; any difference means the
+recording inside the graph missed or misplaced a write: a state bug, whatever the numerics).
+
 The default reference is ``piecewise``: it gave the eager tokens on the H200 and runs the same
 Inductor code as full graphs, with the attention op eager, so full graphs should record bitwise
 the same rows. Differences confined to batches of 2-4 requests are the attention kernel a graph
@@ -101,6 +105,7 @@ def _install_tracer(engine: Any, records: list[dict[str, Any]]) -> None:
         token_index = facts[:, StepFacts.TOKEN_INDEX]
         queries = guard.recorder.queries[token_index.to(guard.recorder.queries.device)].cpu()
         keys = guard.recorder.keys[token_index.to(guard.recorder.keys.device)].cpu()
+        cache_diff = _recorded_vs_cached_keys(model, step, token_index, keys)
         before = logits[facts[:, StepFacts.ROW].to(logits.device)].float()
         top2 = before[:, : config.speech_tokens_dict_size].topk(2, dim=-1).values.cpu()
         out = original(logits, step, num_kv_slots)
@@ -130,12 +135,33 @@ def _install_tracer(engine: Any, records: list[dict[str, Any]]) -> None:
                     "forced": bool(stop_logit[i] >= FORCED_LOGIT),
                     "suppressed": bool(stop_logit[i] <= -FORCED_LOGIT),
                     "margin": float(top2[i, 0] - top2[i, 1]),
+                    "cache_diff": None if cache_diff is None else float(cache_diff[i]),
                 }
             )
         step_counter[0] += 1
         return out
 
     guard.apply = traced
+
+
+def _recorded_vs_cached_keys(model: Any, step: Any, token_index: Any, recorded: Any) -> Any | None:
+    """``[rows]`` max |recorded key - the key vLLM's attention wrote into its KV cache| over the
+    three heads, for each row's newest token: 0 unless the recorder missed or misplaced a write.
+    ``None`` where the cache is not vLLM's paged GPU layout ``[2, blocks, block, heads, d]``."""
+    import torch
+
+    from chatterbox_t3.alignment import ALIGNMENT_HEADS
+
+    kv_group = model.config.num_attention_heads // model.config.num_key_value_heads
+    slots = step.kv_slots[token_index.to(step.kv_slots.device)]
+    diffs = []
+    for slot, (layer, head) in enumerate(ALIGNMENT_HEADS):
+        cache = model.model.layers[layer].self_attn.attn.kv_cache[0]
+        if cache.dim() != 5:
+            return None
+        keys = cache[0].reshape(-1, cache.shape[-2], cache.shape[-1])[slots, head // kv_group]
+        diffs.append((keys.float().cpu() - recorded[:, slot].float()).abs().amax(dim=-1))
+    return torch.stack(diffs, dim=1).amax(dim=1)
 
 
 def trace_mode(mode: str, checkpoint: Path, out: Path, count: int, max_new_tokens: int) -> None:
@@ -204,6 +230,30 @@ def _describe(record: dict[str, Any] | None) -> str:
         f"forced {record['forced']} suppressed {record['suppressed']} "
         f"margin {record['margin']:.3g}"
     )
+
+
+def report_recorder(run: dict[str, Any]) -> None:
+    """Within one mode: did the recorder hold, at every step, the keys attention cached?"""
+    checked = [r for r in run["records"] if r.get("cache_diff") is not None]
+    if not checked:
+        print(f"- {run['mode']}: recorded keys not checked against the KV cache (not a GPU cache)")
+        return
+    wrong = [r for r in checked if r["cache_diff"] > 0]
+    by_batch: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for r in checked:
+        by_batch[r["batch"]][0] += 1
+        by_batch[r["batch"]][1] += r["cache_diff"] > 0
+    print(
+        f"- {run['mode']}: recorded keys != the KV cache's in {len(wrong)} of {len(checked)} rows "
+        "(batch: wrong/rows) "
+        + ", ".join(f"{b}: {w}/{n}" for b, (n, w) in sorted(by_batch.items()))
+    )
+    if wrong:
+        first = min(wrong, key=lambda r: r["step"])
+        print(
+            f"    first: request {first['request']} seq_len {first['seq_len']} "
+            f"(|diff| {first['cache_diff']:.3g}): {_describe(first)}"
+        )
 
 
 def compare(reference: dict[str, Any], other: dict[str, Any]) -> bool:
@@ -364,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(runs[-1]['records'])} analyzer rows",
                 flush=True,
             )
+    for run in runs:
+        report_recorder(run)
     identical = [compare(runs[0], run) for run in runs[1:]]
     if args.json:
         args.json.write_text(json.dumps([{"mode": r["mode"], "tokens": r["tokens"]} for r in runs]))
