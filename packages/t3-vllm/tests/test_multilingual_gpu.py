@@ -10,11 +10,12 @@ batch step by step through every captured size, so any difference between a grap
 its buffers or in the kernels the graph froze, shows up as other tokens. The tokens must be
 identical, and the analyzer must have forced stops.
 
-Full graphs gave other tokens on an H200 (2026-12-02): vLLM 0.9.2 captured its Triton attention
-for sizes >= 2 with the 2D kernel while eager decode of 2-4 requests runs the 3D split-KV kernel
-(tests/test_graph_attention_kernel.py); :class:`chatterbox_t3.worker.DecodeShapedGraphBuilder`
-captures them as decode steps. Full graphs for this model are still behind
-``CHATTERBOX_T3_MULTILINGUAL_FULL_GRAPHS=1``, which these tests set.
+Full graphs gave other tokens on an H200 (2026-12-02). One graph/eager difference found since:
+vLLM 0.9.2 captured its Triton attention for sizes >= 2 with the 2D kernel while eager decode of
+2-4 requests runs the 3D split-KV kernel (tests/test_graph_attention_kernel.py);
+:class:`chatterbox_t3.worker.DecodeShapedGraphBuilder` captures graphs as decode steps. Full
+graphs for this model are still behind ``CHATTERBOX_T3_MULTILINGUAL_FULL_GRAPHS=1``, which these
+tests set; if they fail, ``bench/mtl_graph_diff.py`` (``session.sh mtl-diff``) says where.
 """
 
 from __future__ import annotations
