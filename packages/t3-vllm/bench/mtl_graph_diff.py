@@ -117,7 +117,11 @@ def _install_tracer(engine: Any, records: list[dict[str, Any]]) -> None:
         )
         num_tokens = step.num_tokens
         sizes = getattr(runner, "cudagraph_batch_sizes", None) or [0]
-        graphed = getattr(runner, "use_cuda_graph", False) and num_tokens <= sizes[-1]
+        graphed = (
+            runner.device.type == "cuda"
+            and getattr(runner, "use_cuda_graph", False)
+            and num_tokens <= sizes[-1]
+        )
         graph = runner.vllm_config.pad_for_cudagraph(num_tokens) if graphed else num_tokens
         for i, row in enumerate(rows):
             records.append(
