@@ -5,7 +5,8 @@
 #   .device-wheels what the device image lacks: s3tokenizer (built from its sdist), and for the
 #                  reference chatterbox-tts 0.1.2 side-by-side runs its imports (librosa, conformer,
 #                  diffusers, ...; perth is stubbed by with_reference.py) (~4.5 MB)
-#                  and what the server needs beyond the image: uvicorn, cffi (soundfile's backend)
+#                  and what the server needs beyond the image: uvicorn, cffi (soundfile's backend),
+#                  websockets (WS route), pyloudnorm (Turbo voices), pedalboard (speed)
 #   .device-data   benchmark-text-1.txt and voice-01.wav from ../shared/data (the product benchmark)
 #   .device-old    the s3gen sources at BEFORE_REF (default HEAD), for before/after S3Gen timings
 #                  (0.2 MB); the 2026-12-01 numbers used BEFORE_REF=d68f657 (before the fast path)
@@ -23,7 +24,7 @@ mkdir -p .device-wheels
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${plat[@]}" -d .device-wheels chatterbox-tts==0.1.2 librosa==0.11.0 conformer==0.3.2 \
   diffusers==0.29.0 audioread pooch platformdirs soxr soundfile decorator \
-  uvicorn==0.35.0 cffi==1.17.1 pycparser==2.22
+  uvicorn==0.54.0 cffi==1.17.1 pycparser==2.22 websockets==16.1.1 pyloudnorm==0.2.0 pedalboard==0.9.26
 # The product benchmark's inputs (../shared/data does not travel with the checkout).
 mkdir -p .device-data
 cp ../shared/data/benchmark-text-1.txt ../shared/data/voice-01.wav .device-data/

@@ -176,3 +176,17 @@ def test_turbo_sequences_have_room_for_a_375_token_voice_prompt() -> None:
     # speaker + 375 prompt tokens instead of speaker + 32 perceiver outputs + emotion
     assert standard.for_turbo().model_len >= standard.model_len + (376 - 34)
     assert EngineConfig(max_model_len=512).for_turbo().model_len == 512  # a set value is kept
+
+
+def test_the_cli_checks_turbo_files_before_loading(tmp_path: Path) -> None:
+    """The CLI's pre-load check reads Turbo's voice encoder from ve.safetensors (the Turbo
+    release has no ve.pt): a whole random checkpoint passes, a corrupt file is named."""
+    from chatterbox_vllm.checkpoint import make_random_checkpoint
+    from chatterbox_vllm.errors import ChatterboxError
+    from chatterbox_vllm.preflight import check_checkpoint
+
+    directory = Path(make_random_checkpoint(tmp_path / "turbo", size="tiny", seed=0, model="turbo"))
+    assert check_checkpoint(directory, needs_default_voice=True) == directory
+    (directory / "ve.safetensors").write_bytes(b"<html>not found</html>")
+    with pytest.raises(ChatterboxError, match="ve.safetensors"):
+        check_checkpoint(directory, needs_default_voice=False)

@@ -103,7 +103,7 @@ class EngineConfig:
         "separate",
         "where vLLM's engine core runs T3: separate (vLLM's engine process; T3 and S3Gen "
         "time-slice the GPU unless CUDA MPS runs) or in-process (a thread of this process: one "
-        "CUDA context, S3Gen on its own CUDA stream beside T3)",
+        "CUDA context, where T3's and S3Gen's kernels interleave)",
         choices=T3_PROCESSES,
     )
     stream_graphs: bool = _knob(

@@ -95,9 +95,10 @@ def check_t3_files(path: Path, model: ModelKind) -> None:
     small file read whole, so that a checkpoint of other dimensions or a corrupt ``ve.pt`` is
     named before a minute of loading."""
     from chatterbox_t3.checkpoint import check_t3_checkpoint, load_voice_encoder_state_dict
+    from chatterbox_t3.config import CHECKPOINT_FILES
     from chatterbox_t3.errors import T3Error
 
-    voice_encoder = "ve.safetensors" if model == "english" else "ve.pt"
+    voice_encoder = CHECKPOINT_FILES[model].voice_encoder
     try:
         check_t3_checkpoint(path)
         load_voice_encoder_state_dict(path / voice_encoder)
