@@ -6,14 +6,12 @@ reference strictly, as ``ChatterboxTurboTTS.from_local`` does). The reference dr
 noise inside ``inference`` (the generated part as ``noised_mels``, the prompt part with
 ``randn_like``); the test captures the start state its Euler solver receives and gives it to our
 model as ``flow_noise``, and re-seeds the vocoder's draws so ``seeds=[K]`` reproduces them.
-Self-contained: every fixture is in this module."""
+The checkpoint and the capture hooks are the package's fixtures (``conftest.py``), shared with the
+end-to-end case."""
 
 from __future__ import annotations
 
-import math
-import os
-import tempfile
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +22,7 @@ pytest.importorskip("chatterbox")  # the reference implementation (parity venv o
 from chatterbox.models.s3gen import S3Gen as ReferenceS3Gen  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from chatterbox_s3gen import S3Gen, S3GenConfig, write_random_s3gen_checkpoint  # noqa: E402
+from chatterbox_s3gen import S3Gen, S3GenConfig  # noqa: E402
 
 REL_TOL = 1e-4
 MIXER = "flow.decoder.estimator.time_embed_mixer.weight"
@@ -33,15 +31,6 @@ MIXER = "flow.decoder.estimator.time_embed_mixer.weight"
 def _relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """max |ours - reference| / max |reference|."""
     return float((ours - reference).abs().max() / reference.abs().max())
-
-
-def _voice(seconds: float, sample_rate: int, seed: int) -> torch.Tensor:
-    """A 140 -> 420 Hz chirp with two partials, 3 Hz amplitude modulation and seeded noise."""
-    t = torch.arange(int(seconds * sample_rate), dtype=torch.float64) / sample_rate
-    phase = 2 * math.pi * (140 * t + (420 - 140) / (2 * seconds) * t**2)
-    envelope = 0.3 * (0.6 + 0.4 * torch.sin(2 * math.pi * 3 * t))
-    noise = torch.randn(t.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return (envelope * (torch.sin(phase) + 0.3 * torch.sin(3 * phase)) + 0.02 * noise).float()
 
 
 # (voice seconds, voice sample rate, speech tokens, vocoder seed): a 44.1 kHz voice (resampled on
@@ -60,22 +49,17 @@ def _tokens(count: int, seed: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint_dir() -> Iterator[Any]:
-    # 1 GB of weights: RAM-backed /dev/shm when the machine has it (disk writes are the slow part).
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="meanflow-parity-", dir=shm) as directory:
-        yield write_random_s3gen_checkpoint(
-            directory, size="full", seed=2024, file_format="meanflow"
-        )
+def checkpoint_dir(meanflow_s3gen_file: Path) -> Path:
+    return meanflow_s3gen_file
 
 
 @pytest.fixture(scope="module")
-def ours(checkpoint_dir: Any) -> S3Gen:
+def ours(checkpoint_dir: Path) -> S3Gen:
     return S3Gen.from_checkpoint(checkpoint_dir.parent)
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint_dir: Any) -> ReferenceS3Gen:
+def reference(checkpoint_dir: Path) -> ReferenceS3Gen:
     torch.manual_seed(0)
     model = ReferenceS3Gen(meanflow=True)
     model.load_state_dict(load_file(str(checkpoint_dir)), strict=True)
@@ -83,7 +67,7 @@ def reference(checkpoint_dir: Any) -> ReferenceS3Gen:
 
 
 def test_random_file_has_the_reference_layout(
-    checkpoint_dir: Any, reference: ReferenceS3Gen
+    checkpoint_dir: Path, reference: ReferenceS3Gen
 ) -> None:
     """Every tensor of the reference's ``S3Gen(meanflow=True)`` (name, shape, dtype) and no other,
     and our model's state dict is that same layout."""
@@ -97,32 +81,19 @@ def test_random_file_has_the_reference_layout(
 
 
 def _reference_run(
-    reference: ReferenceS3Gen, tokens: list[int], ref_dict: dict, vocoder_seed: int
+    reference: ReferenceS3Gen,
+    tokens: list[int],
+    ref_dict: dict,
+    vocoder_seed: int,
+    capture: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``reference.inference`` (Turbo's call: ``n_cfm_timesteps=2``) with the Euler start state
     and the vocoder input captured; the vocoder's draws start from ``vocoder_seed``."""
-    captured: dict[str, torch.Tensor] = {}
-    decoder = reference.flow.decoder
-    basic_euler, vocoder = decoder.basic_euler, reference.mel2wav.inference
-
-    def euler_spy(x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        captured["x0"] = x.clone()
-        captured["steps"] = kwargs["t_span"].clone()
-        return basic_euler(x, **kwargs)
-
-    def vocoder_spy(speech_feat: torch.Tensor, cache_source: torch.Tensor) -> Any:
-        captured["mel"] = speech_feat.clone()
-        torch.manual_seed(vocoder_seed)
-        return vocoder(speech_feat=speech_feat, cache_source=cache_source)
-
-    decoder.basic_euler, reference.mel2wav.inference = euler_spy, vocoder_spy
-    try:
+    with capture(reference, vocoder_seed) as captured:
         torch.manual_seed(1000 + vocoder_seed)
         wav, _ = reference.inference(
             speech_tokens=torch.tensor(tokens), ref_dict=dict(ref_dict), n_cfm_timesteps=2
         )
-    finally:
-        del decoder.basic_euler, reference.mel2wav.inference
     assert torch.allclose(captured["steps"], torch.tensor([0.0, 0.5, 1.0]))  # 2 linear steps
     return captured["x0"], captured["mel"][0], wav[0]
 
@@ -135,12 +106,16 @@ def test_meanflow_mel_and_wav_match_reference(
     sample_rate: int,
     count: int,
     seed: int,
+    voice_recording: Any,
+    reference_meanflow_capture: Any,
 ) -> None:
-    wav_in = _voice(seconds, sample_rate, seed)
+    wav_in = voice_recording(seconds, sample_rate, seed)
     voice = ours.embed_ref(wav_in, sample_rate)
     ref_dict = reference.embed_ref(wav_in.clone(), sample_rate)
     tokens = _tokens(count, seed)
-    x0, ref_mel, ref_wav = _reference_run(reference, tokens, ref_dict, seed)
+    x0, ref_mel, ref_wav = _reference_run(
+        reference, tokens, ref_dict, seed, reference_meanflow_capture
+    )
 
     ours.flow_noise = x0  # the reference's start state for this utterance, prompt part included
     assert ours.flow_steps == 2

@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 
 STOP = 6562
 MAX_NEW = 24
-TINY_GPT2 = "GPT2_tiny_turbo_parity"
 ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 624, "seed": 0}
 TEXTS = [
     "Hello there, how are you today?",
@@ -55,22 +54,15 @@ def greedy(repetition_penalty: float = 1.2, max_new_tokens: int = MAX_NEW) -> T3
 class Reference:
     """chatterbox-tts 0.1.7's Turbo T3 on one of our checkpoints."""
 
-    def __init__(self, checkpoint: Path, config: TurboT3Config, tokenizer: Any) -> None:
+    def __init__(
+        self, checkpoint: Path, config: TurboT3Config, tokenizer: Any, backbone: str
+    ) -> None:
         from chatterbox.models.t3 import T3
-        from chatterbox.models.t3.llama_configs import LLAMA_CONFIGS
         from chatterbox.models.t3.modules.t3_config import T3Config as ReferenceT3Config
 
-        LLAMA_CONFIGS[TINY_GPT2] = {
-            **LLAMA_CONFIGS["GPT2_medium"],
-            "n_embd": config.hidden_size,
-            "hidden_size": config.hidden_size,
-            "n_layer": config.num_hidden_layers,
-            "n_head": config.num_attention_heads,
-            "vocab_size": config.backbone_vocab_size,
-        }
-        # ChatterboxTurboTTS.from_local's hyper-parameters.
+        # ChatterboxTurboTTS.from_local's hyper-parameters, on the tiny backbone.
         hp = ReferenceT3Config(text_tokens_dict_size=config.text_tokens_dict_size)
-        hp.llama_config_name = TINY_GPT2
+        hp.llama_config_name = backbone
         hp.speech_tokens_dict_size = 6563
         hp.input_pos_emb = None
         hp.speech_cond_prompt_len = 375
@@ -135,10 +127,12 @@ class Reference:
 
 # ------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def reference(turbo_tiny_dir: Path, reference_turbo_tokenizer: Any) -> Reference:
+def reference(
+    turbo_tiny_dir: Path, reference_turbo_tokenizer: Any, reference_tiny_gpt2: str
+) -> Reference:
     config = load_t3_config(turbo_tiny_dir)
     assert isinstance(config, TurboT3Config)
-    return Reference(turbo_tiny_dir, config, reference_turbo_tokenizer)
+    return Reference(turbo_tiny_dir, config, reference_turbo_tokenizer, reference_tiny_gpt2)
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,17 @@ def test_48k_stereo_is_downmixed_and_resampled_to_24k(tmp_path: Path) -> None:
     assert float(loaded[1000:-1000].abs().max()) == pytest.approx(0.3, abs=0.01)
 
 
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    # librosa 0.11.0's load(sr=24000) of n samples at 44.1 kHz: ceil(n * (24000 / 44100)), the
+    # ratio rounded first, so 7 s and 16.5 s give one (zero) sample more than n * 24000 / 44100.
+    [(7.0, 168_001), (16.5, 396_001), (6.5, 156_000)],
+)
+def test_resampled_length_is_the_reference_loaders(seconds: float, expected: int) -> None:
+    loaded = load_voice_audio((_sine(200, seconds, 44_100), 44_100))
+    assert loaded.shape == (expected,)
+
+
 def test_waveform_tuple_input_channels_first() -> None:
     stereo = torch.from_numpy(np.stack([_sine(300, 1.2, 16_000)] * 2))
     loaded = load_voice_audio((stereo, 16_000))

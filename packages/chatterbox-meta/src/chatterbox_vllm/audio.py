@@ -2,7 +2,7 @@
 
 Resampling follows the reference (``librosa.load(sr=24000)`` then ``librosa.resample`` to 16 kHz):
 channels are averaged to mono, then soxr's high-quality band-limited resampler is applied and the
-result is cut/zero-padded to ``ceil(n * target / source)`` samples. Using the same resampler matters:
+result is cut/zero-padded to librosa's ``ceil(n * (target / source))`` samples. Using the same resampler matters:
 T3's voice prompt tokens come from the 16 kHz copy, and a different resampler changes them.
 """
 
@@ -134,11 +134,14 @@ def _as_channels_first(waveform: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-    """Resamples 1-D float32 audio with soxr HQ, length ``ceil(n * target / source)`` (as librosa)."""
+    """Resamples 1-D float32 audio with soxr HQ, length ``ceil(n * (target / source))`` as librosa
+    computes it: the rate ratio is rounded to a float first, so where ``n * target / source`` is a
+    whole number the product can land just above it and the result has one more (zero) sample,
+    e.g. 7 s at 44.1 kHz gives 168,001 samples at 24 kHz, as the reference's ``librosa.load``."""
     if source_rate == target_rate:
         return audio
     resampled = soxr.resample(audio, source_rate, target_rate, quality="soxr_hq")
-    length = math.ceil(audio.shape[-1] * target_rate / source_rate)
+    length = math.ceil(audio.shape[-1] * (float(target_rate) / source_rate))
     if resampled.shape[-1] >= length:
         resampled = resampled[:length]
     else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,18 +82,23 @@ VOICE_RECIPES: dict[ModelKind, VoiceRecipe] = {
 def normalize_loudness(wav_24k: torch.Tensor, target_lufs: float) -> torch.Tensor:
     """``wav_24k`` scaled to ``target_lufs`` integrated loudness (ITU-R BS.1770-4, pyloudnorm's
     meter). Audio whose loudness cannot be measured to a finite gain (digital silence) is
-    returned unchanged, as the reference does."""
+    returned unchanged, as the reference does.
+
+    In float32 as the reference: its voice is librosa's float32 array, which pyloudnorm filters in
+    place in that dtype (a float64 copy measures a loudness about 1e-7 dB apart), and its gain
+    multiplies it as a float32 (numpy < 2, which it pins, keeps ``float32 * float64 scalar`` in
+    float32). The result is the reference's, sample for sample."""
     import pyloudnorm
 
     meter = pyloudnorm.Meter(S3GEN_SAMPLE_RATE)
-    samples = wav_24k.detach().to("cpu", torch.float64).numpy()
+    samples = wav_24k.detach().to("cpu", torch.float32).numpy()
     with np.errstate(divide="ignore"):  # silence measures -inf LUFS; handled below
-        loudness = meter.integrated_loudness(samples)
+        loudness = float(meter.integrated_loudness(samples))
     gain = 10.0 ** ((target_lufs - loudness) / 20.0)
-    if not (np.isfinite(gain) and gain > 0.0):
+    if not (math.isfinite(gain) and gain > 0.0):
         logger.warning("voice loudness is not measurable (%s LUFS); not normalised", loudness)
         return wav_24k
-    return (wav_24k.to(torch.float64) * gain).to(torch.float32)
+    return wav_24k.to(torch.float32) * torch.tensor(gain, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
