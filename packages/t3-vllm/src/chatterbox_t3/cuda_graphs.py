@@ -14,9 +14,9 @@ vLLM 0.9.2 (V1) knows three ways to run a decode step on a GPU:
 T3 decode steps are tiny (0.5B parameters, a few hundred tokens per step), so with piecewise graphs
 the 30 eager attention calls per step dominate; full graphs were measured ~3.7x faster at batch 1
 on an H200 (bench/results). ``auto`` therefore picks ``full`` wherever the backend supports it,
-except for the multilingual model unless :data:`MULTILINGUAL_FULL_GRAPHS_ENV` is set. Full graphs
-of Triton attention are captured as decode steps (:class:`chatterbox_t3.worker.DecodeShapedGraphBuilder`)
-so that they run the attention kernel eager runs.
+except for the multilingual model unless :data:`MULTILINGUAL_FULL_GRAPHS_ENV` is set. That model's
+full graphs of Triton attention are captured as decode steps
+(:class:`chatterbox_t3.worker.DecodeShapedGraphBuilder`) so that they run the kernel eager runs.
 
 :func:`resolve_cuda_graphs` is a pure function of the environment facts in :class:`GraphEnvironment`
 (unit-tested on CPU); :func:`detect_environment` reads them without initialising CUDA in this

@@ -214,7 +214,8 @@ class DecodeShapedGraphBuilder:
     as a decode step (``max_query_len = 1``) the graph of size C holds the kernel eager uses for
     every batch padded up to C (T3: 3D for C <= 4, 2D from 8, the same split as eager's 1-4 | 5+).
 
-    A graph captured for decode then serves decode steps only: a step with a multi-token query
+    Used for the multilingual model (its alignment analyzer reads the attention rows). A graph
+    captured for decode then serves decode steps only: a step with a multi-token query
     (prefill chunk, prefix-cache remainder) runs the compiled forward without graphs (vLLM's
     ``skip_cuda_graphs``), with the kernel its real metadata selects.
     """
@@ -240,7 +241,10 @@ class T3GPUModelRunner(T3RunnerMixin, GPUModelRunner):
 
     def initialize_attn_backend(self, kv_cache_config: KVCacheConfig) -> None:
         super().initialize_attn_backend(kv_cache_config)
-        if not self.full_cuda_graph:
+        # The multilingual model only: its analyzer needs eager's kernel. The English model keeps
+        # vLLM's capture, under which mixed prefill/decode steps replay graphs too (its tokens
+        # equal eager's: tests/test_cuda_graphs_gpu.py).
+        if not self.full_cuda_graph or getattr(self.model, "alignment_guard", None) is None:
             return
         from vllm.v1.attention.backends.triton_attn import TritonAttentionMetadataBuilder
 
