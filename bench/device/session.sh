@@ -11,6 +11,7 @@
 #   layouts        issue 22/26: T3 in vLLM's engine process vs in the server's process
 #                  (--t3-process in-process), the same server load (LAYOUT_N, default 8,64) and
 #                  `bench` end to end (generate_schedule after-t3 and overlap) for each, one call
+#   layouts-gpu    pytest -m gpu: in-process T3 + S3Gen on its own CUDA stream gives the default layout's audio
 #   speech-stream  WS /v1/audio/speech/stream (issue 28): first audio after the first sentence's
 #                  end at 1 and 32 sessions, text at 30 tokens/s, stalls, barge-in time
 #   pack           last: logs and texts into $OUT/logs.tgz (a call returns at most 8 files)
@@ -75,6 +76,8 @@ for part in "$@"; do
     mtl-bench) run mtl-bench ${MTL_BENCH_S:-300} python3 packages/t3-vllm/bench/t3_bench.py --random full --model both \
         --batch-sizes 1,64 --max-new-tokens 200 --cuda-graphs full --gpu-memory-utilization 0.4 --json "$out/mtl-bench.json" ;;
     t3-tests) run t3-tests ${T3_TESTS_S:-420} python3 -m pytest packages/t3-vllm/tests/test_cuda_graphs_gpu.py -m gpu -x -q \
+        -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;
+    layouts-gpu) run layouts-gpu ${LAYOUTS_GPU_S:-300} python3 -m pytest packages/chatterbox-meta/tests/test_layouts_gpu.py -m gpu -x -q \
         -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;
     s3gen-tests) run s3gen-tests 150 python3 -m pytest packages/s3gen/tests/test_s3gen_gpu.py -m gpu -x -q \
         -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;

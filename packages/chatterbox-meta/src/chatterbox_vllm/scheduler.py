@@ -213,8 +213,13 @@ class S3GenScheduler:
         on_stream_done: Callable[[Listener], None] | None = None,
         on_window: Callable[[WindowTimeline], None] | None = None,
         trailing_tokens: Sequence[int] = (),
+        own_cuda_stream: bool = False,
     ) -> None:
         self.decoder = decoder
+        self.own_cuda_stream = own_cuda_stream
+        """Run S3Gen on a CUDA stream of its own (when the decoder is on a CUDA device): with T3's
+        engine core in this process (``t3_process="in-process"``) its kernels can then run
+        beside T3's instead of queueing behind them on the default stream."""
         self.trailing_tokens = list(trailing_tokens)
         """Tokens every lane gets after its last (the model's, see
         :data:`~chatterbox_vllm.models.TRAILING_SPEECH_TOKENS`), on generate's and streams' path
@@ -326,6 +331,22 @@ class S3GenScheduler:
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
+        stream = self._own_stream()
+        if stream is None:
+            self._loop(None)
+            return
+        with torch.cuda.stream(stream):
+            self._loop(stream)
+
+    def _own_stream(self) -> torch.cuda.Stream | None:
+        device = getattr(self.decoder, "device", None)
+        if not self.own_cuda_stream or not isinstance(device, torch.device):
+            return None
+        if device.type != "cuda":
+            return None
+        return torch.cuda.Stream(device)
+
+    def _loop(self, stream: torch.cuda.Stream | None) -> None:
         while True:
             with self._lock:
                 while not self._closed and not self._has_work():
@@ -346,6 +367,12 @@ class S3GenScheduler:
                 1 for lane in live if lane.stream is not None and not lane.stream.finished
             )
             self._t3_sample.advance(time.perf_counter(), decoding, self.capacity)
+            if stream is not None:
+                # Inputs made on other threads' (default) stream, e.g. a voice's reference
+                # tensors, must be complete before this round reads them. The round ends with
+                # its audio copied to the host (a sync of this stream), so nothing it used is
+                # freed while a kernel still reads it.
+                stream.wait_stream(torch.cuda.default_stream(stream.device))
             if not self._run_streamed(live):
                 self._run_whole(live)
 

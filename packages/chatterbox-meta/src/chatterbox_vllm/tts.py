@@ -447,6 +447,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
                     on_stream_done=self._stream_done,
                     on_window=self._window_done,
                     trailing_tokens=TRAILING_SPEECH_TOKENS[self.model],
+                    own_cuda_stream=self.config.t3_process == "in-process",
                 )
             return self._scheduler
 
