@@ -103,7 +103,7 @@ class EngineConfig:
         "separate",
         "where vLLM's engine core runs T3: separate (vLLM's engine process; T3 and S3Gen "
         "time-slice the GPU unless CUDA MPS runs) or in-process (a thread of this process: one "
-        "CUDA context, where T3's and S3Gen's kernels interleave)",
+        "CUDA context, S3Gen on a CUDA stream of its own beside T3's)",
         choices=T3_PROCESSES,
     )
     stream_graphs: bool = _knob(

@@ -2,9 +2,9 @@
 
 vLLM 0.9.2's ``AsyncLLM`` always runs the engine core in a second process. S3Gen then runs in the
 caller's process and the two time-slice the GPU (two CUDA contexts; CUDA MPS lets them share it).
-With the engine core here instead, T3 and S3Gen are one CUDA context whose kernels interleave
-(S3Gen on a CUDA stream of its own, to run beside T3's rather than between them, is the next
-step): which layout serves more is a measurement (the serving issue),
+With the engine core here instead, T3 and S3Gen are one CUDA context (chatterbox-vllm then runs
+S3Gen on a CUDA stream of its own, beside T3's): which layout serves more is a measurement (the
+serving issue),
 so this is a choice (``AsyncT3Engine.from_checkpoint(in_process=True)``), not a replacement.
 
 :class:`InProcessEngine` builds vLLM's synchronous V1 ``LLMEngine`` with ``multiprocess_mode=False``
