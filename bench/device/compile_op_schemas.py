@@ -45,6 +45,11 @@ def _apply_repetition_penalties(
     logits.mul_(torch.where(logits > 0, 1.0 / penalties, penalties))
 
 
+def _gelu_new(out: torch.Tensor, x: torch.Tensor) -> None:
+    """GPT-2's tanh GELU (vLLM's ``NewGELU`` calls this kernel on CUDA; Chatterbox Turbo's T3)."""
+    out.copy_(torch.nn.functional.gelu(x, approximate="tanh"))
+
+
 def _not_available(name: str):
     def kernel(*args: object, **kwargs: object) -> None:
         raise NotImplementedError(f"_C.{name} (fp8) is not available under the device harness")
@@ -67,6 +72,10 @@ def register() -> None:
         )
         for key in ("CUDA", "CPU"):
             library.impl("apply_repetition_penalties_", _apply_repetition_penalties, key)
+    if not hasattr(torch.ops._C, "gelu_new"):
+        library.define("gelu_new(Tensor(a!) out, Tensor input) -> ()")
+        for key in ("CUDA", "CPU"):
+            library.impl("gelu_new", _gelu_new, key)
     _libraries.append(library)
 
 
