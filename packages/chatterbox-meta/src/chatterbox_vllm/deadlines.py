@@ -9,7 +9,8 @@ on a simulated clock; :class:`~chatterbox_vllm.scheduler.S3GenScheduler` drives 
   batch shapes S3Gen runs (rows 1, 2, 4, ... up to ``max_batch``): :meth:`DeadlinePolicy.choose`
   picks the size whose expected duration (:class:`RoundCosts`, an EWMA of measured round times
   per shape) makes the fewest playing streams miss, then the fewest first windows, over this
-  round and the next; among equals the largest (throughput). A small urgent round therefore
+  round and the full rounds every other ready window would then take; among equals the largest
+  (throughput). A small urgent round therefore
   beats a large late one, a new stream's first window is added only while the playing streams
   keep their slack, and nothing ever waits for a batch to fill (a ready window always runs).
 * **Capacity** (:class:`CapacityModel`): the real-time streams S3Gen holds at its full batch,
@@ -139,9 +140,7 @@ class DeadlinePolicy:
             most = min(len(ordered), self.max_batch)
             for size in sorted({min(1 << i, most) for i in range(most.bit_length() + 1)}):
                 batch = ordered[:size]
-                playing, first, lateness = self._misses(
-                    batch, ordered[size : size + self.max_batch], upcoming, now
-                )
+                playing, first, lateness = self._misses(batch, ordered[size:], upcoming, now)
                 key = (playing, first, lateness, -size, rank)
                 if best is None or key < best:
                     best, chosen = key, batch
@@ -150,16 +149,24 @@ class DeadlinePolicy:
     def _misses(
         self,
         batch: list[ReadyWindow],
-        following: list[ReadyWindow],
+        rest: list[ReadyWindow],
         upcoming: Sequence[ReadyWindow],
         now: float,
     ) -> tuple[int, int, float]:
         """(playing streams that miss, first windows that miss, the players' lateness) if
-        ``batch`` runs now, ``following`` right after it, and each upcoming window alone after
-        this round."""
+        ``batch`` runs now, every other ready window (``rest``, in order) in full rounds after
+        it, and each upcoming window alone after this round. Every candidate is judged on every
+        ready window: judged on fewer (the next round only), a small round looked better than a
+        full one whenever more than two rounds' windows were waiting, and a burst of streams was
+        served in rounds of one or two windows (measured on an H200: 1.6 windows per round at
+        64 streams)."""
         done = now + self.expected_seconds(batch)
-        then = done + self.expected_seconds(following)
-        late = [(w, done) for w in batch] + [(w, then) for w in following]
+        late = [(w, done) for w in batch]
+        then = done
+        for start in range(0, len(rest), self.max_batch):
+            group = rest[start : start + self.max_batch]
+            then += self.expected_seconds(group)
+            late += [(w, then) for w in group]
         late += [(w, done + self.expected_seconds([w])) for w in upcoming]
         playing = sum(1 for w, t in late if w.playing and t > w.deadline)
         first = sum(1 for w, t in late if not w.playing and t > w.deadline)
