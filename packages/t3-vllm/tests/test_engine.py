@@ -3,6 +3,7 @@ prefix caching across voices, seeds, and input validation."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,37 @@ def test_seeded_sampling_is_reproducible(tiny_engine, make_voice) -> None:
 
     assert run(7) == run(7)
     assert run(7) != run(8)
+
+
+def test_seeded_prompts_beyond_vllms_cpu_step_budget(
+    tiny_checkpoint, tiny_engine_kwargs, make_voice
+) -> None:
+    """16 seeded ~290-token prompts at once: more than vLLM's own CPU step budget (4096 tokens for
+    ``vllm.LLM``), which would split a prefill across steps, and vLLM 0.9.2's CPU worker cannot
+    rewind a seeded generator after a partial prefill (the engine died). The engine's CPU default
+    budget holds every sequence's full prompt, so all complete, as they do alone."""
+    kwargs = {k: v for k, v in tiny_engine_kwargs.items() if k != "max_num_batched_tokens"}
+    kwargs.update(max_num_seqs=16, num_gpu_blocks_override=16 * 320 // 16 + 1)
+    engine = T3Engine.from_checkpoint(tiny_checkpoint, **kwargs)
+    try:
+        rng = random.Random(3)
+        words = "apple river stone cloud maple dancer silver harbor window thunder".split()
+        texts = [" ".join(rng.choice(words) for _ in range(55)) + "." for _ in range(16)]
+        requests = [
+            T3Request(
+                text,
+                make_voice(i, 40),
+                T3SamplingParams(temperature=0.8, max_new_tokens=2, seed=i),
+            )
+            for i, text in enumerate(texts)
+        ]
+        batched = engine.generate_speech_tokens(requests)
+        assert sum(o.num_prompt_tokens for o in batched) > 4096
+        assert all(len(o.raw_token_ids) == 2 for o in batched)
+        [alone] = engine.generate_speech_tokens(requests[:1])
+        assert batched[0].raw_token_ids == alone.raw_token_ids
+    finally:
+        engine.shutdown()
 
 
 # --------------------------------------------------------------------------------- bad input

@@ -368,6 +368,10 @@ def _engine_arguments(
             f"max_num_batched_tokens must be >= {config.conditioning_len} (the conditioning rows "
             f"are one multimodal item and must fit one step), got {max_num_batched_tokens}"
         )
+    if current_platform.is_cpu():
+        max_num_batched_tokens = _cpu_step_budget(
+            max_num_seqs, max_model_len, max_num_batched_tokens
+        )
     arguments: dict[str, Any] = {
         "model": str(model_dir),
         "tokenizer": str(model_dir),
@@ -401,6 +405,32 @@ def _engine_arguments(
     arguments.update(plan.vllm_arguments(extra.pop("compilation_config", None)))
     arguments.update(extra)
     return arguments, plan
+
+
+def _cpu_step_budget(
+    max_num_seqs: int, max_model_len: int, max_num_batched_tokens: int | None
+) -> int | None:
+    """The step token budget on CPU: by default one that holds ``max_num_seqs`` full-length
+    prompts, so no prefill is ever split across steps.
+
+    vLLM 0.9.2's model runner rewinds a seeded request's generator after each partial prefill
+    step with ``Generator.set_offset``, which only CUDA generators have: on CPU, a seeded request
+    whose prefill is split kills the engine (``CPU Generator does not use offset``). vLLM's own
+    CPU default (4096 or 5120 tokens) splits as soon as the prompts scheduled together exceed it
+    (e.g. 32 chunks of 300 characters). A budget the caller sets is kept (chunked prefill works
+    for unseeded requests); a smaller one is logged."""
+    whole_prompts = max_num_seqs * max_model_len
+    if max_num_batched_tokens is None:
+        return whole_prompts
+    if max_num_batched_tokens < whole_prompts:
+        logger.warning(
+            "max_num_batched_tokens=%d < max_num_seqs x max_model_len = %d on CPU: a prefill "
+            "split across steps fails for a seeded request (vLLM 0.9.2's CPU generators cannot "
+            "rewind); leave max_num_batched_tokens unset to never split one",
+            max_num_batched_tokens,
+            whole_prompts,
+        )
+    return max_num_batched_tokens
 
 
 def _resolve_max_model_len(config: AnyT3Config, max_model_len: int | None) -> int:
