@@ -159,7 +159,7 @@ def test_seeded_sampling_is_reproducible(tiny_engine, make_voice) -> None:
 
 
 def test_seeded_prompts_beyond_vllms_cpu_step_budget(
-    tiny_checkpoint, tiny_engine_kwargs, make_voice
+    tiny_checkpoint, tiny_engine_kwargs, make_voice, monkeypatch
 ) -> None:
     """16 seeded ~290-token prompts at once: more than vLLM's own CPU step budget (4096 tokens for
     ``vllm.LLM``), which would split a prefill across steps, and vLLM 0.9.2's CPU worker cannot
@@ -167,6 +167,7 @@ def test_seeded_prompts_beyond_vllms_cpu_step_budget(
     budget holds every sequence's full prompt, so all complete, as they do alone."""
     kwargs = {k: v for k, v in tiny_engine_kwargs.items() if k != "max_num_batched_tokens"}
     kwargs.update(max_num_seqs=16, num_gpu_blocks_override=16 * 320 // 16 + 1)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core here: no 9 s spawn
     engine = T3Engine.from_checkpoint(tiny_checkpoint, **kwargs)
     try:
         rng = random.Random(3)
