@@ -111,6 +111,16 @@ def test_bad_input_exits_1_with_a_message(args: list[str], stdin: str, message: 
     assert "Traceback" not in result.stderr
 
 
+def test_verbosity_before_or_after_the_command() -> None:
+    """A script that starts ``serve`` appends its flags after the command (bench/server_load.py):
+    ``-v`` is accepted there as before it."""
+    parser = build_parser()
+    assert parser.parse_args(["-v", "serve", "--model-dir", "ck"]).verbose == 1
+    assert parser.parse_args(["serve", "--model-dir", "ck", "-vv"]).verbose == 2
+    assert parser.parse_args(["bench", "--text-file", "t.txt", "-v"]).verbose == 1
+    assert parser.parse_args(["speak", "Hi."]).verbose == 0
+
+
 def test_bad_command_line_exits_2() -> None:
     result = run_cli("speak", "Hi", "--temperature", "warm")
     assert result.returncode == 2 and "invalid float value" in result.stderr

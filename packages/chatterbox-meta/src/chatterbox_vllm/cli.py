@@ -93,6 +93,9 @@ VOICE_HELP = (
 )
 
 
+VERBOSE_HELP = "-v: info logs (vLLM's too), -vv: debug"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatterbox-vllm",
@@ -106,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  chatterbox-vllm bench --model-dir ./tiny --text-file chapter.txt --voice me.wav",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="-v: info logs (vLLM's too), -vv: debug"
-    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     speak = commands.add_parser(
@@ -197,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_control_arguments(bench)
     _add_model_arguments(bench)
+    for command in (speak, make, serve, bench):
+        # After the command too (`chatterbox-vllm serve ... -v`): scripts append their flags.
+        command.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return parser
 
 
