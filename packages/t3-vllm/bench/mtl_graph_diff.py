@@ -49,42 +49,9 @@ from typing import Any
 logger = logging.getLogger("mtl_graph_diff")
 
 MODES = ("off", "piecewise", "full", "full-vllm")
-CASES = (
-    ("en", "Hello world, this is a test."),
-    ("fr", "Bonjour tout le monde, comment allez-vous?"),
-    ("de", "Guten Morgen! Wie geht es dir heute?"),
-    ("es", "¿Dónde está la biblioteca?"),
-    ("ko", "안녕하세요, 만나서 반갑습니다."),
-    ("el", "Καλημέρα σε όλους."),
-    ("hi", "नमस्ते, आप कैसे हैं?"),
-    ("ar", "مرحبا بكم في بيتنا."),
-)
-"""The GPU test's texts (languages whose front end needs no optional package)."""
 
 
 # ---------------------------------------------------------------------------- one traced mode
-def _requests(count: int, max_new_tokens: int) -> list[Any]:
-    from chatterbox_t3 import T3Request, T3SamplingParams
-    from vllm_cpu_test_support.checkpoints import random_t3_voice
-
-    weights = (0.5, 0.0, 1.0, 0.3)
-    cases = (CASES * (count // len(CASES) + 1))[:count]
-    return [
-        T3Request(
-            text,
-            random_t3_voice(300 + i, (150, 60, 9)[i % 3]),
-            T3SamplingParams(
-                temperature=0.0,
-                repetition_penalty=1.2,
-                cfg_weight=weights[i % len(weights)],
-                max_new_tokens=max_new_tokens,
-            ),
-            language=language,
-        )
-        for i, (language, text) in enumerate(cases)
-    ]
-
-
 def _install_tracer(engine: Any, records: list[dict[str, Any]]) -> None:
     """Wrap the guard's ``apply`` (eager, right after the forward) to copy what it reads and
     decides to the host. Host syncs are fine here: this is a diagnosis, not a benchmark."""
@@ -173,6 +140,7 @@ def trace_mode(mode: str, checkpoint: Path, out: Path, count: int, max_new_token
     import torch
 
     from chatterbox_t3 import T3Engine
+    from vllm_cpu_test_support.multilingual import mixed_language_requests
 
     if mode == "full-vllm":
         # vLLM's own capture: undo the decode-shaped builders (engine core is in this process).
@@ -196,7 +164,7 @@ def trace_mode(mode: str, checkpoint: Path, out: Path, count: int, max_new_token
     try:
         _install_tracer(engine, records)
         started = time.perf_counter()
-        outputs = engine.generate_speech_tokens(_requests(count, max_new_tokens))
+        outputs = engine.generate_speech_tokens(mixed_language_requests(count, max_new_tokens))
         elapsed = time.perf_counter() - started
     finally:
         engine.shutdown()

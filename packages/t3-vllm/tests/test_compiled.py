@@ -53,7 +53,7 @@ def test_compiled_backbone_matches_eager(compiled_engine, tiny_engine, make_voic
 
 
 def test_compiled_turbo_backbone_matches_eager(
-    tmp_path_factory: pytest.TempPathFactory, make_voice
+    tmp_path_factory: pytest.TempPathFactory, make_voice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chatterbox Turbo's GPT-2 T3 (absolute positions over the whole sequence, no CFG row)
     traced by Dynamo gives the eager tokens: the path its full CUDA graphs take on a GPU."""
@@ -78,17 +78,10 @@ def test_compiled_turbo_backbone_matches_eager(
             ]
         )
     ]
+    monkeypatch.setenv("VLLM_CPU_CI_ENV", "1")  # Dynamo with the eager backend, as above
     tokens = {}
     for mode, eager in (("eager", True), ("compiled", False)):
-        previous = os.environ.get("VLLM_CPU_CI_ENV")
-        os.environ["VLLM_CPU_CI_ENV"] = "1"
-        try:
-            engine = T3Engine.from_checkpoint(checkpoint, **{**options, "enforce_eager": eager})
-        finally:
-            if previous is None:
-                os.environ.pop("VLLM_CPU_CI_ENV", None)
-            else:
-                os.environ["VLLM_CPU_CI_ENV"] = previous
+        engine = T3Engine.from_checkpoint(checkpoint, **{**options, "enforce_eager": eager})
         try:
             tokens[mode] = [o.raw_token_ids for o in engine.generate_speech_tokens(requests)]
         finally:

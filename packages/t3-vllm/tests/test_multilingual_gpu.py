@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 import torch
 
-from chatterbox_t3 import T3Engine, T3Request, T3SamplingParams
+from chatterbox_t3 import T3Engine, T3Request
 from chatterbox_t3.checkpoint import write_random_t3_checkpoint
 from chatterbox_t3.cuda_graphs import MULTILINGUAL_FULL_GRAPHS_ENV
+from vllm_cpu_test_support.multilingual import mixed_language_requests
 
 pytestmark = [
     pytest.mark.gpu,
@@ -49,17 +50,6 @@ GPU_ENGINE: dict[str, Any] = {
     "gpu_memory_utilization": 0.1,
     "seed": 0,
 }
-# Languages whose front end needs no optional package (the device image has none).
-CASES = (
-    ("en", "Hello world, this is a test."),
-    ("fr", "Bonjour tout le monde, comment allez-vous?"),
-    ("de", "Guten Morgen! Wie geht es dir heute?"),
-    ("es", "¿Dónde está la biblioteca?"),
-    ("ko", "안녕하세요, 만나서 반갑습니다."),
-    ("el", "Καλημέρα σε όλους."),
-    ("hi", "नमस्ते, आप कैसे हैं?"),
-    ("ar", "مرحبا بكم في بيتنا."),
-)
 
 
 @pytest.fixture(scope="module")
@@ -69,24 +59,8 @@ def multilingual_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _requests(make_voice) -> list[T3Request]:
-    weights = (0.5, 0.0, 1.0, 0.3)
-    return [
-        T3Request(
-            text,
-            make_voice(300 + i, (150, 60, 9)[i % 3]),
-            T3SamplingParams(
-                temperature=0.0,
-                # 1.2 rather than the multilingual 2.0: with random weights 2.0 rarely lets the
-                # analyzer fire within the token budget, 1.2 makes it stop most requests early.
-                repetition_penalty=1.2,
-                cfg_weight=weights[i % len(weights)],
-                max_new_tokens=MAX_NEW_TOKENS,
-            ),
-            language=language,
-        )
-        for i, (language, text) in enumerate(CASES * 2)
-    ]
+def _requests() -> list[T3Request]:
+    return mixed_language_requests(16, MAX_NEW_TOKENS)
 
 
 def _generate(engine: T3Engine, requests: list[T3Request]) -> list[tuple[int, ...]]:
@@ -102,10 +76,10 @@ def _engine(checkpoint: Path, mode: str, **options: Any) -> T3Engine:
 
 
 @pytest.fixture(scope="module")
-def eager_runs(multilingual_checkpoint: Path, make_voice) -> dict[str, list[tuple[int, ...]]]:
+def eager_runs(multilingual_checkpoint: Path) -> dict[str, list[tuple[int, ...]]]:
     engine = _engine(multilingual_checkpoint, "off")
     try:
-        requests = _requests(make_voice)
+        requests = _requests()
         return {
             "mixed": _generate(engine, requests),
             "small": _generate(engine, requests[:SMALL_BATCH]),
@@ -137,7 +111,7 @@ def test_full_graphs_need_the_switch(multilingual_checkpoint: Path, monkeypatch)
 
 
 def test_full_graphs_give_the_eager_tokens(
-    multilingual_checkpoint: Path, make_voice, eager_runs, monkeypatch
+    multilingual_checkpoint: Path, eager_runs, monkeypatch
 ) -> None:
     monkeypatch.setenv(MULTILINGUAL_FULL_GRAPHS_ENV, "1")
     engine = _engine(multilingual_checkpoint, "full")
@@ -145,7 +119,7 @@ def test_full_graphs_give_the_eager_tokens(
         compilation = engine.vllm.llm_engine.vllm_config.compilation_config
         assert compilation.full_cuda_graph
         assert sorted(compilation.cudagraph_capture_sizes) == [1, 2, 4, 8, 16, 24]
-        requests = _requests(make_voice)
+        requests = _requests()
         mixed = _generate(engine, requests)
         small = _generate(engine, requests[:SMALL_BATCH])
     finally:
@@ -156,12 +130,12 @@ def test_full_graphs_give_the_eager_tokens(
     assert not mismatched, f"full graphs, batch of {SMALL_BATCH}: requests {mismatched} differ"
 
 
-def _preempted_run(checkpoint: Path, mode: str, make_voice) -> tuple[list[tuple[int, ...]], int]:
+def _preempted_run(checkpoint: Path, mode: str) -> tuple[list[tuple[int, ...]], int]:
     engine = _engine(
         checkpoint, mode, num_gpu_blocks_override=PREEMPTING_BLOCKS, disable_log_stats=False
     )
     try:
-        tokens = _generate(engine, _requests(make_voice))
+        tokens = _generate(engine, _requests())
         preemptions = sum(
             int(m.value) for m in engine.vllm.get_metrics() if m.name == "vllm:num_preemptions"
         )
@@ -170,25 +144,23 @@ def _preempted_run(checkpoint: Path, mode: str, make_voice) -> tuple[list[tuple[
     return tokens, preemptions
 
 
-def test_full_graphs_through_preemption(
-    multilingual_checkpoint: Path, make_voice, monkeypatch
-) -> None:
+def test_full_graphs_through_preemption(multilingual_checkpoint: Path, monkeypatch) -> None:
     """Eager and full graphs through the same small KV cache: requests are preempted and
     recomputed (their analyzer state kept, their keys filed again) at the same steps."""
     monkeypatch.setenv(MULTILINGUAL_FULL_GRAPHS_ENV, "1")
-    eager, eager_preemptions = _preempted_run(multilingual_checkpoint, "off", make_voice)
-    full, full_preemptions = _preempted_run(multilingual_checkpoint, "full", make_voice)
+    eager, eager_preemptions = _preempted_run(multilingual_checkpoint, "off")
+    full, full_preemptions = _preempted_run(multilingual_checkpoint, "full")
     assert eager_preemptions > 0 and full_preemptions > 0
     mismatched = _mismatched(full, eager)
     assert not mismatched, f"full graphs after preemption: requests {mismatched} differ"
 
 
 def test_piecewise_graphs_give_the_eager_tokens(
-    multilingual_checkpoint: Path, make_voice, eager_tokens
+    multilingual_checkpoint: Path, eager_tokens
 ) -> None:
     engine = _engine(multilingual_checkpoint, "piecewise")
     try:
-        tokens = _generate(engine, _requests(make_voice))
+        tokens = _generate(engine, _requests())
     finally:
         engine.shutdown()
     mismatched = _mismatched(tokens, eager_tokens)

@@ -340,11 +340,8 @@ class S3GenScheduler:
 
     def _own_stream(self) -> torch.cuda.Stream | None:
         device = getattr(self.decoder, "device", None)
-        if not self.own_cuda_stream or not isinstance(device, torch.device):
-            return None
-        if device.type != "cuda":
-            return None
-        return torch.cuda.Stream(device)
+        on_cuda = isinstance(device, torch.device) and device.type == "cuda"
+        return torch.cuda.Stream(device) if self.own_cuda_stream and on_cuda else None
 
     def _loop(self, stream: torch.cuda.Stream | None) -> None:
         while True:

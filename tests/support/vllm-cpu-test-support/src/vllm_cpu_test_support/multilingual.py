@@ -1,5 +1,5 @@
-"""Multilingual text files for tests: the generated tokenizer and Cangjie table, and a stand-in
-for spacy-pkuseg's downloadable model.
+"""Multilingual text files for tests: the generated tokenizer and Cangjie table, a stand-in for
+spacy-pkuseg's downloadable model, and the mixed-language batch of the GPU graph checks.
 
 spacy-pkuseg downloads its default model (``spacy_ontonotes``) from GitHub on first use; tests run
 without network, so :func:`install_pkuseg_model` trains a tiny model on :data:`SEGMENTED_CHINESE`
@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 # Segmented as a Chinese reader would; every glyph is in the generated Cangjie table.
 SEGMENTED_CHINESE = (
@@ -62,3 +63,43 @@ def install_pkuseg_model(home: str | Path) -> Path:
     os.environ["PKUSEG_HOME"] = str(home)
     spacy_pkuseg.config.pkuseg_home = str(home)
     return model_dir
+
+
+MIXED_LANGUAGE_CASES = (
+    ("en", "Hello world, this is a test."),
+    ("fr", "Bonjour tout le monde, comment allez-vous?"),
+    ("de", "Guten Morgen! Wie geht es dir heute?"),
+    ("es", "¿Dónde está la biblioteca?"),
+    ("ko", "안녕하세요, 만나서 반갑습니다."),
+    ("el", "Καλημέρα σε όλους."),
+    ("hi", "नमस्ते, आप कैसे हैं?"),
+    ("ar", "مرحبا بكم في بيتنا."),
+)
+"""Languages whose front end needs no optional package (the device image has none)."""
+
+
+def mixed_language_requests(count: int, max_new_tokens: int) -> list[Any]:
+    """``count`` greedy multilingual ``T3Request``s cycling through
+    :data:`MIXED_LANGUAGE_CASES`, with random voices of 150, 60 and 9 prompt tokens and mixed
+    CFG weights: the batch tests/test_multilingual_gpu.py and bench/mtl_graph_diff.py run."""
+    from chatterbox_t3 import T3Request, T3SamplingParams
+    from vllm_cpu_test_support.checkpoints import random_t3_voice
+
+    weights = (0.5, 0.0, 1.0, 0.3)
+    cases = (MIXED_LANGUAGE_CASES * (count // len(MIXED_LANGUAGE_CASES) + 1))[:count]
+    return [
+        T3Request(
+            text,
+            random_t3_voice(300 + i, (150, 60, 9)[i % 3]),
+            T3SamplingParams(
+                temperature=0.0,
+                # 1.2 rather than the multilingual 2.0: with random weights 2.0 rarely lets the
+                # analyzer fire within the token budget, 1.2 makes it stop most requests early.
+                repetition_penalty=1.2,
+                cfg_weight=weights[i % len(weights)],
+                max_new_tokens=max_new_tokens,
+            ),
+            language=language,
+        )
+        for i, (language, text) in enumerate(cases)
+    ]
