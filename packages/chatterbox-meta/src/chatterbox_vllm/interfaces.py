@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -108,9 +108,13 @@ class SpeechTokenGenerator(Protocol[RequestT_contra]):
 class StreamingSpeechTokenGenerator(Protocol[RequestT_contra]):
     """What the local executor needs from T3: text checking and token streams."""
 
-    def check_text(self, text: str) -> Sequence[int]:
-        """The model's text ids for ``text``; raises a ``ValueError`` subclass naming what is
-        wrong for text the model cannot speak (checked before anything is queued)."""
+    def check_text(
+        self, text: str, language: str | None = None, voice: Any | None = None
+    ) -> Sequence[int]:
+        """The model's text ids for ``text`` (in ``language``, where the model has several);
+        raises a ``ValueError`` subclass naming what is wrong for text the model cannot speak
+        (checked before anything is queued). With ``voice`` (the model's conditioning of the
+        request), the whole prompt is checked too, where its length depends on the voice."""
         ...
 
     def stream_speech_tokens(

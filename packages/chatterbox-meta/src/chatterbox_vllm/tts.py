@@ -708,7 +708,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
             text=item.text,
             voice=voice.t3,
             params=item.t3_sampling(),
-            text_token_ids=self._check_text(item),
+            text_token_ids=self._check_text(item, voice),
             # Word timings come from the multilingual analyzer; the English T3 has none.
             word_timings=self.model == "multilingual",
             **self._language_of(item),
@@ -725,12 +725,13 @@ class ChatterboxTTS(SpeechFront[Voice]):
         # Only the final output is read: no intermediate outputs are built.
         return self._t3.stream_speech_tokens(request, final_only=True, on_tokens=on_tokens)
 
-    def _check_text(self, item: PlanItem) -> tuple[int, ...] | None:
+    def _check_text(self, item: PlanItem, voice: Voice) -> tuple[int, ...] | None:
         """T3's text front end on one item before anything is queued, so a chunk it rejects
-        (e.g. characters without a token) fails the call before any decoding starts. Returns the
-        text ids for the request (tokenised once)."""
+        (e.g. characters without a token, or a prompt too long with this voice's conditioning)
+        fails the call before any decoding starts. Returns the text ids for the request
+        (tokenised once)."""
         try:
-            return tuple(self._t3.check_text(item.text, **self._language_of(item)))
+            return tuple(self._t3.check_text(item.text, voice=voice.t3, **self._language_of(item)))
         except ValueError as error:
             translated = from_component_error(error) or InvalidTextError(str(error))
             raise ChunkInputError(item.order, translated) from error

@@ -213,6 +213,34 @@ class T3Frontend:
         if not isinstance(self.config, TurboT3Config):
             self.config.check_text_fits(num_text_ids, self.max_model_len)
 
+    def prompt_room(self, num_text_ids: int, voice: T3Voice, num_bos: int) -> int:
+        """Positions left to generate after the prompt of ``num_text_ids`` text ids with
+        ``voice``'s conditioning and ``num_bos`` start-of-speech tokens; raises
+        :class:`~chatterbox_t3.errors.TextTooLongError` when not even one is left. Only Turbo's
+        prompts can run out (its conditioning has a row per voice prompt token, so its length
+        depends on the voice); the other models' :meth:`text_capacity` leaves room."""
+        turbo = isinstance(self.config, TurboT3Config)
+        # Turbo's conditioning placeholder expands to 1 + P rows (P voice prompt tokens).
+        conditioning_len = (
+            1 + voice.prompt_tokens.numel() if turbo else self.config.conditioning_len
+        )
+        num_prompt_tokens = conditioning_len + num_text_ids + num_bos
+        room = self.max_model_len - num_prompt_tokens
+        if room < 1:
+            voice_part = (
+                f"the voice's {conditioning_len} conditioning positions"
+                if turbo
+                else "conditioning"
+            )
+            raise TextTooLongError(
+                f"the prompt needs {num_prompt_tokens} positions ({num_text_ids} text tokens "
+                f"after normalisation, {voice_part} and start-of-speech) plus one to generate, "
+                f"but at most {self.max_model_len} fit (max_model_len, or the KV cache when "
+                "num_gpu_blocks_override is set); split the text into shorter pieces (one word "
+                "this long has nowhere to be split) or allow longer sequences"
+            )
+        return room
+
     def prepare(self, request: T3Request) -> _PreparedRequest:
         if not isinstance(request, T3Request):
             raise T3InputError(f"expected a T3Request, got {type(request).__name__}")
@@ -246,19 +274,8 @@ class T3Frontend:
             + [config.start_speech_token] * num_bos
         )
         self.check_text_fits(len(text_ids))
-        # Turbo's conditioning has a row per prompt token (the placeholder expands to 1 + P).
-        conditioning_len = (
-            1 + request.voice.prompt_tokens.numel() if turbo else config.conditioning_len
-        )
-        num_prompt_tokens = conditioning_len - 1 + len(prompt_ids)
-        room = self.max_model_len - num_prompt_tokens
-        if room < 1:  # Turbo's (the others' text_capacity leaves room)
-            raise TextTooLongError(
-                f"the prompt needs {num_prompt_tokens} positions ({len(text_ids)} text tokens "
-                f"with conditioning and start-of-speech) plus one to generate, but at most "
-                f"{self.max_model_len} fit (max_model_len, or the KV cache when "
-                "num_gpu_blocks_override is set); shorten the text or allow longer sequences"
-            )
+        room = self.prompt_room(len(text_ids), request.voice, num_bos)
+        num_prompt_tokens = self.max_model_len - room
         words = self.text_words(request, text_ids) if request.word_timings else None
         # Turbo has no emotion input: one cache entry per voice whatever exaggeration says.
         conditioning = self.conditioning.get(request.voice, 0.0 if turbo else params.exaggeration)
@@ -672,11 +689,20 @@ class AsyncT3Engine:
     ) -> T3Voice:
         return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
 
-    def check_text(self, text: str, language: str | None = None) -> list[int]:
+    def check_text(
+        self, text: str, language: str | None = None, voice: T3Voice | None = None
+    ) -> list[int]:
         """``text``'s T3 text ids (normalised, tokenised, framed); raises a
-        :class:`~chatterbox_t3.errors.T3InputError` for text T3 cannot speak. Pass the ids as
-        ``T3Request.text_token_ids`` to skip tokenising again."""
-        return self.frontend.text_token_ids(text, language)
+        :class:`~chatterbox_t3.errors.T3InputError` for text T3 cannot speak. With ``voice``,
+        the whole prompt is checked too (Turbo's length depends on the voice), so a request
+        :meth:`stream_speech_tokens` would refuse is refused here, before anything is queued.
+        Pass the ids as ``T3Request.text_token_ids`` to skip tokenising again."""
+        ids = self.frontend.text_token_ids(text, language)
+        if voice is not None:
+            # The most start-of-speech tokens any request of this model has (CFG: two).
+            num_bos = 1 if isinstance(self.config, TurboT3Config) else NUM_PROMPT_BOS
+            self.frontend.prompt_room(len(ids), voice, num_bos)
+        return ids
 
     async def stream_speech_tokens(
         self,
