@@ -219,6 +219,8 @@ def test_session_update_is_checked_like_the_speech_endpoint(server) -> None:
                 errors.append(await _next(ws, "error", "session.updated"))
             await ws.send("not json")
             errors.append(await _next(ws, "error"))
+            await ws.send("[" * 100_000)  # deeper than json's parser recurses
+            errors.append(await _next(ws, "error"))
             await _send(ws, "input_text_buffer.speak")
             errors.append(await _next(ws, "error"))
             await _send(ws, "input_text_buffer.commit")  # nothing buffered
@@ -242,8 +244,11 @@ def test_session_update_is_checked_like_the_speech_endpoint(server) -> None:
     assert http.status_code == 400
     assert http.json()["error"]["message"] == errors[0]["error"]["message"]
     assert "not valid JSON" in errors[len(bad)]["error"]["message"]
-    assert "input_text_buffer.append" in errors[len(bad) + 1]["error"]["message"]
-    assert errors[len(bad) + 2]["error"]["code"] == "input_text_buffer_empty"
+    deep = errors[len(bad) + 1]["error"]
+    assert deep["type"] == "invalid_request_error" and deep["code"] == "invalid_event"
+    assert "nested too deeply" in deep["message"]
+    assert "input_text_buffer.append" in errors[len(bad) + 2]["error"]["message"]
+    assert errors[len(bad) + 3]["error"]["code"] == "input_text_buffer_empty"
     _assert_idle(server)
 
 

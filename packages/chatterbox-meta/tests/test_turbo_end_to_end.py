@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from chatterbox_vllm import ChatterboxTTS
 from chatterbox_vllm.checkpoint import make_random_checkpoint
+from chatterbox_vllm.errors import InvalidTextError
 from chatterbox_vllm.server.routes import create_app
 from chatterbox_vllm.server.settings import ServerSettings
 
@@ -71,3 +72,35 @@ def test_the_server_reports_and_speaks_turbo(turbo: ChatterboxTTS) -> None:
     assert samples.size > 0 and samples.size % 480 == 0
     refused = client.post("/v1/audio/speech", json={**body, "top_k": -1})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "top_k"
+    # Word timings need the multilingual analyzer: refused, naming the model this server runs.
+    stamped = client.post("/v1/audio/speech", json={**body, "timestamps": True})
+    assert stamped.status_code == 400 and stamped.json()["error"]["param"] == "timestamps"
+    assert "this server runs the turbo model" in stamped.json()["error"]["message"]
+
+
+def test_a_word_too_long_for_a_turbo_prompt_is_refused_before_any_work(
+    turbo: ChatterboxTTS,
+) -> None:
+    # About 1,000 text tokens: inside Turbo's 1,024 text positions, but with the voice's prompt
+    # (its conditioning has a row per prompt token) past the engine's positions. One word has
+    # nowhere to be split, so it must be refused as bad input before a response starts, as on
+    # the other models; it used to be found only by T3 once the response had begun (a cut-off
+    # stream, and an "internal error" on the WebSocket).
+    word = "a" * 2000
+    with pytest.raises(InvalidTextError, match="split the text into shorter pieces"):
+        turbo.generate(word, max_new_tokens=8)
+    client = TestClient(create_app(turbo, ServerSettings()))
+    body = {"model": "chatterbox", "input": word, "response_format": "pcm", "max_new_tokens": 8}
+    response = client.post("/v1/audio/speech", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "input" and "positions" in error["message"]
+    with client.websocket_connect("/v1/audio/speech/stream") as ws:
+        assert ws.receive_json()["type"] == "session.created"
+        ws.send_json({"type": "input_text_buffer.append", "delta": word})
+        ws.send_json({"type": "input_text_buffer.commit"})
+        events = [ws.receive_json() for _ in range(2)]
+        error = next(event for event in events if event["type"] == "error")["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == "delta"
+    ok = client.post("/v1/audio/speech", json={**body, "input": "Fine."})
+    assert ok.status_code == 200 and len(ok.content) > 0

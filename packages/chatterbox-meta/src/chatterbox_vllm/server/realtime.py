@@ -267,6 +267,12 @@ class SpeechStreamSession:
         except ValueError as error:
             await self._error(f"the message is not valid JSON ({error})", code="invalid_event")
             return None
+        except RecursionError:  # json's parser recurses once per nesting level
+            await self._error(
+                "the message is nested too deeply to parse; send a flat JSON object",
+                code="invalid_event",
+            )
+            return None
         if not isinstance(event, dict) or event.get("type") not in CLIENT_EVENTS:
             kind = event.get("type") if isinstance(event, dict) else None
             await self._error(

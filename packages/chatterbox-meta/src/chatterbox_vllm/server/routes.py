@@ -270,7 +270,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             raise APIError(
                 400,
                 "timestamps are available on the multilingual model only (word timings come "
-                "from its alignment analyzer; this server runs the English model, which has none)",
+                f"from its alignment analyzer; this server runs the {tts.model} model, which has "
+                "none)",
                 param="timestamps",
             )
         started = time.perf_counter()
