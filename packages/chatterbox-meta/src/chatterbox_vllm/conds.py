@@ -139,13 +139,18 @@ class VoiceConditionals:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"voice conditionals file not found: {path}")
+        from chatterbox_t3.checkpoint import torch_load_reason
+
         try:
             conds = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for bad pickles
+            # torch's own message advises loading with weights_only=False (running the file's
+            # code) and filing an issue with torch: only its reason is shown.
             raise CheckpointError(
-                f"{path} is not a readable conds.pt (torch.load(weights_only=True) failed: "
-                f"{error})"
-            ) from error
+                f"{path} is not a readable conds.pt voice file: torch cannot read it "
+                f"({torch_load_reason(error)}); it is damaged, or not a voice saved with "
+                "Voice.save (a checkpoint's conds.pt has the same layout)"
+            ) from None
         return cls.from_dict(conds, source=str(path))
 
 

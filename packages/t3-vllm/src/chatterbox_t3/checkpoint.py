@@ -292,7 +292,7 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
         raise CorruptCheckpointFileError(
             f"{path} is incomplete or corrupt: torch cannot read it as a state dict of tensors "
-            f"({_torch_reason(error)}); delete it and download the checkpoint again"
+            f"({torch_load_reason(error)}); delete it and download the checkpoint again"
         ) from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
@@ -303,7 +303,7 @@ def load_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _torch_reason(error: BaseException) -> str:
+def torch_load_reason(error: BaseException) -> str:
     """What ``torch.load`` found wrong, without its advice to users of ``weights_only`` (e.g.
     "Please file an issue..."), which is about torch's own loader, not this file."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
