@@ -178,15 +178,37 @@ def test_turbo_sequences_have_room_for_a_375_token_voice_prompt() -> None:
     assert EngineConfig(max_model_len=512).for_turbo().model_len == 512  # a set value is kept
 
 
-def test_the_cli_checks_turbo_files_before_loading(tmp_path: Path) -> None:
+def test_a_short_voice_gets_turbos_rule(voice_models) -> None:  # type: ignore[no-untyped-def]
+    # Under the general 1 s minimum too: the message is Turbo's, not "at least 1.0 s is needed"
+    # (which a 2 s recording then meets, only to be refused for Turbo's 5 s).
+    encoder, s3gen = voice_models
+    with pytest.raises(AudioTooShortError, match=r"0\.50 s long; the turbo model needs .*than 5 s"):
+        VoiceCache(model="turbo").get_or_prepare((_speech_like(0.5, 0.5), 24_000), encoder, s3gen)
+
+
+def test_the_cli_checks_turbo_files_and_voice_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The CLI's pre-load check reads Turbo's voice encoder from ve.safetensors (the Turbo
-    release has no ve.pt): a whole random checkpoint passes, a corrupt file is named."""
+    release has no ve.pt): a whole random checkpoint passes, a corrupt file is named; a voice
+    too short for Turbo is refused before the model loads."""
+    import soundfile
+
     from chatterbox_vllm.checkpoint import make_random_checkpoint
+    from chatterbox_vllm.cli import main
     from chatterbox_vllm.errors import ChatterboxError
     from chatterbox_vllm.preflight import check_checkpoint
 
     directory = Path(make_random_checkpoint(tmp_path / "turbo", size="tiny", seed=0, model="turbo"))
     assert check_checkpoint(directory, needs_default_voice=True) == directory
+    voice = tmp_path / "three-seconds.wav"
+    soundfile.write(voice, _speech_like(3.0, 0.5).numpy(), 24_000)
+    out = tmp_path / "out.wav"
+    argv = ["speak", "Hi.", "--model-dir", str(directory), "--voice", str(voice), "--out", str(out)]
+    assert main([*argv, "--device", "cpu"]) == 1
+    stderr = capsys.readouterr().err
+    assert "3.00 s long; the turbo model needs a reference longer than 5 s" in stderr
+    assert "loading" not in stderr and not out.exists()
     (directory / "ve.safetensors").write_bytes(b"<html>not found</html>")
     with pytest.raises(ChatterboxError, match="ve.safetensors"):
         check_checkpoint(directory, needs_default_voice=False)

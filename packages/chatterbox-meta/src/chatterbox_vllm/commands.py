@@ -127,13 +127,13 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
 
     validate_text(text)
     checks.check_vocoder(config.vocoder)
-    if args.voice is not None:
-        checks.check_voice(args.voice)
     if args.out is not None:
         checks.check_output(args.out)
     if not replicated(args):
         config = config.with_overrides({"device": checks.check_device(config.device)})
     model = command_model(args)
+    if args.voice is not None:
+        checks.check_voice(args.voice, model)  # by the model's rule (Turbo: more than 5 s)
     language = check_controls_for_model(args, model)
     if args.model_dir is not None:
         path = checks.check_checkpoint(args.model_dir, needs_default_voice=args.voice is None)

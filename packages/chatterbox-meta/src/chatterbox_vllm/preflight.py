@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from chatterbox_vllm.audio import AudioInput, load_voice_audio, output_format
+from chatterbox_vllm.audio import AudioInput, output_format
 from chatterbox_vllm.errors import ChatterboxError, from_component_error
 from chatterbox_vllm.hub import inspect_checkpoint_dir
 from chatterbox_vllm.languages import check_language_for_model
 from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.paths import check_not_directory, check_writable
 from chatterbox_vllm.text import split_text, validate_text
-from chatterbox_vllm.voices import Voice
+from chatterbox_vllm.voices import Voice, load_voice_audio_for
 
 if TYPE_CHECKING:
     from chatterbox_t3.text import EnglishTokenizer
@@ -190,12 +190,13 @@ def check_text(
     return text
 
 
-def check_voice(voice: AudioInput) -> None:
-    """Decodes and validates a voice file (or loads a saved ``.pt`` voice) without a model."""
+def check_voice(voice: AudioInput, model: ModelKind = "english") -> None:
+    """Decodes and validates a voice file for ``model`` (Turbo needs more than 5 s), or loads a
+    saved ``.pt`` voice, without loading the model."""
     if isinstance(voice, str | os.PathLike) and Path(voice).suffix.lower() == ".pt":
         Voice.load(voice)
         return
-    load_voice_audio(voice)
+    load_voice_audio_for(voice, model)
 
 
 def check_output(path: str | os.PathLike) -> None:

@@ -31,6 +31,7 @@ import torch
 from cachetools import LRUCache
 
 from chatterbox_vllm.audio import (
+    MIN_VOICE_SECONDS,
     S3_TOKENIZER_SAMPLE_RATE,
     S3GEN_SAMPLE_RATE,
     AudioInput,
@@ -166,6 +167,18 @@ def check_voice_length(wav_24k: torch.Tensor, model: ModelKind) -> None:
         )
 
 
+def load_voice_audio_for(audio: AudioInput, model: ModelKind) -> torch.Tensor:
+    """:func:`~chatterbox_vllm.audio.load_voice_audio` with ``model``'s length rule: a model that
+    needs more than the general minimum (Turbo: longer than 5 s) says so for every shorter
+    reference, instead of the general "at least 1 s" for the shortest ones."""
+    longer_than = VOICE_RECIPES[model].longer_than_seconds
+    wav_24k = load_voice_audio(
+        audio, min_seconds=0.0 if longer_than >= MIN_VOICE_SECONDS else MIN_VOICE_SECONDS
+    )
+    check_voice_length(wav_24k, model)
+    return wav_24k
+
+
 def build_voice(
     wav_24k: torch.Tensor,
     voice_encoder: VoiceEncoder,
@@ -216,8 +229,7 @@ class VoiceCache:
         self.misses = 0
 
     def get_or_prepare(self, audio: AudioInput, voice_encoder: VoiceEncoder, s3gen: S3Gen) -> Voice:
-        wav_24k = load_voice_audio(audio)
-        check_voice_length(wav_24k, self.model)  # before the cache: a clear error every time
+        wav_24k = load_voice_audio_for(audio, self.model)  # before the cache: an error each time
         key = audio_content_hash(wav_24k)
         with self._lock:
             voice = self._voices.get(key)

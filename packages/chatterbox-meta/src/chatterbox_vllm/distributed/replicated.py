@@ -33,7 +33,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, AudioInput, load_voice_audio
+from chatterbox_vllm.audio import S3GEN_SAMPLE_RATE, AudioInput
 from chatterbox_vllm.config import EngineConfig
 from chatterbox_vllm.distributed.dispatch import ChunkDispatcher, DispatchReport
 from chatterbox_vllm.distributed.pool import (
@@ -49,7 +49,7 @@ from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION
 from chatterbox_vllm.models import ModelKind, check_model_kind
 from chatterbox_vllm.planner import Plan
 from chatterbox_vllm.results import ChunkAudio, GenerationStats, TTSRequest, VoiceLike
-from chatterbox_vllm.voices import Voice, audio_content_hash
+from chatterbox_vllm.voices import Voice, audio_content_hash, load_voice_audio_for
 from chatterbox_vllm.watermark import Watermarker, resolve_watermarker
 
 logger = logging.getLogger(__name__)
@@ -381,7 +381,8 @@ class ReplicatedChatterboxTTS(SpeechFront[_VoiceHandle]):
         return self._default_voice
 
     def _voice_ref_for_audio(self, audio: AudioInput) -> tuple[Voice, Any]:
-        wav_24k = load_voice_audio(audio)  # decoding and validation errors are raised here
+        # Decoding and validation errors (this model's length rule too) are raised here.
+        wav_24k = load_voice_audio_for(audio, self.model)
         key = audio_content_hash(wav_24k)
         cached = self._cached_voice(key)
         if cached is not None:
