@@ -73,6 +73,15 @@ def test_bad_stream_input_fails_before_anything_starts(tts: ChatterboxTTS) -> No
         tts.stream("   ")
     with pytest.raises(InvalidParameterError, match="cfg_weight"):
         tts.stream("Hello.", cfg_weight=9)
+    # A chunk T3's text front end refuses (one word longer than a prompt holds) is the same
+    # InvalidTextError as from generate, on every streaming entry point, not an internal
+    # per-chunk error type.
+    word = "a" * 3000
+    with pytest.raises(InvalidTextError, match="nowhere to be split"):
+        tts.stream("Fine. " + word)
+    with pytest.raises(InvalidTextError, match="nowhere to be split"):
+        list(tts.stream_text(["Fine. ", word], max_new_tokens=4))
+    assert tts.scheduler.stats.open_streams == 0
 
 
 def test_stream_text_speaks_deltas_like_stream_speaks_the_whole_text(tts: ChatterboxTTS) -> None:

@@ -517,12 +517,20 @@ class ChatterboxTTS(SpeechFront[Voice]):
             )
             return StreamItem(item.order, request, lane_id)
 
+        def request_of(item: PlanItem) -> Any:
+            try:
+                return self._t3_request(item, voice)
+            except ChunkInputError as error:
+                # A stream speaks one text: its chunk's error is the text's (InvalidTextError,
+                # a ValueError...), as generate raises it for one text.
+                raise error.cause from None
+
         def open_item(item: PlanItem) -> StreamItem:
-            return open_lane(item, self._t3_request(item, voice))
+            return open_lane(item, request_of(item))
 
         # Every chunk's text is checked before any S3Gen lane opens: a chunk the front end
         # refuses must not leave the lanes of the chunks before it open.
-        requests = [self._t3_request(item, voice) for item in plan_items]
+        requests = [request_of(item) for item in plan_items]
         items: list[StreamItem] = []
         try:
             for item, request in zip(plan_items, requests, strict=True):
