@@ -361,6 +361,11 @@ def test_bad_serve_flags_fail_before_the_model_loads(
             (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' is not"),
             (["--host", "192.0.2.1"], "the address is not one of this machine's"),
             (["--voices-dir", str(a_file)], "is a file; give a directory"),
+            (
+                ["--voices-dir", str(a_file / "voices")],
+                f"--voices-dir {a_file / 'voices'}: cannot create the directory ({a_file} is a "
+                "file, not a directory)",
+            ),
             (["--vocoder", "nope"], "--vocoder 'nope' is not available; use one of"),
             (["--drain-seconds", "-1"], "drain_seconds must be a number of seconds >= 0"),
             (["--model-name", ""], "model_name must not be empty"),

@@ -89,6 +89,29 @@ def open_for_writing(path: str | os.PathLike, what: str, example: str) -> Binary
         ) from None
 
 
+def ensure_directory(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a directory, created (with its parents) if missing, or an
+    :class:`OutputPathError` naming ``what`` (e.g. "--voices-dir"), the path and why it cannot be
+    created (a file in the way, a file system where nothing can be created, no permission)."""
+    target = Path(path)
+    _check_characters(target, what)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        existing = next((a for a in target.parents if a.exists()), Path("/"))
+        if isinstance(error, FileExistsError) or not existing.is_dir():
+            blocking = target if target.exists() else existing
+            reason = f"{blocking} is a file, not a directory"
+        elif error.errno in (errno.EACCES, errno.EPERM):
+            reason = f"permission denied: this user may not create directories in {existing}"
+        elif error.errno == errno.ENOENT:  # e.g. /proc: no directory can be created there
+            reason = f"no directory can be created in {existing}"
+        else:
+            reason = _reason(target, error, "")
+        raise OutputPathError(f"{what} {target}: cannot create the directory ({reason})") from None
+    return target
+
+
 def check_writable(path: str | os.PathLike, what: str, example: str) -> Path:
     """Checks, before any work is done, that ``path`` can be opened for writing, without
     changing an existing file: an existing one is opened for appending (nothing written), a new

@@ -69,6 +69,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from chatterbox_vllm.commands import engine_config, load, replicated
+    from chatterbox_vllm.paths import ensure_directory
     from chatterbox_vllm.preflight import check_checkpoint, check_device, check_vocoder
     from chatterbox_vllm.server.routes import create_app
     from chatterbox_vllm.server.settings import settings_from_namespace
@@ -85,6 +86,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.model_dir is not None:
         check_checkpoint(args.model_dir, needs_default_voice=False)
     check_bind(settings.host, settings.port)
+    if settings.voices_dir is not None:
+        # Created now, as the voice store would once the engine is loaded (a minute later).
+        ensure_directory(settings.voices_dir, "--voices-dir")
     tts = load(args, config)
     try:
         app = create_app(tts, settings)

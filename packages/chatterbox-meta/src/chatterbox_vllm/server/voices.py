@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
+from chatterbox_vllm.paths import ensure_directory
 from chatterbox_vllm.voices import Voice
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class VoiceStore:
         self._voices: dict[str, Voice] = {}
         self._lock = threading.Lock()
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            ensure_directory(directory, "voices directory")
             for path in sorted(directory.glob("*.pt")):
                 self._load_file(path)
             logger.info("loaded %d voice(s) from %s", len(self._voices), directory)
