@@ -111,6 +111,18 @@ def test_bad_input_exits_1_with_a_message(args: list[str], stdin: str, message: 
     assert "Traceback" not in result.stderr
 
 
+def test_bench_checks_its_json_path_before_the_benchmark(tmp_path: Path) -> None:
+    # A --json path that cannot be written was found only after the whole benchmark had run.
+    text = tmp_path / "chapter.txt"
+    text.write_text("Hello there.")
+    result = run_cli(
+        "bench", "--text-file", str(text), "--json", str(tmp_path), "--model-dir", "nowhere"
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"--json {tmp_path} is a directory; give a file name such as" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_verbosity_before_or_after_the_command() -> None:
     """A script that starts ``serve`` appends its flags after the command (bench/server_load.py):
     ``-v`` is accepted there as before it."""

@@ -24,7 +24,10 @@ from chatterbox_vllm.commands import (
 from chatterbox_vllm.controls import controls_from_namespace
 from chatterbox_vllm.errors import ChatterboxError
 from chatterbox_vllm.hub import describe_model
+from chatterbox_vllm.paths import check_not_directory, check_writable, open_for_writing
 
+JSON_EXAMPLE = "bench.json"
+"""A file name to suggest when ``--json`` is a directory."""
 DEFAULT_BENCH_TOKENS_PER_SECOND = 25.0
 """Random weights never emit the stop token: each chunk is capped at the real token rate."""
 
@@ -62,6 +65,9 @@ def bench(args: argparse.Namespace) -> int:
     controls.setdefault("max_tokens_per_expected_second", DEFAULT_BENCH_TOKENS_PER_SECOND)
     cap = controls["max_tokens_per_expected_second"]
     check_controls(controls)  # bad controls fail before anything loads
+    if getattr(args, "json", None) is not None:  # before the benchmark, not after it
+        check_not_directory(args.json, "--json", JSON_EXAMPLE)
+        check_writable(args.json, "--json", JSON_EXAMPLE)
     config = preflight(args, text, engine_config(args))
     if replicated(args):
         return _bench_replicas(args, text, controls, config)
@@ -135,10 +141,8 @@ def bench(args: argparse.Namespace) -> int:
             "s3gen_batches": timings.s3gen_batches,
             "peak_gpu_memory_gib": memory.peak_bytes / 2**30 if memory.available else None,
         }
-        try:
-            args.json.write_text(json.dumps(measured, indent=1))
-        except OSError as error:
-            raise ChatterboxError(f"cannot write --json {args.json}: {error}") from error
+        with open_for_writing(args.json, "--json", JSON_EXAMPLE) as file:
+            file.write(json.dumps(measured, indent=1).encode())
     return 0
 
 
