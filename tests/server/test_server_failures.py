@@ -87,13 +87,23 @@ def test_every_error_body_is_openai_shaped_and_says_what_is_wrong(server) -> Non
         (httpx.post(base + "/v1/voices", headers=_headers(), data={"name": "junk"},
                     files={"file": ("junk.wav", b"not audio" * 50, "audio/wav")}), 400,
          "Format not recognised"),
+        # curl -d without a JSON Content-Type sends a form: say what the body must be.
+        (httpx.post(speech, headers=_headers(), data={"model": "chatterbox", "input": "Hi."}),
+         400, "this one's Content-Type is application/x-www-form-urlencoded"),
+        (httpx.post(speech, content=b"[]", headers=json_headers), 400,
+         "the body must be a JSON object of the request's fields"),
     ]  # fmt: skip
     for response, status, words in cases:
         assert response.status_code == status, (words, response.text)
         error = _is_openai_error(response)
         assert words in error["message"], (words, error)
-        for internal in ("JSON decode error", "UploadFile", "<_io.", "error parsing the body"):
+        for internal in ("JSON decode error", "UploadFile", "<_io.", "error parsing the body",
+                         "valid dictionary or object"):  # fmt: skip
             assert internal not in error["message"], error
+    # A voice name that breaks the rules is a 400 naming the field.
+    named = httpx.post(base + "/v1/voices", headers=_headers(), data={"name": "default"},
+                       files={"file": ("v.wav", _voice_wav(), "audio/wav")})  # fmt: skip
+    assert named.status_code == 400 and _is_openai_error(named)["param"] == "name"
 
 
 def _send_raw(port: int, head: bytes, body_pieces: Iterator[bytes]) -> tuple[bytes, int]:

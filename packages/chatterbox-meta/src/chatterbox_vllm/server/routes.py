@@ -32,6 +32,7 @@ from chatterbox_vllm.encoding import RESPONSE_FORMATS, StreamEncoder, available_
 from chatterbox_vllm.errors import (
     ChatterboxError,
     EngineDeadError,
+    InvalidParameterError,
 )
 from chatterbox_vllm.languages import SUPPORTED_LANGUAGES
 from chatterbox_vllm.server.admission import Admission, AdmissionError, Ticket
@@ -102,6 +103,14 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         message, param = validation_problem(error.errors())
+        if _body_is_not_an_object(error.errors()):
+            # e.g. curl -d without -H 'Content-Type: application/json' (a form body)
+            content_type = request.headers.get("content-type") or "none"
+            message = (
+                "the body must be a JSON object of the request's fields (model, input, voice, "
+                "...) sent with 'Content-Type: application/json'"
+                + ("" if "json" in content_type else f"; this one's Content-Type is {content_type}")
+            )
         return JSONResponse(error_body(message, param=param), 400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -328,7 +337,10 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     @app.post("/v1/voices", dependencies=[Depends(authorize)], status_code=201)
     async def upload_voice(name: str = Form(...), file: UploadFile = File(...)) -> dict[str, Any]:
-        voices.check_name(name)
+        try:
+            voices.check_name(name)
+        except InvalidParameterError as error:
+            raise APIError(400, str(error), param="name") from None
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise APIError(
@@ -428,6 +440,14 @@ def _body_limit(settings: ServerSettings, path: str) -> tuple[int, str]:
         settings.max_input_chars * JSON_BYTES_PER_CHARACTER + JSON_OVERHEAD_BYTES,
         f"a request may have (--max-input-chars {settings.max_input_chars:,} characters of "
         "input plus the other fields)",
+    )
+
+
+def _body_is_not_an_object(errors: Any) -> bool:
+    """pydantic's errors say the whole body is not an object (a JSON array, a form, text)."""
+    return any(
+        tuple(item.get("loc", ())) == ("body",) and item.get("type") == "model_attributes_type"
+        for item in errors
     )
 
 
