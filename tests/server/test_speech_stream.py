@@ -141,6 +141,19 @@ def test_deltas_split_anywhere_speak_what_the_speech_endpoint_says(server) -> No
             error = await _next(ws, "error")
             failed = await _next(ws, "speech.audio.done")
             assert failed["status"] == "failed"
+            # The client commits the text it sent (it may not have seen the error yet): that
+            # ends the failed turn without another error, and the next turn speaks.
+            await _send(ws, "input_text_buffer.commit")
+            await _send(ws, "input_text_buffer.append", delta="Fine.")
+            await _send(ws, "input_text_buffer.commit")
+            after = [await _next(ws, "error", "input_text_buffer.committed", "speech.audio.done")]
+            while after[-1]["type"] != "speech.audio.done":
+                after.append(await _next(ws, "error", "speech.audio.done"))
+            assert [e["type"] for e in after] == [
+                "input_text_buffer.committed",
+                "speech.audio.done",
+            ]
+            assert after[-1]["status"] == "completed", after
             return audio, deltas, done, error
 
     audio, deltas, done, error = asyncio.run(main())

@@ -183,6 +183,8 @@ class SpeechStreamSession:
         self._send_lock = asyncio.Lock()
         self._turn_ids = itertools.count()
         self._turn: _Turn | None = None  # the turn taking text (not committed yet)
+        # A turn whose text failed before its commit: the client's commit of it ends it quietly.
+        self._failed_turn: _Turn | None = None
         self._turns: list[_Turn] = []  # committed or open turns not spoken to the end, in order
         self._queue: asyncio.Queue[_Turn | None] = asyncio.Queue()
         self._speaker: asyncio.Task[None] | None = None
@@ -236,7 +238,11 @@ class SpeechStreamSession:
         elif kind == "input_text_buffer.append":
             await self._append(event)
         elif kind == "input_text_buffer.commit":
-            if self._turn is None:
+            if self._turn is None and self._failed_turn is not None:
+                # The text this commit ends was refused: its error and speech.audio.done
+                # (status failed) are sent; there is nothing left to commit.
+                self._failed_turn = None
+            elif self._turn is None:
                 await self._error(
                     "the input text buffer is empty: append text before committing",
                     code="input_text_buffer_empty",
@@ -360,7 +366,7 @@ class SpeechStreamSession:
                 await self._product_error(error)
                 return
             turn = _Turn(f"turn_{next(self._turn_ids)}", stream)
-            self._turn = turn
+            self._turn, self._failed_turn = turn, None
             self._turns.append(turn)
             await self._queue.put(turn)
         try:
@@ -384,13 +390,13 @@ class SpeechStreamSession:
         """Text the planner or T3 rejected: the turn ends with the error (its speaker sends it
         and ``speech.audio.done`` with status ``failed``); the next delta starts a new turn."""
         if self._turn is turn:
-            self._turn = None
+            self._turn, self._failed_turn = None, turn
         turn.stream.session.fail(error)
 
     async def _clear(self) -> None:
         """Barge-in: every turn stops now (T3 requests aborted, S3Gen lanes dropped); each one
         that had started ends with ``speech.audio.done`` status ``interrupted``."""
-        self._turn = None
+        self._turn = self._failed_turn = None
         speaker, self._speaker = self._speaker, None
         if speaker is not None:
             speaker.cancel()
