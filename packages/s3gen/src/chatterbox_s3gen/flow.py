@@ -182,6 +182,10 @@ class GraphPreparation:
     n_timesteps: int
     captures: int
     seconds: float
+    warmed: int = 0
+    """Eager kernel shapes (flow encoder, HiFT) run once at start-up as well (a streaming
+    server's: :func:`chatterbox_s3gen.streaming.warm_stream_kernels`); their time is in
+    ``seconds``."""
 
 
 GraphKey = tuple[int, int, int, torch.dtype]

@@ -43,8 +43,11 @@ audio. :meth:`S3GenStream.push` / :meth:`S3GenStream.finish` do that loop for a 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -66,7 +69,7 @@ from chatterbox_s3gen.errors import (
 from chatterbox_s3gen.flow import GraphPreparation, frame_bucket
 from chatterbox_s3gen.hift import draw_source_noise
 from chatterbox_s3gen.masks import length_mask
-from chatterbox_s3gen.model import S3Gen
+from chatterbox_s3gen.model import S3Gen, WarmShapes
 from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.vocoders import HiFTTorchVocoder
 
@@ -82,6 +85,7 @@ NOISE_BLOCK_SAMPLES = S3GEN_SAMPLE_RATE
 generator, so any sample range can be drawn without knowing the utterance's final length."""
 
 _stream_ids = itertools.count()
+logger = logging.getLogger(__name__)
 
 
 class StreamStateError(S3GenError, RuntimeError):
@@ -766,6 +770,8 @@ def _flow_windows(
     width = int(token_lengths.max())
     if bucket:
         width = min(_round_up(width, TOKEN_BUCKET), s3gen.max_frames // TOKEN_MEL_RATIO)
+        if s3gen.warm_shapes is not None:
+            s3gen.warm_shapes.note("encoder", (batch, width))
     padded = torch.zeros(batch, width, dtype=torch.int64)
     for i, t in enumerate(full):
         padded[i, : t.numel()] = t
@@ -828,14 +834,98 @@ def stream_flow_shapes(
     return [(r, f) for r in rows for f in frames]
 
 
+def stream_kernel_shapes(
+    config: StreamingConfig, max_rows: int, *, max_frames: int | None = None
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The eager parts' batch shapes that windows of ``config`` make in rounds of up to
+    ``max_rows`` windows when bucketed (on CUDA): ``(rows, tokens)`` of the flow encoder (every
+    :data:`TOKEN_BUCKET` up to the longest window's flow tokens) and ``(rows, frames)`` of the
+    anchored HiFT (every :data:`VOCODER_FRAME_BUCKET` up to the longest window's vocoder
+    frames), rows the padded row counts :func:`flow_windows` and :func:`vocode_windows` use.
+    ``max_frames``: the model's :attr:`S3Gen.max_frames` (caps the encoder's width)."""
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise S3GenInputError(f"max_rows must be a positive int, got {max_rows!r}")
+    if not isinstance(config, StreamingConfig):
+        raise S3GenInputTypeError(f"config must be a StreamingConfig, got {type(config).__name__}")
+    rows = sorted({_row_bucket(r) for r in range(1, max_rows + 1)})
+    widest = _round_up(config.max_flow_tokens(), TOKEN_BUCKET)
+    if max_frames is not None:
+        widest = min(widest, max_frames // TOKEN_MEL_RATIO)
+    widths = sorted(
+        {min(w, widest) for w in range(TOKEN_BUCKET, widest + TOKEN_BUCKET, TOKEN_BUCKET)}
+    )
+    # A window's vocoder frames: its new tokens' mel (a final one keeps up to a window plus
+    # lookahead - 1 tokens), the frames re-run for context and held back before it, and the
+    # odd prompt frame a first window can carry.
+    longest = (
+        TOKEN_MEL_RATIO * (config.chunk_tokens + config.lookahead_tokens)
+        + config.context_frames
+        + config.held_frames
+        + 1
+    )
+    frames = range(
+        VOCODER_FRAME_BUCKET, _round_up(longest, VOCODER_FRAME_BUCKET) + 1, VOCODER_FRAME_BUCKET
+    )
+    return [(r, w) for r in rows for w in widths], [(r, f) for r in rows for f in frames]
+
+
+@torch.inference_mode()
+def warm_stream_kernels(
+    s3gen: S3Gen, config: StreamingConfig, max_rows: int, *, run: bool | None = None
+) -> int:
+    """Run the flow encoder and HiFT once on zeros at every shape of
+    :func:`stream_kernel_shapes` (start-up work: each new shape costs cuDNN's plan selection and
+    allocator growth once, which would otherwise stall the first round that meets it while
+    serving), then count from now on the shapes met that were not run here
+    (:attr:`S3Gen.warm_shapes`, ``graph_stats()["cold_shapes_after_seal"]``). Returns the
+    number of shapes. ``run`` (default: on CUDA only; a CPU has nothing to warm) False only
+    records the shapes."""
+    if run is None:
+        run = s3gen.device.type == "cuda"
+    encoder_shapes, vocoder_shapes = stream_kernel_shapes(
+        config, max_rows, max_frames=s3gen.max_frames
+    )
+    flow, hift, device = s3gen.flow, s3gen.mel2wav, s3gen.device
+    dtype = flow.input_embedding.weight.dtype
+    warm = WarmShapes()
+    for rows, tokens in encoder_shapes if run else ():
+        embedded = torch.zeros(
+            rows, tokens, flow.input_embedding.embedding_dim, device=device, dtype=dtype
+        )
+        hidden, _ = flow.encoder(embedded, torch.full((rows,), tokens, device=device))
+        flow.encoder_proj(hidden)
+    conv_dtype = hift.conv_pre.weight.dtype
+    harmonics = hift.num_harmonics
+    for rows, frames in vocoder_shapes if run else ():
+        mel = torch.zeros(rows, MEL_CHANNELS, frames, device=device)
+        lengths = torch.full((rows,), frames, device=device)
+        mask = length_mask(lengths, frames).unsqueeze(1).to(conv_dtype)
+        f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask)
+        phases = torch.zeros(rows, harmonics, 1, device=device)
+        noise = torch.zeros(rows, harmonics, frames * MEL_HOP, device=device)
+        hift(mel, lengths, phases, noise, f0=f0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    warm.encoder.update(encoder_shapes)
+    warm.vocoder.update(vocoder_shapes)
+    s3gen.warm_shapes = warm
+    return len(encoder_shapes) + len(vocoder_shapes)
+
+
 def prepare_stream_graphs(
     s3gen: S3Gen, config: StreamingConfig, max_rows: int, n_timesteps: int | None = None
 ) -> GraphPreparation:
     """A streaming server's start-up: :meth:`S3Gen.prepare_graphs` for every flow shape the
     windows of ``config`` can make in batches of up to ``max_rows`` (:func:`stream_flow_shapes`),
-    captured now and sealed, so none is captured while serving. ``n_timesteps``: default the
+    captured now and sealed, so none is captured while serving; then
+    :func:`warm_stream_kernels` for the parts that run eagerly. ``n_timesteps``: default the
     model's :attr:`S3Gen.flow_steps` (the meanflow decoder's shapes are the same, at 2 steps)."""
-    return s3gen.prepare_graphs(stream_flow_shapes(config, max_rows), n_timesteps)
+    report = s3gen.prepare_graphs(stream_flow_shapes(config, max_rows), n_timesteps)
+    begin = time.perf_counter()
+    warmed = warm_stream_kernels(s3gen, config, max_rows)
+    seconds = time.perf_counter() - begin
+    logger.info("S3Gen: flow encoder and HiFT run once at %d shapes in %.1f s", warmed, seconds)
+    return dataclasses.replace(report, warmed=warmed, seconds=report.seconds + seconds)
 
 
 def _check_windows(windows: object) -> Sequence[StreamWindow]:
@@ -968,6 +1058,8 @@ def _vocode_anchored(
     frames = int(lengths.max())
     if bucket:
         frames = _round_up(frames, VOCODER_FRAME_BUCKET)
+        if s3gen.warm_shapes is not None:
+            s3gen.warm_shapes.note("vocoder", (len(windows), frames))
     harmonics = hift.num_harmonics
     mel = torch.zeros(len(windows), MEL_CHANNELS, frames, device=device)
     for i, (w, m) in enumerate(zip(windows, mels)):
@@ -1055,8 +1147,10 @@ __all__ = [
     "flow_windows",
     "prepare_stream_graphs",
     "stream_flow_shapes",
+    "stream_kernel_shapes",
     "stream_source_noise",
     "stream_synthesize",
     "synthesize_windows",
     "vocode_windows",
+    "warm_stream_kernels",
 ]
