@@ -272,6 +272,29 @@ def test_warm_up_runs_every_eager_shape_and_later_ones_are_counted_cold(
         stream_kernel_shapes(cfg, 0)
 
 
+def test_a_failing_warm_up_leaves_the_rest_cold_and_the_model_usable(
+    tiny_checkpoint: Path, voice_a, tokens, monkeypatch, caplog
+) -> None:
+    model = S3Gen.from_checkpoint(tiny_checkpoint)
+    cfg = StreamingConfig(first_chunk_tokens=8, chunk_tokens=16)
+    forward = model.mel2wav.forward
+
+    def out_of_memory(mel, *args, **kwargs):
+        if mel.shape[2] == 48:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(mel, *args, **kwargs)
+
+    monkeypatch.setattr(model.mel2wav, "forward", out_of_memory)
+    with caplog.at_level("WARNING", logger="chatterbox_s3gen.streaming"):
+        assert warm_stream_kernels(model, cfg, 1, run=True) == 3 + 2  # HiFT stopped at 48
+    assert "stopped (CUDA out of memory (simulated))" in caplog.text
+    monkeypatch.setattr(model.mel2wav, "forward", forward)
+    stream = S3GenStream(model, voice_a, seed=0, n_timesteps=2, config=cfg)
+    (chunks,) = drive(model, [stream], [tokens(30, 1)], rate=30, bucket=True)
+    assert sum(c.numel() for c in chunks) > 0
+    assert model.graph_stats()["cold_shapes_after_seal"] >= 1  # the 48- or 64-frame batches
+
+
 def test_stream_flow_shapes_are_bounded() -> None:
     default = stream_flow_shapes(StreamingConfig(), 64)
     assert len(default) == 42  # rows 1..64 (7) x frames 64, 128, ..., 384

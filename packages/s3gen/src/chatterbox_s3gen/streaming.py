@@ -878,7 +878,8 @@ def warm_stream_kernels(
     allocator growth once, which would otherwise stall the first round that meets it while
     serving), then count from now on the shapes met that were not run here
     (:attr:`S3Gen.warm_shapes`, ``graph_stats()["cold_shapes_after_seal"]``). Returns the
-    number of shapes. ``run`` (default: on CUDA only; a CPU has nothing to warm) False only
+    number of shapes warmed (a failing run, e.g. out of memory, is logged and ends that part's
+    warm-up). ``run`` (default: on CUDA only; a CPU has nothing to warm) False only
     records the shapes."""
     if run is None:
         run = s3gen.device.type == "cuda"
@@ -887,16 +888,18 @@ def warm_stream_kernels(
     )
     flow, hift, device = s3gen.flow, s3gen.mel2wav, s3gen.device
     dtype = flow.input_embedding.weight.dtype
+    conv_dtype = hift.conv_pre.weight.dtype
+    harmonics = hift.num_harmonics
     warm = WarmShapes()
-    for rows, tokens in encoder_shapes if run else ():
+
+    def run_encoder(rows: int, tokens: int) -> None:
         embedded = torch.zeros(
             rows, tokens, flow.input_embedding.embedding_dim, device=device, dtype=dtype
         )
         hidden, _ = flow.encoder(embedded, torch.full((rows,), tokens, device=device))
         flow.encoder_proj(hidden)
-    conv_dtype = hift.conv_pre.weight.dtype
-    harmonics = hift.num_harmonics
-    for rows, frames in vocoder_shapes if run else ():
+
+    def run_vocoder(rows: int, frames: int) -> None:
         mel = torch.zeros(rows, MEL_CHANNELS, frames, device=device)
         lengths = torch.full((rows,), frames, device=device)
         mask = length_mask(lengths, frames).unsqueeze(1).to(conv_dtype)
@@ -904,12 +907,31 @@ def warm_stream_kernels(
         phases = torch.zeros(rows, harmonics, 1, device=device)
         noise = torch.zeros(rows, harmonics, frames * MEL_HOP, device=device)
         hift(mel, lengths, phases, noise, f0=f0)
-    if device.type == "cuda":
+
+    for part, shapes, step in (
+        ("encoder", encoder_shapes, run_encoder),
+        ("vocoder", vocoder_shapes, run_vocoder),
+    ):
+        done = warm.encoder if part == "encoder" else warm.vocoder
+        for shape in shapes:
+            if run:
+                try:
+                    step(*shape)
+                except Exception as error:  # out of memory, a kernel the device lacks...
+                    # A warm-up costs speed when it fails, never the start: the rest run cold.
+                    logger.warning(
+                        "S3Gen: warm-up of the %s at %d rows x %d stopped (%s); shapes not "
+                        "warmed run cold on first use",
+                        part,
+                        *shape,
+                        error,
+                    )
+                    break
+            done.add(shape)
+    if run and device.type == "cuda":
         torch.cuda.synchronize(device)
-    warm.encoder.update(encoder_shapes)
-    warm.vocoder.update(vocoder_shapes)
     s3gen.warm_shapes = warm
-    return len(encoder_shapes) + len(vocoder_shapes)
+    return len(warm.encoder) + len(warm.vocoder)
 
 
 def prepare_stream_graphs(
