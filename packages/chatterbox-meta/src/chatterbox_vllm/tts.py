@@ -177,6 +177,14 @@ def _t3_engine_stages(loop: EventLoopThread, t3: Any, engine_seconds: float) -> 
     return timeline
 
 
+def _default_voice(path: Path) -> Voice | None:
+    """The checkpoint's built-in voice (``conds.pt``), if it has one."""
+    if (path / "conds.pt").is_file():
+        return Voice.from_conditionals(VoiceConditionals.load(path / "conds.pt"))
+    logger.info("%s has no conds.pt: every request must name a voice", path)
+    return None
+
+
 def describe_load_timings(timings: dict[str, float]) -> str:
     """One line of the start-up timeline, e.g. ``imports 4.1 s, T3 engine 45.5 s (frontend 0.4 s,
     ..., weights 3.0 s, ...), S3Gen graphs 31.3 s``; the T3 engine's stages in brackets after it."""
@@ -364,6 +372,10 @@ class ChatterboxTTS(SpeechFront[Voice]):
             try:
                 timings.update(_t3_engine_stages(loop, t3, timings["t3_engine"]))
                 timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
+                begin = time.perf_counter()
+                default_voice = _default_voice(path)
+                voice_encoder = t3.voice_encoder  # loaded on first use
+                timings["voices"] = time.perf_counter() - begin
             except BaseException:
                 t3.shutdown()
                 raise
@@ -373,14 +385,6 @@ class ChatterboxTTS(SpeechFront[Voice]):
             if translated is not None and translated is not error:
                 raise translated from error
             raise
-        begin = time.perf_counter()
-        default_voice = None
-        if (path / "conds.pt").is_file():
-            default_voice = Voice.from_conditionals(VoiceConditionals.load(path / "conds.pt"))
-        else:
-            logger.info("%s has no conds.pt: every request must name a voice", path)
-        voice_encoder = t3.voice_encoder  # loaded on first use
-        timings["voices"] = time.perf_counter() - begin
         tts = cls(
             t3=t3,
             s3gen=s3gen,
