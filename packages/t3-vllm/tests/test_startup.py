@@ -83,6 +83,11 @@ def test_a_forked_engine_process_has_no_imports_and_a_coarse_start_clamps_at_zer
     assert timeline["ready"] == pytest.approx(37.0)
 
 
+def test_without_the_callers_marks_only_the_workers_stages_are_known() -> None:
+    worker = {"pid": 2000.0, "process_started": 102.0, "first_stage": 131.0}
+    assert engine_start_timeline({}, WORKER_STAGES, worker, CALLER_PID) == WORKER_STAGES
+
+
 def test_a_process_start_is_read_to_within_a_clock_tick() -> None:
     before = time.time()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

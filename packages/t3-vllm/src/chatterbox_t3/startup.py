@@ -163,7 +163,10 @@ def engine_start_timeline(
     ``worker_clock`` are the worker's :meth:`~StartupTimelineMixin.t3_startup_timeline` and
     :meth:`~StartupTimelineMixin.t3_startup_clock`. Every stage but the worker's own runs from
     the previous point present to its own, so they add up to ``ready - begin`` less the gaps
-    between the worker's stages."""
+    between the worker's stages. Without the caller's marks (an engine object built around a
+    vLLM engine by hand) only the worker's stages are known."""
+    if "begin" not in caller or "ready" not in caller:
+        return dict(worker_stages)
     own_process = int(worker_clock.get("pid", -1)) == (caller_pid or os.getpid())
     points: list[tuple[str, float | None]] = [
         ("frontend", caller.get("frontend")),
