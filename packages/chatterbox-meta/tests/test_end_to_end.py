@@ -283,6 +283,7 @@ def test_start_up_timeline_splits_the_engine_start_into_its_stages(tts: Chatterb
     ]
     assert [stage for stage in timings if "." not in stage] == [
         "imports",
+        "config",
         "s3gen_weights",
         "t3_engine",
         "s3gen_graphs",

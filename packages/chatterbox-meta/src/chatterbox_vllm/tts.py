@@ -243,7 +243,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self._scheduler_lock = threading.Lock()
         self.load_timings: dict[str, float] = {}
         """Seconds of each load stage, in order: ``imports`` (torch, vLLM, both components);
-        ``s3gen_weights`` and ``t3_engine``, concurrently, from then until vLLM's engine
+        ``config``, the engine configuration for this machine (on a GPU this initialises CUDA
+        to read the card's memory); ``s3gen_weights`` and ``t3_engine``, concurrently, from then until vLLM's engine
         answered; ``t3_engine`` split into ``t3_engine.<stage>`` for each stage of
         :data:`chatterbox_t3.startup.ENGINE_START_STAGES` (this process: ``.frontend``,
         ``.vllm_config``, ``.vllm_client``; the engine process: ``.process_imports``,
@@ -318,9 +319,11 @@ class ChatterboxTTS(SpeechFront[Voice]):
             from chatterbox_t3 import AsyncT3Engine
         timings["imports"] = time.perf_counter() - begin
 
+        begin = time.perf_counter()
         if model == "turbo":
             config = config.for_turbo()
-        config = config.resolve_here()
+        config = config.resolve_here()  # on a GPU, initialises CUDA here to read its memory
+        timings["config"] = time.perf_counter() - begin
         logger.info("loading %s: %s", path, config.describe())
         assert config.device is not None
         loop = EventLoopThread()
