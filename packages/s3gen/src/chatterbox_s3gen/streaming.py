@@ -70,16 +70,16 @@ from chatterbox_s3gen.model import S3Gen
 from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.vocoders import HiFTTorchVocoder
 
-NOISE_BLOCK_SAMPLES = S3GEN_SAMPLE_RATE
-"""The stream's vocoder noise is drawn in blocks of this many samples (1 s), each from its own
-generator, so any sample range can be drawn without knowing the utterance's final length."""
-
 DEFAULT_LEFT_CONTEXT_TOKENS = 25
 """Utterance tokens (1 s) a window re-runs before its first new token (measured: README)."""
 DEFAULT_PROMPT_TOKENS = 50
 """Voice-prompt tokens (2 s, the prompt's end) a window conditions on (measured: README)."""
 MAX_PROMPT_TOKENS = 250
 """Longest prompt the shape lists assume for unbounded prompts (10 s, chatterbox's limit)."""
+
+NOISE_BLOCK_SAMPLES = S3GEN_SAMPLE_RATE
+"""A stream's vocoder noise is drawn in blocks of this many samples (1 s), each from its own
+generator, so any sample range can be drawn without knowing the utterance's final length."""
 
 _stream_ids = itertools.count()
 
@@ -240,8 +240,8 @@ class StreamWindow:
     * ``phases``: ``[H, 1]`` float32 random initial phases of the harmonics (per seed);
     * ``anchor_frame`` / ``anchor_cycles``: the frame (``>= mel_start``) at which the sine must
       have accumulated ``anchor_cycles`` (``[H]`` float64, mod 1) cycles per harmonic;
-    * ``noise``: ``[H, 480 * (mel_stop - mel_start)]`` float32 source noise of those samples
-      (empty when the window is not vocoded by the anchored torch HiFT: drawn when needed);
+    * ``noise``: the stream's :class:`SourceNoise` (the anchored vocoder draws the window's
+      samples from it on the model's device);
     * ``whole``: the window of a ``StreamingConfig(whole=True)`` stream (vocoded exactly as
       :meth:`S3Gen.synthesize` with ``seed``).
     """
@@ -258,7 +258,7 @@ class StreamWindow:
     phases: torch.Tensor
     anchor_frame: int
     anchor_cycles: torch.Tensor
-    noise: torch.Tensor
+    noise: SourceNoise
     token_start: int = 0
     prompt_tokens: int | None = None
     seed: int = 0
@@ -337,9 +337,45 @@ def _splitmix64(value: int) -> int:
     return (value ^ (value >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
-def _noise_block(seed: int, block: int, num_harmonics: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(_splitmix64(_splitmix64(seed) ^ block))
-    return torch.randn((num_harmonics, NOISE_BLOCK_SAMPLES), generator=generator)
+def _noise_block(seed: int, block: int, num_harmonics: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator(device=device).manual_seed(_splitmix64(_splitmix64(seed) ^ block))
+    return torch.randn((num_harmonics, NOISE_BLOCK_SAMPLES), generator=generator, device=device)
+
+
+class SourceNoise:
+    """The standard-normal source noise of one stream's anchored vocoder: an endless sequence per
+    ``(seed, device type)`` in blocks of :data:`NOISE_BLOCK_SAMPLES`, each drawn from its own
+    generator on the device that needs it, so any sample range is a slice of one sequence and
+    overlapping windows see the same noise. On the CPU a stream keeps the blocks its next window
+    may touch again (a block costs ~1 ms there); on a GPU a block is a single kernel, drawn where
+    it is used, so no noise crosses the host-device link."""
+
+    def __init__(self, seed: int, num_harmonics: int) -> None:
+        self.seed = seed
+        self.num_harmonics = num_harmonics
+        self._cpu_blocks: dict[int, torch.Tensor] = {}
+
+    def fill(self, out: torch.Tensor, start: int) -> None:
+        """Write samples ``[start, start + out.shape[1])`` into ``out`` ``[H, n]`` (on its device).
+        Streams ask for ranges that start ever later; earlier CPU blocks are dropped."""
+        stop = start + out.shape[1]
+        if start < 0:
+            raise S3GenInputError(f"need 0 <= start <= stop, got [{start}, {stop})")
+        cache = self._cpu_blocks if out.device.type == "cpu" else None
+        if cache is not None:
+            for block in [b for b in cache if b < start // NOISE_BLOCK_SAMPLES]:
+                del cache[block]
+        position = start
+        while position < stop:
+            block, offset = divmod(position, NOISE_BLOCK_SAMPLES)
+            take = min(NOISE_BLOCK_SAMPLES - offset, stop - position)
+            values = cache.get(block) if cache is not None else None
+            if values is None:
+                values = _noise_block(self.seed, block, self.num_harmonics, out.device)
+                if cache is not None:
+                    cache[block] = values
+            out[:, position - start : position - start + take] = values[:, offset : offset + take]
+            position += take
 
 
 def stream_source_noise(
@@ -347,27 +383,16 @@ def stream_source_noise(
     start: int,
     stop: int,
     num_harmonics: int,
-    cache: dict[int, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Samples ``[start, stop)`` of the standard-normal source noise a stream with ``seed`` uses
-    (``[num_harmonics, stop - start]`` float32 CPU). Any range of the same seed is a slice of one
-    infinite sequence, so overlapping vocoder windows see the same noise; it differs from the
-    noise :meth:`S3Gen.synthesize` draws (which depends on the utterance's total length).
-    ``cache`` (block index -> block) keeps drawn blocks for the next call of the same seed."""
+    on ``device`` (``[num_harmonics, stop - start]`` float32; see :class:`SourceNoise`: one
+    sequence per seed and device type). It differs from the noise :meth:`S3Gen.synthesize` draws
+    (which depends on the utterance's total length)."""
     if start < 0 or stop < start:
         raise S3GenInputError(f"need 0 <= start <= stop, got [{start}, {stop})")
-    out = torch.empty(num_harmonics, stop - start)
-    position = start
-    while position < stop:
-        block, offset = divmod(position, NOISE_BLOCK_SAMPLES)
-        take = min(NOISE_BLOCK_SAMPLES - offset, stop - position)
-        values = cache.get(block) if cache is not None else None
-        if values is None:
-            values = _noise_block(seed, block, num_harmonics)
-            if cache is not None:
-                cache[block] = values
-        out[:, position - start : position - start + take] = values[:, offset : offset + take]
-        position += take
+    out = torch.empty(num_harmonics, stop - start, device=device)
+    SourceNoise(seed, num_harmonics).fill(out, start)
     return out
 
 
@@ -377,6 +402,15 @@ def _cycles_after(start: torch.Tensor, f0: torch.Tensor, num_harmonics: int) -> 
     harmonics = torch.arange(1, num_harmonics + 1, dtype=torch.float64)
     total = float(f0.detach().to("cpu", torch.float64).sum()) * MEL_HOP / S3GEN_SAMPLE_RATE
     return (start.to(torch.float64) + harmonics * total).remainder(1.0)
+
+
+def _cycles_until(f0: torch.Tensor, frames: torch.Tensor, num_harmonics: int) -> torch.Tensor:
+    """:func:`_cycles_after` from 0 cycles for every row of ``f0`` ``[B, T]`` over its first
+    ``frames[b]`` frames, on ``f0``'s device: ``[B, H]`` float64."""
+    span = torch.arange(f0.shape[1], device=f0.device) < frames.view(-1, 1)
+    total = (f0.to(torch.float64) * span).sum(dim=1) * MEL_HOP / S3GEN_SAMPLE_RATE
+    harmonics = torch.arange(1, num_harmonics + 1, dtype=torch.float64, device=f0.device)
+    return (harmonics * total.unsqueeze(-1)).remainder(1.0)
 
 
 def _crossfade_weights(samples: int) -> torch.Tensor:
@@ -482,7 +516,7 @@ class S3GenStream:
         self._anchor_cycles = torch.zeros(self._num_harmonics, dtype=torch.float64)
         # Samples of the last window after the emitted ones (crossfade + look-ahead frames).
         self._tail = torch.zeros(0)
-        self._noise_blocks: dict[int, torch.Tensor] = {}
+        self._noise = SourceNoise(self.seed, self._num_harmonics)
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -566,7 +600,7 @@ class S3GenStream:
             phases=self._base_phases.float().unsqueeze(-1),
             anchor_frame=self._anchor_frame,
             anchor_cycles=self._anchor_cycles.clone(),
-            noise=self._window_noise(mel_start, mel_stop),
+            noise=self._noise,
             token_start=token_start,
             prompt_tokens=cfg.window_prompt_tokens(self.reference.num_prompt_tokens, self._windows),
             seed=self.seed,
@@ -590,24 +624,6 @@ class S3GenStream:
             return available, available, True
         # Not enough tokens yet, or nothing new for the flow: finish() flushes the held tail.
         return None
-
-    def _window_noise(self, mel_start: int, mel_stop: int) -> torch.Tensor:
-        """The anchored HiFT's source noise for the window's samples (empty when another path
-        vocodes it: whole windows and plug-in vocoders draw their own)."""
-        if self.config.whole or not _anchored_hift(self.s3gen):
-            return torch.zeros(self._num_harmonics, 0)
-        # Consecutive windows overlap: keep the blocks from the window's start on (drawing a
-        # block costs ~2 ms of CPU, and a window touches 2-4 of them).
-        first_block = mel_start * MEL_HOP // NOISE_BLOCK_SAMPLES
-        for block in [b for b in self._noise_blocks if b < first_block]:
-            del self._noise_blocks[block]
-        return stream_source_noise(
-            self.seed,
-            mel_start * MEL_HOP,
-            mel_stop * MEL_HOP,
-            self._num_harmonics,
-            cache=self._noise_blocks,
-        )
 
     def accept(self, result: WindowResult) -> list[torch.Tensor]:
         """Take the result of the pending window; returns the audio it completes (zero or one
@@ -765,15 +781,17 @@ def _flow_windows(
     speakers = torch.stack(
         [w.reference.speaker_embedding.to(device, torch.float32) for w in windows]
     )
+    # Host-to-device copies here and below are non-blocking: a blocking one would make the host
+    # wait for every kernel already queued (the previous round's) before launching this one's.
     mel, _ = s3gen.flow.inference(
-        padded.to(device),
+        padded.to(device, non_blocking=True),
         token_lengths,
         prompt_mel,
         prompt_lengths,
         speakers,
         n_timesteps,
         keep_frames=keep,
-        noise_columns=columns,
+        noise_columns=columns.to(device, non_blocking=True),
     )
     out = []
     for i, w in enumerate(windows[:count]):
@@ -935,7 +953,11 @@ def _vocode_anchored(
     s3gen: S3Gen, windows: Sequence[StreamWindow], mels: Sequence[torch.Tensor], bucket: bool
 ) -> list[WindowResult]:
     """The model's torch HiFT on the windows' mels as one padded batch, each window's sine
-    started at the phase its anchor asks for and its noise read from the stream's sequence."""
+    started at the phase its anchor asks for and its noise read from the stream's sequence.
+
+    Everything between the mel and the waveform stays on the model's device: the F0 (computed
+    once, then given to HiFT), each window's starting phase from it, and the source noise
+    (:class:`SourceNoise`); the host waits once, for the waveforms and F0 at the end."""
     hift = s3gen.mel2wav
     device = s3gen.device
     count = len(windows)
@@ -948,36 +970,39 @@ def _vocode_anchored(
         frames = _round_up(frames, VOCODER_FRAME_BUCKET)
     harmonics = hift.num_harmonics
     mel = torch.zeros(len(windows), MEL_CHANNELS, frames, device=device)
-    noise = torch.zeros(len(windows), harmonics, frames * MEL_HOP)
     for i, (w, m) in enumerate(zip(windows, mels)):
         mel[i, :, : w.frames] = m.to(device, torch.float32)
-        samples = w.noise
-        if samples.shape[1] != w.frames * MEL_HOP:  # made while another vocoder was set
-            samples = stream_source_noise(
-                w.seed, w.mel_start * MEL_HOP, w.mel_stop * MEL_HOP, harmonics
-            )
-        noise[i, :, : samples.shape[1]] = samples
-    lengths_d = lengths.to(device)
-    # The F0 HiFT will compute (same masked input as its forward), needed before it runs: each
+    noise = torch.zeros(len(windows), harmonics, frames * MEL_HOP, device=device)
+    for i, w in enumerate(windows[:count]):
+        w.noise.fill(noise[i, :, : w.frames * MEL_HOP], w.mel_start * MEL_HOP)
+    noise[count:] = noise[count - 1]  # the padded rows repeat the last window
+    lengths_d = lengths.to(device, non_blocking=True)
+    # The F0 HiFT computes (same masked input as its forward), needed before it runs: each
     # window's starting phase depends on the cycles its own F0 adds up to the anchor.
     conv_dtype = hift.conv_pre.weight.dtype
     mask = length_mask(lengths_d, frames).unsqueeze(1).to(conv_dtype)
-    f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask).to("cpu", torch.float64)
+    f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask)
+    upto = torch.tensor([min(w.anchor_frame - w.mel_start, w.frames) for w in windows])
+    upto = upto.to(device, non_blocking=True)
+    before = _cycles_until(f0, upto, harmonics)
+    anchors = torch.stack([w.anchor_cycles for w in windows]).to(device, torch.float64, True)
+    start = (anchors - before).remainder(1.0)
+    base = torch.stack([w.phases[:, 0] for w in windows]).to(device, torch.float64, True)
+    # sin(2pi(c + cumsum) + phase) == sin(2pi cumsum + (phase + 2pi c)): fold c into phases.
+    phases = (base + 2 * math.pi * start).float().unsqueeze(-1)
+    wav = hift(mel, lengths_d, phases, noise, f0=f0).float().cpu()
+    f0_host = f0.to("cpu", torch.float64)
+    cycles = start.cpu()
     sizes = lengths.tolist()
-    f0s = [f0[i, :n].clone() for i, n in enumerate(sizes)]
-    cycles = []
-    phases = torch.empty(len(windows), harmonics, 1)
-    for i, w in enumerate(windows):
-        before = _cycles_after(
-            torch.zeros(harmonics), f0s[i][: w.anchor_frame - w.mel_start], harmonics
-        )
-        start = (w.anchor_cycles.to(torch.float64) - before).remainder(1.0)
-        cycles.append(start)
-        # sin(2pi(c + cumsum) + phase) == sin(2pi cumsum + (phase + 2pi c)): fold c into phases.
-        phases[i] = (w.phases[:, 0].double() + 2 * math.pi * start).float().unsqueeze(-1)
-    wav = hift(mel, lengths_d, phases.to(device), noise.to(device)).float().cpu()
     return [
-        WindowResult(w.stream_id, w.index, m, f0s[i], cycles[i], wav[i, : n * MEL_HOP].clone())
+        WindowResult(
+            w.stream_id,
+            w.index,
+            m,
+            f0_host[i, :n].clone(),
+            cycles[i],
+            wav[i, : n * MEL_HOP].clone(),
+        )
         for i, (w, m, n) in enumerate(zip(windows[:count], mels[:count], sizes[:count]))
     ]
 
@@ -1022,6 +1047,7 @@ def stream_synthesize(
 __all__ = [
     "NOISE_BLOCK_SAMPLES",
     "S3GenStream",
+    "SourceNoise",
     "StreamStateError",
     "StreamWindow",
     "StreamingConfig",
