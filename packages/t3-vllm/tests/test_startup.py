@@ -26,7 +26,7 @@ WORKER_STAGES = {
     "kv_cache": 0.25,
     "graph_capture": 3.0,
 }
-"""7.25 s of worker stages run between its first stage (t = 131) and its last one's end (t = 139)."""
+"""7.25 s of worker stages, run between its first stage's start (t = 131) and its last's end."""
 
 
 def test_a_spawned_engine_process_splits_into_caller_and_process_stages() -> None:

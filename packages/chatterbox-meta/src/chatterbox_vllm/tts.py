@@ -244,12 +244,13 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self.load_timings: dict[str, float] = {}
         """Seconds of each load stage, in order: ``imports`` (torch, vLLM, both components);
         ``config``, the engine configuration for this machine (on a GPU this initialises CUDA
-        to read the card's memory); ``s3gen_weights`` and ``t3_engine``, concurrently, from then until vLLM's engine
-        answered; ``t3_engine`` split into ``t3_engine.<stage>`` for each stage of
-        :data:`chatterbox_t3.startup.ENGINE_START_STAGES` (this process: ``.frontend``,
-        ``.vllm_config``, ``.vllm_client``; the engine process: ``.process_imports``,
-        ``.executor``, its worker's ``.device`` / ``.weights`` / ``.compile`` / ``.kv_profile``
-        / ``.kv_cache`` / ``.graph_capture``, then ``.ready``) and ``.other`` (the rest);
+        to read the card's memory); ``s3gen_weights`` and ``t3_engine``, concurrently, from
+        then until vLLM's engine answered; ``t3_engine`` split into ``t3_engine.<stage>`` for
+        each stage of :data:`chatterbox_t3.startup.ENGINE_START_STAGES` (this process:
+        ``.frontend``, ``.vllm_config``, ``.vllm_client``; the engine process:
+        ``.process_imports``, ``.executor``, its worker's ``.device`` / ``.weights`` /
+        ``.compile`` / ``.kv_profile`` / ``.kv_cache`` / ``.graph_capture``, then ``.ready``)
+        and ``.other`` (the rest);
         ``s3gen_graphs``, after both; ``voices``, the default voice and the voice encoder.
         Logged as one line at INFO."""
         self.on_stream_done: Callable[[Listener], None] | None = None

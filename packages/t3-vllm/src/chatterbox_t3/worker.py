@@ -8,7 +8,8 @@ batch condensed, token ids gathered), :class:`T3RunnerMixin` copies those values
 :class:`~chatterbox_t3.speech_positions.T3StepContext` buffers.
 
 Select it with ``worker_cls`` (the engine does, by name: :data:`chatterbox_t3.engine.GPU_WORKER`,
-:data:`~chatterbox_t3.engine.CPU_WORKER`): :class:`T3GPUWorker` on CUDA, :class:`T3CPUWorker` on CPU.
+:data:`~chatterbox_t3.engine.CPU_WORKER`): :class:`T3GPUWorker` on CUDA, :class:`T3CPUWorker` on
+CPU.
 """
 
 from __future__ import annotations
