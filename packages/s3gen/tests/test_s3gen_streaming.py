@@ -566,3 +566,26 @@ def test_gpu_stream_noise_is_one_sequence_drawn_on_the_gpu() -> None:
         part, whole[:, NOISE_BLOCK_SAMPLES - 3 : NOISE_BLOCK_SAMPLES + 40], rtol=0, atol=0
     )
     assert abs(float(whole.mean())) < 0.01 and abs(float(whole.std()) - 1) < 0.01
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_start_up_warm_up_leaves_no_cold_shape(
+    tiny_checkpoint, voice_a, voice_b, voice_odd, tokens, dtype
+) -> None:
+    """What a GPU server does at start-up (capture the flow shapes, run the eager encoder/HiFT
+    shapes once) in the product's dtypes, then mixed streams in rounds of up to 4: nothing
+    captured, nothing cold, nothing eager while serving."""
+    from chatterbox_s3gen.streaming import prepare_stream_graphs
+
+    model = S3Gen.from_checkpoint(tiny_checkpoint, device="cuda", dtype=dtype)
+    report = prepare_stream_graphs(model, StreamingConfig(), max_rows=4, n_timesteps=3)
+    assert report.warmed == 3 * 6 + 3 * 15 and report.captures == len(report.shapes)
+    specs = [(voice_a.to("cuda"), tokens(230, 41), 1), (voice_b.to("cuda"), tokens(97, 42), 2)]
+    specs += [(voice_odd.to("cuda"), tokens(160, 43), 3), (voice_a.to("cuda"), tokens(12, 44), 4)]
+    audio = _drive_together(model, specs, bucket=None)
+    assert all(bool(torch.isfinite(a).all()) and a.numel() > 0 for a in audio)
+    stats = model.graph_stats()
+    assert stats["cold_shapes_after_seal"] == 0
+    assert stats["captures_after_seal"] == 0 and stats["eager_after_seal"] == 0
