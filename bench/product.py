@@ -34,6 +34,7 @@ SERVE_FIELDS = (
     "queued",
     "rejected",
     "captures_after_start",
+    "cold_shapes_after_start",
     "s3gen_busy_share",
     "s3gen_batch_ms",
     "s3gen_windows_per_batch",
@@ -129,7 +130,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "| N | first audio p50 / p95 ms | stalled streams (worst ms) | RTF min / p50 "
             "| audio s per s | failures | queued / rejected | deadline misses playing / first "
-            "| captures after start | S3Gen busy | S3Gen batch ms (windows) | T3 TTFT ms "
+            "| captures / cold shapes after start | S3Gen busy | S3Gen batch ms (windows) | T3 TTFT ms "
             "| T3 ms/token |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
@@ -146,7 +147,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt(row['aggregate_x'], 1)} | {row['failures']} "
                 f"| {_fmt(row.get('queued'))} / {_fmt(row.get('rejected'))} "
                 f"| {_fmt(row.get('deadline_misses_next'))} / {_fmt(row.get('deadline_misses_first'))} "
-                f"| {_fmt(row['captures_after_start'])} "
+                f"| {_fmt(row['captures_after_start'])} / {_fmt(row.get('cold_shapes_after_start'))} "
                 f"| {_fmt(_pct(row.get('s3gen_busy_share')))} "
                 f"| {_fmt(row.get('s3gen_batch_ms'))} ({_fmt(row.get('s3gen_windows_per_batch'), 1)}) "
                 f"| {_fmt(row.get('t3_ttft_ms'))} | {_fmt(row.get('t3_ms_per_token'), 1)} |"

@@ -104,6 +104,7 @@ class RoundResult:
     wall_s: float
     streams: list[StreamResult] = field(default_factory=list)
     captures_after_start: float | None = None
+    cold_shapes_after_start: float | None = None
     profile: dict[str, float | None] = field(default_factory=dict)
     rate_per_s: float | None = None
     """Poisson rounds: new streams per second (None: all at once)."""
@@ -280,8 +281,11 @@ def split_paragraphs(text: str, low: int = 25, high: int = 45) -> list[str]:
 
 CAPTURE_METRIC = "chatterbox_s3gen_graph_captures_after_startup_total"
 """The server's count of CUDA-graph captures after start-up (must stay 0 while serving)."""
+COLD_METRIC = "chatterbox_s3gen_cold_shapes_after_startup_total"
+"""S3Gen eager shapes first met while serving (each one's first batch waited for kernels)."""
 PROFILE_METRICS = (
     CAPTURE_METRIC,
+    COLD_METRIC,
     "chatterbox_s3gen_busy_seconds_total",
     "chatterbox_s3gen_batches_total",
     "chatterbox_s3gen_windows_total",
@@ -445,6 +449,7 @@ async def benchmark(args: argparse.Namespace, base: str) -> list[RoundResult]:
             result.rate_per_s = rate
             after = await scrape_metrics(client, base, headers)
             result.captures_after_start = after.get(CAPTURE_METRIC)
+            result.cold_shapes_after_start = after.get(COLD_METRIC)
             result.profile = round_profile(before, after, result.wall_s)
             for failure in result.failures[:5]:
                 logger.warning("%s stream %d failed: %s", what, failure.index, failure.error)
@@ -500,6 +505,7 @@ def round_summary(r: RoundResult) -> dict[str, Any]:
         "queued": r.queued,
         "rejected": r.rejected,
         "captures_after_start": r.captures_after_start,
+        "cold_shapes_after_start": r.cold_shapes_after_start,
         **({} if r.rate_per_s is None else {"rate_per_s": r.rate_per_s}),
         **r.profile,
     }
@@ -509,7 +515,7 @@ def markdown_table(rounds: list[RoundResult]) -> str:
     lines = [
         "| N | ok | failed | first audio p50 (ms) | first audio p95 (ms) | RTF min | RTF p50 "
         "| worst stall (ms) | stalled streams | audio s / stream (p50) | audio s per s "
-        "| round wall (s) | captures after start | queued | rejected | deadline misses "
+        "| round wall (s) | captures / cold shapes after start | queued | rejected | deadline misses "
         "(playing / first) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -529,7 +535,8 @@ def markdown_table(rounds: list[RoundResult]) -> str:
             f"| {stalled(r)} "
             f"| {_fmt(percentile(audio, 50), 2)} | {_fmt(sum(audio) / r.wall_s, 2)} "
             f"| {_fmt(r.wall_s, 1)} "
-            f"| {'-' if r.captures_after_start is None else f'{r.captures_after_start:g}'} "
+            f"| {'-' if r.captures_after_start is None else f'{r.captures_after_start:g}'} / "
+            f"{'-' if r.cold_shapes_after_start is None else f'{r.cold_shapes_after_start:g}'} "
             f"| {r.queued} | {r.rejected} "
             f"| {_count(r.profile.get('deadline_misses_next'))} / "
             f"{_count(r.profile.get('deadline_misses_first'))} |"

@@ -26,7 +26,11 @@
 #                  per request the first differing step, the analyzer's recorded rows and state there
 #   mtl-bench      T3 tok/s, English vs multilingual (analysis on, dry run), full graphs, batch 1 and 64
 #   t3-tests       pytest -m gpu of packages/t3-vllm (CUDA-graph token identity, preemption)
-#   s3gen-tests    pytest -m gpu of packages/s3gen
+#   s3gen-tests    pytest -m gpu of packages/s3gen (graphs, streams on the GPU, the start-up warm-up)
+#   s3gen-stream   issue 22's S3Gen-only streaming bench (T3 infinitely fast, fp16, full size): audio s
+#                  per s at S3GEN_STREAM_N streams, prepare/flow/vocode split; s3gen-stream-before: the
+#                  same on .device-old (BEFORE_REF=d3ab927: before the on-device vocoder batch);
+#                  S3GEN_STREAM_FLAGS="--chunk-tokens 200" tries longer steady windows (less re-run context)
 #   s3gen-before   S3Gen throughput of the previous release's source (.device-old, carried)
 #   s3gen-after    S3Gen throughput of this tree, eager and CUDA graphs, fp32/fp16/bf16
 #   s3gen-quick / s3gen-before-quick   fewer dtypes and sizes, one timed run each (first looks)
@@ -79,8 +83,13 @@ for part in "$@"; do
         -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;
     layouts-gpu) run layouts-gpu ${LAYOUTS_GPU_S:-300} python3 -m pytest packages/chatterbox-meta/tests/test_layouts_gpu.py -m gpu -x -q \
         -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;
-    s3gen-tests) run s3gen-tests 150 python3 -m pytest packages/s3gen/tests/test_s3gen_gpu.py -m gpu -x -q \
+    s3gen-tests) run s3gen-tests 200 python3 -m pytest packages/s3gen/tests/test_s3gen_gpu.py packages/s3gen/tests/test_s3gen_streaming.py -m gpu -x -q \
         -p no:cacheprovider -p vllm_cpu_test_support.fixtures ;;
+    s3gen-stream) run s3gen-stream ${S3GEN_STREAM_S:-300} python3 bench/s3gen_stream_bench.py --size full --device cuda \
+        --dtypes fp16 --streams ${S3GEN_STREAM_N:-1 8 32 64} $S3GEN_STREAM_FLAGS ;;
+    s3gen-stream-before) PYTHONPATH=$(pwd)/.device-old/packages/s3gen/src:$PYTHONPATH run s3gen-stream-before \
+        ${S3GEN_STREAM_S:-300} python3 bench/s3gen_stream_bench.py --size full --device cuda \
+        --dtypes fp16 --streams ${S3GEN_STREAM_N:-1 8 32 64} $S3GEN_STREAM_FLAGS ;;
     s3gen-before) PYTHONPATH=$(pwd)/.device-old/packages/s3gen/src:$PYTHONPATH run s3gen-before 150 \
         python3 bench/s3gen_bench.py "${s3gen_common[@]}" --dtypes fp16 bf16 --batch-sizes 8 32 64 --modes eager ;;
     s3gen-vocoder) run s3gen-vocoder 120 python3 bench/s3gen_bench.py "${s3gen_common[@]}" \

@@ -364,6 +364,7 @@ def test_first_audio_latency_buffers_and_captures_are_measured(client, server) -
     assert httpx.get(server["base"] + "/health").json()["at_capacity"] is False
     # Nothing is captured on the request path (on a GPU the set is captured at start-up).
     assert _metric(server["base"], "chatterbox_s3gen_graph_captures_after_startup_total") == 0
+    assert _metric(server["base"], "chatterbox_s3gen_cold_shapes_after_startup_total") == 0
 
 
 def test_voices_survive_a_restart(chatterbox_checkpoint: Path, tmp_path: Path) -> None:

@@ -196,3 +196,47 @@ def test_a_plugin_vocoder_serves_generate_and_streams(tts: ChatterboxTTS) -> Non
         assert recording.batches - before >= 2  # one per streamed window batch
     finally:
         tts._s3gen.set_vocoder("hift-torch")
+
+
+def test_a_round_that_paid_one_off_work_is_not_a_cost_sample(
+    tts: ChatterboxTTS, monkeypatch
+) -> None:
+    """A round whose shape ran for the first time (on a GPU: kernel selection, a graph capture)
+    costs far more than that shape will; the deadline policy's round costs and the capacity model
+    learn from the other rounds only."""
+    s3gen = tts._s3gen
+    real_stats = s3gen.graph_stats
+    calls = {"n": 0}
+
+    def first_round_meets_a_cold_shape() -> dict:
+        calls["n"] += 1  # read once before and once after each round
+        return {**real_stats(), "cold_shapes_after_seal": 0 if calls["n"] == 1 else 1}
+
+    monkeypatch.setattr(s3gen, "graph_stats", first_round_meets_a_cold_shape)
+    scheduler = S3GenScheduler(s3gen, max_batch=1, n_timesteps=2)
+    samples: list[tuple] = []
+    rates: list[tuple] = []
+    observe, observe_s3gen = scheduler.costs.observe, scheduler.capacity.observe_s3gen
+    monkeypatch.setattr(scheduler.costs, "observe", lambda *a: (samples.append(a), observe(*a)))
+    monkeypatch.setattr(
+        scheduler.capacity, "observe_s3gen", lambda *a: (rates.append(a), observe_s3gen(*a))
+    )
+    done = threading.Event()
+    try:
+        # Three windows: 16 + 3 tokens, then 32 and 64 more (the last one final).
+        lane = scheduler.open_stream(
+            tts.default_voice.s3gen,
+            seed=1,
+            config=None,
+            listener=Listener(),
+            order=0,
+            deliver=lambda chunks, finished, error: finished and done.set(),
+        )
+        scheduler.add_tokens(lane, list(range(100, 100 + 16 + 32 + 40)))
+        scheduler.end(lane)
+        assert done.wait(120)
+    finally:
+        scheduler.close()
+    assert scheduler.stats.batches == 3
+    assert len(samples) == len(rates) == 2  # the first round is left out
+    assert [rows for rows, _, _ in samples] == [1, 1]

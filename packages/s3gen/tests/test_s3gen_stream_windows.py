@@ -20,8 +20,10 @@ from chatterbox_s3gen.streaming import (
     StreamingConfig,
     prepare_stream_graphs,
     stream_flow_shapes,
+    stream_kernel_shapes,
     stream_source_noise,
     synthesize_windows,
+    warm_stream_kernels,
 )
 from chatterbox_s3gen.vocoders import GriffinLimVocoder, register_vocoder
 from vllm_cpu_test_support.signals import chirp
@@ -45,7 +47,13 @@ def voice_odd(s3gen: S3Gen, tone) -> S3GenReference:
     return voice
 
 
-def drive(model: S3Gen, streams: list[S3GenStream], token_lists: list[list[int]], rate: int = 9):
+def drive(
+    model: S3Gen,
+    streams: list[S3GenStream],
+    token_lists: list[list[int]],
+    rate: int = 9,
+    bucket: bool | None = None,
+):
     """Advance streams together (tokens arrive ``rate`` per round), every round's ready windows
     in one synthesize_windows call; returns each stream's chunks."""
     out: list[list[torch.Tensor]] = [[] for _ in streams]
@@ -62,7 +70,7 @@ def drive(model: S3Gen, streams: list[S3GenStream], token_lists: list[list[int]]
                 windows.append(window)
             elif stream.finished and stream.pending is None and not stream.done:
                 out[i] += stream.flush()
-        for result in synthesize_windows(model, windows):
+        for result in synthesize_windows(model, windows, bucket=bucket):
             i = by_id[result.stream_id]
             out[i] += streams[i].accept(result)
     return out
@@ -205,14 +213,18 @@ def test_mixed_streams_use_only_prepared_shapes(
     tiny_checkpoint: Path, s3gen, voice_a, voice_long, voice_odd, tokens
 ) -> None:
     """After prepare_stream_graphs (capture=False on CPU: the same bookkeeping), five streams of
-    mixed lengths, voices and arrival rates batched together run every flow batch on a prepared
-    shape: nothing eager, nothing captured after sealing; the padded static-buffer solves give
-    the unprepared model's audio."""
+    mixed lengths, voices and arrival rates batched together (bucketed, as on CUDA) run every
+    flow batch on a prepared shape and meet no encoder or HiFT shape the warm-up did not run:
+    nothing eager, nothing captured, nothing cold after sealing; the padded static-buffer solves
+    give the unprepared model's audio."""
     model = S3Gen.from_checkpoint(tiny_checkpoint)
     cfg = StreamingConfig()
     report = prepare_stream_graphs(model, cfg, max_rows=4, n_timesteps=2)
     assert report.shapes == tuple(stream_flow_shapes(cfg, 4))
     assert report.captures == len(report.shapes) == 18  # rows 1, 2, 4 x frames 64..384
+    # rows 1, 2, 4 x (encoder: tokens 32..192 (the longest window's 178); HiFT: frames 16..240
+    # (the longest window's 2 x 103 + 8 + 10 + 1 = 225))
+    assert report.warmed == 3 * 6 + 3 * 15
     stats = model.graph_stats()
     assert stats["sealed"] and stats["captures"] == 18
     voices = [voice_a, voice_long, voice_odd, voice_long, voice_a]
@@ -221,10 +233,10 @@ def test_mixed_streams_use_only_prepared_shapes(
     def streams(on: S3Gen) -> list[S3GenStream]:
         return [S3GenStream(on, v, seed=i, n_timesteps=2) for i, v in enumerate(voices)]
 
-    prepared = drive(model, streams(model), token_lists, rate=7)
+    prepared = drive(model, streams(model), token_lists, rate=7, bucket=True)
     stats = model.graph_stats()
     assert stats["eager_after_seal"] == 0 and stats["captures_after_seal"] == 0
-    assert stats["captures"] == 18
+    assert stats["captures"] == 18 and stats["cold_shapes_after_seal"] == 0
     plain = drive(s3gen, streams(s3gen), token_lists, rate=7)
     for a, b in zip(prepared, plain):
         assert [c.numel() for c in a] == [c.numel() for c in b]
@@ -236,6 +248,51 @@ def test_mixed_streams_use_only_prepared_shapes(
     assert model.graph_stats()["captures_after_seal"] == 0
     (expected,) = s3gen.synthesize([tokens(200, 5)], [voice_a], n_timesteps=2, seeds=[1])
     assert torch.equal(chunks[0], expected)
+
+
+def test_warm_up_runs_every_eager_shape_and_later_ones_are_counted_cold(
+    tiny_checkpoint: Path, voice_a, tokens
+) -> None:
+    """The warm-up itself (on CUDA by default) runs on any device; a shape a server meets that
+    it did not run is counted once in graph_stats (what /metrics reports)."""
+    model = S3Gen.from_checkpoint(tiny_checkpoint)
+    cfg = StreamingConfig(first_chunk_tokens=8, chunk_tokens=16)
+    encoder, vocoder = stream_kernel_shapes(cfg, 1, max_frames=model.max_frames)
+    # flow tokens up to 50 + 25 + 16 + 3 = 94 -> 96; frames up to 2 x 19 + 8 + 10 + 1 = 57 -> 64
+    assert encoder == [(1, 32), (1, 64), (1, 96)]
+    assert vocoder == [(1, 16), (1, 32), (1, 48), (1, 64)]
+    assert warm_stream_kernels(model, cfg, 1, run=True) == 7
+    assert model.graph_stats()["cold_shapes_after_seal"] == 0
+    # Two streams in one round: rows 2, which a warm-up for one row did not run.
+    streams = [S3GenStream(model, voice_a, seed=i, n_timesteps=2, config=cfg) for i in range(2)]
+    drive(model, streams, [tokens(30, 1), tokens(30, 2)], rate=30, bucket=True)
+    cold = model.graph_stats()["cold_shapes_after_seal"]
+    assert cold == len(model.warm_shapes.encoder) + len(model.warm_shapes.vocoder) - 7 > 0
+    with pytest.raises(ValueError, match="max_rows"):
+        stream_kernel_shapes(cfg, 0)
+
+
+def test_a_failing_warm_up_leaves_the_rest_cold_and_the_model_usable(
+    tiny_checkpoint: Path, voice_a, tokens, monkeypatch, caplog
+) -> None:
+    model = S3Gen.from_checkpoint(tiny_checkpoint)
+    cfg = StreamingConfig(first_chunk_tokens=8, chunk_tokens=16)
+    forward = model.mel2wav.forward
+
+    def out_of_memory(mel, *args, **kwargs):
+        if mel.shape[2] == 48:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(mel, *args, **kwargs)
+
+    monkeypatch.setattr(model.mel2wav, "forward", out_of_memory)
+    with caplog.at_level("WARNING", logger="chatterbox_s3gen.streaming"):
+        assert warm_stream_kernels(model, cfg, 1, run=True) == 3 + 2  # HiFT stopped at 48
+    assert "stopped (CUDA out of memory (simulated))" in caplog.text
+    monkeypatch.setattr(model.mel2wav, "forward", forward)
+    stream = S3GenStream(model, voice_a, seed=0, n_timesteps=2, config=cfg)
+    (chunks,) = drive(model, [stream], [tokens(30, 1)], rate=30, bucket=True)
+    assert sum(c.numel() for c in chunks) > 0
+    assert model.graph_stats()["cold_shapes_after_seal"] >= 1  # the 48- or 64-frame batches
 
 
 def test_stream_flow_shapes_are_bounded() -> None:

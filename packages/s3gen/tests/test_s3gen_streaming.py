@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatterbox_s3gen import S3Gen, S3GenError, S3GenInputError, S3GenReference
+from chatterbox_s3gen import S3Gen, S3GenError, S3GenInputError, S3GenReference, streaming
 from chatterbox_s3gen.hift import draw_source_noise
 from chatterbox_s3gen.streaming import (
     NOISE_BLOCK_SAMPLES,
     S3GenStream,
+    SourceNoise,
     StreamingConfig,
     StreamStateError,
     StreamWindow,
@@ -111,14 +112,54 @@ def test_a_single_final_window_is_the_non_streamed_synthesis(s3gen, voice_a, tok
     assert float((reference_noise - expected).abs().max()) > 1e-3
 
 
-def test_stream_source_noise_is_one_sequence(tokens) -> None:
+def test_stream_source_noise_is_one_sequence() -> None:
+    # Overlapping vocoder windows must see the same samples: any range is a slice, bit for bit.
     whole = stream_source_noise(7, 0, 3 * NOISE_BLOCK_SAMPLES + 100, 9)
     for start, stop in [(0, 5), (NOISE_BLOCK_SAMPLES - 3, NOISE_BLOCK_SAMPLES + 4), (1000, 60_000)]:
-        torch.testing.assert_close(stream_source_noise(7, start, stop, 9), whole[:, start:stop])
-    assert abs(float(whole.mean())) < 0.01 and abs(float(whole.std()) - 1) < 0.01
+        torch.testing.assert_close(
+            stream_source_noise(7, start, stop, 9), whole[:, start:stop], rtol=0, atol=0
+        )
     assert not torch.equal(stream_source_noise(8, 0, 100, 9), whole[:, :100])
     with pytest.raises(ValueError, match="start"):
         stream_source_noise(7, 10, 5, 9)
+
+
+def test_a_streams_noise_keeps_only_the_blocks_ahead_and_gives_the_same_samples() -> None:
+    noise = SourceNoise(3, 9)
+    first = torch.empty(9, 2 * NOISE_BLOCK_SAMPLES + 7)
+    noise.fill(first, 1000)
+    again = torch.empty(9, 25_000)
+    noise.fill(again, 5000)  # blocks 0 and 1 again: from the stream's cache
+    torch.testing.assert_close(first[:, 4000:29_000], again, rtol=0, atol=0)
+    torch.testing.assert_close(again, stream_source_noise(3, 5000, 30_000, 9), rtol=0, atol=0)
+    later = torch.empty(9, 10)
+    noise.fill(later, 2 * NOISE_BLOCK_SAMPLES + 5)  # a window from block 2 on: 0 and 1 go
+    assert sorted(noise._cpu_blocks) == [2]
+    offset = 2 * NOISE_BLOCK_SAMPLES + 5 - 1000
+    torch.testing.assert_close(later, first[:, offset : offset + 10], rtol=0, atol=0)
+
+
+def test_stream_source_noise_is_white_standard_normal() -> None:
+    """The excitation's noise: N(0, 1), uncorrelated across samples, harmonics and seeds."""
+    noise = stream_source_noise(11, 3_000_000, 3_200_000, 9).double()
+    other = stream_source_noise(12, 3_000_000, 3_200_000, 9).double()
+    flat = noise.flatten()
+    assert abs(float(flat.mean())) < 0.005 and abs(float(flat.std()) - 1) < 0.005
+    kurtosis = float(((flat - flat.mean()) ** 4).mean() / flat.var() ** 2)
+    assert abs(kurtosis - 3) < 0.05  # a normal's tails, not a uniform's (1.8)
+    assert abs(float((flat.abs() > 3).double().mean()) - 0.0027) < 0.0005
+    limit = 0.01  # ~4.5 standard errors of a correlation over 200k samples
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    for h in range(9):
+        assert abs(corr(noise[h, 1:], noise[h, :-1])) < limit  # neighbouring samples
+        assert abs(corr(noise[h], other[h])) < limit  # two streams
+        assert abs(corr(noise[h], noise[(h + 1) % 9])) < limit  # two harmonics
+    spectrum = torch.fft.rfft(noise[0]).abs().pow(2)
+    quarters = [float(q.mean()) for q in spectrum[1:].chunk(4)]
+    assert max(quarters) / min(quarters) < 1.05  # flat: white noise
 
 
 # -- (a) streamed vs non-streamed ---------------------------------------------------------------------
@@ -457,15 +498,6 @@ def test_shape_bucketing_does_not_change_results(
         torch.testing.assert_close(a.cycles, b.cycles, rtol=0, atol=1e-9)
 
 
-def test_stream_source_noise_cache_gives_the_same_samples() -> None:
-    cache: dict[int, torch.Tensor] = {}
-    first = stream_source_noise(3, 1000, 2 * NOISE_BLOCK_SAMPLES + 7, 9, cache=cache)
-    assert sorted(cache) == [0, 1, 2]
-    again = stream_source_noise(3, 5000, 30_000, 9, cache=cache)
-    torch.testing.assert_close(first[:, 4000:29_000], again, rtol=0, atol=0)
-    torch.testing.assert_close(again, stream_source_noise(3, 5000, 30_000, 9), rtol=0, atol=0)
-
-
 # -- CUDA (-m gpu; skipped without a GPU) ---------------------------------------------------------
 
 
@@ -493,10 +525,12 @@ def _drive_together(model: S3Gen, specs, *, bucket: bool | None) -> list[torch.T
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_streams_match_cpu_with_buckets_and_graphs(
-    s3gen, tiny_checkpoint, voice_a, voice_b, voice_odd, tokens
+    s3gen, tiny_checkpoint, voice_a, voice_b, voice_odd, tokens, monkeypatch
 ) -> None:
     """On CUDA, with CUDA-graph Euler loops and row/length buckets (the defaults there), batched
-    streams give the CPU float32 audio to float rounding."""
+    streams give the eager CUDA audio, and with the CPU's noise sequence the CPU float32 audio,
+    to float rounding (the tiny model is unvoiced: its audio is mostly the source noise, which
+    each device draws with its own generator)."""
     specs = [(voice_a, tokens(90, 31), 1), (voice_b, tokens(41, 32), 2)]
     specs.append((voice_odd, tokens(67, 33), 3))
     graphs = S3Gen.from_checkpoint(tiny_checkpoint, device="cuda")
@@ -504,8 +538,54 @@ def test_gpu_streams_match_cpu_with_buckets_and_graphs(
     cuda_specs = [(v.to("cuda"), ids, seed) for v, ids, seed in specs]
     on_graphs = _drive_together(graphs, cuda_specs, bucket=None)
     on_eager = _drive_together(eager, cuda_specs, bucket=False)
+    for a, b in zip(on_graphs, on_eager):
+        assert a.shape == b.shape
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-3
+    draw = streaming._noise_block
+    monkeypatch.setattr(
+        streaming,
+        "_noise_block",
+        lambda seed, block, harmonics, device: draw(seed, block, harmonics, torch.device("cpu")).to(
+            device
+        ),
+    )
+    on_graphs = _drive_together(graphs, cuda_specs, bucket=None)
     on_cpu = _drive_together(s3gen, specs, bucket=False)
-    for a, b, c in zip(on_graphs, on_eager, on_cpu):
-        assert a.shape == b.shape == c.shape
+    for a, c in zip(on_graphs, on_cpu):
+        assert a.shape == c.shape
         assert float((a - c).abs().max() / c.abs().max()) < 1e-3
-        assert float((b - c).abs().max() / c.abs().max()) < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_stream_noise_is_one_sequence_drawn_on_the_gpu() -> None:
+    whole = stream_source_noise(7, 0, 2 * NOISE_BLOCK_SAMPLES + 100, 9, device="cuda")
+    assert whole.is_cuda
+    part = stream_source_noise(7, NOISE_BLOCK_SAMPLES - 3, NOISE_BLOCK_SAMPLES + 40, 9, "cuda")
+    torch.testing.assert_close(
+        part, whole[:, NOISE_BLOCK_SAMPLES - 3 : NOISE_BLOCK_SAMPLES + 40], rtol=0, atol=0
+    )
+    assert abs(float(whole.mean())) < 0.01 and abs(float(whole.std()) - 1) < 0.01
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gpu_start_up_warm_up_leaves_no_cold_shape(
+    tiny_checkpoint, voice_a, voice_b, voice_odd, tokens, dtype
+) -> None:
+    """What a GPU server does at start-up (capture the flow shapes, run the eager encoder/HiFT
+    shapes once) in the product's dtypes, then mixed streams in rounds of up to 4: nothing
+    captured, nothing cold, nothing eager while serving."""
+    from chatterbox_s3gen.streaming import prepare_stream_graphs
+
+    model = S3Gen.from_checkpoint(tiny_checkpoint, device="cuda", dtype=dtype)
+    report = prepare_stream_graphs(model, StreamingConfig(), max_rows=4, n_timesteps=3)
+    assert report.warmed == 3 * 6 + 3 * 15 and report.captures == len(report.shapes)
+    specs = [(voice_a.to("cuda"), tokens(230, 41), 1), (voice_b.to("cuda"), tokens(97, 42), 2)]
+    specs += [(voice_odd.to("cuda"), tokens(160, 43), 3), (voice_a.to("cuda"), tokens(12, 44), 4)]
+    audio = _drive_together(model, specs, bucket=None)
+    assert all(bool(torch.isfinite(a).all()) and a.numel() > 0 for a in audio)
+    stats = model.graph_stats()
+    assert stats["cold_shapes_after_seal"] == 0
+    assert stats["captures_after_seal"] == 0 and stats["eager_after_seal"] == 0

@@ -426,9 +426,11 @@ class S3GenScheduler:
         windows = [lane.window for lane in owners]
         from chatterbox_s3gen.streaming import synthesize_windows
 
+        s3gen = self._s3gen()
+        one_offs = _one_off_work(s3gen)
         begin = time.perf_counter()
         try:
-            results = synthesize_windows(self._s3gen(), windows)
+            results = synthesize_windows(s3gen, windows)
         except Exception as error:
             logger.exception("S3Gen failed on a batch of %d window(s)", len(windows))
             for lane in owners:
@@ -437,7 +439,16 @@ class S3GenScheduler:
             return True
         now = time.perf_counter()
         self._count(begin, now, len(windows))
-        self.costs.observe(len(windows), max(request.tokens for request in chosen), now - begin)
+        # A round that paid one-off work (a shape's first kernels, a graph capture) took far
+        # longer than its shape will: as a sample it would make the policy shun that shape (and
+        # the capacity model undercount) until many later rounds outweighed it.
+        typical = _one_off_work(s3gen) == one_offs
+        if typical:
+            self.costs.observe(len(windows), max(request.tokens for request in chosen), now - begin)
+        else:
+            logger.debug(
+                "S3Gen round of %d windows paid one-off work: not a cost sample", len(windows)
+            )
         audio = 0.0
         for lane, request, result in zip(owners, chosen, results):
             taken = lane.window
@@ -465,7 +476,8 @@ class S3GenScheduler:
                 )
             except Exception as error:
                 self._fail(lane, error)
-        self.capacity.observe_s3gen(audio, now - begin)
+        if typical:
+            self.capacity.observe_s3gen(audio, now - begin)
         return True
 
     def _ready_window(self, lane: _Lane) -> ReadyWindow:
@@ -608,6 +620,13 @@ class S3GenScheduler:
     def _fail(self, lane: _Lane, error: BaseException) -> None:
         self._drop(lane)
         lane.deliver([], True, error)
+
+
+def _one_off_work(s3gen: S3Gen) -> int:
+    """How much work S3Gen has done that a shape pays once (graph captures and eager shapes
+    first met, after start-up): a round that moved it is no sample of what rounds cost."""
+    stats = s3gen.graph_stats()
+    return int(stats.get("captures_after_seal", 0)) + int(stats.get("cold_shapes_after_seal", 0))
 
 
 def _typical_windows() -> list[tuple[int, float]]:

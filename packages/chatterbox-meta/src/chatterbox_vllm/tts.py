@@ -166,20 +166,33 @@ def _prepare_s3gen_graphs(s3gen: Any, config: EngineConfig) -> float:
 
 
 def _t3_engine_stages(loop: EventLoopThread, t3: Any, engine_seconds: float) -> dict[str, float]:
-    """The T3 engine's start-up stages measured inside its worker (``t3_engine.<stage>``), plus
-    ``t3_engine.other``: the rest of ``engine_seconds`` (process start, imports, scheduler)."""
+    """The T3 engine's start-up stages (``t3_engine.<stage>``, those of
+    :data:`chatterbox_t3.startup.ENGINE_START_STAGES`, measured in this process and in the
+    engine's), plus ``t3_engine.other``: the rest of ``engine_seconds`` (gaps between the
+    worker's stages, the event loop's turn, and waiting for S3Gen's weights if they took longer
+    than the engine)."""
     stages = loop.submit(t3.startup_timeline()).result()
     timeline = {f"t3_engine.{stage}": seconds for stage, seconds in stages.items()}
     timeline["t3_engine.other"] = max(0.0, engine_seconds - sum(stages.values()))
     return timeline
 
 
+def _default_voice(path: Path) -> Voice | None:
+    """The checkpoint's built-in voice (``conds.pt``), if it has one."""
+    if (path / "conds.pt").is_file():
+        return Voice.from_conditionals(VoiceConditionals.load(path / "conds.pt"))
+    logger.info("%s has no conds.pt: every request must name a voice", path)
+    return None
+
+
 def describe_load_timings(timings: dict[str, float]) -> str:
-    """One line of the start-up timeline, e.g. ``imports 4.1 s, T3 engine 45.5 s (weights 3.0 s,
-    ...), S3Gen graphs 31.3 s``; the T3 engine's stages in brackets after it."""
+    """One line of the start-up timeline, e.g. ``imports 4.1 s, T3 engine 45.5 s (frontend 0.4 s,
+    ..., weights 3.0 s, ...), S3Gen graphs 31.3 s``; the T3 engine's stages in brackets after it."""
 
     def name(stage: str) -> str:
-        return stage.replace("t3_engine", "T3 engine").replace("s3gen", "S3Gen").replace("_", " ")
+        for ours, shown in (("t3_engine", "T3 engine"), ("s3gen", "S3Gen"), ("vllm", "vLLM")):
+            stage = stage.replace(ours, shown)
+        return stage.replace("_", " ")
 
     parts: list[str] = []
     for stage, seconds in timings.items():
@@ -230,10 +243,16 @@ class ChatterboxTTS(SpeechFront[Voice]):
         self._scheduler_lock = threading.Lock()
         self.load_timings: dict[str, float] = {}
         """Seconds of each load stage, in order: ``imports`` (torch, vLLM, both components);
-        ``t3_engine``, from then until vLLM's engine answered, split into its worker's stages
-        ``t3_engine.device`` / ``.weights`` / ``.compile`` / ``.kv_profile`` / ``.kv_cache`` /
-        ``.graph_capture`` and ``.other`` (process start, imports, scheduler); ``s3gen_weights``,
-        concurrently with it; ``s3gen_graphs``, after both. Logged as one line at INFO."""
+        ``config``, the engine configuration for this machine (on a GPU this initialises CUDA
+        to read the card's memory); ``s3gen_weights`` and ``t3_engine``, concurrently, from
+        then until vLLM's engine answered; ``t3_engine`` split into ``t3_engine.<stage>`` for
+        each stage of :data:`chatterbox_t3.startup.ENGINE_START_STAGES` (this process:
+        ``.frontend``, ``.vllm_config``, ``.vllm_client``; the engine process:
+        ``.process_imports``, ``.executor``, its worker's ``.device`` / ``.weights`` /
+        ``.compile`` / ``.kv_profile`` / ``.kv_cache`` / ``.graph_capture``, then ``.ready``)
+        and ``.other`` (the rest);
+        ``s3gen_graphs``, after both; ``voices``, the default voice and the voice encoder.
+        Logged as one line at INFO."""
         self.on_stream_done: Callable[[Listener], None] | None = None
         """Called with each finished stream's playback clock (the server's buffer metrics)."""
         self.on_window: Callable[[WindowTimeline], None] | None = None
@@ -301,9 +320,11 @@ class ChatterboxTTS(SpeechFront[Voice]):
             from chatterbox_t3 import AsyncT3Engine
         timings["imports"] = time.perf_counter() - begin
 
+        begin = time.perf_counter()
         if model == "turbo":
             config = config.for_turbo()
-        config = config.resolve_here()
+        config = config.resolve_here()  # on a GPU, initialises CUDA here to read its memory
+        timings["config"] = time.perf_counter() - begin
         logger.info("loading %s: %s", path, config.describe())
         assert config.device is not None
         loop = EventLoopThread()
@@ -355,6 +376,10 @@ class ChatterboxTTS(SpeechFront[Voice]):
             try:
                 timings.update(_t3_engine_stages(loop, t3, timings["t3_engine"]))
                 timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
+                begin = time.perf_counter()
+                default_voice = _default_voice(path)
+                voice_encoder = t3.voice_encoder  # loaded on first use
+                timings["voices"] = time.perf_counter() - begin
             except BaseException:
                 t3.shutdown()
                 raise
@@ -364,15 +389,10 @@ class ChatterboxTTS(SpeechFront[Voice]):
             if translated is not None and translated is not error:
                 raise translated from error
             raise
-        default_voice = None
-        if (path / "conds.pt").is_file():
-            default_voice = Voice.from_conditionals(VoiceConditionals.load(path / "conds.pt"))
-        else:
-            logger.info("%s has no conds.pt: every request must name a voice", path)
         tts = cls(
             t3=t3,
             s3gen=s3gen,
-            voice_encoder=t3.voice_encoder,
+            voice_encoder=voice_encoder,
             config=config,
             default_voice=default_voice,
             watermarker=watermarker,

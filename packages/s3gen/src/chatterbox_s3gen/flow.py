@@ -182,6 +182,10 @@ class GraphPreparation:
     n_timesteps: int
     captures: int
     seconds: float
+    warmed: int = 0
+    """Eager kernel shapes (flow encoder, HiFT) run once at start-up as well (a streaming
+    server's: :func:`chatterbox_s3gen.streaming.warm_stream_kernels`); their time is in
+    ``seconds``."""
 
 
 GraphKey = tuple[int, int, int, torch.dtype]
@@ -194,7 +198,7 @@ class EulerGraphs:
     A batch is padded to :func:`row_bucket` rows (copies of its last item, discarded after) and
     :func:`frame_bucket` frames (masked, so its valid frames are what the unpadded batch gives:
     causal convs, key-masked attention and per-frame norms never look at padded frames). The
-    first batch of a new shape is run eagerly twice on a side stream (cuDNN/cuBLAS choose their
+    first batch of a new shape is run eagerly once on a side stream (cuDNN/cuBLAS choose their
     kernels), then captured; later batches of that shape replay it. All graphs share one memory
     pool, which is safe because replays are sequential on one stream and each graph's output is
     copied out before the next replay. At most ``max_graphs`` are kept (least recently used go).
@@ -397,8 +401,9 @@ class _CapturedSolve:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self._eager()
+            # One eager solve makes every lazy choice (cuDNN plans, cuBLAS workspaces, allocator
+            # blocks) before capture; a second only repeated it (each shape's start-up cost).
+            self._eager()
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: another thread of the process (T3 conditioning, a pipeline's main loop)

@@ -267,15 +267,19 @@ class HiFTGenerator(nn.Module):
         mel_lengths: torch.Tensor,
         phases: torch.Tensor,
         noise: torch.Tensor,
+        f0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``mel``: ``[B, 80, T]`` right-padded; ``mel_lengths``: ``[B]``; ``phases``: ``[B, H, 1]``;
-        ``noise``: ``[B, H, 480*T]``. Returns ``[B, 480*T]`` float32 samples, zero past each item."""
+        ``noise``: ``[B, H, 480*T]``. Returns ``[B, 480*T]`` float32 samples, zero past each item.
+        ``f0``: ``[B, T]``, what :attr:`f0_predictor` gives for this masked mel (a caller that
+        needed it first passes it instead of having it computed twice)."""
         conv_dtype = self.conv_pre.weight.dtype
         frames = mel.shape[2]
         mask = length_mask(mel_lengths, frames).unsqueeze(1).to(conv_dtype)
         mel = mel.to(conv_dtype) * mask
 
-        f0 = self.f0_predictor(mel, mask)  # [B, T]
+        if f0 is None:
+            f0 = self.f0_predictor(mel, mask)  # [B, T]
         f0_samples = f0.unsqueeze(-1).expand(-1, -1, MEL_HOP).reshape(f0.shape[0], 1, -1)
         sample_lengths = mel_lengths * MEL_HOP
         sample_mask = length_mask(sample_lengths, f0_samples.shape[2]).unsqueeze(1)

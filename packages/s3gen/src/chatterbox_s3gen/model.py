@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,26 @@ def _as_token_tensor(tokens: object, index: int) -> torch.Tensor:
     return ids
 
 
+@dataclass
+class WarmShapes:
+    """Batch shapes ``(rows, tokens)`` of the flow encoder and ``(rows, frames)`` of HiFT that
+    streamed windows have run since start-up's warm-up. Those two run eagerly (only the CFM
+    loop replays graphs), and on a GPU the first batch of each new shape pays cuDNN's plan
+    selection and the allocator's growth for every conv: a stall of up to about a second in the
+    middle of serving. :attr:`cold_after_warmup` counts the shapes met while serving that the
+    warm-up had not run (each one such first batch)."""
+
+    encoder: set[tuple[int, int]] = field(default_factory=set)
+    vocoder: set[tuple[int, int]] = field(default_factory=set)
+    cold_after_warmup: int = 0
+
+    def note(self, part: str, shape: tuple[int, int]) -> None:
+        seen = self.encoder if part == "encoder" else self.vocoder
+        if shape not in seen:
+            seen.add(shape)
+            self.cold_after_warmup += 1
+
+
 class S3Gen(nn.Module):
     """Chatterbox's token-to-waveform decoder (flow matching + HiFT).
 
@@ -116,6 +137,8 @@ class S3Gen(nn.Module):
         self._vocoder: Vocoder | None = None
         self._vocoder_takes_seeds = False
         self._checkpoint_dir: Path | None = None
+        self.warm_shapes: WarmShapes | None = None
+        """Set by a streaming server's warm-up (see :class:`WarmShapes`); None: not counted."""
         self.eval()
 
     # -- construction -------------------------------------------------------------------------
@@ -237,7 +260,7 @@ class S3Gen(nn.Module):
 
         Each batch is padded to a bucket of rows (1, 2, 4, 8, then multiples of 8) and frames
         (multiples of 64, of 128 past 1024; see :func:`chatterbox_s3gen.flow.frame_bucket`); the
-        first batch of a bucket captures its graph (about two extra solves), later ones replay
+        first batch of a bucket captures its graph (one eager warm-up solve, then the capture), later ones replay
         it, removing the CPU cost of ~15,000 kernel launches per batch. Padded rows and frames
         are masked, so results equal eager runs up to float rounding of the GPU kernels. CPU runs
         never use graphs."""
@@ -279,19 +302,25 @@ class S3Gen(nn.Module):
         return GraphPreparation(tuple(shapes), n_timesteps, captures, seconds)
 
     def graph_stats(self) -> dict[str, int | bool]:
-        """Euler-loop graph counters: ``graphs`` held, ``captures`` so far, ``sealed``,
-        ``eager_after_seal`` (batches no prepared shape held) and ``captures_after_seal``
-        (re-captures after new weights or noise; 0 while serving)."""
+        """Start-up preparation counters: ``graphs`` held, ``captures`` so far, ``sealed``,
+        ``eager_after_seal`` (batches no prepared shape held), ``captures_after_seal``
+        (re-captures after new weights or noise; 0 while serving) and ``cold_shapes_after_seal``
+        (eager encoder/HiFT shapes the warm-up had not run, see :class:`WarmShapes`)."""
         graphs = self.flow.decoder.graphs
-        if graphs is None:
-            return {
+        stats: dict[str, int | bool] = (
+            graphs.stats()
+            if graphs is not None
+            else {
                 "graphs": 0,
                 "captures": 0,
                 "sealed": False,
                 "eager_after_seal": 0,
                 "captures_after_seal": 0,
             }
-        return graphs.stats()
+        )
+        warm = self.warm_shapes
+        stats["cold_shapes_after_seal"] = warm.cold_after_warmup if warm is not None else 0
+        return stats
 
     @property
     def cuda_graphs(self) -> bool:

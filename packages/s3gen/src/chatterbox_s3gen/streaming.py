@@ -43,8 +43,11 @@ audio. :meth:`S3GenStream.push` / :meth:`S3GenStream.finish` do that loop for a 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -66,13 +69,9 @@ from chatterbox_s3gen.errors import (
 from chatterbox_s3gen.flow import GraphPreparation, frame_bucket
 from chatterbox_s3gen.hift import draw_source_noise
 from chatterbox_s3gen.masks import length_mask
-from chatterbox_s3gen.model import S3Gen
+from chatterbox_s3gen.model import S3Gen, WarmShapes
 from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.vocoders import HiFTTorchVocoder
-
-NOISE_BLOCK_SAMPLES = S3GEN_SAMPLE_RATE
-"""The stream's vocoder noise is drawn in blocks of this many samples (1 s), each from its own
-generator, so any sample range can be drawn without knowing the utterance's final length."""
 
 DEFAULT_LEFT_CONTEXT_TOKENS = 25
 """Utterance tokens (1 s) a window re-runs before its first new token (measured: README)."""
@@ -81,7 +80,12 @@ DEFAULT_PROMPT_TOKENS = 50
 MAX_PROMPT_TOKENS = 250
 """Longest prompt the shape lists assume for unbounded prompts (10 s, chatterbox's limit)."""
 
+NOISE_BLOCK_SAMPLES = S3GEN_SAMPLE_RATE
+"""A stream's vocoder noise is drawn in blocks of this many samples (1 s), each from its own
+generator, so any sample range can be drawn without knowing the utterance's final length."""
+
 _stream_ids = itertools.count()
+logger = logging.getLogger(__name__)
 
 
 class StreamStateError(S3GenError, RuntimeError):
@@ -240,8 +244,8 @@ class StreamWindow:
     * ``phases``: ``[H, 1]`` float32 random initial phases of the harmonics (per seed);
     * ``anchor_frame`` / ``anchor_cycles``: the frame (``>= mel_start``) at which the sine must
       have accumulated ``anchor_cycles`` (``[H]`` float64, mod 1) cycles per harmonic;
-    * ``noise``: ``[H, 480 * (mel_stop - mel_start)]`` float32 source noise of those samples
-      (empty when the window is not vocoded by the anchored torch HiFT: drawn when needed);
+    * ``noise``: the stream's :class:`SourceNoise` (the anchored vocoder draws the window's
+      samples from it on the model's device);
     * ``whole``: the window of a ``StreamingConfig(whole=True)`` stream (vocoded exactly as
       :meth:`S3Gen.synthesize` with ``seed``).
     """
@@ -258,7 +262,7 @@ class StreamWindow:
     phases: torch.Tensor
     anchor_frame: int
     anchor_cycles: torch.Tensor
-    noise: torch.Tensor
+    noise: SourceNoise
     token_start: int = 0
     prompt_tokens: int | None = None
     seed: int = 0
@@ -337,9 +341,45 @@ def _splitmix64(value: int) -> int:
     return (value ^ (value >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
-def _noise_block(seed: int, block: int, num_harmonics: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(_splitmix64(_splitmix64(seed) ^ block))
-    return torch.randn((num_harmonics, NOISE_BLOCK_SAMPLES), generator=generator)
+def _noise_block(seed: int, block: int, num_harmonics: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator(device=device).manual_seed(_splitmix64(_splitmix64(seed) ^ block))
+    return torch.randn((num_harmonics, NOISE_BLOCK_SAMPLES), generator=generator, device=device)
+
+
+class SourceNoise:
+    """The standard-normal source noise of one stream's anchored vocoder: an endless sequence per
+    ``(seed, device type)`` in blocks of :data:`NOISE_BLOCK_SAMPLES`, each drawn from its own
+    generator on the device that needs it, so any sample range is a slice of one sequence and
+    overlapping windows see the same noise. On the CPU a stream keeps the blocks its next window
+    may touch again (a block costs ~1 ms there); on a GPU a block is a single kernel, drawn where
+    it is used, so no noise crosses the host-device link."""
+
+    def __init__(self, seed: int, num_harmonics: int) -> None:
+        self.seed = seed
+        self.num_harmonics = num_harmonics
+        self._cpu_blocks: dict[int, torch.Tensor] = {}
+
+    def fill(self, out: torch.Tensor, start: int) -> None:
+        """Write samples ``[start, start + out.shape[1])`` into ``out`` ``[H, n]`` (on its device).
+        Streams ask for ranges that start ever later; earlier CPU blocks are dropped."""
+        stop = start + out.shape[1]
+        if start < 0:
+            raise S3GenInputError(f"need 0 <= start <= stop, got [{start}, {stop})")
+        cache = self._cpu_blocks if out.device.type == "cpu" else None
+        if cache is not None:
+            for block in [b for b in cache if b < start // NOISE_BLOCK_SAMPLES]:
+                del cache[block]
+        position = start
+        while position < stop:
+            block, offset = divmod(position, NOISE_BLOCK_SAMPLES)
+            take = min(NOISE_BLOCK_SAMPLES - offset, stop - position)
+            values = cache.get(block) if cache is not None else None
+            if values is None:
+                values = _noise_block(self.seed, block, self.num_harmonics, out.device)
+                if cache is not None:
+                    cache[block] = values
+            out[:, position - start : position - start + take] = values[:, offset : offset + take]
+            position += take
 
 
 def stream_source_noise(
@@ -347,27 +387,16 @@ def stream_source_noise(
     start: int,
     stop: int,
     num_harmonics: int,
-    cache: dict[int, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Samples ``[start, stop)`` of the standard-normal source noise a stream with ``seed`` uses
-    (``[num_harmonics, stop - start]`` float32 CPU). Any range of the same seed is a slice of one
-    infinite sequence, so overlapping vocoder windows see the same noise; it differs from the
-    noise :meth:`S3Gen.synthesize` draws (which depends on the utterance's total length).
-    ``cache`` (block index -> block) keeps drawn blocks for the next call of the same seed."""
+    on ``device`` (``[num_harmonics, stop - start]`` float32; see :class:`SourceNoise`: one
+    sequence per seed and device type). It differs from the noise :meth:`S3Gen.synthesize` draws
+    (which depends on the utterance's total length)."""
     if start < 0 or stop < start:
         raise S3GenInputError(f"need 0 <= start <= stop, got [{start}, {stop})")
-    out = torch.empty(num_harmonics, stop - start)
-    position = start
-    while position < stop:
-        block, offset = divmod(position, NOISE_BLOCK_SAMPLES)
-        take = min(NOISE_BLOCK_SAMPLES - offset, stop - position)
-        values = cache.get(block) if cache is not None else None
-        if values is None:
-            values = _noise_block(seed, block, num_harmonics)
-            if cache is not None:
-                cache[block] = values
-        out[:, position - start : position - start + take] = values[:, offset : offset + take]
-        position += take
+    out = torch.empty(num_harmonics, stop - start, device=device)
+    SourceNoise(seed, num_harmonics).fill(out, start)
     return out
 
 
@@ -377,6 +406,15 @@ def _cycles_after(start: torch.Tensor, f0: torch.Tensor, num_harmonics: int) -> 
     harmonics = torch.arange(1, num_harmonics + 1, dtype=torch.float64)
     total = float(f0.detach().to("cpu", torch.float64).sum()) * MEL_HOP / S3GEN_SAMPLE_RATE
     return (start.to(torch.float64) + harmonics * total).remainder(1.0)
+
+
+def _cycles_until(f0: torch.Tensor, frames: torch.Tensor, num_harmonics: int) -> torch.Tensor:
+    """:func:`_cycles_after` from 0 cycles for every row of ``f0`` ``[B, T]`` over its first
+    ``frames[b]`` frames, on ``f0``'s device: ``[B, H]`` float64."""
+    span = torch.arange(f0.shape[1], device=f0.device) < frames.view(-1, 1)
+    total = (f0.to(torch.float64) * span).sum(dim=1) * MEL_HOP / S3GEN_SAMPLE_RATE
+    harmonics = torch.arange(1, num_harmonics + 1, dtype=torch.float64, device=f0.device)
+    return (harmonics * total.unsqueeze(-1)).remainder(1.0)
 
 
 def _crossfade_weights(samples: int) -> torch.Tensor:
@@ -482,7 +520,7 @@ class S3GenStream:
         self._anchor_cycles = torch.zeros(self._num_harmonics, dtype=torch.float64)
         # Samples of the last window after the emitted ones (crossfade + look-ahead frames).
         self._tail = torch.zeros(0)
-        self._noise_blocks: dict[int, torch.Tensor] = {}
+        self._noise = SourceNoise(self.seed, self._num_harmonics)
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -566,7 +604,7 @@ class S3GenStream:
             phases=self._base_phases.float().unsqueeze(-1),
             anchor_frame=self._anchor_frame,
             anchor_cycles=self._anchor_cycles.clone(),
-            noise=self._window_noise(mel_start, mel_stop),
+            noise=self._noise,
             token_start=token_start,
             prompt_tokens=cfg.window_prompt_tokens(self.reference.num_prompt_tokens, self._windows),
             seed=self.seed,
@@ -590,24 +628,6 @@ class S3GenStream:
             return available, available, True
         # Not enough tokens yet, or nothing new for the flow: finish() flushes the held tail.
         return None
-
-    def _window_noise(self, mel_start: int, mel_stop: int) -> torch.Tensor:
-        """The anchored HiFT's source noise for the window's samples (empty when another path
-        vocodes it: whole windows and plug-in vocoders draw their own)."""
-        if self.config.whole or not _anchored_hift(self.s3gen):
-            return torch.zeros(self._num_harmonics, 0)
-        # Consecutive windows overlap: keep the blocks from the window's start on (drawing a
-        # block costs ~2 ms of CPU, and a window touches 2-4 of them).
-        first_block = mel_start * MEL_HOP // NOISE_BLOCK_SAMPLES
-        for block in [b for b in self._noise_blocks if b < first_block]:
-            del self._noise_blocks[block]
-        return stream_source_noise(
-            self.seed,
-            mel_start * MEL_HOP,
-            mel_stop * MEL_HOP,
-            self._num_harmonics,
-            cache=self._noise_blocks,
-        )
 
     def accept(self, result: WindowResult) -> list[torch.Tensor]:
         """Take the result of the pending window; returns the audio it completes (zero or one
@@ -750,6 +770,8 @@ def _flow_windows(
     width = int(token_lengths.max())
     if bucket:
         width = min(_round_up(width, TOKEN_BUCKET), s3gen.max_frames // TOKEN_MEL_RATIO)
+        if s3gen.warm_shapes is not None:
+            s3gen.warm_shapes.note("encoder", (batch, width))
     padded = torch.zeros(batch, width, dtype=torch.int64)
     for i, t in enumerate(full):
         padded[i, : t.numel()] = t
@@ -765,15 +787,17 @@ def _flow_windows(
     speakers = torch.stack(
         [w.reference.speaker_embedding.to(device, torch.float32) for w in windows]
     )
+    # Host-to-device copies here and below are non-blocking: a blocking one would make the host
+    # wait for every kernel already queued (the previous round's) before launching this one's.
     mel, _ = s3gen.flow.inference(
-        padded.to(device),
+        padded.to(device, non_blocking=True),
         token_lengths,
         prompt_mel,
         prompt_lengths,
         speakers,
         n_timesteps,
         keep_frames=keep,
-        noise_columns=columns,
+        noise_columns=columns.to(device, non_blocking=True),
     )
     out = []
     for i, w in enumerate(windows[:count]):
@@ -810,14 +834,120 @@ def stream_flow_shapes(
     return [(r, f) for r in rows for f in frames]
 
 
+def stream_kernel_shapes(
+    config: StreamingConfig, max_rows: int, *, max_frames: int | None = None
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The eager parts' batch shapes that windows of ``config`` make in rounds of up to
+    ``max_rows`` windows when bucketed (on CUDA): ``(rows, tokens)`` of the flow encoder (every
+    :data:`TOKEN_BUCKET` up to the longest window's flow tokens) and ``(rows, frames)`` of the
+    anchored HiFT (every :data:`VOCODER_FRAME_BUCKET` up to the longest window's vocoder
+    frames), rows the padded row counts :func:`flow_windows` and :func:`vocode_windows` use.
+    ``max_frames``: the model's :attr:`S3Gen.max_frames` (caps the encoder's width)."""
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise S3GenInputError(f"max_rows must be a positive int, got {max_rows!r}")
+    if not isinstance(config, StreamingConfig):
+        raise S3GenInputTypeError(f"config must be a StreamingConfig, got {type(config).__name__}")
+    rows = sorted({_row_bucket(r) for r in range(1, max_rows + 1)})
+    widest = _round_up(config.max_flow_tokens(), TOKEN_BUCKET)
+    if max_frames is not None:
+        widest = min(widest, max_frames // TOKEN_MEL_RATIO)
+    widths = sorted(
+        {min(w, widest) for w in range(TOKEN_BUCKET, widest + TOKEN_BUCKET, TOKEN_BUCKET)}
+    )
+    # A window's vocoder frames: its new tokens' mel (a final one keeps up to a window plus
+    # lookahead - 1 tokens), the frames re-run for context and held back before it, and the
+    # odd prompt frame a first window can carry.
+    longest = (
+        TOKEN_MEL_RATIO * (config.chunk_tokens + config.lookahead_tokens)
+        + config.context_frames
+        + config.held_frames
+        + 1
+    )
+    frames = range(
+        VOCODER_FRAME_BUCKET, _round_up(longest, VOCODER_FRAME_BUCKET) + 1, VOCODER_FRAME_BUCKET
+    )
+    return [(r, w) for r in rows for w in widths], [(r, f) for r in rows for f in frames]
+
+
+@torch.inference_mode()
+def warm_stream_kernels(
+    s3gen: S3Gen, config: StreamingConfig, max_rows: int, *, run: bool | None = None
+) -> int:
+    """Run the flow encoder and HiFT once on zeros at every shape of
+    :func:`stream_kernel_shapes` (start-up work: each new shape costs cuDNN's plan selection and
+    allocator growth once, which would otherwise stall the first round that meets it while
+    serving), then count from now on the shapes met that were not run here
+    (:attr:`S3Gen.warm_shapes`, ``graph_stats()["cold_shapes_after_seal"]``). Returns the
+    number of shapes warmed (a failing run, e.g. out of memory, is logged and ends that part's
+    warm-up). ``run`` (default: on CUDA only; a CPU has nothing to warm) False only
+    records the shapes."""
+    if run is None:
+        run = s3gen.device.type == "cuda"
+    encoder_shapes, vocoder_shapes = stream_kernel_shapes(
+        config, max_rows, max_frames=s3gen.max_frames
+    )
+    flow, hift, device = s3gen.flow, s3gen.mel2wav, s3gen.device
+    dtype = flow.input_embedding.weight.dtype
+    conv_dtype = hift.conv_pre.weight.dtype
+    harmonics = hift.num_harmonics
+    warm = WarmShapes()
+
+    def run_encoder(rows: int, tokens: int) -> None:
+        embedded = torch.zeros(
+            rows, tokens, flow.input_embedding.embedding_dim, device=device, dtype=dtype
+        )
+        hidden, _ = flow.encoder(embedded, torch.full((rows,), tokens, device=device))
+        flow.encoder_proj(hidden)
+
+    def run_vocoder(rows: int, frames: int) -> None:
+        mel = torch.zeros(rows, MEL_CHANNELS, frames, device=device)
+        lengths = torch.full((rows,), frames, device=device)
+        mask = length_mask(lengths, frames).unsqueeze(1).to(conv_dtype)
+        f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask)
+        phases = torch.zeros(rows, harmonics, 1, device=device)
+        noise = torch.zeros(rows, harmonics, frames * MEL_HOP, device=device)
+        hift(mel, lengths, phases, noise, f0=f0)
+
+    for part, shapes, step in (
+        ("encoder", encoder_shapes, run_encoder),
+        ("vocoder", vocoder_shapes, run_vocoder),
+    ):
+        done = warm.encoder if part == "encoder" else warm.vocoder
+        for shape in shapes:
+            if run:
+                try:
+                    step(*shape)
+                except Exception as error:  # out of memory, a kernel the device lacks...
+                    # A warm-up costs speed when it fails, never the start: the rest run cold.
+                    logger.warning(
+                        "S3Gen: warm-up of the %s at %d rows x %d stopped (%s); shapes not "
+                        "warmed run cold on first use",
+                        part,
+                        *shape,
+                        error,
+                    )
+                    break
+            done.add(shape)
+    if run and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    s3gen.warm_shapes = warm
+    return len(warm.encoder) + len(warm.vocoder)
+
+
 def prepare_stream_graphs(
     s3gen: S3Gen, config: StreamingConfig, max_rows: int, n_timesteps: int | None = None
 ) -> GraphPreparation:
     """A streaming server's start-up: :meth:`S3Gen.prepare_graphs` for every flow shape the
     windows of ``config`` can make in batches of up to ``max_rows`` (:func:`stream_flow_shapes`),
-    captured now and sealed, so none is captured while serving. ``n_timesteps``: default the
+    captured now and sealed, so none is captured while serving; then
+    :func:`warm_stream_kernels` for the parts that run eagerly. ``n_timesteps``: default the
     model's :attr:`S3Gen.flow_steps` (the meanflow decoder's shapes are the same, at 2 steps)."""
-    return s3gen.prepare_graphs(stream_flow_shapes(config, max_rows), n_timesteps)
+    report = s3gen.prepare_graphs(stream_flow_shapes(config, max_rows), n_timesteps)
+    begin = time.perf_counter()
+    warmed = warm_stream_kernels(s3gen, config, max_rows)
+    seconds = time.perf_counter() - begin
+    logger.info("S3Gen: flow encoder and HiFT run once at %d shapes in %.1f s", warmed, seconds)
+    return dataclasses.replace(report, warmed=warmed, seconds=report.seconds + seconds)
 
 
 def _check_windows(windows: object) -> Sequence[StreamWindow]:
@@ -935,7 +1065,11 @@ def _vocode_anchored(
     s3gen: S3Gen, windows: Sequence[StreamWindow], mels: Sequence[torch.Tensor], bucket: bool
 ) -> list[WindowResult]:
     """The model's torch HiFT on the windows' mels as one padded batch, each window's sine
-    started at the phase its anchor asks for and its noise read from the stream's sequence."""
+    started at the phase its anchor asks for and its noise read from the stream's sequence.
+
+    Everything between the mel and the waveform stays on the model's device: the F0 (computed
+    once, then given to HiFT), each window's starting phase from it, and the source noise
+    (:class:`SourceNoise`); the host waits once, for the waveforms and F0 at the end."""
     hift = s3gen.mel2wav
     device = s3gen.device
     count = len(windows)
@@ -946,38 +1080,43 @@ def _vocode_anchored(
     frames = int(lengths.max())
     if bucket:
         frames = _round_up(frames, VOCODER_FRAME_BUCKET)
+        if s3gen.warm_shapes is not None:
+            s3gen.warm_shapes.note("vocoder", (len(windows), frames))
     harmonics = hift.num_harmonics
     mel = torch.zeros(len(windows), MEL_CHANNELS, frames, device=device)
-    noise = torch.zeros(len(windows), harmonics, frames * MEL_HOP)
     for i, (w, m) in enumerate(zip(windows, mels)):
         mel[i, :, : w.frames] = m.to(device, torch.float32)
-        samples = w.noise
-        if samples.shape[1] != w.frames * MEL_HOP:  # made while another vocoder was set
-            samples = stream_source_noise(
-                w.seed, w.mel_start * MEL_HOP, w.mel_stop * MEL_HOP, harmonics
-            )
-        noise[i, :, : samples.shape[1]] = samples
-    lengths_d = lengths.to(device)
-    # The F0 HiFT will compute (same masked input as its forward), needed before it runs: each
+    noise = torch.zeros(len(windows), harmonics, frames * MEL_HOP, device=device)
+    for i, w in enumerate(windows[:count]):
+        w.noise.fill(noise[i, :, : w.frames * MEL_HOP], w.mel_start * MEL_HOP)
+    noise[count:] = noise[count - 1]  # the padded rows repeat the last window
+    lengths_d = lengths.to(device, non_blocking=True)
+    # The F0 HiFT computes (same masked input as its forward), needed before it runs: each
     # window's starting phase depends on the cycles its own F0 adds up to the anchor.
     conv_dtype = hift.conv_pre.weight.dtype
     mask = length_mask(lengths_d, frames).unsqueeze(1).to(conv_dtype)
-    f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask).to("cpu", torch.float64)
+    f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask)
+    upto = torch.tensor([min(w.anchor_frame - w.mel_start, w.frames) for w in windows])
+    upto = upto.to(device, non_blocking=True)
+    before = _cycles_until(f0, upto, harmonics)
+    anchors = torch.stack([w.anchor_cycles for w in windows]).to(device, torch.float64, True)
+    start = (anchors - before).remainder(1.0)
+    base = torch.stack([w.phases[:, 0] for w in windows]).to(device, torch.float64, True)
+    # sin(2pi(c + cumsum) + phase) == sin(2pi cumsum + (phase + 2pi c)): fold c into phases.
+    phases = (base + 2 * math.pi * start).float().unsqueeze(-1)
+    wav = hift(mel, lengths_d, phases, noise, f0=f0).float().cpu()
+    f0_host = f0.to("cpu", torch.float64)
+    cycles = start.cpu()
     sizes = lengths.tolist()
-    f0s = [f0[i, :n].clone() for i, n in enumerate(sizes)]
-    cycles = []
-    phases = torch.empty(len(windows), harmonics, 1)
-    for i, w in enumerate(windows):
-        before = _cycles_after(
-            torch.zeros(harmonics), f0s[i][: w.anchor_frame - w.mel_start], harmonics
-        )
-        start = (w.anchor_cycles.to(torch.float64) - before).remainder(1.0)
-        cycles.append(start)
-        # sin(2pi(c + cumsum) + phase) == sin(2pi cumsum + (phase + 2pi c)): fold c into phases.
-        phases[i] = (w.phases[:, 0].double() + 2 * math.pi * start).float().unsqueeze(-1)
-    wav = hift(mel, lengths_d, phases.to(device), noise.to(device)).float().cpu()
     return [
-        WindowResult(w.stream_id, w.index, m, f0s[i], cycles[i], wav[i, : n * MEL_HOP].clone())
+        WindowResult(
+            w.stream_id,
+            w.index,
+            m,
+            f0_host[i, :n].clone(),
+            cycles[i],
+            wav[i, : n * MEL_HOP].clone(),
+        )
         for i, (w, m, n) in enumerate(zip(windows[:count], mels[:count], sizes[:count]))
     ]
 
@@ -1022,6 +1161,7 @@ def stream_synthesize(
 __all__ = [
     "NOISE_BLOCK_SAMPLES",
     "S3GenStream",
+    "SourceNoise",
     "StreamStateError",
     "StreamWindow",
     "StreamingConfig",
@@ -1029,8 +1169,10 @@ __all__ = [
     "flow_windows",
     "prepare_stream_graphs",
     "stream_flow_shapes",
+    "stream_kernel_shapes",
     "stream_source_noise",
     "stream_synthesize",
     "synthesize_windows",
     "vocode_windows",
+    "warm_stream_kernels",
 ]

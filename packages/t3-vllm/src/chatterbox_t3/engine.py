@@ -9,6 +9,7 @@ conditioning *before* anything is submitted to vLLM, so a bad request raises a s
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.usage.usage_lib import UsageContext
+from vllm.v1.engine.async_llm import AsyncLLM
 
 from chatterbox_t3.alignment import NUM_PROMPT_BOS
 from chatterbox_t3.conditioning import ConditioningCache, ConditioningEncoder, T3Voice
@@ -33,6 +37,7 @@ from chatterbox_t3.errors import (
 from chatterbox_t3.model_dir import prepare_vllm_model_dir
 from chatterbox_t3.multilingual_text import MissingDependencyPolicy, MultilingualTokenizer
 from chatterbox_t3.sampling import T3SamplingParams, valid_speech_indices
+from chatterbox_t3.startup import engine_start_timeline
 from chatterbox_t3.text import EnglishTokenizer, TextEncoder
 from chatterbox_t3.turbo_text import TurboTokenizer
 from chatterbox_t3.vllm_model import CONDITIONING_MODALITY
@@ -40,6 +45,11 @@ from chatterbox_t3.voice_encoder import VoiceEncoder
 from chatterbox_t3.word_alignment import TextWord, WordFrames, align_words, text_words
 
 logger = logging.getLogger(__name__)
+
+GPU_WORKER = "chatterbox_t3.worker.T3GPUWorker"
+CPU_WORKER = "chatterbox_t3.worker.T3CPUWorker"
+"""vLLM's ``worker_cls`` for T3, by name: vLLM imports the worker in its engine process, so the
+caller never imports :mod:`chatterbox_t3.worker` (vLLM's model runners: seconds of start-up)."""
 
 
 @dataclass(frozen=True)
@@ -376,8 +386,6 @@ def _engine_arguments(
 ) -> tuple[dict[str, Any], CudaGraphPlan]:
     from vllm.platforms import current_platform
 
-    from chatterbox_t3.worker import CPU_WORKER, GPU_WORKER
-
     if dtype == "auto":
         dtype = "float32" if current_platform.is_cpu() else "bfloat16"
     if max_num_batched_tokens is not None and max_num_batched_tokens < config.conditioning_len:
@@ -493,12 +501,17 @@ class T3Engine:
     """Synchronous T3 on ``vllm.LLM``; satisfies ``SpeechTokenGenerator[T3Request]``."""
 
     def __init__(
-        self, llm: Any, frontend: T3Frontend, cuda_graph_plan: CudaGraphPlan | None = None
+        self,
+        llm: Any,
+        frontend: T3Frontend,
+        cuda_graph_plan: CudaGraphPlan | None = None,
+        start_marks: dict[str, float] | None = None,
     ) -> None:
         self._llm = llm
         self.frontend = frontend
         self.cuda_graph_plan = cuda_graph_plan
         """How ``cuda_graphs`` was resolved (mode, reason, captured batch sizes)."""
+        self._start_marks = start_marks or {}
 
     @classmethod
     def from_checkpoint(
@@ -536,6 +549,7 @@ class T3Engine:
         """
         from vllm import LLM
 
+        marks = {"begin": time.time()}
         model_dir, frontend, arguments, plan = _prepare_engine(
             checkpoint_dir,
             max_model_len=max_model_len,
@@ -554,10 +568,12 @@ class T3Engine:
             seed=seed,
             extra=engine_kwargs,
         )
+        marks["frontend"] = time.time()
         logger.info("starting vLLM for T3 (%s)", model_dir)
         llm = LLM(**arguments)
         frontend.limit_to_kv_cache(llm.llm_engine.vllm_config.cache_config)
-        return cls(llm, frontend, plan)
+        marks["ready"] = time.time()
+        return cls(llm, frontend, plan, marks)
 
     @property
     def config(self) -> AnyT3Config:
@@ -578,9 +594,11 @@ class T3Engine:
         return self.frontend.voice_from_audio(wav_16k, prompt_tokens)
 
     def startup_timeline(self) -> dict[str, float]:
-        """Seconds of each start-up stage of the engine's worker
-        (:data:`~chatterbox_t3.startup.STARTUP_STAGES`), in the order they ran."""
-        return dict(self._llm.collective_rpc("t3_startup_timeline")[0])
+        """Seconds of each stage of the engine's start
+        (:data:`~chatterbox_t3.startup.ENGINE_START_STAGES`), in the order they ran."""
+        stages = self._llm.collective_rpc("t3_startup_timeline")[0]
+        clock = self._llm.collective_rpc("t3_startup_clock")[0]
+        return engine_start_timeline(self._start_marks, stages, clock)
 
     def generate_speech_tokens(
         self, requests: Sequence[T3Request], use_tqdm: bool = False
@@ -611,11 +629,16 @@ class AsyncT3Engine:
     """Streaming T3 on vLLM V1's ``AsyncLLM``; satisfies ``StreamingSpeechTokenGenerator``."""
 
     def __init__(
-        self, engine: Any, frontend: T3Frontend, cuda_graph_plan: CudaGraphPlan | None = None
+        self,
+        engine: Any,
+        frontend: T3Frontend,
+        cuda_graph_plan: CudaGraphPlan | None = None,
+        start_marks: dict[str, float] | None = None,
     ) -> None:
         self._engine = engine
         self.frontend = frontend
         self.cuda_graph_plan = cuda_graph_plan
+        self._start_marks = start_marks or {}
 
     @classmethod
     def from_checkpoint(
@@ -643,9 +666,7 @@ class AsyncT3Engine:
         engine core in this process on a thread of its own
         (:class:`~chatterbox_t3.inprocess.InProcessEngine`) instead of ``AsyncLLM``'s engine
         process, so that T3 and the caller's GPU work share one CUDA context."""
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
+        marks = {"begin": time.time()}
         model_dir, frontend, arguments, plan = _prepare_engine(
             checkpoint_dir,
             max_model_len=max_model_len,
@@ -665,16 +686,26 @@ class AsyncT3Engine:
             extra=engine_kwargs,
         )
         arguments.setdefault("disable_log_requests", True)
+        marks["frontend"] = time.time()
+        engine_args = AsyncEngineArgs(**arguments)
         if in_process:
             from chatterbox_t3.inprocess import InProcessEngine
 
             logger.info("starting vLLM for T3 in this process (%s)", model_dir)
-            engine: Any = InProcessEngine(AsyncEngineArgs(**arguments))
+            engine: Any = InProcessEngine(engine_args)
         else:
             logger.info("starting vLLM (async) for T3 (%s)", model_dir)
-            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**arguments))
+            # AsyncLLM.from_engine_args in two steps, so that the configuration is timed alone.
+            vllm_config = engine_args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+            marks["vllm_config"] = time.time()
+            engine = AsyncLLM.from_vllm_config(
+                vllm_config,
+                disable_log_requests=engine_args.disable_log_requests,
+                disable_log_stats=engine_args.disable_log_stats,
+            )
         frontend.limit_to_kv_cache(engine.vllm_config.cache_config)
-        return cls(engine, frontend, plan)
+        marks["ready"] = time.time()
+        return cls(engine, frontend, plan, marks)
 
     @property
     def config(self) -> AnyT3Config:
@@ -750,9 +781,11 @@ class AsyncT3Engine:
                 )
 
     async def startup_timeline(self) -> dict[str, float]:
-        """Seconds of each start-up stage of the engine's worker
-        (:data:`~chatterbox_t3.startup.STARTUP_STAGES`), in the order they ran."""
-        return dict((await self._engine.collective_rpc("t3_startup_timeline"))[0])
+        """Seconds of each stage of the engine's start
+        (:data:`~chatterbox_t3.startup.ENGINE_START_STAGES`), in the order they ran."""
+        stages = (await self._engine.collective_rpc("t3_startup_timeline"))[0]
+        clock = (await self._engine.collective_rpc("t3_startup_clock"))[0]
+        return engine_start_timeline(self._start_marks, stages, clock)
 
     def num_unfinished_requests(self) -> int:
         """Requests vLLM is still serving (decoding or queued); aborted ones leave at once."""

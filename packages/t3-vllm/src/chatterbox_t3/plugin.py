@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +23,14 @@ ENGINE_CORE_PROCESS_PREFIX = "EngineCore"
 PARENT_POLL_SECONDS = 0.5
 
 _watchdog: threading.Thread | None = None
+_registered: tuple[int, float] | None = None
 
 
 def register() -> None:
+    global _registered
+    # In the engine process this ends its imports in the start-up timeline (registered_at).
+    if _registered is None or _registered[0] != os.getpid():
+        _registered = (os.getpid(), time.time())
     from vllm import ModelRegistry
 
     from chatterbox_t3.turbo_model import TURBO_ARCHITECTURE, ChatterboxT3TurboForCausalLM
@@ -36,6 +42,16 @@ def register() -> None:
     if TURBO_ARCHITECTURE not in supported:
         ModelRegistry.register_model(TURBO_ARCHITECTURE, ChatterboxT3TurboForCausalLM)
     exit_with_parent()
+
+
+def registered_at() -> float | None:
+    """When vLLM first loaded this plugin in this process (:func:`time.time`); ``None`` if it
+    has not, or did so only in a parent this process was forked from. In vLLM's engine-core
+    process that is the end of its imports: the engine core loads its plugins as soon as it has
+    greeted its caller, before it builds its executor."""
+    if _registered is None or _registered[0] != os.getpid():
+        return None
+    return _registered[1]
 
 
 def exit_with_parent() -> None:

@@ -7,8 +7,9 @@ positions, :mod:`chatterbox_t3.speech_positions`) and its id, and per request it
 batch condensed, token ids gathered), :class:`T3RunnerMixin` copies those values into the model's
 :class:`~chatterbox_t3.speech_positions.T3StepContext` buffers.
 
-Select it with ``worker_cls`` (the engine does): :class:`T3GPUWorker` on CUDA, :class:`T3CPUWorker`
-on CPU.
+Select it with ``worker_cls`` (the engine does, by name: :data:`chatterbox_t3.engine.GPU_WORKER`,
+:data:`~chatterbox_t3.engine.CPU_WORKER`): :class:`T3GPUWorker` on CUDA, :class:`T3CPUWorker` on
+CPU.
 """
 
 from __future__ import annotations
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
     from vllm.v1.sample.metadata import SamplingMetadata
 
 logger = logging.getLogger(__name__)
-
-GPU_WORKER = "chatterbox_t3.worker.T3GPUWorker"
-CPU_WORKER = "chatterbox_t3.worker.T3CPUWorker"
 
 
 class AlignedPositionSampler(Sampler):

@@ -72,6 +72,12 @@ class Metrics:
             _PREFIX + "s3gen_eager_solves_after_startup_total",
             "S3Gen flow batches of a shape outside the captured set, run without a CUDA graph",
         )
+        self.cold_shapes_after_startup = _get_or_create(
+            Gauge,
+            _PREFIX + "s3gen_cold_shapes_after_startup_total",
+            "S3Gen encoder/vocoder batch shapes first met while serving (not run by the start-up "
+            "warm-up; on a GPU each one's first batch waits for kernel selection)",
+        )
         self.s3gen_busy = _get_or_create(
             Gauge,
             _PREFIX + "s3gen_busy_seconds_total",
@@ -171,6 +177,7 @@ class Metrics:
         if graphs is not None:
             self.captures_after_startup.set(graphs.get("captures_after_seal", 0))
             self.eager_after_startup.set(graphs.get("eager_after_seal", 0))
+            self.cold_shapes_after_startup.set(graphs.get("cold_shapes_after_seal", 0))
         probe = getattr(tts._t3, "num_unfinished_requests", None)
         if callable(probe):
             self.t3_unfinished.set(probe())

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,6 +69,7 @@ def check_bind(host: str, port: int) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from chatterbox_t3.startup import process_started_at
     from chatterbox_vllm.commands import engine_config, load, replicated
     from chatterbox_vllm.paths import ensure_directory
     from chatterbox_vllm.preflight import check_checkpoint, check_device, check_vocoder
@@ -102,11 +104,15 @@ def serve(args: argparse.Namespace) -> int:
                 access_log=args.verbose > 0,
             )
         )
+        started = process_started_at()
         logger.info(
-            "serving the %s model on http://%s:%d (OpenAI /v1/audio/speech)",
+            "serving the %s model on http://%s:%d (OpenAI /v1/audio/speech)%s",
             tts.model,
             settings.host,
             settings.port,
+            ""
+            if started is None
+            else f", {time.time() - started:.1f} s after this process started",
         )
         server.run()
     finally:
