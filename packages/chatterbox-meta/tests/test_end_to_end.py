@@ -212,7 +212,12 @@ def bad_voices(tmp_path: Path) -> dict[str, Path]:
         ("whitespace", InvalidTextError, "empty"),
         ("punctuation only", InvalidTextError, "no letters or digits"),
         ("100k+1 characters", InvalidTextError, "100,001 characters; at most 100,000"),
-        ("untokenizable characters", InvalidTextError, "cannot represent"),
+        # ... with the advice a caller can follow (not T3's: build its tokenizer differently)
+        (
+            "untokenizable characters",
+            InvalidTextError,
+            "cannot represent: .*; remove or transliterate them$",
+        ),
         ("unsupported audio", UnsupportedAudioFormatError, "unsupported audio file format '.txt'"),
         ("corrupt audio", CorruptAudioError, "could not decode"),
         ("0.2 s audio", AudioTooShortError, r"0\.20 s long"),

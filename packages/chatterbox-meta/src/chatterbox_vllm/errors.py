@@ -100,6 +100,13 @@ def from_component_error(error: BaseException) -> ChatterboxError | None:
         error, t3.InvalidVoiceError | t3.MissingConditioningError | s3gen.S3GenInputError
     ):
         return InvalidAudioError(message)
+    if isinstance(error, t3.UnsupportedCharactersError):
+        # T3's own advice (building its tokenizer differently) is not something a caller of
+        # the product can do.
+        return InvalidTextError(
+            f"text contains characters the tokenizer cannot represent: {error.found}; remove or "
+            "transliterate them"
+        )
     if isinstance(error, t3.T3InputError):
         return InvalidTextError(message)
     return None

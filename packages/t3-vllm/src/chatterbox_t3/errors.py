@@ -34,8 +34,10 @@ class UnsupportedCharactersError(T3InputError):
         self.characters = characters
         shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in characters)
         preview = text if len(text) <= 80 else text[:77] + "..."
+        self.found = f"{shown} in {preview!r}"
+        """The characters and where (the start of the text), for callers that word the advice."""
         super().__init__(
-            f"text contains characters the tokenizer cannot represent: {shown} in {preview!r}; "
+            f"text contains characters the tokenizer cannot represent: {self.found}; "
             "remove or transliterate them (or build the tokenizer with unknown='unk' to map them "
             "to [UNK] like the reference does)"
         )
