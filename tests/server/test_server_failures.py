@@ -92,13 +92,16 @@ def test_every_error_body_is_openai_shaped_and_says_what_is_wrong(server) -> Non
          400, "this one's Content-Type is application/x-www-form-urlencoded"),
         (httpx.post(speech, content=b"[]", headers=json_headers), 400,
          "the body must be a JSON object of the request's fields"),
+        # A number control given a string: one message for the field, not one per accepted type.
+        (httpx.post(speech, headers=_headers(), json={"input": "Hi.", "speed": "fast"}), 400,
+         "speed: Input should be a valid number"),
     ]  # fmt: skip
     for response, status, words in cases:
         assert response.status_code == status, (words, response.text)
         error = _is_openai_error(response)
         assert words in error["message"], (words, error)
         for internal in ("JSON decode error", "UploadFile", "<_io.", "error parsing the body",
-                         "valid dictionary or object"):  # fmt: skip
+                         "valid dictionary or object", "speed.float", "speed.int"):  # fmt: skip
             assert internal not in error["message"], error
     # A voice name that breaks the rules is a 400 naming the field.
     named = httpx.post(base + "/v1/voices", headers=_headers(), data={"name": "default"},

@@ -64,7 +64,9 @@ def _field(control: Control) -> tuple[Any, Any]:
     if control.choices is not None:
         # Checked by the contract (its error lists every accepted value), not by an enum here.
         return (StrictStr | None, Field(None, description=control.describe()))
-    kind: Any = StrictInt if control.kind is int else (StrictFloat | StrictInt)
+    # StrictFloat takes ints too (not bools or strings); a union with StrictInt would report a
+    # wrong value once per member ("speed.float: ...; speed.int: ...").
+    kind: Any = StrictInt if control.kind is int else StrictFloat
     low = {"gt": control.low} if control.low_open else {"ge": control.low}
     field: Any = Field(None, description=control.describe(), le=control.high, **low)  # type: ignore[call-overload]
     return (kind | None, field)
