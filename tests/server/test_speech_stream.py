@@ -141,6 +141,7 @@ def test_deltas_split_anywhere_speak_what_the_speech_endpoint_says(server) -> No
             error = await _next(ws, "error")
             failed = await _next(ws, "speech.audio.done")
             assert failed["status"] == "failed"
+            assert error["turn_id"] == failed["turn_id"]  # which turn the error ended
             # The client commits the text it sent (it may not have seen the error yet): that
             # ends the failed turn without another error, and the next turn speaks.
             await _send(ws, "input_text_buffer.commit")

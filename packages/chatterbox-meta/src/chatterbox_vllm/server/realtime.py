@@ -155,10 +155,12 @@ def _error_event(
     param: str | None = None,
     kind: str = "invalid_request_error",
     code: str | None = None,
+    turn_id: str | None = None,
 ) -> dict[str, Any]:
     body = error_body(message, param=param, kind=kind)
     body["error"]["code"] = code
-    return {"type": "error", **body}
+    # A turn's error names the turn, as its speech.audio.done does.
+    return {"type": "error", **({"turn_id": turn_id} if turn_id else {}), **body}
 
 
 class SpeechStreamSession:
@@ -465,7 +467,7 @@ class SpeechStreamSession:
                     await self._send(event)
         except ChatterboxError as error:
             turn.status = "failed"
-            await self._product_error(error)
+            await self._product_error(error, turn_id=turn.turn_id)
             if isinstance(error, EngineDeadError):
                 with contextlib.suppress(Exception):
                     await self.websocket.close(CLOSE_SERVER_ERROR, "the engine died")
@@ -473,7 +475,9 @@ class SpeechStreamSession:
             logger.exception("speech stream turn %s failed", turn.turn_id)
             turn.status = "failed"
             await self._error(
-                f"internal error: {type(error).__name__}: {error}", kind="server_error"
+                f"internal error: {type(error).__name__}: {error}",
+                kind="server_error",
+                turn_id=turn.turn_id,
             )
         finally:
             self.metrics.speech_tokens.inc(turn.stream.session.speech_tokens)
@@ -514,14 +518,14 @@ class SpeechStreamSession:
     def _describe(self) -> dict[str, Any]:
         return {key: value for key, value in self.options.model_dump().items() if value is not None}
 
-    async def _product_error(self, error: ChatterboxError) -> None:
+    async def _product_error(self, error: ChatterboxError, turn_id: str | None = None) -> None:
         if isinstance(error, EngineDeadError):
-            await self._error(str(error), kind="server_error")
+            await self._error(str(error), kind="server_error", turn_id=turn_id)
             return
         if isinstance(error, ChunkInputError):
             error = error.cause
         param = param_of(error)
-        await self._error(str(error), param="delta" if param == "input" else param)
+        await self._error(str(error), param="delta" if param == "input" else param, turn_id=turn_id)
 
     async def _error(
         self,
@@ -530,8 +534,9 @@ class SpeechStreamSession:
         param: str | None = None,
         kind: str = "invalid_request_error",
         code: str | None = None,
+        turn_id: str | None = None,
     ) -> None:
-        await self._send(_error_event(message, param, kind, code))
+        await self._send(_error_event(message, param, kind, code, turn_id))
 
     async def _send(self, event: dict[str, Any]) -> None:
         async with self._send_lock:
