@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -118,8 +119,11 @@ def test_input_errors_fail_before_the_model_loads(
         (["speak", "Hello.", "--model-dir", str(broken_tokenizers["foreign"]), *small_engine],
          "tokenizer.json has token ids up to 50000, but T3 has 704 text tokens"),
     ]  # fmt: skip
-    for args, message in cases:
-        fails_before_loading(cli(*args), message)
+    # Independent processes: two at a time (each mostly imports torch; CI has two cores).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda case: cli(*case[0]), cases))
+    for (_, message), result in zip(cases, results):
+        fails_before_loading(result, message)
     assert not list(Path.cwd().glob("*.safetensors"))  # make-random-checkpoint '' wrote nothing
 
 
