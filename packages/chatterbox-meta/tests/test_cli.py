@@ -137,3 +137,28 @@ def test_bad_command_line_exits_2() -> None:
     result = run_cli("speak", "Hi", "--temperature", "warm")
     assert result.returncode == 2 and "invalid float value" in result.stderr
     assert run_cli().returncode == 2
+
+
+def test_logs_go_to_the_stderr_of_the_moment(monkeypatch) -> None:
+    """The CLI's log handler follows sys.stderr: a caller that swapped it (a notebook, a test
+    harness running main() in-process) and closed the old stream gets the next records, not a
+    '--- Logging error ---' traceback from writing to the closed one."""
+    import io
+    import logging
+
+    from chatterbox_vllm.cli import configure_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    try:
+        configure_logging(1, False)
+        logging.getLogger("chatterbox_vllm.test").info("one")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("chatterbox_vllm.test").info("two")
+    finally:
+        root.handlers[:] = handlers  # the root logger as it was
+        root.setLevel(level)
+    assert second.getvalue() == "INFO chatterbox_vllm.test: two\n"

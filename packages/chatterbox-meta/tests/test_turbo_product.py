@@ -208,7 +208,7 @@ def test_the_cli_checks_turbo_files_and_voice_before_loading(
     assert main([*argv, "--device", "cpu"]) == 1
     stderr = capsys.readouterr().err
     assert "3.00 s long; the turbo model needs a reference longer than 5 s" in stderr
-    assert "loading" not in stderr and not out.exists()
+    assert "chatterbox_vllm.tts: loading" not in stderr and not out.exists()
     (directory / "ve.safetensors").write_bytes(b"<html>not found</html>")
     with pytest.raises(ChatterboxError, match="ve.safetensors"):
         check_checkpoint(directory, needs_default_voice=False)

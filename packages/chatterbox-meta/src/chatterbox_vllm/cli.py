@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from chatterbox_vllm.commands import (
     check_controls,
@@ -246,6 +247,20 @@ def make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to ``sys.stderr`` as it is at that moment: a caller that replaces
+    ``sys.stderr`` (a notebook, a test harness) keeps getting the logs, and a stream it has
+    closed since is never written to ('--- Logging error ---')."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
     """Logs to stderr only. vLLM is told not to install its own stdout handler (it must be set
     before vLLM is imported; the engine-core process inherits it), so its records reach our root
@@ -253,7 +268,10 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+        level=level,
+        format="%(levelname)s %(name)s: %(message)s",
+        handlers=[_StderrHandler()],
+        force=True,
     )
     # Load stages and chunk counts are progress: shown unless --quiet.
     logging.getLogger("chatterbox_vllm").setLevel(
