@@ -261,6 +261,18 @@ class HiFTGenerator(nn.Module):
         return frames / torch.where(envelope > 1e-11, envelope, torch.ones_like(envelope))
 
     # -- network -----------------------------------------------------------------------------
+    def _masked(
+        self, mel: torch.Tensor, mel_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mel in the conv dtype, zero past each item, and that mask ``[B, 1, T]``."""
+        conv_dtype = self.conv_pre.weight.dtype
+        mask = length_mask(mel_lengths, mel.shape[2]).unsqueeze(1).to(conv_dtype)
+        return mel.to(conv_dtype) * mask, mask
+
+    def predict_f0(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> torch.Tensor:
+        """The F0 ``[B, T]`` (Hz per frame) :meth:`forward` computes for the same inputs."""
+        return self.f0_predictor(*self._masked(mel, mel_lengths))
+
     def forward(
         self,
         mel: torch.Tensor,
@@ -271,13 +283,10 @@ class HiFTGenerator(nn.Module):
     ) -> torch.Tensor:
         """``mel``: ``[B, 80, T]`` right-padded; ``mel_lengths``: ``[B]``; ``phases``: ``[B, H, 1]``;
         ``noise``: ``[B, H, 480*T]``. Returns ``[B, 480*T]`` float32 samples, zero past each item.
-        ``f0``: ``[B, T]``, what :attr:`f0_predictor` gives for this masked mel (a caller that
-        needed it first passes it instead of having it computed twice)."""
+        ``f0``: ``[B, T]``, :meth:`predict_f0` of the same mel (a caller that needed it first
+        passes it instead of having it computed twice)."""
         conv_dtype = self.conv_pre.weight.dtype
-        frames = mel.shape[2]
-        mask = length_mask(mel_lengths, frames).unsqueeze(1).to(conv_dtype)
-        mel = mel.to(conv_dtype) * mask
-
+        mel, mask = self._masked(mel, mel_lengths)
         if f0 is None:
             f0 = self.f0_predictor(mel, mask)  # [B, T]
         f0_samples = f0.unsqueeze(-1).expand(-1, -1, MEL_HOP).reshape(f0.shape[0], 1, -1)

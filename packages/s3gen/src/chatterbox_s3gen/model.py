@@ -260,8 +260,8 @@ class S3Gen(nn.Module):
 
         Each batch is padded to a bucket of rows (1, 2, 4, 8, then multiples of 8) and frames
         (multiples of 64, of 128 past 1024; see :func:`chatterbox_s3gen.flow.frame_bucket`); the
-        first batch of a bucket captures its graph (one eager warm-up solve, then the capture), later ones replay
-        it, removing the CPU cost of ~15,000 kernel launches per batch. Padded rows and frames
+        first batch of a bucket captures its graph (one eager warm-up solve, then the capture),
+        later ones replay it, removing the CPU cost of ~15,000 kernel launches per batch. Padded rows and frames
         are masked, so results equal eager runs up to float rounding of the GPU kernels. CPU runs
         never use graphs."""
         self.flow.decoder.graphs = EulerGraphs(max_graphs) if enabled else None

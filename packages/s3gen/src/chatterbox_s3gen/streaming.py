@@ -68,7 +68,6 @@ from chatterbox_s3gen.errors import (
 )
 from chatterbox_s3gen.flow import GraphPreparation, frame_bucket
 from chatterbox_s3gen.hift import draw_source_noise
-from chatterbox_s3gen.masks import length_mask
 from chatterbox_s3gen.model import S3Gen, WarmShapes
 from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.vocoders import HiFTTorchVocoder
@@ -888,7 +887,6 @@ def warm_stream_kernels(
     )
     flow, hift, device = s3gen.flow, s3gen.mel2wav, s3gen.device
     dtype = flow.input_embedding.weight.dtype
-    conv_dtype = hift.conv_pre.weight.dtype
     harmonics = hift.num_harmonics
     warm = WarmShapes()
 
@@ -901,18 +899,14 @@ def warm_stream_kernels(
 
     def run_vocoder(rows: int, frames: int) -> None:
         mel = torch.zeros(rows, MEL_CHANNELS, frames, device=device)
-        lengths = torch.full((rows,), frames, device=device)
-        mask = length_mask(lengths, frames).unsqueeze(1).to(conv_dtype)
-        f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask)
         phases = torch.zeros(rows, harmonics, 1, device=device)
         noise = torch.zeros(rows, harmonics, frames * MEL_HOP, device=device)
-        hift(mel, lengths, phases, noise, f0=f0)
+        hift(mel, torch.full((rows,), frames, device=device), phases, noise)
 
-    for part, shapes, step in (
-        ("encoder", encoder_shapes, run_encoder),
-        ("vocoder", vocoder_shapes, run_vocoder),
+    for part, shapes, step, done in (
+        ("encoder", encoder_shapes, run_encoder, warm.encoder),
+        ("vocoder", vocoder_shapes, run_vocoder, warm.vocoder),
     ):
-        done = warm.encoder if part == "encoder" else warm.vocoder
         for shape in shapes:
             if run:
                 try:
@@ -1091,11 +1085,9 @@ def _vocode_anchored(
         w.noise.fill(noise[i, :, : w.frames * MEL_HOP], w.mel_start * MEL_HOP)
     noise[count:] = noise[count - 1]  # the padded rows repeat the last window
     lengths_d = lengths.to(device, non_blocking=True)
-    # The F0 HiFT computes (same masked input as its forward), needed before it runs: each
-    # window's starting phase depends on the cycles its own F0 adds up to the anchor.
-    conv_dtype = hift.conv_pre.weight.dtype
-    mask = length_mask(lengths_d, frames).unsqueeze(1).to(conv_dtype)
-    f0 = hift.f0_predictor(mel.to(conv_dtype) * mask, mask)
+    # The F0 is needed before HiFT runs: each window's starting phase depends on the cycles its
+    # own F0 adds up to the anchor.
+    f0 = hift.predict_f0(mel, lengths_d)
     upto = torch.tensor([min(w.anchor_frame - w.mel_start, w.frames) for w in windows])
     upto = upto.to(device, non_blocking=True)
     before = _cycles_until(f0, upto, harmonics)
