@@ -219,3 +219,35 @@ def test_a_request_queued_past_the_max_wait_gets_503_and_retry_after() -> None:
             assert events[1]["error"]["type"] == "server_error"
             engine.sessions.get(timeout=5).finish()
         assert health(base)["running_streams"] == 0
+
+
+def test_a_websocket_session_that_leaves_while_queued_frees_its_place() -> None:
+    """A WebSocket client that gives up while its session waits for a slot leaves the queue at
+    once, as an HTTP request does (it held a place, and pushed every later client back, until
+    --max-queue-wait ran out)."""
+    import asyncio
+
+    import websockets
+
+    with serving(capacity=1.0, max_queue_wait=60.0) as (base, engine):
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream("POST", base + "/v1/audio/speech", json=BODY) as first,
+        ):
+            assert first.status_code == 200
+            a = engine.sessions.get(timeout=5)
+
+            async def wait_then_leave() -> None:
+                url = base.replace("http", "ws") + "/v1/audio/speech/stream"
+                async with websockets.connect(url):
+                    for _ in range(200):
+                        if health(base)["queued_streams"] == 1:
+                            return
+                        await asyncio.sleep(0.05)
+                    raise AssertionError("the session was not queued")
+
+            asyncio.run(wait_then_leave())
+            wait_for(lambda: health(base)["queued_streams"] == 0, "its place was not freed", 5)
+            a.finish()
+            assert len(first.read()) == 4800
+        assert health(base)["running_streams"] == 0

@@ -79,6 +79,9 @@ CLOSE_POLICY = 1008
 """WebSocket close code for a session the server ends: a missing key, a limit."""
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SERVER_ERROR = 1011
+QUEUED_MESSAGE_CHARS = 1_000_000
+"""The most a client may send (characters of its messages) while its session waits in the
+admission queue; its messages are kept for the session, so they are bounded."""
 
 
 class SessionEnded(Exception):
@@ -120,14 +123,19 @@ def add_speech_stream_route(
         except APIError as error:
             await _refuse(websocket, error, CLOSE_POLICY)
             return
+        early: list[Mapping[str, Any]] = []  # what the client sent while it waited
         try:
-            await admission.acquire()
+            if not await _admitted_while_listening(websocket, admission, early):
+                return  # the client left while queued: its place is freed
         except AdmissionError as error:
             await _refuse(websocket, refused(error), CLOSE_TRY_AGAIN)
             return
+        except APIError as error:
+            await _refuse(websocket, error, CLOSE_POLICY)
+            return
         admitted_at = time.perf_counter()
         metrics.running_streams.inc()
-        session = SpeechStreamSession(websocket, tts, settings, voices, metrics)
+        session = SpeechStreamSession(websocket, tts, settings, voices, metrics, early)
         try:
             await session.run()
         except Exception as error:  # never an HTTP error response on a WebSocket
@@ -142,6 +150,52 @@ def add_speech_stream_route(
             await session.stop()
             metrics.running_streams.dec()
             admission.release(time.perf_counter() - admitted_at)
+
+
+async def _admitted_while_listening(
+    websocket: WebSocket, admission: Admission, early: list[Mapping[str, Any]]
+) -> bool:
+    """Waits for a stream slot while reading the client's messages: they are kept in ``early``
+    for the session (a client may start sending before it is admitted), and a client that
+    disconnects while queued leaves the queue at once (False), as an HTTP request does. Raises
+    :class:`AdmissionError` (refused, or no slot within --max-queue-wait), or :class:`APIError`
+    when the client sends more than :data:`QUEUED_MESSAGE_CHARS` while it waits."""
+    waiting = asyncio.ensure_future(admission.acquire())
+    reading: asyncio.Future[Mapping[str, Any]] | None = None
+    admitted = False
+    try:
+        while not waiting.done():
+            reading = reading or asyncio.ensure_future(websocket.receive())
+            await asyncio.wait({waiting, reading}, return_when=asyncio.FIRST_COMPLETED)
+            if reading.done():
+                message = reading.result()
+                reading = None
+                if message["type"] == "websocket.disconnect":
+                    return False
+                early.append(message)
+                if sum(len(m.get("text") or m.get("bytes") or "") for m in early) > (
+                    QUEUED_MESSAGE_CHARS
+                ):
+                    raise APIError(
+                        400,
+                        f"more than {QUEUED_MESSAGE_CHARS:,} characters were sent while the "
+                        "session waited for a slot; wait for session.created before sending "
+                        "text",
+                    )
+        waiting.result()  # refused or timed out: AdmissionError
+        admitted = True
+        return True
+    finally:
+        if reading is not None:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
+        if not waiting.done():
+            waiting.cancel()  # leaves the queue
+            with contextlib.suppress(asyncio.CancelledError, AdmissionError):
+                await waiting
+        elif not admitted and not waiting.cancelled() and waiting.exception() is None:
+            admission.release()  # admitted just as the client left (or overflowed)
 
 
 async def _refuse(websocket: WebSocket, error: APIError, code: int) -> None:
@@ -173,8 +227,10 @@ class SpeechStreamSession:
         settings: ServerSettings,
         voices: VoiceStore,
         metrics: Metrics,
+        early: list[Mapping[str, Any]] | None = None,
     ) -> None:
         self.websocket = websocket
+        self._early = list(early or ())  # messages received while the session was queued
         self.tts = tts
         self.settings = settings
         self.voices = voices
@@ -210,7 +266,7 @@ class SpeechStreamSession:
                     deadlines["commit"] = last_delta + self.settings.stream_commit_after_seconds
                 reason = min(deadlines, key=deadlines.__getitem__)
                 try:
-                    message = await asyncio.wait_for(
+                    message = self._early.pop(0) if self._early else await asyncio.wait_for(
                         self.websocket.receive(), max(0.0, deadlines[reason] - now)
                     )
                 except asyncio.TimeoutError:
