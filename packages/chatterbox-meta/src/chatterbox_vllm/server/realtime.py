@@ -266,8 +266,12 @@ class SpeechStreamSession:
                     deadlines["commit"] = last_delta + self.settings.stream_commit_after_seconds
                 reason = min(deadlines, key=deadlines.__getitem__)
                 try:
-                    message = self._early.pop(0) if self._early else await asyncio.wait_for(
-                        self.websocket.receive(), max(0.0, deadlines[reason] - now)
+                    message = (
+                        self._early.pop(0)
+                        if self._early
+                        else await asyncio.wait_for(
+                            self.websocket.receive(), max(0.0, deadlines[reason] - now)
+                        )
                     )
                 except asyncio.TimeoutError:
                     if reason == "commit":
