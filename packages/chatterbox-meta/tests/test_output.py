@@ -64,6 +64,32 @@ def test_a_failed_write_keeps_the_audio(tmp_path) -> None:
     assert rate == RATE and len(audio) == RATE // 2
 
 
+def test_a_write_that_fails_midway_leaves_an_existing_file_as_it_was(tmp_path, monkeypatch) -> None:
+    """An existing file is replaced only by a whole new one: a write that fails or is interrupted
+    midway (a full disk, Ctrl-C) leaves the old file, and no partial one (it truncated the old
+    file and left half of the new). Permissions of the file replaced are kept."""
+    import chatterbox_vllm.audio as audio_module
+
+    existing = save_audio(tmp_path / "take.wav", _tone(0.25), RATE)
+    existing.chmod(0o600)
+    before = existing.read_bytes()
+
+    def half_then_fail(file, waveform, sample_rate, fmt) -> None:  # type: ignore[no-untyped-def]
+        file.write(b"RIFF" + b"\0" * 100)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(audio_module, "encode_audio", half_then_fail)
+        with pytest.raises(KeyboardInterrupt):
+            save_audio(existing, _tone(1.0), RATE)
+    assert existing.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["take.wav"]
+    save_audio(existing, _tone(1.0), RATE)  # a whole write replaces it
+    assert len(soundfile.read(existing)[0]) == RATE
+    assert existing.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["take.wav"]
+
+
 def test_device_check_names_the_missing_gpu_and_the_cpu_way(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(preflight, "cpu_platform_installed", lambda: False)

@@ -8,8 +8,12 @@ libsndfile and ``torch.save`` open files themselves and report failures as "Syst
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -74,19 +78,68 @@ def check_not_directory(path: str | os.PathLike, what: str, example: str) -> Non
         )
 
 
-def open_for_writing(path: str | os.PathLike, what: str, example: str) -> BinaryIO:
-    """``path`` opened ``wb`` (its directory created if missing), or an :class:`OutputPathError`
-    naming ``what`` (e.g. "audio file"), the path and the reason; ``example`` is a file name to
-    suggest when ``path`` is a directory."""
+@contextlib.contextmanager
+def open_for_writing(path: str | os.PathLike, what: str, example: str) -> Iterator[BinaryIO]:
+    """``with open_for_writing(path, ...) as file``: ``path`` opened ``wb`` (its directory created
+    if missing), or an :class:`OutputPathError` naming ``what`` (e.g. "audio file"), the path and
+    the reason; ``example`` is a file name to suggest when ``path`` is a directory.
+
+    The file appears whole or not at all: it is written to a hidden file beside ``path`` and
+    renamed over it once the ``with`` block ends without an error, so a write that fails or is
+    interrupted (a full disk, Ctrl-C, a killed server) leaves an existing file as it was and no
+    partial one, and two writers of one path leave one of their files, not a mix of both. A
+    symbolic link is written through; a path that is not a regular file (``/dev/null``, a FIFO)
+    is written in place."""
     target = Path(path)
     _check_characters(target, what)
     try:
+        if target.is_symlink():
+            with contextlib.suppress(FileNotFoundError):  # dangling: writing creates its target
+                os.stat(target)  # a loop: ELOOP, named below
+            target = Path(os.path.realpath(target))
         target.parent.mkdir(parents=True, exist_ok=True)
-        return target.open("wb")
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        file, partial = _open_partial(target)
     except OSError as error:
         raise OutputPathError(
             f"{what} {target}: cannot write there ({_reason(target, error, example)})"
         ) from None
+    try:
+        with file:
+            yield file
+        if partial is not None:
+            try:
+                os.replace(partial, target)
+            except OSError as error:
+                raise OutputPathError(
+                    f"{what} {target}: cannot write there ({_reason(target, error, example)})"
+                ) from None
+    finally:
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                partial.unlink()  # what is left after an error (gone once renamed)
+
+
+def _open_partial(target: Path) -> tuple[BinaryIO, Path | None]:
+    """A new hidden file beside ``target`` to write it in (and that file's path); ``target``
+    itself (and None) where it is not a regular file, or where only the file itself, not its
+    directory, may be written."""
+    if target.exists() and not target.is_file():  # /dev/null, a FIFO: never replaced
+        return target.open("wb"), None
+    # The hidden name stays short enough for the file system whatever the target's length.
+    partial = target.with_name(f".{target.name[:64]}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        # Created as open() creates a file (0o666 less the umask); an existing file's
+        # permissions are kept, which the rename would otherwise drop.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        if target.is_file() and error.errno in (errno.EACCES, errno.EPERM):
+            return target.open("wb"), None  # a writable file in a directory we may not write
+        raise
+    if target.exists():
+        os.chmod(fd, stat.S_IMODE(target.stat().st_mode))
+    return os.fdopen(fd, "wb"), partial
 
 
 def ensure_directory(path: str | os.PathLike, what: str) -> Path:
