@@ -38,6 +38,9 @@ class VoiceStore:
         self._directory = directory
         self._voices: dict[str, Voice] = {}
         self._lock = threading.Lock()
+        # Held across a change's file and map updates (not by readers): two uploads or an
+        # upload and a delete of one name leave the file and the map agreeing.
+        self._change_lock = threading.Lock()
         if directory is not None:
             ensure_directory(directory, "voices directory")
             for path in sorted(directory.glob("*.pt")):
@@ -90,18 +93,20 @@ class VoiceStore:
     def add(self, name: str, voice: Voice) -> bool:
         """Stores a prepared voice; True when it replaced one of the same name."""
         self.check_name(name)
-        if self._directory is not None:
-            voice.save(self._directory / f"{name}.pt")
-        with self._lock:
-            replaced = name in self._voices
-            self._voices[name] = voice
+        with self._change_lock:
+            if self._directory is not None:
+                voice.save(self._directory / f"{name}.pt")  # whole or not at all
+            with self._lock:
+                replaced = name in self._voices
+                self._voices[name] = voice
         return replaced
 
     def delete(self, name: str) -> None:
         self.get(name)  # unknown -> UnknownVoiceError
         if name == DEFAULT_VOICE:
             raise InvalidParameterError("the checkpoint's default voice cannot be deleted")
-        with self._lock:
-            self._voices.pop(name, None)
-        if self._directory is not None:
-            (self._directory / f"{name}.pt").unlink(missing_ok=True)
+        with self._change_lock:
+            with self._lock:
+                self._voices.pop(name, None)
+            if self._directory is not None:
+                (self._directory / f"{name}.pt").unlink(missing_ok=True)

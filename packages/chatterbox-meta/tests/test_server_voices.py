@@ -1,0 +1,86 @@
+"""The server's voice store and upload route, without an engine: the app over a stand-in for
+``ChatterboxTTS`` whose voices are made from random conditionals (no model prepares them)."""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import soundfile
+import torch
+from fastapi.testclient import TestClient
+
+from chatterbox_vllm.conds import VoiceConditionals
+from chatterbox_vllm.server.routes import create_app
+from chatterbox_vllm.server.settings import ServerSettings
+from chatterbox_vllm.server.voices import VoiceStore
+from chatterbox_vllm.voices import Voice, load_voice_audio_for
+
+
+def random_voice(seed: int) -> Voice:
+    generator = torch.Generator().manual_seed(seed)
+    embedding = torch.rand(256, generator=generator)
+    return Voice.from_conditionals(
+        VoiceConditionals(
+            speaker_embedding=embedding / embedding.norm(),
+            t3_prompt_tokens=torch.randint(0, 6561, (50,), generator=generator),
+            s3gen_prompt_tokens=torch.randint(0, 6561, (50,), generator=generator),
+            s3gen_prompt_mel=torch.randn(100, 80, generator=generator),
+            s3gen_speaker_embedding=torch.randn(192, generator=generator),
+            exaggeration=0.5,
+        )
+    )
+
+
+def recording() -> bytes:
+    t = torch.arange(2 * 24_000) / 24_000
+    buffer = io.BytesIO()
+    soundfile.write(buffer, (0.3 * torch.sin(2 * math.pi * 180 * t)).numpy(), 24_000, format="WAV")
+    return buffer.getvalue()
+
+
+def client_over(voices_dir: Path) -> TestClient:
+    tts = SimpleNamespace(
+        model="english",
+        sample_rate=24_000,
+        default_voice=random_voice(0),
+        on_stream_done=None,
+        # The audio is checked as ChatterboxTTS.prepare_voice checks it; the voice is random.
+        prepare_voice=lambda audio: (load_voice_audio_for(audio, "english"), random_voice(1))[1],
+    )
+    return TestClient(create_app(tts, ServerSettings(voices_dir=voices_dir)))  # type: ignore[arg-type]
+
+
+def test_two_uploads_of_one_name_at_once_leave_the_file_and_the_voice_agreeing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The voice served and the file it is loaded from after a restart are the same upload's:
+    the first upload's save was slow, the second's was not; the first then won in memory while
+    the second's file stayed on disk."""
+    store = VoiceStore(SimpleNamespace(default_voice=None), tmp_path)  # type: ignore[arg-type]
+    slow, fast = random_voice(1), random_voice(2)
+    real_save = Voice.save
+
+    def save(voice: Voice, path: Any) -> Any:
+        written = real_save(voice, path)
+        if voice is slow:
+            time.sleep(0.5)
+        return written
+
+    monkeypatch.setattr(Voice, "save", save)
+    first = threading.Thread(target=store.add, args=("twin", slow))
+    first.start()
+    time.sleep(0.15)
+    store.add("twin", fast)
+    first.join()
+    on_disk = Voice.load(tmp_path / "twin.pt")
+    assert on_disk.content_hash == store.get("twin").content_hash
+    assert VoiceStore(SimpleNamespace(default_voice=None), tmp_path).get("twin").content_hash == (  # type: ignore[arg-type]
+        store.get("twin").content_hash
+    )
