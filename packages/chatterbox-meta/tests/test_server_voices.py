@@ -57,6 +57,41 @@ def client_over(voices_dir: Path) -> TestClient:
     return TestClient(create_app(tts, ServerSettings(voices_dir=voices_dir)))  # type: ignore[arg-type]
 
 
+def test_a_voice_the_server_cannot_store_is_a_server_error_and_is_not_added(
+    tmp_path: Path,
+) -> None:
+    """A voices directory that cannot be written (removed, replaced, full) is the server's
+    fault: a 500 saying the voice was not added, not a 400 blaming the request."""
+    voices_dir = tmp_path / "voices"
+    client = client_over(voices_dir)
+    voices_dir.rmdir()
+    voices_dir.write_text("not a directory any more")
+    answer = client.post("/v1/voices", data={"name": "me"}, files={"file": ("me.wav", recording())})
+    assert answer.status_code == 500, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "server_error"
+    assert "could not store it, so it was not added" in error["message"]
+    assert f"{voices_dir} is a file, not a directory" in error["message"]
+    assert [v["name"] for v in client.get("/v1/voices").json()["data"]] == ["default"]
+
+
+def test_upload_and_delete_errors_name_the_form_fields(tmp_path: Path) -> None:
+    """The upload's fields are ``name`` and ``file``: an unusable recording names ``file`` (it
+    named ``voice``, a field of the speech route), deleting the default voice names ``name``."""
+    client = client_over(tmp_path / "voices")
+    cases = [
+        (b"not audio at all" * 10, "could not decode the uploaded file"),
+        (recording()[: 44 + 2_000], "at least 1.0 s is needed"),
+    ]
+    for data, words in cases:
+        answer = client.post("/v1/voices", data={"name": "me"}, files={"file": ("me.wav", data)})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"] == "file"
+        assert words in answer.json()["error"]["message"]
+    default = client.delete("/v1/voices/default")
+    assert default.status_code == 400 and default.json()["error"]["param"] == "name"
+
+
 def test_two_uploads_of_one_name_at_once_leave_the_file_and_the_voice_agreeing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,9 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatterbox_vllm.encoding import RESPONSE_FORMATS, StreamEncoder, available_formats
 from chatterbox_vllm.errors import (
+    AudioError,
     ChatterboxError,
     EngineDeadError,
     InvalidParameterError,
+    OutputPathError,
 )
 from chatterbox_vllm.languages import SUPPORTED_LANGUAGES
 from chatterbox_vllm.server.admission import Admission, AdmissionError, Ticket
@@ -348,8 +350,21 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 f"upload is larger than {settings.max_upload_bytes:,} bytes (raise --max-upload-bytes)",
                 param="file",
             )
-        voice = await asyncio.to_thread(_prepare_upload, tts, data, file.filename or "upload")
-        replaced = await asyncio.to_thread(voices.add, name, voice)
+        try:
+            voice = await asyncio.to_thread(_prepare_upload, tts, data, file.filename or "upload")
+        except AudioError as error:  # the recording: the multipart part is 'file'
+            raise APIError(400, str(error), param="file") from None
+        try:
+            replaced = await asyncio.to_thread(voices.add, name, voice)
+        except OutputPathError as error:
+            # The server's voices directory, not the request, is at fault.
+            logger.error("could not store voice %r: %s", name, error)
+            raise APIError(
+                500,
+                f"the voice was prepared but the server could not store it, so it was not "
+                f"added ({error})",
+                kind="server_error",
+            ) from None
         return {"object": "voice", "name": name, "replaced": replaced}
 
     @app.get("/v1/voices", dependencies=[Depends(authorize)])
@@ -362,6 +377,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             voices.delete(name)
         except UnknownVoiceError as error:
             raise APIError(404, str(error), param="name") from None
+        except InvalidParameterError as error:  # the default voice
+            raise APIError(400, str(error), param="name") from None
         return {"object": "voice", "name": name, "deleted": True}
 
     # ------------------------------------------------------------------ service
