@@ -78,7 +78,7 @@ def test_text_beyond_the_limit_is_refused_where_the_reference_truncates(
     truncated = reference_ids(reference_turbo_tokenizer, text)
     assert len(truncated) == reference_turbo_tokenizer.model_max_length
     frontend = T3Frontend(turbo_tiny_dir, load_t3_config(turbo_tiny_dir), max_model_len=8196)
-    with pytest.raises(TextTooLongError, match="split it into sentences"):
+    with pytest.raises(TextTooLongError, match="fit T3.s text positions; split it into shorter"):
         frontend.text_token_ids(text)
     # Without start/stop text tokens: the ids are the tokenizer's alone.
     assert frontend.text_token_ids("Hello [laugh].") == reference_ids(

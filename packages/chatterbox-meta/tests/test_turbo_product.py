@@ -212,3 +212,31 @@ def test_the_cli_checks_turbo_files_and_voice_before_loading(
     (directory / "ve.safetensors").write_bytes(b"<html>not found</html>")
     with pytest.raises(ChatterboxError, match="ve.safetensors"):
         check_checkpoint(directory, needs_default_voice=False)
+
+
+def test_a_word_too_long_for_turbo_fails_before_loading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Turbo's text limits (GPT-2's 1,024 text positions; the whole prompt, whose voice part is
+    the voice's prompt tokens) are checked before the model loads, as the other models' are:
+    the engine alone checked them, after the load."""
+    from chatterbox_vllm.checkpoint import make_random_checkpoint
+    from chatterbox_vllm.cli import main
+
+    directory = Path(make_random_checkpoint(tmp_path / "turbo", size="tiny", seed=0, model="turbo"))
+    out = tmp_path / "out.wav"
+    flags = ["--model-dir", str(directory), "--device", "cpu", "--max-new-tokens", "20",
+             "--max-chunk-chars", "60", "--out", str(out)]  # fmt: skip
+    cases = [
+        ("x" * 3000, "at most 1024 fit T3's text positions; split it into shorter pieces"),
+        # Within the text positions, but not with the default voice's prompt in an engine sized
+        # for 60-character chunks of 20 speech tokens.
+        ("x" * 500, "(501 text tokens after normalisation, the voice's "),
+    ]
+    for text, message in cases:
+        assert main(["speak", text, *flags]) == 1
+        stderr = capsys.readouterr().err
+        assert message in stderr
+        assert "chatterbox_vllm.tts: loading" not in stderr
+        assert "Token indices sequence length" not in stderr  # transformers' own warning
+    assert not out.exists()

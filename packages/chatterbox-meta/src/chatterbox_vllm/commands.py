@@ -143,8 +143,10 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
             config.chunk_chars,
             language=language,
             model=model,
-            model_len=config.model_len,
+            # The engine's positions (Turbo's sequences have room for its longer voice prompt).
+            model_len=(config.for_turbo() if model == "turbo" else config).model_len,
             missing_dependency=config.missing_language_dependency,
+            voice=args.voice,
         )
     if config.max_num_seqs is None and not replicated(args):
         config = size_for_text(config, text, model)

@@ -151,13 +151,16 @@ def check_text(
     model: ModelKind = "english",
     model_len: int | None = None,
     missing_dependency: str = "error",
+    voice: AudioInput | None = None,
 ) -> str:
     """Validates ``text`` and runs the checkpoint's tokenizer (the multilingual one with
     ``language``'s front end) over every chunk it will be split into, so unsupported characters
     are named before the model loads; with ``model_len`` (the ``max_model_len`` the engine will
     load with, :attr:`~chatterbox_vllm.config.EngineConfig.model_len`) each chunk is also held
     to T3's text capacity (:meth:`chatterbox_t3.T3Config.check_text_fits`, the check the engine
-    makes), e.g. a word too long for it, which no split can shorten."""
+    makes), e.g. a word too long for it, which no split can shorten. Turbo's prompt holds its
+    voice's prompt tokens too: ``voice`` (None: the checkpoint's ``conds.pt``) says how many
+    (see :func:`turbo_prompt_tokens`)."""
     from chatterbox_t3 import T3Config
     from chatterbox_t3.errors import T3Error
     from chatterbox_t3.text import TextEncoder
@@ -166,7 +169,8 @@ def check_text(
     check_language(language, model, missing_dependency=missing_dependency)
     if model == "turbo":
         # Turbo's byte-level GPT-2 BPE spells every character (tags included); only a chunk too
-        # long for its positions can fail, and the engine checks that before decoding.
+        # long for its positions can fail.
+        _check_turbo_text(text, checkpoint, chunk_chars, model_len, voice)
         return text
     try:
         config = T3Config.from_checkpoint_dir(checkpoint)
@@ -188,6 +192,46 @@ def check_text(
     except T3Error as error:
         raise from_component_error(error) or ChatterboxError(str(error)) from None
     return text
+
+
+def _check_turbo_text(
+    text: str,
+    checkpoint: Path,
+    chunk_chars: int,
+    model_len: int | None,
+    voice: AudioInput | None,
+) -> None:
+    """Turbo's tokenizer over every chunk, each held to Turbo's text positions and, with
+    ``model_len``, to the whole prompt with ``voice``'s prompt tokens (the engine's check)."""
+    from chatterbox_t3.config import TurboT3Config, load_t3_config
+    from chatterbox_t3.errors import T3Error
+    from chatterbox_t3.turbo_text import TurboTokenizer
+
+    try:
+        config = load_t3_config(checkpoint)
+        assert isinstance(config, TurboT3Config)
+        tokenizer = TurboTokenizer(checkpoint, text_vocab_size=config.text_tokens_dict_size)
+        prompt_tokens = None if model_len is None else turbo_prompt_tokens(voice, checkpoint)
+        for chunk in split_text(text, chunk_chars, fold=False):
+            ids = tokenizer.encode_text(chunk)
+            config.check_text_fits(len(ids), model_len, prompt_tokens)
+    except T3Error as error:
+        raise from_component_error(error) or ChatterboxError(str(error)) from None
+
+
+def turbo_prompt_tokens(voice: AudioInput | None, checkpoint: Path) -> int:
+    """How many voice prompt tokens a Turbo prompt with ``voice`` holds, known without the
+    model: a saved voice's (None: the checkpoint's ``conds.pt``) exactly; for a recording, the
+    fewest any accepted one gives (one just over Turbo's 5 s), so that no text a voice could
+    speak is refused here; the engine checks the prepared voice's exact prompt."""
+    from chatterbox_vllm.interfaces import SPEECH_TOKEN_RATE_HZ
+    from chatterbox_vllm.voices import VOICE_RECIPES
+
+    if voice is None:
+        voice = checkpoint / "conds.pt"
+    if isinstance(voice, str | os.PathLike) and Path(voice).suffix.lower() == ".pt":
+        return int(Voice.load(voice).t3.prompt_tokens.numel())
+    return int(VOICE_RECIPES["turbo"].longer_than_seconds * SPEECH_TOKEN_RATE_HZ)
 
 
 def check_voice(voice: AudioInput, model: ModelKind = "english") -> None:

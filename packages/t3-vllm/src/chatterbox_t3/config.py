@@ -430,6 +430,35 @@ class TurboT3Config(SpeechIdSpace):
     def max_model_len(self) -> int:
         return self.max_position_embeddings
 
+    def check_text_fits(
+        self, num_text_ids: int, max_model_len: int | None = None, prompt_tokens: int | None = None
+    ) -> None:
+        """Raises :class:`~chatterbox_t3.errors.TextTooLongError` when ``num_text_ids`` text ids
+        (Turbo has no start/stop text tokens) exceed GPT-2's text positions or, with
+        ``max_model_len`` and the voice's ``prompt_tokens``, when the whole prompt (speaker row,
+        voice prompt, text, start-of-speech) leaves no position to generate. The engine checks
+        each request with it; a front end can check before an engine exists, knowing the
+        ``max_model_len`` it will load and the voice (or the shortest prompt a voice can have)."""
+        if num_text_ids > self.max_text_tokens:
+            raise TextTooLongError(
+                f"text needs {num_text_ids} tokens after normalisation, at most "
+                f"{self.max_text_tokens} fit T3's text positions; split it into shorter pieces "
+                "(one word this long has nowhere to be split)"
+            )
+        if max_model_len is None or prompt_tokens is None:
+            return
+        conditioning_len = 1 + prompt_tokens  # the speaker row and the voice prompt
+        num_prompt_tokens = conditioning_len + num_text_ids + 1  # + start-of-speech
+        if max_model_len - num_prompt_tokens < 1:
+            raise TextTooLongError(
+                f"the prompt needs {num_prompt_tokens} positions ({num_text_ids} text tokens "
+                f"after normalisation, the voice's {conditioning_len} conditioning positions "
+                f"and start-of-speech) plus one to generate, but at most {max_model_len} fit "
+                "(max_model_len, or the KV cache when num_gpu_blocks_override is set); split "
+                "the text into shorter pieces (one word this long has nowhere to be split) or "
+                "allow longer sequences"
+            )
+
 
 AnyT3Config = T3Config | TurboT3Config
 """The configuration of any T3 model kind."""

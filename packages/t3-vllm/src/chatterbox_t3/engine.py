@@ -197,12 +197,7 @@ class T3Frontend:
         if isinstance(self.config, TurboT3Config):
             # No start/stop text tokens; the prompt's whole length is checked with its voice
             # (whose prompt length varies) in prepare().
-            if len(ids) > self.config.max_text_tokens:
-                raise TextTooLongError(
-                    f"text needs {len(ids)} tokens after normalisation, at most "
-                    f"{self.config.max_text_tokens} fit T3's text positions; split it into "
-                    "sentences"
-                )
+            self.config.check_text_fits(len(ids))
             return ids
         framed = [self.config.start_text_token, *ids, self.config.stop_text_token]
         self.check_text_fits(len(framed))
@@ -229,22 +224,19 @@ class T3Frontend:
         :class:`~chatterbox_t3.errors.TextTooLongError` when not even one is left. Only Turbo's
         prompts can run out (its conditioning has a row per voice prompt token, so its length
         depends on the voice); the other models' :meth:`text_capacity` leaves room."""
-        turbo = isinstance(self.config, TurboT3Config)
-        # Turbo's conditioning placeholder expands to 1 + P rows (P voice prompt tokens).
-        conditioning_len = (
-            1 + voice.prompt_tokens.numel() if turbo else self.config.conditioning_len
-        )
+        if isinstance(self.config, TurboT3Config):
+            # Turbo's conditioning placeholder expands to 1 + P rows (P voice prompt tokens).
+            prompt_tokens = voice.prompt_tokens.numel()
+            self.config.check_text_fits(num_text_ids, self.max_model_len, prompt_tokens)
+            conditioning_len = 1 + prompt_tokens
+        else:
+            conditioning_len = self.config.conditioning_len
         num_prompt_tokens = conditioning_len + num_text_ids + num_bos
         room = self.max_model_len - num_prompt_tokens
         if room < 1:
-            voice_part = (
-                f"the voice's {conditioning_len} conditioning positions"
-                if turbo
-                else "conditioning"
-            )
             raise TextTooLongError(
                 f"the prompt needs {num_prompt_tokens} positions ({num_text_ids} text tokens "
-                f"after normalisation, {voice_part} and start-of-speech) plus one to generate, "
+                "after normalisation, conditioning and start-of-speech) plus one to generate, "
                 f"but at most {self.max_model_len} fit (max_model_len, or the KV cache when "
                 "num_gpu_blocks_override is set); split the text into shorter pieces (one word "
                 "this long has nowhere to be split) or allow longer sequences"

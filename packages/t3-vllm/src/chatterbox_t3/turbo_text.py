@@ -91,7 +91,11 @@ class TurboTokenizer:
                 "Chatterbox Turbo speaks English only (the multilingual model "
                 "speaks 23 languages)",
             )
-        ids = self._tokenizer(turbo_punc_norm(text), add_special_tokens=False)["input_ids"]
+        # verbose=False: no "Token indices sequence length is longer than..." warning (the
+        # callers hold the ids to the text positions and say so in their own words).
+        ids = self._tokenizer(turbo_punc_norm(text), add_special_tokens=False, verbose=False)[
+            "input_ids"
+        ]
         return [int(i) for i in ids]
 
     def decode(self, ids: list[int]) -> str:
