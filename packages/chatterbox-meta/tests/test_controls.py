@@ -45,7 +45,7 @@ def test_defaults_match_the_reference_generate() -> None:
         ("repetition_penalty", 0.5, r"repetition_penalty must be in \[1, 10\]"),
         ("max_new_tokens", 0, r"max_new_tokens must be in \[1, 4096\]"),
         ("max_new_tokens", 10.5, "max_new_tokens must be an int"),
-        ("seed", -1, "seed must be in"),
+        ("seed", -1, r"seed must be in \[0, 9223372036854775807\]"),
         ("seed", True, "seed must be an int"),
         ("temperature", "hot", "temperature must be a number"),
         ("max_tokens_per_expected_second", 0.0, "max_tokens_per_expected_second must be in"),

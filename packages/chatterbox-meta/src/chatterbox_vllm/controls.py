@@ -65,7 +65,13 @@ class Control:
     def interval(self) -> str:
         if self.choices is not None:
             return "{" + ", ".join(self.choices) + "}"
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        # An int control's bounds exactly (seed's 2**63 - 1, not %g's 9.22337e+18).
+        low, high = (
+            (str(int(self.low)), str(int(self.high)))
+            if self.kind is int
+            else (f"{self.low:g}", f"{self.high:g}")
+        )
+        return f"{'(' if self.low_open else '['}{low}, {high}]"
 
     @property
     def flag(self) -> str:
