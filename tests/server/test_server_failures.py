@@ -95,6 +95,10 @@ def test_every_error_body_is_openai_shaped_and_says_what_is_wrong(server) -> Non
         # A number control given a string: one message for the field, not one per accepted type.
         (httpx.post(speech, headers=_headers(), json={"input": "Hi.", "speed": "fast"}), 400,
          "speed: Input should be a valid number"),
+        # JSON's NaN (Python's json reads it) is not a number out of range.
+        (httpx.post(speech, headers=json_headers,
+                    content=b'{"model": "chatterbox", "input": "Hi.", "temperature": NaN}'),
+         400, "temperature: Input should be a finite number"),
     ]  # fmt: skip
     for response, status, words in cases:
         assert response.status_code == status, (words, response.text)

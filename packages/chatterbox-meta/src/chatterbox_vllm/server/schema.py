@@ -67,8 +67,12 @@ def _field(control: Control) -> tuple[Any, Any]:
     # StrictFloat takes ints too (not bools or strings); a union with StrictInt would report a
     # wrong value once per member ("speed.float: ...; speed.int: ...").
     kind: Any = StrictInt if control.kind is int else StrictFloat
-    low = {"gt": control.low} if control.low_open else {"ge": control.low}
-    field: Any = Field(None, description=control.describe(), le=control.high, **low)  # type: ignore[call-overload]
+    low: dict[str, Any] = {"gt": control.low} if control.low_open else {"ge": control.low}
+    if control.kind is not int:
+        # JSON's NaN and Infinity (Python's json reads them): "a finite number", not a bound's
+        # message ("less than or equal to 5" for NaN).
+        low["allow_inf_nan"] = False
+    field: Any = Field(None, description=control.describe(), le=control.high, **low)
     return (kind | None, field)
 
 
