@@ -123,6 +123,25 @@ def test_bench_checks_its_json_path_before_the_benchmark(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
+def test_make_random_checkpoint_names_a_directory_it_cannot_create(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chatterbox_vllm.cli import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        ("/proc/x", "DIRECTORY /proc/x: cannot create the directory (no directory can be created "
+         "in /proc)"),
+        (str(a_file / "sub"), f"DIRECTORY {a_file / 'sub'}: cannot create the directory ({a_file} "
+         "is a file, not a directory)"),
+    ]  # fmt: skip
+    for directory, message in cases:
+        assert main(["make-random-checkpoint", directory]) == 1
+        stderr = capsys.readouterr().err
+        assert message in stderr and "Errno" not in stderr, stderr
+
+
 def test_verbosity_before_or_after_the_command() -> None:
     """A script that starts ``serve`` appends its flags after the command (bench/server_load.py):
     ``-v`` is accepted there as before it."""

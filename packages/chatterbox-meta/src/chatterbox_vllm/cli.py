@@ -225,6 +225,7 @@ def speak(args: argparse.Namespace) -> int:
 
 def make_checkpoint(args: argparse.Namespace) -> int:
     from chatterbox_vllm.checkpoint import make_random_checkpoint
+    from chatterbox_vllm.paths import ensure_directory
 
     if not args.directory.strip():
         raise ChatterboxError(
@@ -234,6 +235,8 @@ def make_checkpoint(args: argparse.Namespace) -> int:
     directory = Path(args.directory)
     if directory.exists() and not directory.is_dir():
         raise ChatterboxError(f"{directory} exists and is a file; give a new or existing directory")
+    # Created here so that one that cannot be is named with the reason, not '[Errno 2] ...'.
+    ensure_directory(directory, "DIRECTORY")
     start = time.perf_counter()
     path = make_random_checkpoint(
         directory, size=args.size, seed=args.seed, model=args.model, force=args.force
