@@ -142,6 +142,19 @@ def test_make_random_checkpoint_names_a_directory_it_cannot_create(
         assert message in stderr and "Errno" not in stderr, stderr
 
 
+def test_standard_input_that_is_not_utf8_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from chatterbox_vllm.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("Grüße".encode("latin-1"))))
+    assert main(["speak", "--model-dir", "nowhere"]) == 1
+    stderr = capsys.readouterr().err
+    assert "standard input is not UTF-8 text" in stderr and "surrogate" not in stderr, stderr
+
+
 def test_verbosity_before_or_after_the_command() -> None:
     """A script that starts ``serve`` appends its flags after the command (bench/server_load.py):
     ``-v`` is accepted there as before it."""

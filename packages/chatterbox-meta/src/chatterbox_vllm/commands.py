@@ -27,7 +27,23 @@ def read_text(args: argparse.Namespace) -> str:
         return str(args.text)
     if sys.stdin is None or sys.stdin.isatty():
         raise ChatterboxError("no text: pass TEXT, --file FILE, or pipe text on standard input")
-    return sys.stdin.read()
+    return read_stdin_text()
+
+
+def read_stdin_text() -> str:
+    """Standard input as UTF-8 text, whatever the locale makes of it (a C locale's stdin turns
+    bad bytes into lone surrogates, a UTF-8 one raises Python's bare codec error)."""
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # replaced by a text stream (a notebook, a test)
+        return str(sys.stdin.read())
+    data = raw.read()
+    try:
+        return str(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ChatterboxError(
+            f"standard input is not UTF-8 text ({error}); convert it first (e.g. iconv -t UTF-8) "
+            "or pass the text as an argument"
+        ) from None
 
 
 def read_text_file(path: Path, flag: str) -> str:
