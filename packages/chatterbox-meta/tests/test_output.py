@@ -101,3 +101,23 @@ def test_device_check_names_the_missing_gpu_and_the_cpu_way(monkeypatch) -> None
     assert preflight.check_device(None) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert preflight.check_device(None) == "cuda"
+
+
+def test_from_local_checks_the_device_and_the_vocoder_before_loading(
+    tiny_checkpoint, monkeypatch
+) -> None:
+    """As the CLI does: a machine without a GPU for device='cuda' was torch's bare RuntimeError
+    ('Found no NVIDIA driver'), and an unknown vocoder an audio error once T3's engine had
+    started (half a minute on a CPU)."""
+    import time
+
+    from chatterbox_vllm import ChatterboxTTS
+    from chatterbox_vllm.errors import InvalidParameterError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    started = time.perf_counter()
+    with pytest.raises(ChatterboxError, match="device 'cuda': no NVIDIA GPU.*device='cpu'"):
+        ChatterboxTTS.from_local(tiny_checkpoint, device="cuda")
+    with pytest.raises(InvalidParameterError, match="vocoder 'nope' is not available; use one of"):
+        ChatterboxTTS.from_local(tiny_checkpoint, device="cpu", vocoder="nope")
+    assert time.perf_counter() - started < 5  # nothing loaded

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from chatterbox_vllm.audio import AudioInput, output_format
-from chatterbox_vllm.errors import ChatterboxError, from_component_error
+from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError, from_component_error
 from chatterbox_vllm.hub import inspect_checkpoint_dir
 from chatterbox_vllm.languages import check_language_for_model
 from chatterbox_vllm.models import ModelKind
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 CPU_TRY_OUT = (
     "to try the product on a CPU anyway (slow: for trying out, not for serving), install the "
     "CPU platform the tests use with `uv sync --all-packages --group test` in a clone of the "
-    "repository and pass --device cpu"
+    "repository and pass --device cpu (device='cpu' in Python)"
 )
 
 
@@ -65,13 +65,16 @@ def check_device(device: str | None) -> str:
     return device
 
 
-def check_vocoder(name: str) -> str:
-    """``--vocoder`` names a registered backend (checked before a model loads)."""
+def check_vocoder(name: str, what: str = "--vocoder") -> str:
+    """``name`` (``what``: the flag or argument that gave it) is a registered vocoder backend
+    (checked before a model loads)."""
     from chatterbox_s3gen import available_vocoders
 
     known = available_vocoders()
     if name not in known:
-        raise ChatterboxError(f"--vocoder {name!r} is not available; use one of {', '.join(known)}")
+        raise InvalidParameterError(
+            f"{what} {name!r} is not available; use one of {', '.join(known)}"
+        )
     return name
 
 

@@ -177,6 +177,17 @@ def _t3_engine_stages(loop: EventLoopThread, t3: Any, engine_seconds: float) -> 
     return timeline
 
 
+def _check_before_loading(config: EngineConfig) -> None:
+    """What :meth:`ChatterboxTTS.from_local` and ``from_pretrained`` check before anything is
+    downloaded or loaded: the machine can run T3 on the config's device (a missing GPU was
+    torch's "Found no NVIDIA driver" RuntimeError) and the vocoder is registered (an unknown one
+    was found once the T3 engine had started, as an audio error)."""
+    from chatterbox_vllm.preflight import check_device, check_vocoder
+
+    check_vocoder(config.vocoder, "vocoder")
+    check_device(config.device)
+
+
 def _default_voice(path: Path) -> Voice | None:
     """The checkpoint's built-in voice (``conds.pt``), if it has one."""
     if (path / "conds.pt").is_file():
@@ -280,6 +291,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         :data:`~chatterbox_vllm.models.MODEL_FILES`) from ``repo_id``, then loads them like
         :meth:`from_local`. ``HF_HUB_OFFLINE=1`` uses the cache only."""
         config = (config or EngineConfig()).with_overrides(config_overrides)
+        _check_before_loading(config)  # before a download too
         directory = download_checkpoint(
             repo_id,
             revision,
@@ -309,6 +321,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         e.g. ``from_local(d, gpu_memory_utilization=0.5, vocoder="hift-onnx")``.
         """
         config = (config or EngineConfig()).with_overrides(config_overrides)
+        _check_before_loading(config)
         path, model = inspect_checkpoint_dir(directory)
         logger.info("checkpoint %s holds the %s model", path, describe_model(model))
         watermarker = resolve_watermarker(watermark)
