@@ -160,8 +160,8 @@ async def _admitted_while_listening(
     disconnects while queued leaves the queue at once (False), as an HTTP request does. Raises
     :class:`AdmissionError` (refused, or no slot within --max-queue-wait), or :class:`APIError`
     when the client sends more than :data:`QUEUED_MESSAGE_CHARS` while it waits."""
-    waiting = asyncio.ensure_future(admission.acquire())
-    reading: asyncio.Future[Mapping[str, Any]] | None = None
+    waiting: asyncio.Future[Any] = asyncio.ensure_future(admission.acquire())
+    reading: asyncio.Future[Any] | None = None
     admitted = False
     try:
         while not waiting.done():
