@@ -326,3 +326,51 @@ def test_t3_in_this_process_speaks_as_the_engine_process_does(
             time.sleep(0.05)
         assert local._t3.num_unfinished_requests() == 0
         assert local.generate("Still serving.", max_new_tokens=20).finish_reasons == ("length",)
+
+
+def test_an_interrupted_generate_keeps_the_chunks_it_finished(
+    tts: ChatterboxTTS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a long generate stops it (a KeyboardInterrupt) and hands back the audio of
+    the chunks that were finished, with the texts of those that were not; it threw them all
+    away. Here S3Gen delivers the first chunk, the others never come, and Ctrl-C arrives while
+    generate waits for them."""
+    import _thread
+    import threading
+
+    from chatterbox_vllm import GenerationInterrupted
+
+    text = (
+        "The first sentence is long enough for its own chunk. "
+        "The second sentence also gets a chunk of its own. "
+        "And the third one closes this little text."
+    )
+    controls = {"seed": 5, "max_new_tokens": 12}
+    whole = tts.generate(text, **controls)
+    assert len(whole.chunks) == 3
+    scheduler = tts.scheduler
+    real_open = scheduler.open_whole
+    opened: list[int] = []
+
+    def open_whole(reference, *, seed, deliver):  # type: ignore[no-untyped-def]
+        opened.append(1)
+        if len(opened) > 1:
+            return real_open(reference, seed=seed, deliver=lambda *_: None)  # never arrives
+
+        def deliver_then_interrupt(pieces, done, error) -> None:  # type: ignore[no-untyped-def]
+            deliver(pieces, done, error)
+            if done:  # Ctrl-C half a second later, while generate waits for the rest
+                threading.Timer(0.5, _thread.interrupt_main).start()
+
+        return real_open(reference, seed=seed, deliver=deliver_then_interrupt)
+
+    monkeypatch.setattr(scheduler, "open_whole", open_whole)
+    with pytest.raises(GenerationInterrupted) as caught:
+        tts.generate(text, **controls)
+    monkeypatch.undo()
+    (partial,) = caught.value.partial
+    assert partial is not None and partial.chunks == whole.chunks[:1]
+    assert caught.value.missing == (whole.chunks[1:],)
+    assert partial.speech_tokens == whole.speech_tokens[:1]  # the same seed: the same chunk
+    assert partial.chunk_samples == whole.chunk_samples[:1] == (partial.waveform.numel(),)
+    assert tts.generate("Still working.", max_new_tokens=5).duration_s > 0

@@ -121,3 +121,29 @@ def test_from_local_checks_the_device_and_the_vocoder_before_loading(
     with pytest.raises(InvalidParameterError, match="vocoder 'nope' is not available; use one of"):
         ChatterboxTTS.from_local(tiny_checkpoint, device="cpu", vocoder="nope")
     assert time.perf_counter() - started < 5  # nothing loaded
+
+
+def test_speak_keeps_the_finished_chunks_of_an_interrupted_text_beside_its_output(
+    tmp_path, capsys
+) -> None:
+    from chatterbox_vllm.commands import keep_partial_result
+
+    partial = GenerationResult(
+        waveform=_tone(0.5),
+        sample_rate=RATE,
+        text="One. Two. Three.",
+        chunks=("One.", "Three."),
+        speech_tokens=(),
+        chunk_samples=(RATE // 4, RATE // 4),
+        watermarked=False,
+    )
+    where = keep_partial_result(partial, ("Two.",), str(tmp_path / "chapter.flac"))
+    assert where == str(tmp_path / "chapter.partial.flac")
+    audio, rate = soundfile.read(where)
+    assert rate == RATE and len(audio) == RATE // 2
+    assert not (tmp_path / "chapter.flac").exists()
+    message = capsys.readouterr().err
+    assert "2 of 3 chunk(s) were finished (0.50 s of audio) and are kept in" in message
+    assert "without the 1 unfinished one(s) (the first of those: 'Two.')" in message
+    assert keep_partial_result(None, ("One.",), str(tmp_path / "x.wav")) is None
+    assert "nothing was written" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from typing import Any
 from chatterbox_vllm.commands import (
     check_controls,
     engine_config,
+    keep_partial_result,
     load,
     preflight,
     read_text,
@@ -36,7 +37,7 @@ from chatterbox_vllm.controls import (
     add_control_arguments,
     controls_from_namespace,
 )
-from chatterbox_vllm.errors import ChatterboxError
+from chatterbox_vllm.errors import ChatterboxError, GenerationInterrupted
 from chatterbox_vllm.hub import DEFAULT_REPO_ID, DEFAULT_REVISION, MULTILINGUAL_REVISION
 from chatterbox_vllm.models import MODEL_KINDS
 
@@ -213,7 +214,12 @@ def speak(args: argparse.Namespace) -> int:
     check_controls(controls)  # bad controls fail before anything loads
     config = preflight(args, text, engine_config(args))
     with load(args, config) as tts:
-        result = tts.generate(text, voice=args.voice, progress=not args.quiet, **controls)
+        try:
+            result = tts.generate(text, voice=args.voice, progress=not args.quiet, **controls)
+        except GenerationInterrupted as interrupted:  # Ctrl-C: keep what was finished
+            if interrupted.partial:  # the local engine's (a Ray cluster keeps none)
+                keep_partial_result(interrupted.partial[0], interrupted.missing[0], args.out)
+            raise
         where = write_result(result, args.out)
     if args.out != "-":
         print(

@@ -229,6 +229,41 @@ def write_result(result: Any, out: str) -> str:
         ) from None
 
 
+def keep_partial_result(partial: Any, missing: tuple[str, ...], out: str) -> str | None:
+    """Saves the chunks an interrupted ``speak`` finished (a
+    :class:`~chatterbox_vllm.results.GenerationResult`, or None: none finished; ``missing``:
+    the texts of the others) beside ``out`` as ``NAME.partial.SUFFIX`` (standard output, or a
+    path that cannot take it: a temporary WAV file), says where and what is missing on stderr,
+    and returns the path."""
+    if partial is None:
+        print("interrupted before any chunk was finished; nothing was written", file=sys.stderr)
+        return None
+    target = (
+        None if out == "-" else Path(out).with_name(f"{Path(out).stem}.partial{Path(out).suffix}")
+    )
+    try:
+        if target is None:
+            raise ChatterboxError("standard output")
+        where = str(partial.save(target))
+    except (OSError, RuntimeError, ChatterboxError):
+        fd, where = tempfile.mkstemp(prefix="chatterbox-partial-", suffix=".wav")
+        os.close(fd)
+        partial.save(where)
+    total = len(partial.chunks) + len(missing)
+    print(
+        f"interrupted: {len(partial.chunks)} of {total} chunk(s) were finished "
+        f"({partial.duration_s:.2f} s of audio) and are kept in {where}"
+        + (
+            f", in text order without the {len(missing)} unfinished one(s) (the first of "
+            f"those: {missing[0][:60]!r})"
+            if missing
+            else ""
+        ),
+        file=sys.stderr,
+    )
+    return where
+
+
 def write_stdout_wav(waveform: Any, sample_rate: int) -> None:
     """One complete WAV file on standard output, also when it is a pipe (``| aplay``).
 

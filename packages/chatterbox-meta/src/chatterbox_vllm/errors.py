@@ -8,6 +8,9 @@ validated before any engine work starts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class ChatterboxError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -56,6 +59,30 @@ class OutputPathError(ChatterboxError, OSError):
 class EngineDeadError(ChatterboxError, RuntimeError):
     """The T3 engine process is gone (killed, crashed, out of memory): this object cannot speak
     any more; load a new one."""
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C (``KeyboardInterrupt``) during ``generate``: the call stops as any interrupt stops
+    it, and keeps what it had finished. ``partial``: one entry per text of the call, a
+    :class:`~chatterbox_vllm.results.GenerationResult` of its chunks whose audio was complete,
+    in text order and joined as the whole text's are (its ``chunks`` are their texts: S3Gen
+    takes the longest chunks first, so some before them may be missing), or ``None`` where
+    none was.
+    An interrupt, not a :class:`ChatterboxError`: ``except Exception`` does not swallow it."""
+
+    def __init__(
+        self,
+        partial: Sequence[Any] = (),
+        missing: Sequence[Sequence[str]] = (),
+        finished: Mapping[int, Any] | None = None,
+    ):
+        super().__init__()
+        self.partial = tuple(partial)
+        self.missing = tuple(tuple(texts) for texts in missing)
+        """Per text, the texts of its chunks that were not finished, in order."""
+        self.finished = dict(finished or {})
+        """The executor's finished chunk audio by plan order (the front turns it into
+        ``partial``)."""
 
 
 class ChunkInputError(ChatterboxError):

@@ -26,7 +26,12 @@ from chatterbox_vllm.audio import (
 )
 from chatterbox_vllm.config import EngineConfig
 from chatterbox_vllm.controls import ControlKwargs, GenerationParams
-from chatterbox_vllm.errors import ChatterboxError, ChunkInputError, InvalidParameterError
+from chatterbox_vllm.errors import (
+    ChatterboxError,
+    ChunkInputError,
+    GenerationInterrupted,
+    InvalidParameterError,
+)
 from chatterbox_vllm.interfaces import SPEECH_TOKEN_RATE_HZ
 from chatterbox_vllm.models import ModelKind
 from chatterbox_vllm.planner import Plan, plan_requests
@@ -191,31 +196,70 @@ class SpeechFront(abc.ABC, Generic[ResolvedVoice]):
             audio = self._execute(plan, voices, stats, progress)
         except ChunkInputError as error:
             raise self._name_request(plan, error) from None
+        except GenerationInterrupted as interrupted:
+            partial = self._partial(plan, requests, interrupted.finished)
+            missing = [
+                tuple(i.text for i in plan.items_of(n) if i.order not in interrupted.finished)
+                for n in range(len(requests))
+            ]
+            raise GenerationInterrupted(partial, missing) from None
 
         results = []
         for request_index, request in enumerate(requests):
             outputs = [audio[item.order] for item in plan.items_of(request_index)]
-            waveforms = [output.waveform for output in outputs]
-            joined = self._join_chunks(waveforms, request.params.speed)
-            stats.audio_seconds += joined.numel() / self.sample_rate
+            result = self._result(plan, request_index, request, outputs)
+            stats.audio_seconds += result.duration_s
             stats.speech_tokens += sum(len(output.tokens) for output in outputs)
-            results.append(
-                GenerationResult(
-                    waveform=joined,
-                    sample_rate=self.sample_rate,
-                    text=request.text,
-                    chunks=plan.chunks_of(request_index),
-                    speech_tokens=tuple(output.tokens for output in outputs),
-                    chunk_samples=tuple(w.numel() for w in waveforms),
-                    watermarked=self._watermarker is not None,
-                    words=tuple(
-                        word.at_speed(request.params.speed) for word in self._word_timings(outputs)
-                    ),
-                )
-            )
+            results.append(result)
         stats.wall_seconds = time.perf_counter() - start
         self.last_stats = stats
         return results
+
+    def _result(
+        self,
+        plan: Plan,
+        request_index: int,
+        request: TTSRequest,
+        outputs: list[ChunkAudio],
+        chunks: tuple[str, ...] | None = None,
+    ) -> GenerationResult:
+        """One text's result from its chunks' audio (``chunks``: their texts, when only some of
+        the text's chunks are there: an interrupted call's)."""
+        waveforms = [output.waveform for output in outputs]
+        return GenerationResult(
+            waveform=self._join_chunks(waveforms, request.params.speed),
+            sample_rate=self.sample_rate,
+            text=request.text,
+            chunks=plan.chunks_of(request_index) if chunks is None else chunks,
+            speech_tokens=tuple(output.tokens for output in outputs),
+            chunk_samples=tuple(w.numel() for w in waveforms),
+            watermarked=self._watermarker is not None,
+            words=tuple(
+                word.at_speed(request.params.speed) for word in self._word_timings(outputs)
+            ),
+        )
+
+    def _partial(
+        self, plan: Plan, requests: list[TTSRequest], finished: dict[int, ChunkAudio]
+    ) -> list[GenerationResult | None]:
+        """For each text of an interrupted call, the result of its finished chunks in text order
+        (S3Gen takes the longest chunks first, so they need not be the first ones; ``chunks``
+        says which texts are there), or ``None`` where none was finished."""
+        partial: list[GenerationResult | None] = []
+        for request_index, request in enumerate(requests):
+            done = [item for item in plan.items_of(request_index) if item.order in finished]
+            partial.append(
+                self._result(
+                    plan,
+                    request_index,
+                    request,
+                    [finished[item.order] for item in done],
+                    tuple(item.text for item in done),
+                )
+                if done
+                else None
+            )
+        return partial
 
     def _word_timings(self, outputs: list[ChunkAudio]) -> tuple[WordTiming, ...]:
         """The chunks' word frames placed in the joined audio (each chunk starts where the

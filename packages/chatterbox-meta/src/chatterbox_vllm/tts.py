@@ -34,6 +34,7 @@ from chatterbox_vllm.errors import (
     ChatterboxError,
     ChunkInputError,
     EngineDeadError,
+    GenerationInterrupted,
     InvalidParameterError,
     InvalidTextError,
     from_component_error,
@@ -735,6 +736,14 @@ class ChatterboxTTS(SpeechFront[Voice]):
         except EngineDeadError as error:
             self._engine_failure = str(error)
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C: the chunks whose audio is complete are kept (the front joins them).
+            finished = {
+                job.item.order: ChunkAudio(job.item.order, job.tokens, job.waveform)
+                for job in jobs
+                if job.tokens is not None and job.waveform is not None
+            }
+            raise GenerationInterrupted(finished=finished) from None
         audio = {}
         for job in jobs:
             assert job.tokens is not None and job.waveform is not None
