@@ -279,15 +279,17 @@ class EngineConfig:
 
     @property
     def s3gen_graphs_during_t3_start(self) -> bool:
-        """Whether S3Gen captures its CUDA graphs while T3's engine process starts (T3's compile
-        and memory profile take most of a start-up) rather than after it: only with T3 in its
-        own process (in one process, vLLM's capture forbids other CUDA work), a fixed KV cache
-        (vLLM counts what other processes allocate during its profile as its own use, and sizes
-        the cache from the rest) and S3Gen's share of the card at least
-        :data:`S3GEN_MIN_SHARE_TO_START_CONCURRENTLY` (vLLM refuses to start if less than its
-        share of memory is free by the time its worker starts)."""
+        """Whether S3Gen captures its CUDA graphs (``stream_graphs``, on CUDA) while T3's
+        engine process starts (T3's compile and memory profile take most of a start-up) rather
+        than after it: only with T3 in its own process (in one process, vLLM's capture forbids
+        other CUDA work), a fixed KV cache (vLLM counts what other processes allocate during its
+        profile as its own use, and sizes the cache from the rest) and S3Gen's share of the
+        card at least :data:`S3GEN_MIN_SHARE_TO_START_CONCURRENTLY` (vLLM refuses to start if
+        less than its share of memory is free by the time its worker starts)."""
         return (
-            self.t3_process == "separate"
+            self.stream_graphs
+            and str(self.device).startswith("cuda")
+            and self.t3_process == "separate"
             and self.num_gpu_blocks_override is not None
             and self.gpu_memory_utilization is not None
             and 1.0 - self.gpu_memory_utilization >= S3GEN_MIN_SHARE_TO_START_CONCURRENTLY
