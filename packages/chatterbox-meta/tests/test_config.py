@@ -36,6 +36,29 @@ def test_a_24_gib_gpu_gets_smaller_batches_that_still_fit() -> None:
     assert T3_FIXED_GPU_BYTES + kv <= config.gpu_memory_utilization * 24 * GIB <= 0.9 * 24 * GIB
 
 
+def test_a_derived_memory_split_fixes_the_kv_cache_so_s3gen_graphs_can_start_beside_t3() -> None:
+    config = EngineConfig().resolve(cuda_available=True, gpu_memory_bytes=141 * GIB)
+    # Every one of the 128 sequences at full length, 16 positions a block, plus vLLM's null block.
+    assert config.num_gpu_blocks_override == 128 * -(-config.model_len // 16) + 1
+    assert config.s3gen_graphs_during_t3_start
+    # T3 in this process: vLLM's graph capture forbids other CUDA work of the process.
+    in_process = EngineConfig(t3_process="in-process")
+    assert not in_process.resolve(
+        cuda_available=True, gpu_memory_bytes=141 * GIB
+    ).s3gen_graphs_during_t3_start
+    # A share the user chose: vLLM sizes the KV cache from its profile, so S3Gen waits.
+    chosen = EngineConfig(gpu_memory_utilization=0.5).resolve(
+        cuda_available=True, gpu_memory_bytes=141 * GIB
+    )
+    assert chosen.num_gpu_blocks_override is None
+    assert not chosen.s3gen_graphs_during_t3_start
+    # A 16 GiB card: T3 takes most of it, too little would be free when vLLM's worker starts.
+    small = EngineConfig().resolve(cuda_available=True, gpu_memory_bytes=16 * GIB)
+    assert small.gpu_memory_utilization is not None and small.gpu_memory_utilization > 0.75
+    assert not small.s3gen_graphs_during_t3_start
+    assert EngineConfig().resolve(cuda_available=False).num_gpu_blocks_override is None
+
+
 def test_explicit_knobs_are_kept() -> None:
     config = EngineConfig(
         max_num_seqs=12, s3gen_batch_size=3, gpu_memory_utilization=0.55, s3gen_dtype="bfloat16"

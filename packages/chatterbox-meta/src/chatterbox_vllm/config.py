@@ -37,6 +37,9 @@ GENERATE_SCHEDULES = ("after-t3", "overlap")
 T3_PROCESSES = ("separate", "in-process")
 KV_BLOCK_SIZE = 16
 """Positions per KV-cache block: vLLM 0.9.2's default for T3 (CUDA and CPU)."""
+S3GEN_MIN_SHARE_TO_START_CONCURRENTLY = 0.25
+"""S3Gen's graphs (a few GB with 32 rows) are captured during T3's start only if S3Gen's share
+of the card's memory is at least this."""
 
 
 def _knob(default: Any, help: str, **cli: Any) -> Any:
@@ -249,6 +252,7 @@ class EngineConfig:
         max_num_seqs = self.max_num_seqs or (128 if huge else 64 if large else 32 if on_gpu else 8)
         s3gen_batch_size = self.s3gen_batch_size or (32 if large else 8 if on_gpu else 4)
         utilization = self.gpu_memory_utilization
+        blocks = self.num_gpu_blocks_override
         if utilization is None:
             utilization = 0.4
             if on_gpu and gpu_memory_bytes:
@@ -258,6 +262,10 @@ class EngineConfig:
                     kv *= 2
                 needed = (T3_FIXED_GPU_BYTES + kv) / gpu_memory_bytes
                 utilization = min(0.9, max(0.2, math.ceil(needed * 20) / 20))
+                if blocks is None:
+                    # The same KV cache as a block count: vLLM then does not size it from
+                    # what its memory profile saw, so S3Gen may allocate meanwhile.
+                    blocks = max_num_seqs * -(-self.model_len // KV_BLOCK_SIZE) + 1
         return replace(
             self,
             device=device,
@@ -266,6 +274,25 @@ class EngineConfig:
             max_num_seqs=max_num_seqs,
             s3gen_batch_size=s3gen_batch_size,
             gpu_memory_utilization=utilization,
+            num_gpu_blocks_override=blocks,
+        )
+
+    @property
+    def s3gen_graphs_during_t3_start(self) -> bool:
+        """Whether S3Gen captures its CUDA graphs (``stream_graphs``, on CUDA) while T3's
+        engine process starts (T3's compile and memory profile take most of a start-up) rather
+        than after it: only with T3 in its own process (in one process, vLLM's capture forbids
+        other CUDA work), a fixed KV cache (vLLM counts what other processes allocate during its
+        profile as its own use, and sizes the cache from the rest) and S3Gen's share of the
+        card at least :data:`S3GEN_MIN_SHARE_TO_START_CONCURRENTLY` (vLLM refuses to start if
+        less than its share of memory is free by the time its worker starts)."""
+        return (
+            self.stream_graphs
+            and str(self.device).startswith("cuda")
+            and self.t3_process == "separate"
+            and self.num_gpu_blocks_override is not None
+            and self.gpu_memory_utilization is not None
+            and 1.0 - self.gpu_memory_utilization >= S3GEN_MIN_SHARE_TO_START_CONCURRENTLY
         )
 
     def resolve_here(self) -> EngineConfig:
@@ -286,6 +313,7 @@ class EngineConfig:
             f"chunk_chars={self.chunk_chars}{'' if self.max_chunk_chars else ' (derived)'} "
             f"s3gen_batch_size={self.s3gen_batch_size} generate_schedule={self.generate_schedule} "
             f"t3_process={self.t3_process} gpu_memory_utilization={self.gpu_memory_utilization}"
+            f" num_gpu_blocks_override={self.num_gpu_blocks_override}"
         )
 
 

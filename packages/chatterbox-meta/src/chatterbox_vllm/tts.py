@@ -263,7 +263,9 @@ class ChatterboxTTS(SpeechFront[Voice]):
         ``.process_imports``, ``.executor``, its worker's ``.device`` / ``.weights`` /
         ``.compile`` / ``.kv_profile`` / ``.kv_cache`` / ``.graph_capture``, then ``.ready``)
         and ``.other`` (the rest);
-        ``s3gen_graphs``, after both; ``voices``, the default voice and the voice encoder.
+        ``s3gen_graphs``, after both, or after S3Gen's weights while the engine starts where
+        :attr:`EngineConfig.s3gen_graphs_during_t3_start`; ``voices``, the default voice and
+        the voice encoder.
         Logged as one line at INFO."""
         self.on_stream_done: Callable[[Listener], None] | None = None
         """Called with each finished stream's playback clock (the server's buffer metrics)."""
@@ -364,9 +366,10 @@ class ChatterboxTTS(SpeechFront[Voice]):
             begin = time.perf_counter()
             with _v1_engine_requested():
                 # T3's engine (its own process: weights, memory profile, graph capture) and
-                # S3Gen's weights load at the same time. S3Gen only allocates GPU memory while
-                # vLLM profiles (it frees nothing: vLLM's profiler fails if another process on
-                # the GPU releases memory meanwhile); its CUDA graphs come after T3 is up.
+                # S3Gen's weights load at the same time, and where the config allows it
+                # (EngineConfig.s3gen_graphs_during_t3_start) S3Gen's CUDA graphs too. S3Gen
+                # only allocates GPU memory meanwhile (it frees nothing: vLLM's profiler fails
+                # if another process on the GPU releases memory during its profile).
                 t3_future = loop.submit(start_engine())
                 try:
                     s3gen = S3Gen.from_checkpoint(
@@ -377,19 +380,22 @@ class ChatterboxTTS(SpeechFront[Voice]):
                         vocoder=config.vocoder,
                         cuda_graphs=False,
                     )
+                    if config.cfm_steps is None:  # the model's own step count (Turbo: 2)
+                        config = dataclasses.replace(config, cfm_steps=s3gen.flow_steps)
+                    timings["s3gen_weights"] = time.perf_counter() - begin
+                    logger.info("S3Gen loaded in %.1f s", timings["s3gen_weights"])
+                    if config.s3gen_graphs_during_t3_start:
+                        timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
                 except BaseException:
                     _stop_when_built(t3_future)
                     raise
-                if config.cfm_steps is None:  # the model's own step count (Turbo: 2)
-                    config = dataclasses.replace(config, cfm_steps=s3gen.flow_steps)
-                timings["s3gen_weights"] = time.perf_counter() - begin
-                logger.info("S3Gen loaded in %.1f s", timings["s3gen_weights"])
                 t3 = t3_future.result()
             timings["t3_engine"] = time.perf_counter() - begin
             logger.info("T3 engine started in %.1f s", timings["t3_engine"])
             try:
                 timings.update(_t3_engine_stages(loop, t3, timings["t3_engine"]))
-                timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
+                if "s3gen_graphs" not in timings:
+                    timings["s3gen_graphs"] = _prepare_s3gen_graphs(s3gen, config)
                 begin = time.perf_counter()
                 default_voice = _default_voice(path)
                 voice_encoder = t3.voice_encoder  # loaded on first use

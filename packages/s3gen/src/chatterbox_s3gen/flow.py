@@ -8,7 +8,7 @@ Everything runs on right-padded batches with per-item lengths; see :meth:`Causal
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -369,6 +369,30 @@ class EulerGraphs:
         }
 
 
+def _capture(
+    graph: torch.cuda.CUDAGraph,
+    pool: object,
+    device: torch.device,
+    solve: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """Captures ``solve`` into ``graph`` on a side stream, as ``torch.cuda.graph`` does, without
+    the ``gc.collect()`` and ``torch.cuda.empty_cache()`` it runs before every capture: per shape
+    (dozens at start-up) the collection walks every object of a process that imported vLLM, and
+    emptying the cache hands the previous shape's blocks back to the driver, so each next
+    shape's warm-up solve allocates them again with ``cudaMalloc``. vLLM's piecewise graphs
+    skip both after their first capture for the same reasons."""
+    torch.cuda.synchronize(device)
+    side = torch.cuda.Stream(device)
+    with torch.cuda.stream(side):
+        # thread_local: another thread of the process (T3 conditioning, a pipeline's main loop)
+        # may use CUDA while this one captures; only this thread's calls are restricted.
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        try:
+            return solve()
+        finally:
+            graph.capture_end()
+
+
 class _CapturedSolve:
     def __init__(
         self,
@@ -406,10 +430,7 @@ class _CapturedSolve:
             self._eager()
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread of the process (T3 conditioning, a pipeline's main loop)
-        # may use CUDA while this one captures; only this thread's calls are restricted.
-        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-            self.out = self._eager()
+        self.out = _capture(self.graph, pool, device, self._eager)
 
     def _eager(self) -> torch.Tensor:
         return self.cfm._solve_eager(
