@@ -119,3 +119,23 @@ def test_two_uploads_of_one_name_at_once_leave_the_file_and_the_voice_agreeing(
     assert VoiceStore(SimpleNamespace(default_voice=None), tmp_path).get("twin").content_hash == (  # type: ignore[arg-type]
         store.get("twin").content_hash
     )
+
+
+def test_a_voice_whose_file_cannot_be_removed_is_not_deleted(tmp_path: Path) -> None:
+    """Deleting a voice whose NAME.pt cannot be removed (here a directory stands in its place;
+    a read-only mount does the same) is a 500 and the voice stays: it was dropped from memory
+    and came back at the next start, from the file left behind."""
+    voices_dir = tmp_path / "voices"
+    client = client_over(voices_dir)
+    added = client.post("/v1/voices", data={"name": "me"}, files={"file": ("me.wav", recording())})
+    assert added.status_code == 201, added.text
+    (voices_dir / "me.pt").unlink()
+    (voices_dir / "me.pt").mkdir()
+    (voices_dir / "me.pt" / "keep").write_text("x")
+    answer = client.delete("/v1/voices/me")
+    assert answer.status_code == 500, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "server_error"
+    assert f"voice file {voices_dir / 'me.pt'}: cannot remove it" in error["message"]
+    assert "'me' is still served" in error["message"]
+    assert [v["name"] for v in client.get("/v1/voices").json()["data"]] == ["default", "me"]

@@ -379,6 +379,9 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
             raise APIError(404, str(error), param="name") from None
         except InvalidParameterError as error:  # the default voice
             raise APIError(400, str(error), param="name") from None
+        except OutputPathError as error:  # the server's voices directory, not the request
+            logger.error("could not delete voice %r: %s", name, error)
+            raise APIError(500, str(error), kind="server_error") from None
         return {"object": "voice", "name": name, "deleted": True}
 
     # ------------------------------------------------------------------ service

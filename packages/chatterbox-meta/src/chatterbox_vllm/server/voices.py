@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError
+from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError, OutputPathError
 from chatterbox_vllm.paths import ensure_directory
 from chatterbox_vllm.voices import Voice
 
@@ -106,7 +106,15 @@ class VoiceStore:
         if name == DEFAULT_VOICE:
             raise InvalidParameterError("the checkpoint's default voice cannot be deleted")
         with self._change_lock:
+            if self._directory is not None:
+                # The file first: a voice whose file stays would come back at the next start.
+                path = self._directory / f"{name}.pt"
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as error:
+                    raise OutputPathError(
+                        f"voice file {path}: cannot remove it ({error.strerror or error}); the "
+                        f"voice {name!r} is still served"
+                    ) from None
             with self._lock:
                 self._voices.pop(name, None)
-            if self._directory is not None:
-                (self._directory / f"{name}.pt").unlink(missing_ok=True)
