@@ -61,3 +61,15 @@ def test_no_playground_leaves_the_api_alone() -> None:
     for path in ("/", "/playground/config.json", "/playground/playground.js"):
         assert client.get(path).status_code == 404, path
     assert client.get("/v1/models").json()["data"][0]["id"] == "chatterbox"
+
+
+def test_an_api_key_given_with_a_trailing_newline_is_the_key_without_it(monkeypatch) -> None:
+    """A key read from a secret file (CHATTERBOX_API_KEY="$(cat file)" keeps no newline, but
+    an environment set from a mounted file does) made the server refuse every request, the
+    exact key included: clients never send the newline."""
+    monkeypatch.setenv("CHATTERBOX_API_KEY", "s3cret\n")
+    for client in (app_client(), app_client("english", "--api-key", " s3cret\n")):
+        good = client.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+        assert good.status_code == 200, good.text
+        wrong = client.get("/v1/models", headers={"Authorization": "Bearer other"})
+        assert wrong.status_code == 401

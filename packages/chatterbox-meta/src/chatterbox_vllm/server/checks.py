@@ -68,7 +68,7 @@ def check_api_key(
     if scheme.lower() == "bearer" and token:
         key = token.strip()
     elif query_key:
-        key = query_key
+        key = query_key.strip()
     else:
         raise APIError(
             401,

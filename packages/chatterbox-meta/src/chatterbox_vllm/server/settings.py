@@ -78,6 +78,10 @@ class ServerSettings:
             raise InvalidParameterError(f"port must be in [1, 65535], got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidParameterError("api_key must not be empty (omit it to serve without one)")
+        if self.api_key is not None:
+            # A key read from a secret file keeps its trailing newline (CHATTERBOX_API_KEY); a
+            # client's bearer token never carries one, so no request could match it.
+            object.__setattr__(self, "api_key", self.api_key.strip())
         for name in (
             "stream_max_session_seconds",
             "stream_max_idle_seconds",
