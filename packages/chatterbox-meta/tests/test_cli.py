@@ -155,6 +155,28 @@ def test_standard_input_that_is_not_utf8_is_named(
     assert "standard input is not UTF-8 text" in stderr and "surrogate" not in stderr, stderr
 
 
+def test_a_bad_setting_is_named_by_the_flag_that_set_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Engine knobs, server settings and controls word their errors with their Python names
+    ('port must be in [1, 65535]'); a command's error starts with the flag the user typed."""
+    from chatterbox_vllm.cli import main
+
+    cases = [
+        (["serve", "--port", "99999"], "--port: port must be in [1, 65535], got 99999"),
+        (["serve", "--max-queue-wait", "0"], "--max-queue-wait: max_queue_wait must be"),
+        (["speak", "Hi.", "--max-chunk-chars", "0"], "--max-chunk-chars: max_chunk_chars must"),
+        (["speak", "Hi.", "--temperature", "9"], "--temperature: temperature must be in [0, 5]"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--model-dir", "nowhere"]) == 1
+        stderr = capsys.readouterr().err
+        assert message in stderr, stderr
+    monkeypatch.setenv("CHATTERBOX_API_KEY", "  ")  # not given as a flag: named as itself
+    assert main(["serve", "--model-dir", "nowhere"]) == 1
+    assert "CHATTERBOX_API_KEY: api_key must not be empty" in capsys.readouterr().err
+
+
 def test_verbosity_before_or_after_the_command() -> None:
     """A script that starts ``serve`` appends its flags after the command (bench/server_load.py):
     ``-v`` is accepted there as before it."""

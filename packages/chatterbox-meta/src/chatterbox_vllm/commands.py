@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from chatterbox_vllm.config import EngineConfig, engine_overrides_from_namespace
-from chatterbox_vllm.errors import ChatterboxError
+from chatterbox_vllm.config import EngineConfig, engine_flags, engine_overrides_from_namespace
+from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError, naming_the_flag
 from chatterbox_vllm.models import ModelKind, detect_model
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,11 @@ def engine_config(args: argparse.Namespace, *, streams: bool = False) -> EngineC
     if getattr(args, "max_new_tokens", None) is not None:
         overrides["max_new_tokens"] = args.max_new_tokens
     overrides["stream_graphs"] = streams
-    return EngineConfig().with_overrides(overrides)
+    try:
+        return EngineConfig().with_overrides(overrides)
+    except InvalidParameterError as error:
+        flags = {**engine_flags(), "max_new_tokens": "--max-new-tokens"}
+        raise naming_the_flag(error, flags) from None
 
 
 def replicated(args: argparse.Namespace) -> bool:
@@ -98,9 +102,13 @@ def check_controls(controls: dict[str, Any]) -> None:
     """Checks each control's value (range, type; a ``language`` among the 23) before anything
     else; whether the model speaks the language is checked by :func:`preflight`, once the
     checkpoint is known."""
-    from chatterbox_vllm.controls import GenerationParams
+    from chatterbox_vllm.controls import CONTROLS, GenerationParams
 
-    GenerationParams(**{name: value for name, value in controls.items() if value is not None})
+    given = {name: value for name, value in controls.items() if value is not None}
+    try:
+        GenerationParams(**given)
+    except InvalidParameterError as error:
+        raise naming_the_flag(error, {name: CONTROLS[name].flag for name in given}) from None
 
 
 def check_controls_for_model(args: argparse.Namespace, model: ModelKind) -> str | None:

@@ -347,6 +347,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def engine_flags() -> dict[str, str]:
+    """Each engine knob's command-line flag (``--enforce-eager`` is ``--cuda-graphs off``)."""
+    return {
+        knob.name: knob.metadata.get("flag", "--" + knob.name.replace("_", "-"))
+        for knob in fields(EngineConfig)
+        if knob.name not in _NOT_FLAGS
+    }
+
+
 def engine_overrides_from_namespace(args: argparse.Namespace) -> dict[str, Any]:
     """The engine knobs a user set on the command line."""
     return {

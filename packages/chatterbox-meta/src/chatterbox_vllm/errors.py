@@ -99,6 +99,21 @@ class ChunkInputError(ChatterboxError):
         return f"chunk {self.order}: {self.cause}"
 
 
+def naming_the_flag(
+    error: InvalidParameterError, flags: Mapping[str, str]
+) -> InvalidParameterError:
+    """``error`` (whose message starts with the name of the setting it is about, as the
+    config classes word theirs) with the command-line flag that set it in front, so that a
+    command's error names what the user typed: ``--port: port must be in [1, 65535], got 0``.
+    ``flags``: setting name -> flag, for the settings the command line gave."""
+    message = str(error)
+    name = message.split(" ", 1)[0]
+    flag = flags.get(name)
+    if flag is None or flag in message:
+        return error
+    return InvalidParameterError(f"{flag}: {message}")
+
+
 def from_component_error(error: BaseException) -> ChatterboxError | None:
     """The product error for an error a component raised on purpose (``None`` for anything
     else): the one boundary where component errors become :class:`ChatterboxError` subclasses."""

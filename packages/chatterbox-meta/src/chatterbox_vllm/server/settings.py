@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from chatterbox_vllm.errors import InvalidParameterError
+from chatterbox_vllm.errors import InvalidParameterError, naming_the_flag
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -166,6 +166,11 @@ def settings_from_namespace(args: argparse.Namespace) -> ServerSettings:
         for s in fields(ServerSettings)
         if getattr(args, s.name, None) is not None
     }
+    flags = {name: "--" + name.replace("_", "-") for name in given}
     if "api_key" not in given and os.environ.get("CHATTERBOX_API_KEY"):
         given["api_key"] = os.environ["CHATTERBOX_API_KEY"]
-    return ServerSettings(**given)
+        flags["api_key"] = "CHATTERBOX_API_KEY"
+    try:
+        return ServerSettings(**given)
+    except InvalidParameterError as error:
+        raise naming_the_flag(error, flags) from None
