@@ -251,3 +251,38 @@ def test_a_websocket_session_that_leaves_while_queued_frees_its_place() -> None:
             a.finish()
             assert len(first.read()) == 4800
         assert health(base)["running_streams"] == 0
+
+
+def test_a_queued_websocket_session_may_send_only_so_much_before_it_starts() -> None:
+    """What a queued session sends is kept for it, within a bound: past it the session is
+    refused (an error event and close code 1008) and its place is freed."""
+    import asyncio
+
+    import websockets
+
+    from chatterbox_vllm.server.realtime import QUEUED_MESSAGE_CHARS
+
+    with (
+        serving(capacity=1.0, max_queue_wait=60.0) as (base, engine),
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", base + "/v1/audio/speech", json=BODY) as first,
+    ):
+        a = engine.sessions.get(timeout=5)
+
+        async def flood() -> tuple[dict, int | None]:
+            url = base.replace("http", "ws") + "/v1/audio/speech/stream"
+            async with websockets.connect(url, max_size=None) as ws:
+                delta = {"type": "input_text_buffer.append", "delta": "x" * 100_000}
+                for _ in range(QUEUED_MESSAGE_CHARS // 100_000 + 1):
+                    await ws.send(json.dumps(delta))
+                event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                return event, ws.close_code
+
+        event, code = asyncio.run(flood())
+        assert event["type"] == "error" and code == 1008
+        assert "while the session waited for a slot" in event["error"]["message"]
+        wait_for(lambda: health(base)["queued_streams"] == 0, "its place was not freed", 5)
+        a.finish()
+        assert len(first.read()) == 4800
