@@ -144,3 +144,30 @@ def test_accented_letters_are_spelled_plainly_so_book_text_is_speakable() -> Non
     assert fold_accents("plain ASCII stays, byte for byte.") == "plain ASCII stays, byte for byte."
     # Characters with no plain spelling are kept so the front end can name them in its error.
     assert fold_accents("price: 5€") == "price: 5€"
+
+
+@pytest.mark.parametrize(
+    ("characters", "advice"),
+    [
+        (
+            "你好",
+            ", or speak them with the multilingual model and language='zh' (Chinese) or "
+            "language='ja' (Japanese)",
+        ),
+        ("你の", ", or speak them with the multilingual model and language='ja' (Japanese)"),
+        ("Пр", ", or speak them with the multilingual model and language='ru' (Russian)"),
+        ("안", ", or speak them with the multilingual model and language='ko' (Korean)"),
+        ("\u2603", ""),  # a snowman: no language writes it
+        ("П你", ""),  # two scripts: no one language
+    ],
+)
+def test_characters_the_tokenizer_lacks_name_the_language_that_writes_them(
+    characters: str, advice: str
+) -> None:
+    from chatterbox_t3.errors import UnsupportedCharactersError
+    from chatterbox_vllm.errors import from_component_error
+
+    text = f"Hello {characters}."
+    error = from_component_error(UnsupportedCharactersError(list(characters), text))
+    assert isinstance(error, InvalidTextError)
+    assert str(error).endswith(f"in {text!r}; remove or transliterate them{advice}")

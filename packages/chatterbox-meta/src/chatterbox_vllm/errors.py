@@ -143,11 +143,18 @@ def from_component_error(error: BaseException) -> ChatterboxError | None:
     ):
         return InvalidAudioError(message)
     if isinstance(error, t3.UnsupportedCharactersError):
+        from chatterbox_vllm.languages import SUPPORTED_LANGUAGES, languages_writing
+
         # T3's own advice (building its tokenizer differently) is not something a caller of
-        # the product can do.
+        # the product can do; speaking them in their language may be.
+        languages = " or ".join(
+            f"language={code!r} ({SUPPORTED_LANGUAGES[code]})"
+            for code in languages_writing(error.characters)
+        )
         return InvalidTextError(
             f"text contains characters the tokenizer cannot represent: {error.found}; remove or "
             "transliterate them"
+            + (f", or speak them with the multilingual model and {languages}" if languages else "")
         )
     if isinstance(error, t3.T3InputError):
         return InvalidTextError(message)
