@@ -11,7 +11,11 @@ import torch
 
 from chatterbox_vllm import preflight
 from chatterbox_vllm.audio import save_audio, supported_output_suffixes
-from chatterbox_vllm.errors import ChatterboxError, UnsupportedAudioFormatError
+from chatterbox_vllm.errors import (
+    ChatterboxError,
+    InvalidParameterError,
+    UnsupportedAudioFormatError,
+)
 from chatterbox_vllm.results import GenerationResult
 
 RATE = 24_000
@@ -41,6 +45,21 @@ def test_every_offered_format_is_written_and_read_back(tmp_path, suffix: str) ->
 def test_unlisted_suffixes_are_refused_naming_the_listed_ones(tmp_path) -> None:
     with pytest.raises(UnsupportedAudioFormatError, match=r"cannot write '\.xyz'.*\.wav"):
         save_audio(tmp_path / "out.xyz", _tone(), RATE)
+
+
+@pytest.mark.parametrize("path", [5, None, b"out.wav"])
+def test_a_path_that_is_no_file_path_is_named(path: object) -> None:
+    result = GenerationResult(
+        waveform=_tone(0.1),
+        sample_rate=RATE,
+        text="x",
+        chunks=("x",),
+        speech_tokens=(),
+        chunk_samples=(RATE // 10,),
+        watermarked=False,
+    )
+    with pytest.raises(InvalidParameterError, match=r"path must be a file path .*got"):
+        result.save(path)  # type: ignore[arg-type]
 
 
 def test_a_failed_write_keeps_the_audio(tmp_path) -> None:

@@ -25,6 +25,7 @@ from chatterbox_vllm.errors import (
     AudioTooShortError,
     CorruptAudioError,
     InvalidAudioError,
+    InvalidParameterError,
     SilentAudioError,
     UnsupportedAudioFormatError,
 )
@@ -360,6 +361,11 @@ def encode_audio(
 def save_audio(path: str | os.PathLike, waveform: torch.Tensor, sample_rate: int) -> Path:
     """Writes mono audio; the format follows the suffix (:func:`supported_output_suffixes`:
     16-bit PCM for .wav/.flac/.aiff, Vorbis for .ogg/.oga, Opus for .opus, MP3 for .mp3)."""
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidParameterError(
+            f"path must be a file path (str or os.PathLike, e.g. 'speech.wav'), got "
+            f"{type(path).__name__} {path!r}"
+        )
     path = Path(path)
     check_not_directory(path, "audio file", "speech.wav")
     fmt = output_format(path)
