@@ -131,6 +131,35 @@ def test_default_schedule_runs_s3gen_after_t3_in_full_batches(loop: EventLoopThr
         assert job.waveform is not None and torch.all(job.waveform == index)
 
 
+def test_t3_gets_the_longest_chunks_first(loop: EventLoopThread) -> None:
+    """vLLM admits requests in arrival order: a long chunk sent last would decode alone at the
+    end. By token cap, then by expected speech; equal ones in text order."""
+    texts = [
+        "Short one.",
+        "A much longer chunk of text than the others.",
+        "Mid-length text.",
+        "Tiny.",
+    ]
+    caps = [10, 10, 10, 40]
+    items = [
+        PlanItem(i, 0, i, text, GenerationParams(), max_tokens=cap, seed=i)
+        for i, (text, cap) in enumerate(zip(texts, caps))
+    ]
+    jobs = [ChunkJob(item, t3_request=item.order, reference=item.order) for item in items]
+    started: list[int] = []
+
+    async def stream(request: int, on_tokens=None) -> AsyncIterator[Output]:
+        started.append(request)
+        await asyncio.sleep(0)
+        yield Output((100,), "stop")
+
+    scheduler = _scheduler(RecordingS3Gen(), max_batch=4)
+    run_pipeline(jobs, stream_tokens=stream, loop=loop, scheduler=scheduler, progress=False)
+    scheduler.close()
+    assert started == [3, 1, 2, 0]
+    assert [job.tokens.token_ids for job in jobs if job.tokens] == [(100,)] * 4
+
+
 def test_t3_error_propagates_and_the_loop_keeps_working(loop: EventLoopThread) -> None:
     t3 = StaggeredT3(fail_on=1)
     scheduler = _scheduler(RecordingS3Gen(), max_batch=4)
