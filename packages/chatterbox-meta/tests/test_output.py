@@ -47,17 +47,22 @@ def test_unlisted_suffixes_are_refused_naming_the_listed_ones(tmp_path) -> None:
         save_audio(tmp_path / "out.xyz", _tone(), RATE)
 
 
-@pytest.mark.parametrize("path", [5, None, b"out.wav"])
-def test_a_path_that_is_no_file_path_is_named(path: object) -> None:
-    result = GenerationResult(
-        waveform=_tone(0.1),
+def _result(seconds: float) -> GenerationResult:
+    """One chunk of a tone, as ``generate`` returns it."""
+    return GenerationResult(
+        waveform=_tone(seconds),
         sample_rate=RATE,
         text="x",
         chunks=("x",),
         speech_tokens=(),
-        chunk_samples=(RATE // 10,),
+        chunk_samples=(int(RATE * seconds),),
         watermarked=False,
     )
+
+
+@pytest.mark.parametrize("path", [5, None, b"out.wav"])
+def test_a_path_that_is_no_file_path_is_named(path: object) -> None:
+    result = _result(0.1)
     with pytest.raises(InvalidParameterError, match=r"path must be a file path .*got"):
         result.save(path)  # type: ignore[arg-type]
 
@@ -65,15 +70,7 @@ def test_a_path_that_is_no_file_path_is_named(path: object) -> None:
 def test_a_failed_write_keeps_the_audio(tmp_path) -> None:
     from chatterbox_vllm.commands import write_result
 
-    result = GenerationResult(
-        waveform=_tone(0.5),
-        sample_rate=RATE,
-        text="x",
-        chunks=("x",),
-        speech_tokens=(),
-        chunk_samples=(RATE // 2,),
-        watermarked=False,
-    )
+    result = _result(0.5)
     with pytest.raises(
         ChatterboxError, match=r"could not write /proc/x\.wav .*kept in (\S+\.wav)"
     ) as info:
