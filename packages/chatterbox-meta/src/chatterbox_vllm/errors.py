@@ -143,7 +143,8 @@ def from_component_error(error: BaseException) -> ChatterboxError | None:
     ):
         return InvalidAudioError(message)
     if isinstance(error, t3.UnsupportedCharactersError):
-        from chatterbox_vllm.languages import SUPPORTED_LANGUAGES, languages_writing
+        from chatterbox_t3.multilingual_text import SUPPORTED_LANGUAGES
+        from chatterbox_vllm.scripts import languages_writing
 
         # T3's own advice (building its tokenizer differently) is not something a caller of
         # the product can do; speaking them in their language may be.

@@ -6,49 +6,13 @@ encodes them; the ``language`` control (:mod:`chatterbox_vllm.controls`) accepts
 
 from __future__ import annotations
 
-import unicodedata
-from collections.abc import Iterable
-
 from chatterbox_t3.multilingual_text import SUPPORTED_LANGUAGES
 from chatterbox_vllm.errors import InvalidParameterError
 
-__all__ = [
-    "SUPPORTED_LANGUAGES",
-    "check_language_for_model",
-    "language_listing",
-    "languages_writing",
-]
+__all__ = ["SUPPORTED_LANGUAGES", "check_language_for_model", "language_listing"]
 
 ENGLISH_MODEL_LANGUAGES = frozenset({"en"})
 """What the English model speaks (``language=None`` means the same)."""
-
-
-SCRIPT_LANGUAGES: dict[str, tuple[str, ...]] = {
-    "CJK": ("zh", "ja"),
-    "HIRAGANA": ("ja",),
-    "KATAKANA": ("ja",),
-    "HANGUL": ("ko",),
-    "CYRILLIC": ("ru",),
-    "ARABIC": ("ar",),
-    "HEBREW": ("he",),
-    "DEVANAGARI": ("hi",),
-    "GREEK": ("el",),
-}
-"""The multilingual model's languages that write with a script other than Latin, by the first
-word of the Unicode names of that script's characters."""
-
-
-def languages_writing(characters: Iterable[str]) -> tuple[str, ...]:
-    """The multilingual model's languages whose script every one of ``characters`` belongs to
-    (``你``: zh, ja; ``你`` and ``の``: ja), or ``()`` (Latin, symbols, mixed scripts)."""
-    common: tuple[str, ...] | None = None
-    for character in characters:
-        script = unicodedata.name(character, "").split(" ", 1)[0]
-        languages = SCRIPT_LANGUAGES.get(script, ())
-        common = languages if common is None else tuple(c for c in common if c in languages)
-        if not common:
-            return ()
-    return common or ()
 
 
 def language_listing() -> str:
