@@ -183,13 +183,18 @@ class EngineConfig:
                 "on NVIDIA GPUs; cpu is the slow path the tests use)"
             )
 
+    def kv_blocks_for(self, sequences: int) -> int:
+        """KV-cache blocks that hold ``sequences`` chunks at full length (``model_len``), plus
+        the null block vLLM keeps aside."""
+        return sequences * -(-self.model_len // KV_BLOCK_SIZE) + 1
+
     def _check_kv_blocks(self) -> None:
         """A fixed KV cache must hold one chunk at full length (vLLM fails 50 s into its start
         otherwise, or never schedules the chunk)."""
         blocks = self.num_gpu_blocks_override
         if blocks is None:
             return
-        needed = -(-self.model_len // KV_BLOCK_SIZE) + 1  # vLLM keeps one block as its null block
+        needed = self.kv_blocks_for(1)
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < needed:
             raise InvalidParameterError(
                 f"num_gpu_blocks_override (--num-gpu-blocks) must be an int >= {needed}, got "
@@ -265,7 +270,7 @@ class EngineConfig:
                 if blocks is None:
                     # The same KV cache as a block count: vLLM then does not size it from
                     # what its memory profile saw, so S3Gen may allocate meanwhile.
-                    blocks = max_num_seqs * -(-self.model_len // KV_BLOCK_SIZE) + 1
+                    blocks = self.kv_blocks_for(max_num_seqs)
         return replace(
             self,
             device=device,
