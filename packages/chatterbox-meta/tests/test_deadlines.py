@@ -44,6 +44,9 @@ class SimStream:
     delivered_s: float = 0.0
     stalls: list[float] = field(default_factory=list)
     admitted_after: float = 0.0
+    last_hop: int = 0
+    taken: tuple[int, int] | None = None
+    """The window S3Gen holds for this stream (tokens it needs, its new tokens), once ready."""
 
     def available(self, now: float) -> int:
         return max(
@@ -51,13 +54,31 @@ class SimStream:
         )
 
     def next_need(self) -> tuple[int, int] | None:
-        """(tokens the next window needs, its new tokens), None when done."""
+        """(tokens the next window needs, its new tokens), None when done: the window held
+        (grown to the tokens there were when it was taken), else the least it can be."""
         if self.kept >= self.tokens:
             return None
-        hop = min(100, 16 * 2**self.index)
+        if self.taken is not None:
+            return self.taken
+        hop = max(min(100, 16 * 2**self.index), min(100, self.last_hop))
         if self.kept + hop + LOOKAHEAD <= self.tokens:
             return self.kept + hop + LOOKAHEAD, hop
         return self.tokens, self.tokens - self.kept
+
+    def take(self, now: float) -> None:
+        """What the scheduler does with a ready window (``S3GenStream.next_window(grow=True)``
+        and ``grow_pending``): it takes every token there is, up to the largest window."""
+        self.taken = None
+        need = self.next_need()
+        assert need is not None
+        remaining = self.available(now) - self.kept
+        if remaining >= self.tokens - self.kept and self.tokens - self.kept < 100 + LOOKAHEAD:
+            self.taken = (self.tokens, self.tokens - self.kept)  # the rest, as a final window
+        elif remaining >= need[1] + LOOKAHEAD:
+            hop = min(100, remaining - LOOKAHEAD)
+            self.taken = (self.kept + hop + LOOKAHEAD, hop)
+        else:
+            self.taken = need
 
     def ready_at(self) -> float | None:
         need = self.next_need()
@@ -91,7 +112,9 @@ class SimStream:
                 self.stalled_s -= buffered
         self.delivered_s += need[1] / 25
         self.kept += need[1]
+        self.last_hop = need[1]
         self.index += 1
+        self.taken = None
 
 
 def gpu_like_cost(rows: int, tokens: int) -> float:
@@ -129,6 +152,8 @@ def simulate(
         if not pending and not waiting:
             return admitted
         ready = [s for s in pending if s.ready_at() <= now + 1e-12]
+        for s in ready:
+            s.take(now)
         if not ready:
             times = [s.ready_at() for s in pending]
             if waiting and (limit is None or len(running) < limit):
@@ -198,6 +223,7 @@ SCENARIOS = {
     "Poisson 4/s (~50 at once)": lambda: poisson(64, 4.0, 3),
     "Poisson 6/s (~75 at once)": lambda: poisson(96, 6.0, 4),
     "Poisson 4/s, T3 at 2.4x real time": lambda: poisson(64, 4.0, 4, t3_rate=60.0),
+    "Poisson 6/s, T3 at 2.4x real time": lambda: poisson(96, 6.0, 8, t3_rate=60.0),
 }
 
 
@@ -233,9 +259,16 @@ def test_a_burst_of_more_than_two_rounds_runs_in_full_rounds() -> None:
         return batch
 
     simulate(streams, choose, costs, cost=gpu_like_cost)
-    assert sum(sizes) / len(sizes) >= 12
+    assert sum(sizes) / len(sizes) >= 20
+    # Over capacity at the start (64 first windows and their second ones within ~1.5 s need
+    # four full rounds of ~0.8 s): some players stall, and the later half's first audio waits
+    # while they do. The windows that wait grow (up to 4 s of audio each), so the burst catches
+    # up in few rounds: measured here 15 of 64 stall, at most 0.47 s, and the last first
+    # audio comes at 2.9 s (fixed windows: 44 stall, up to 1.2 s, the last at 3.8 s).
     first = sorted(s.first_audio_at - s.arrival for s in streams)
-    assert first[len(first) // 2] < 1.5 and first[-1] < 5.0
+    assert first[-1] < 3.0
+    assert sum(1 for s in streams if s.stalls) <= 16
+    assert max(max(s.stalls) for s in streams if s.stalls) < 0.5
 
 
 def test_poisson_first_audio_within_the_target() -> None:
@@ -246,10 +279,14 @@ def test_poisson_first_audio_within_the_target() -> None:
     assert first[int(0.95 * len(first))] <= TARGET_S
 
 
-@pytest.mark.parametrize("name", ["Poisson 6/s (~75 at once)", "Poisson 4/s, T3 at 2.4x real time"])
+@pytest.mark.parametrize(
+    "name", ["Poisson 6/s, T3 at 2.4x real time", "Poisson 4/s, T3 at 2.4x real time"]
+)
 def test_the_old_full_batch_order_stalls_the_same_arrivals(name: str) -> None:
     """The scenarios tell the policies apart: full batches with first windows first stall
-    playing streams where deadline-sized rounds do not."""
+    playing streams where deadline-sized rounds do not. (With windows that grow while they
+    wait, full batches no longer stall Poisson 6/s at T3's full rate: there T3 runs far ahead,
+    so every window a round takes carries up to 4 s of audio.)"""
     streams = SCENARIOS[name]()
     simulate(streams, greedy(64), RoundCosts())
     assert any(s.stalls for s in streams)

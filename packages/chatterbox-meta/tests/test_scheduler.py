@@ -223,7 +223,8 @@ def test_a_round_that_paid_one_off_work_is_not_a_cost_sample(
     )
     done = threading.Event()
     try:
-        # Three windows: 16 + 3 tokens, then 32 and 64 more (the last one final).
+        # Three windows: every token is there at once, so each window takes the most it can
+        # (100 tokens, then 100) and the last 50 are the final one.
         lane = scheduler.open_stream(
             tts.default_voice.s3gen,
             seed=1,
@@ -232,7 +233,7 @@ def test_a_round_that_paid_one_off_work_is_not_a_cost_sample(
             order=0,
             deliver=lambda chunks, finished, error: finished and done.set(),
         )
-        scheduler.add_tokens(lane, list(range(100, 100 + 16 + 32 + 40)))
+        scheduler.add_tokens(lane, list(range(100, 100 + 250)))
         scheduler.end(lane)
         assert done.wait(120)
     finally:

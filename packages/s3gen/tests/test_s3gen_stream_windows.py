@@ -366,3 +366,92 @@ def test_bad_bounded_configs_name_the_field(kwargs, error, field) -> None:
     with pytest.raises(error, match=rf"StreamingConfig\.{field}") as raised:
         StreamingConfig(**kwargs)
     assert isinstance(raised.value, S3GenError)
+
+
+# -- windows that grow while they wait ------------------------------------------------------------
+
+
+def test_a_waiting_window_grows_up_to_the_largest_and_later_ones_never_shrink(
+    s3gen, voice_long, tokens
+) -> None:
+    """What a server's S3Gen scheduler does when a round was busy while tokens came: the
+    window it holds takes them (up to chunk_tokens), the next windows keep at least as many,
+    the stream's end turns the rest into one final window when it fits, and the audio keeps
+    the bounded windows' error against whole-utterance synthesis and its exact length."""
+    cfg = StreamingConfig()
+    ids = tokens(300, 23)
+    _, expected = whole_reference(s3gen, ids, voice_long, seed=6)
+    stream = S3GenStream(s3gen, voice_long, seed=6, config=cfg)
+    assert stream.grow_pending() is None  # nothing pending
+    stream.add_tokens(ids[:19])  # the first window's 16 + 3 look-ahead tokens
+    first = stream.next_window()
+    assert first is not None and first.keep_tokens == 16
+    assert stream.grow_pending() is None  # no new token: it stays as it was
+    assert stream.pending is first
+    stream.add_tokens(ids[19:70])  # S3Gen was busy meanwhile
+    grown = stream.grow_pending()
+    assert grown is not None and stream.pending is grown and grown.index == 0
+    assert grown.keep_tokens == 70 - cfg.lookahead_tokens and not grown.final
+    assert grown.frames > first.frames
+    chunks = stream.accept(synthesize_windows(s3gen, [grown])[0])
+    stream.add_tokens(ids[70:200])
+    second = stream.next_window(grow=True)  # all there is, capped at chunk_tokens
+    assert second is not None and second.keep_tokens - grown.keep_tokens == cfg.chunk_tokens
+    assert not second.final
+    chunks += stream.accept(synthesize_windows(s3gen, [second])[0])
+    # Without growing, a window still keeps at least what the one before it kept (100, not
+    # the doubling's 64 for window 2).
+    third = stream.next_window()
+    assert third is None  # 200 - 167 tokens: fewer than 100 + 3
+    stream.add_tokens(ids[200:])
+    stream.end_of_tokens()
+    third = stream.next_window()
+    assert third is not None and third.keep_tokens - second.keep_tokens == cfg.chunk_tokens
+    # 300 - 167 = 133 left: more than one window, and this one is as large as they come.
+    assert not third.final and stream.grow_pending() is None
+    chunks += stream.accept(synthesize_windows(s3gen, [third])[0])
+    final = stream.next_window(grow=True)  # 33 left: the rest fits one final window
+    assert final is not None and final.final and final.keep_tokens == len(ids)
+    chunks += stream.accept(synthesize_windows(s3gen, [final])[0])
+    assert stream.done
+    wav = torch.cat(chunks)
+    assert wav.numel() == expected.numel() == 2 * len(ids) * HOP
+    diff = wav - expected
+    peak = float(diff.abs().max() / expected.abs().max())
+    rms = float(diff.pow(2).mean().sqrt() / expected.pow(2).mean().sqrt())
+    assert peak < 4e-2 and rms < 6e-3  # the bounded windows' bound (test above)
+
+
+def test_grown_windows_stay_inside_the_prepared_shapes(
+    tiny_checkpoint: Path, voice_a, voice_long, tokens
+) -> None:
+    """Windows that grow are never wider than the largest window the start-up prepared:
+    streams fed in big bursts (as tokens pile up behind a busy S3Gen) meet no unprepared
+    encoder, HiFT or flow shape."""
+    model = S3Gen.from_checkpoint(tiny_checkpoint)
+    cfg = StreamingConfig()
+    prepare_stream_graphs(model, cfg, max_rows=2, n_timesteps=2)
+    streams = [
+        S3GenStream(model, v, seed=i, n_timesteps=2, config=cfg)
+        for i, v in enumerate((voice_a, voice_long))
+    ]
+    token_lists = [tokens(260, 31), tokens(190, 32)]
+    by_id = {s.stream_id: i for i, s in enumerate(streams)}
+    fed = [0, 0]
+    while not all(s.done for s in streams):
+        windows = []
+        for i, (stream, ids) in enumerate(zip(streams, token_lists)):
+            if fed[i] < len(ids):
+                fed[i] = min(len(ids), fed[i] + 57)
+                stream.add_tokens(ids[stream.num_tokens : fed[i]])
+            elif not stream.finished:
+                stream.end_of_tokens()
+            window = stream.grow_pending() or stream.pending or stream.next_window(grow=True)
+            if window is not None:
+                windows.append(window)
+            elif stream.finished and not stream.done:
+                stream.flush()
+        for result in synthesize_windows(model, windows, bucket=True):
+            streams[by_id[result.stream_id]].accept(result)
+    stats = model.graph_stats()
+    assert stats["cold_shapes_after_seal"] == 0 and stats["eager_after_seal"] == 0

@@ -8,9 +8,9 @@ on a simulated clock; :class:`~chatterbox_vllm.scheduler.S3GenScheduler` drives 
 * A round is a prefix of the ready windows in deadline order (earliest first), sized from the
   batch shapes S3Gen runs (rows 1, 2, 4, ... up to ``max_batch``): :meth:`DeadlinePolicy.choose`
   picks the size whose expected duration (:class:`RoundCosts`, an EWMA of measured round times
-  per shape) makes the fewest playing streams miss, then the fewest first windows, over this
-  round and the full rounds every other ready window would then take; among equals the largest
-  (throughput). A small urgent round therefore
+  per shape) makes the fewest playing streams miss (then the least late), then the latest first
+  window the least late, over this round and the full rounds every other ready window would then
+  take; among equals the largest (throughput). A small urgent round therefore
   beats a large late one, a new stream's first window is added only while the playing streams
   keep their slack, and nothing ever waits for a batch to fill (a ready window always runs).
 * **Capacity** (:class:`CapacityModel`): the real-time streams S3Gen holds at its full batch,
@@ -127,39 +127,44 @@ class DeadlinePolicy:
         """The windows of the next round (never empty when ``windows`` is not): a prefix of
         the windows in deadline order, or of the playing streams' windows first (a new
         stream's first window may be due earlier, yet it only goes first while the players
-        keep their slack), whichever prefix makes the fewest misses. ``upcoming``: playing
+        keep their slack), whichever prefix is best by :meth:`_judge`. ``upcoming``: playing
         streams' next windows whose tokens are not complete yet; each must still fit in a
         round of its own after this one (a long round must not run a player dry meanwhile)."""
         if not windows:
             return []
         by_deadline = sorted(windows, key=lambda w: (w.deadline, not w.playing))
         players_first = sorted(by_deadline, key=lambda w: not w.playing)
-        best: tuple[int, int, float, int, int] | None = None
+        best: tuple[int, float, float, int, int, int] | None = None
         chosen: list[ReadyWindow] = []
         for rank, ordered in enumerate((by_deadline, players_first)):
             most = min(len(ordered), self.max_batch)
             for size in sorted({min(1 << i, most) for i in range(most.bit_length() + 1)}):
                 batch = ordered[:size]
-                playing, first, lateness = self._misses(batch, ordered[size:], upcoming, now)
-                key = (playing, first, lateness, -size, rank)
+                key = (*self._judge(batch, ordered[size:], upcoming, now), -size, rank)
                 if best is None or key < best:
                     best, chosen = key, batch
         return chosen
 
-    def _misses(
+    def _judge(
         self,
         batch: list[ReadyWindow],
         rest: list[ReadyWindow],
         upcoming: Sequence[ReadyWindow],
         now: float,
-    ) -> tuple[int, int, float]:
-        """(playing streams that miss, first windows that miss, the players' lateness) if
-        ``batch`` runs now, every other ready window (``rest``, in order) in full rounds after
-        it, and each upcoming window alone after this round. Every candidate is judged on every
-        ready window: judged on fewer (the next round only), a small round looked better than a
-        full one whenever more than two rounds' windows were waiting, and a burst of streams was
-        served in rounds of one or two windows (measured on an H200: 1.6 windows per round at
-        64 streams)."""
+    ) -> tuple[int, float, float, int]:
+        """How good running ``batch`` now is, smaller is better: (playing streams that miss,
+        the players' total lateness, the latest first window's lateness, first windows that
+        miss), if ``batch`` runs now, every other ready window (``rest``, in order) in full
+        rounds after it, and each upcoming window alone after this round.
+
+        Players come first: an admitted stream must not stall because of newcomers. Among new
+        streams the latest first audio counts before how many make their target: counting
+        misses first made the policy serve one or two first windows per round whenever only a
+        few could still make it, and everyone after them came later (a burst's p95 is what
+        its listeners see). Every candidate is judged on every ready window: judged on fewer
+        (the next round only), a small round looked better than a full one whenever more than
+        two rounds' windows were waiting, and a burst of streams was served in rounds of one or
+        two windows (measured on an H200: 1.6 windows per round at 64 streams)."""
         done = now + self.expected_seconds(batch)
         late = [(w, done) for w in batch]
         then = done
@@ -169,9 +174,10 @@ class DeadlinePolicy:
             late += [(w, then) for w in group]
         late += [(w, done + self.expected_seconds([w])) for w in upcoming]
         playing = sum(1 for w, t in late if w.playing and t > w.deadline)
-        first = sum(1 for w, t in late if not w.playing and t > w.deadline)
         lateness = sum(max(0.0, t - w.deadline) for w, t in late if w.playing)
-        return playing, first, round(lateness, 6)
+        worst_first = max((t - w.deadline for w, t in late if not w.playing), default=0.0)
+        first = sum(1 for w, t in late if not w.playing and t > w.deadline)
+        return playing, round(lateness, 6), round(max(0.0, worst_first), 6), first
 
 
 def window_deadline(

@@ -374,7 +374,10 @@ class S3GenScheduler:
                 self._run_whole(live)
 
     def _has_work(self) -> bool:
-        return any(lane.inbox or lane.maybe_ready for lane in self._lanes.values())
+        return any(
+            lane.inbox or lane.maybe_ready or lane.window is not None
+            for lane in self._lanes.values()
+        )
 
     @staticmethod
     def _apply(lane: _Lane, messages: list[tuple[str, Any]]) -> int:
@@ -406,7 +409,7 @@ class S3GenScheduler:
         for lane in lanes:
             if lane.whole or lane.lane_id not in self._lanes:
                 continue
-            if lane.window is None and lane.maybe_ready:
+            if lane.maybe_ready:
                 try:
                     self._take_window(lane, now)
                 except Exception as error:
@@ -512,13 +515,21 @@ class S3GenScheduler:
                 logger.exception("on_window hook failed")
 
     def _take_window(self, lane: _Lane, now: float) -> None:
-        """Takes the lane's next window (held until a round runs it); a finished stream with
-        nothing left for the flow delivers its held-back tail instead."""
+        """Takes the lane's next window (held until a round runs it) with every token there is
+        (up to the largest window), or grows the window it holds with the tokens that came
+        since; a finished stream with nothing left for the flow delivers its held-back tail
+        instead."""
         stream = lane.stream
         assert stream is not None
         if stream.pending is not None:
+            # Still waiting for a round: it takes the tokens that came meanwhile (a round's
+            # cost is mostly fixed, so a bigger window is more audio for about the same time).
+            grown = stream.grow_pending()
+            if grown is not None:
+                lane.window = grown
+            lane.maybe_ready = False
             return
-        window = stream.next_window()
+        window = stream.next_window(grow=True)
         if window is not None:
             lane.window = window
             lane.window_ready_at = now

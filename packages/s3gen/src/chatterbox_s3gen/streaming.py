@@ -514,6 +514,7 @@ class S3GenStream:
         self._windows = 0  # windows accepted so far
         self._pending: StreamWindow | None = None
         self._kept_tokens = 0  # utterance tokens whose mel has been produced
+        self._last_hop = 0  # tokens the last accepted window kept (later windows keep >= this)
         self._emitted_frames = 0  # frames whose audio has been returned
         self._emitted_samples = 0
         # Phase anchor of the next window: frame 0 with no cycles, exactly as unstreamed.
@@ -578,12 +579,18 @@ class S3GenStream:
         """Declare that no more tokens will come (the final window may then run)."""
         self._finish_requested = True
 
-    def next_window(self) -> StreamWindow | None:
+    def next_window(self, *, grow: bool = False) -> StreamWindow | None:
         """The next window to synthesize, or None: not enough tokens yet, a window is already
-        pending (each window needs the previous one's result), or the stream is done."""
+        pending (each window needs the previous one's result), or the stream is done.
+
+        ``grow``: once the window's own tokens are there, it takes every token there is, up to
+        ``chunk_tokens`` (with the stream's end, the rest as a final window when it fits): a
+        server whose S3Gen was busy while the tokens came gets more audio from the same round
+        (a round's cost is mostly fixed). A window never keeps fewer tokens than the one before
+        it; ``StreamingConfig``'s doubling is the least."""
         if self._done or self._pending is not None:
             return None
-        span = self._next_span()
+        span = self._next_span(grow)
         if span is None:
             return None
         keep, stop, final = span
@@ -614,14 +621,35 @@ class S3GenStream:
         self._pending = window
         return window
 
-    def _next_span(self) -> tuple[int, int, bool] | None:
+    def grow_pending(self) -> StreamWindow | None:
+        """The pending window (taken, not synthesized yet) rebuilt with the tokens that came
+        since, as :meth:`next_window` with ``grow`` builds it; returns the new pending window,
+        or None when there is no pending window or nothing to add (it stays as it was)."""
+        pending = self._pending
+        if pending is None or self._done:
+            return None
+        self._pending = None
+        grown = self.next_window(grow=True)
+        if grown is None or (
+            grown.keep_tokens <= pending.keep_tokens and grown.final == pending.final
+        ):
+            self._pending = pending
+            return None
+        return grown
+
+    def _next_span(self, grow: bool = False) -> tuple[int, int, bool] | None:
         """(keep, stop, final) of the next window, or None if it cannot run yet."""
         cfg = self.config
         available = len(self._tokens)
         if cfg.whole:
             ready = self._finish_requested and available > 0
             return (available, available, True) if ready else None
-        hop = cfg.window_tokens(self._windows)
+        hop = max(cfg.window_tokens(self._windows), min(cfg.chunk_tokens, self._last_hop))
+        remaining = available - self._kept_tokens
+        if grow and remaining >= hop + cfg.lookahead_tokens:
+            if self._finish_requested and remaining < cfg.chunk_tokens + cfg.lookahead_tokens:
+                return available, available, True  # the rest fits one (final) window
+            hop = min(cfg.chunk_tokens, remaining - cfg.lookahead_tokens)
         if available >= self._kept_tokens + hop + cfg.lookahead_tokens:
             keep = self._kept_tokens + hop
             return keep, keep + cfg.lookahead_tokens, False
@@ -669,6 +697,7 @@ class S3GenStream:
             result.cycles, result.f0[: anchor - window.mel_start], self._num_harmonics
         )
         self._anchor_frame = anchor
+        self._last_hop = window.keep_tokens - self._kept_tokens
         self._kept_tokens = window.keep_tokens
         self._emitted_frames = stop
         self._windows += 1
