@@ -8,8 +8,9 @@
 #                  and what the server needs beyond the image: uvicorn, cffi (soundfile's backend),
 #                  websockets (WS route), pyloudnorm (Turbo voices), pedalboard (speed)
 #   .device-data   benchmark-text-1.txt and voice-01.wav from ../shared/data (the product benchmark)
-#   .device-old    the s3gen sources at BEFORE_REF (default HEAD), for before/after S3Gen timings
-#                  (0.2 MB); the 2026-12-01 numbers used BEFORE_REF=d68f657 (before the fast path)
+#   .device-old    the s3gen and chatterbox-meta sources at BEFORE_REF (default HEAD), for
+#                  before/after timings of S3Gen and of the server (PYTHONPATH=.device-old/...)
+#                  (0.6 MB); the 2026-12-01 numbers used BEFORE_REF=d68f657 (before the fast path)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 for d in /.gpu-bundle/ /.device-wheels/ /.device-old/ /.device-data/; do
@@ -32,5 +33,5 @@ cp ../shared/data/benchmark-text-1.txt ../shared/data/voice-01.wav .device-data/
 ls .device-wheels/s3tokenizer-0.1.7-*.whl >/dev/null 2>&1 \
   || python3 -m pip wheel -q --no-deps -w .device-wheels s3tokenizer==0.1.7
 rm -rf .device-old && mkdir .device-old
-git archive "${BEFORE_REF:-HEAD}" packages/s3gen/src | tar -x -C .device-old
+git archive "${BEFORE_REF:-HEAD}" packages/s3gen/src packages/chatterbox-meta/src | tar -x -C .device-old
 du -sh .gpu-bundle .device-wheels .device-old .device-data

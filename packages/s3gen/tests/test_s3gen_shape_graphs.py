@@ -10,6 +10,7 @@ import logging
 import pytest
 import torch
 
+from chatterbox_s3gen import S3GenInputError
 from chatterbox_s3gen.graphs import ShapeGraphs
 
 
@@ -109,5 +110,5 @@ def test_a_failing_preparation_stops_and_the_rest_stay_eager(caplog) -> None:
 
 def test_examples_must_agree_on_their_inputs() -> None:
     graphs = _graphs(_Affine())
-    with pytest.raises(ValueError, match="every affine example must have 2 inputs"):
+    with pytest.raises(S3GenInputError, match="every affine example must have 2 inputs"):
         graphs.prepare([_example(1), [torch.zeros(2, 4)]])

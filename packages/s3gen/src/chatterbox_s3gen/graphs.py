@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from chatterbox_s3gen.errors import S3GenInputError
+
 logger = logging.getLogger(__name__)
 
 Outputs = Any
@@ -202,14 +204,14 @@ class ShapeGraphs:
         examples = list(examples)
         positions = len(examples[0])
         if any(len(example) != positions for example in examples):
-            raise ValueError(f"every {self.name} example must have {positions} inputs")
+            raise S3GenInputError(f"every {self.name} example must have {positions} inputs")
         for i in range(positions):
             largest = max(example[i].numel() for example in examples)
             template = examples[0][i]
             if i < len(self._arenas) and self._arenas[i].numel() >= largest:
                 continue
             if i < len(self._arenas) and self._calls:
-                raise ValueError(
+                raise S3GenInputError(
                     f"the {self.name}'s graphs are prepared: a larger shape needs its own set"
                 )
             arena = torch.zeros(largest, dtype=template.dtype, device=template.device)
