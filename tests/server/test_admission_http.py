@@ -286,3 +286,23 @@ def test_a_queued_websocket_session_may_send_only_so_much_before_it_starts() -> 
         wait_for(lambda: health(base)["queued_streams"] == 0, "its place was not freed", 5)
         a.finish()
         assert len(first.read()) == 4800
+
+
+def test_head_is_get_without_the_body_and_405_lists_every_method_of_the_path() -> None:
+    with serving(capacity=1.0, api_key="key") as (base, _):
+        # Uptime monitors and load balancers probe with HEAD: the GET's status and headers.
+        for path, status in (("/health", 200), ("/metrics", 200), ("/v1/models", 401)):
+            got = httpx.get(base + path, timeout=5)
+            head = httpx.head(base + path, timeout=5)
+            assert (head.status_code, head.content) == (status, b""), path
+            assert got.status_code == status and got.content, path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+        authorized = httpx.head(base + "/v1/models", headers={"Authorization": "Bearer key"})
+        assert authorized.status_code == 200 and authorized.content == b""
+        # /v1/voices takes GET and POST (two routes): a wrong method is told of both.
+        put = httpx.put(base + "/v1/voices", headers={"Authorization": "Bearer key"})
+        assert put.status_code == 405 and put.headers["allow"] == "GET, HEAD, POST"
+        assert put.json()["error"]["message"] == "PUT is not allowed on /v1/voices; use GET or POST"
+        head_speech = httpx.head(base + "/v1/audio/speech")
+        assert head_speech.status_code == 405 and head_speech.headers["allow"] == "POST"
+        assert httpx.get(base + "/health", timeout=5).json()["status"] == "ok"

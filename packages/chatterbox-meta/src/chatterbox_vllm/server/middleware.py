@@ -1,5 +1,5 @@
 """ASGI middleware of the server: body limits enforced before the bytes are read, request
-counting, and aborting a response whose body cannot be completed.
+counting, aborting a response whose body cannot be completed, and HEAD answered as GET.
 
 They are plain ASGI (not Starlette's ``BaseHTTPMiddleware``): that one re-sends a streamed body
 through its own response and always ends it normally, so a stream cut short by a dying engine would
@@ -62,6 +62,30 @@ class AbortFailedStreams:
                 scope.get("path"),
                 error,
             )
+
+
+class AnswerHead:
+    """HEAD is answered as GET without the body, as HTTP defines it: uptime monitors and load
+    balancers probe ``/health`` with HEAD, which FastAPI's GET routes otherwise refuse with 405.
+    The route sees a GET on a copy of the scope (the server keeps the original, so it frames the
+    response as HEAD's); the headers, ``Content-Length`` included, are the GET's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class CountRequests:

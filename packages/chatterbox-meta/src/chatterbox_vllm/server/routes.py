@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from chatterbox_vllm.encoding import RESPONSE_FORMATS, StreamEncoder, available_formats
 from chatterbox_vllm.errors import (
@@ -49,6 +50,7 @@ from chatterbox_vllm.server.checks import (
 from chatterbox_vllm.server.metrics import Metrics
 from chatterbox_vllm.server.middleware import (
     AbortFailedStreams,
+    AnswerHead,
     CountRequests,
     LimitRequestBodies,
     StreamAborted,
@@ -118,8 +120,13 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         # Unknown paths, wrong methods and bodies FastAPI cannot parse: the same error shape.
-        message = _http_error_message(request, error)
-        return JSONResponse(error_body(message), error.status_code, headers=error.headers)
+        headers = error.headers
+        if error.status_code == 405:
+            # Starlette's Allow names the methods of the first route of the path only (POST for
+            # /v1/voices, which GET lists too): every route's, and HEAD where GET is.
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_of_path(app, request))}
+        message = _http_error_message(request, error, headers)
+        return JSONResponse(error_body(message), error.status_code, headers=headers)
 
     @app.exception_handler(ChatterboxError)
     async def _product_error(request: Request, error: ChatterboxError) -> JSONResponse:
@@ -143,6 +150,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     app.add_middleware(LimitRequestBodies, limit_for=functools.partial(_body_limit, settings))
     app.add_middleware(CountRequests, counter=metrics.requests)
     app.add_middleware(AbortFailedStreams)
+    app.add_middleware(AnswerHead)
 
     async def authorize(request: Request) -> None:
         check_api_key(settings, request.headers.get("authorization", ""))
@@ -471,7 +479,22 @@ def _body_is_not_an_object(errors: Any) -> bool:
     )
 
 
-def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
+def _methods_of_path(app: FastAPI, request: Request) -> list[str]:
+    """The methods some route of the app takes at the request's path (HEAD with GET: see
+    :class:`~chatterbox_vllm.server.middleware.AnswerHead`)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def _http_error_message(
+    request: Request, error: StarletteHTTPException, headers: dict[str, str] | None
+) -> str:
     """What went wrong, for the errors Starlette and FastAPI raise themselves."""
     cause = error.__cause__
     if isinstance(cause, UnicodeDecodeError):
@@ -489,9 +512,9 @@ def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
     if error.status_code == 404:
         return f"no route {request.url.path}; see /docs for the API"
     if error.status_code == 405:
-        allowed = (error.headers or {}).get("Allow", "")
+        allowed = [m for m in (headers or {}).get("Allow", "").split(", ") if m != "HEAD"]
         return f"{request.method} is not allowed on {request.url.path}" + (
-            f"; use {allowed}" if allowed else ""
+            f"; use {' or '.join(allowed)}" if allowed and allowed[0] else ""
         )
     return str(error.detail)
 
