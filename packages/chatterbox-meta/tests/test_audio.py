@@ -20,7 +20,10 @@ from chatterbox_vllm.audio import (
     to_tokenizer_rate,
 )
 from chatterbox_vllm.errors import (
+    AudioError,
+    AudioFileNotFoundError,
     AudioTooShortError,
+    ChatterboxError,
     CorruptAudioError,
     InvalidAudioError,
     SilentAudioError,
@@ -98,9 +101,16 @@ def test_corrupt_file_is_reported_as_corrupt(tmp_path: Path) -> None:
         load_voice_audio(tmp_path / "broken.wav")
 
 
-def test_missing_file() -> None:
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_voice_audio("/nonexistent/voice.wav")
+def test_missing_or_empty_path_is_an_audio_error() -> None:
+    # The package's root (and still FileNotFoundError, which generic handlers catch).
+    for path in ("/nonexistent/voice.wav", Path("/nonexistent/voice.wav")):
+        with pytest.raises(AudioFileNotFoundError, match="voice audio file not found") as caught:
+            load_voice_audio(path)
+        assert isinstance(caught.value, AudioError) and isinstance(caught.value, ChatterboxError)
+        assert isinstance(caught.value, FileNotFoundError)
+    # An empty path (an unset setting) is not the working directory.
+    with pytest.raises(InvalidAudioError, match="voice audio path is empty"):
+        load_voice_audio("")
 
 
 def test_too_short_silent_and_nan_audio_are_rejected(tmp_path: Path) -> None:

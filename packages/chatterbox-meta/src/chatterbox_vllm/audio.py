@@ -22,6 +22,7 @@ import soxr
 import torch
 
 from chatterbox_vllm.errors import (
+    AudioFileNotFoundError,
     AudioTooShortError,
     CorruptAudioError,
     InvalidAudioError,
@@ -81,7 +82,7 @@ def supported_audio_suffixes() -> list[str]:
 def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
     """Decodes a file to ``[channels, samples]`` float32."""
     if not path.exists():
-        raise FileNotFoundError(f"voice audio file not found: {path}")
+        raise AudioFileNotFoundError(f"voice audio file not found: {path}")
     if path.is_dir():
         raise UnsupportedAudioFormatError(f"voice audio path is a directory, not a file: {path}")
     suffix = path.suffix.lower()
@@ -159,6 +160,11 @@ def load_voice_audio(audio: AudioInput, *, min_seconds: float = MIN_VOICE_SECOND
     """
     if isinstance(audio, str | os.PathLike):
         source = str(audio)
+        if not os.fspath(audio):  # Path("") is the working directory
+            raise InvalidAudioError(
+                "voice audio path is empty; give a recording's file path (or no voice for the "
+                "built-in one)"
+            )
         channels, sample_rate = _read_audio_file(Path(audio))
     elif isinstance(audio, tuple) and len(audio) == 2:
         waveform, sample_rate = audio

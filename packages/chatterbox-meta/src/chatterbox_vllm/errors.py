@@ -1,7 +1,7 @@
 """Errors raised for bad input. Each says which argument was wrong and what is accepted.
 
 All derive from :class:`ChatterboxError`; the input errors also derive from :class:`ValueError`
-(and the missing-file one from :class:`FileNotFoundError`) so generic handlers keep working.
+(and the missing-file ones from :class:`FileNotFoundError`) so generic handlers keep working.
 Raising one never leaves a :class:`~chatterbox_vllm.ChatterboxTTS` in a broken state: inputs are
 validated before any engine work starts.
 """
@@ -46,6 +46,10 @@ class SilentAudioError(AudioError):
 
 class InvalidAudioError(AudioError):
     """NaN/inf samples, wrong shape or dtype, bad sample rate."""
+
+
+class AudioFileNotFoundError(AudioError, FileNotFoundError):
+    """The voice recording's path does not exist (also a :class:`FileNotFoundError`)."""
 
 
 class CheckpointError(ChatterboxError, FileNotFoundError):
