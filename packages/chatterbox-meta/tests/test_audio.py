@@ -82,6 +82,23 @@ def test_waveform_tuple_input_channels_first() -> None:
         load_voice_audio((stereo, 16_000.0))  # type: ignore[arg-type]
 
 
+def test_integer_waveforms_are_pcm_by_their_full_scale() -> None:
+    # What scipy.io.wavfile.read and soundfile.read(dtype="int16") return for a WAV.
+    sine = _sine(300, 1.2, 16_000, amplitude=0.5)
+    expected = load_voice_audio((sine, 16_000))
+    for pcm in (
+        np.round(sine * 32767).astype(np.int16),
+        torch.from_numpy(np.round(sine * 32767).astype(np.int16)),
+        np.round(sine.astype(np.float64) * 2147483647).astype(np.int32),
+    ):
+        loaded = load_voice_audio((pcm, 16_000))
+        assert loaded.dtype == torch.float32 and loaded.shape == expected.shape
+        torch.testing.assert_close(loaded, expected, atol=1e-4, rtol=0)
+    for other in (np.int64, np.uint8, np.int8):
+        with pytest.raises(InvalidAudioError, match=r"taken as 16- or 32-bit PCM \(int16, int32\)"):
+            load_voice_audio((np.round(sine * 100).astype(other), 16_000))
+
+
 def test_16k_copy_keeps_the_signal() -> None:
     wave = torch.from_numpy(_sine(500, 2.0, S3GEN_SAMPLE_RATE))
     copy = to_tokenizer_rate(wave)

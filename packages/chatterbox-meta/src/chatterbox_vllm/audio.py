@@ -52,7 +52,7 @@ previous chunk's trailing room tone into that onset; it never eats into a word."
 
 AudioInput = str | os.PathLike | tuple[torch.Tensor | np.ndarray, int]
 """A path to an audio file, or ``(waveform, sample_rate)`` with waveform ``[samples]`` or
-``[channels, samples]`` (torchaudio's layout)."""
+``[channels, samples]`` (torchaudio's layout): float samples in [-1, 1], or int16 / int32 PCM."""
 
 # libsndfile major formats by file suffix, so an unsupported file is named as such instead of
 # surfacing as a decoder error. (libsndfile also sniffs content; the suffix only picks the message.)
@@ -102,21 +102,38 @@ def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(sample_rate)
 
 
+PCM_FULL_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+"""Integer samples taken as PCM, by their full scale (what libsndfile reads a 16- or 32-bit WAV
+as, and what ``scipy.io.wavfile.read`` and ``soundfile.read(..., dtype="int16")`` return)."""
+
+
 def _as_channels_first(waveform: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(waveform, torch.Tensor):
         if waveform.is_complex():  # casting would silently drop the imaginary part
             raise InvalidAudioError(
                 f"waveform must be real-valued samples, got complex dtype {waveform.dtype}"
             )
-        array = waveform.detach().to("cpu", torch.float32).numpy()
-    elif isinstance(waveform, np.ndarray):
+        if waveform.is_floating_point():  # NumPy has no bfloat16
+            waveform = waveform.to(torch.float32)
+        waveform = waveform.detach().cpu().numpy()
+    if isinstance(waveform, np.ndarray):
         if np.issubdtype(waveform.dtype, np.complexfloating):
             raise InvalidAudioError(
                 f"waveform must be real-valued samples, got complex dtype {waveform.dtype}"
             )
         if not np.issubdtype(waveform.dtype, np.number):
             raise InvalidAudioError(f"waveform must be numeric, got dtype {waveform.dtype}")
-        array = waveform.astype(np.float32, copy=False)
+        if np.issubdtype(waveform.dtype, np.integer):
+            scale = PCM_FULL_SCALE.get(waveform.dtype)
+            if scale is None:
+                raise InvalidAudioError(
+                    f"waveform has integer dtype {waveform.dtype}; integer samples are taken as "
+                    "16- or 32-bit PCM (int16, int32): convert it to one of those, or to float "
+                    "samples in [-1, 1]"
+                )
+            array = (waveform.astype(np.float32) / np.float32(scale)).astype(np.float32)
+        else:
+            array = waveform.astype(np.float32, copy=False)
     else:
         raise InvalidAudioError(
             f"waveform must be a torch.Tensor or numpy.ndarray, got {type(waveform).__name__}"
