@@ -216,3 +216,27 @@ def test_logs_go_to_the_stderr_of_the_moment(monkeypatch) -> None:
         root.handlers[:] = handlers  # the root logger as it was
         root.setLevel(level)
     assert second.getvalue() == "INFO chatterbox_vllm.test: two\n"
+
+
+def test_out_may_not_be_the_voice_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    import soundfile
+
+    from chatterbox_vllm.cli import main
+
+    voice = tmp_path / "me.wav"
+    soundfile.write(voice, 0.3 * np.sin(np.arange(48_000) / 8), 24_000)
+    recording = voice.read_bytes()
+    (tmp_path / "link.wav").symlink_to(voice)
+    (tmp_path / "text.txt").write_text("Hello.")
+    # The same file however it is spelled; checked before the model loads.
+    for out in (voice, tmp_path / "." / "me.wav", tmp_path / "link.wav"):
+        for command in ("speak", "bench"):
+            text = ["Hello."] if command == "speak" else ["--text-file", str(tmp_path / "text.txt")]
+            args = [command, *text, "--voice", str(voice), "--out", str(out)]
+            assert main([*args, "--model-dir", "nowhere"]) == 1
+            stderr = capsys.readouterr().err
+            assert f"--out {out} is the --voice recording: the speech would replace it" in stderr
+    assert voice.read_bytes() == recording
