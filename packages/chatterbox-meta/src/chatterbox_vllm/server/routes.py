@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -493,7 +493,7 @@ def _methods_of_path(app: FastAPI, request: Request) -> list[str]:
 
 
 def _http_error_message(
-    request: Request, error: StarletteHTTPException, headers: dict[str, str] | None
+    request: Request, error: StarletteHTTPException, headers: Mapping[str, str] | None
 ) -> str:
     """What went wrong, for the errors Starlette and FastAPI raise themselves."""
     cause = error.__cause__
