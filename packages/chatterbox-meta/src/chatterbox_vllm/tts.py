@@ -189,6 +189,18 @@ def _check_before_loading(config: EngineConfig) -> None:
     check_device(config.device)
 
 
+def _check_streaming(streaming: object) -> None:
+    """A stream's window sizes are checked where it opens: S3Gen reads them only as each lane
+    opens (a text stream's first one after its first sentence), and with its own error."""
+    from chatterbox_s3gen.streaming import StreamingConfig
+
+    if streaming is not None and not isinstance(streaming, StreamingConfig):
+        raise InvalidParameterError(
+            "streaming must be a chatterbox_s3gen.StreamingConfig (the stream's window sizes) "
+            f"or None for the defaults, got {type(streaming).__name__}"
+        )
+
+
 def _default_voice(path: Path) -> Voice | None:
     """The checkpoint's built-in voice (``conds.pt``), if it has one."""
     if (path / "conds.pt").is_file():
@@ -518,6 +530,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         Streams run concurrently with each other (and share S3Gen batches); all checks happen
         here, before anything is queued."""
         self._check_open()
+        _check_streaming(streaming)
         params = params or GenerationParams.for_model(self.model)
         plan = plan_requests([text], [params], self.config, self.model)
         voice_value = self._resolve_voice(voice)
@@ -604,6 +617,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         its session's audio meanwhile (what :meth:`stream_text` / :meth:`astream_text` and the
         WebSocket route do). Voice and controls are checked here, before anything is queued."""
         self._check_open()
+        _check_streaming(streaming)
         params = params or GenerationParams.for_model(self.model)
         planner = IncrementalPlanner(params, self.config, self.model)
         session = self._open_session(
