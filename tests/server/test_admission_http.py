@@ -306,3 +306,25 @@ def test_head_is_get_without_the_body_and_405_lists_every_method_of_the_path() -
         head_speech = httpx.head(base + "/v1/audio/speech")
         assert head_speech.status_code == 405 and head_speech.headers["allow"] == "POST"
         assert httpx.get(base + "/health", timeout=5).json()["status"] == "ok"
+
+
+def test_a_compressed_body_is_refused_saying_so() -> None:
+    import gzip
+
+    with serving(capacity=1.0) as (base, engine):
+        body = gzip.compress(json.dumps(BODY).encode())
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        refused = httpx.post(base + "/v1/audio/speech", content=body, headers=headers)
+        assert refused.status_code == 415 and refused.headers["accept-encoding"] == "identity"
+        assert refused.json()["error"]["message"] == (
+            "request bodies are read as sent: Content-Encoding gzip is not supported; send the "
+            "body uncompressed (no Content-Encoding header)"
+        )
+        assert engine.sessions.empty()
+        # The same request uncompressed is served.
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream("POST", base + "/v1/audio/speech", json=BODY) as response,
+        ):
+            engine.sessions.get(timeout=5).finish()
+            assert response.status_code == 200 and len(response.read()) == 4800

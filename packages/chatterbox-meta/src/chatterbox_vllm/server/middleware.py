@@ -35,10 +35,21 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
-async def send_json_error(send: Send, status: int, message: str, *, close: bool = False) -> None:
+async def send_json_error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    close: bool = False,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     """An OpenAI-shaped error answered from middleware (before any route ran)."""
     body = json.dumps(error_body(message)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        *(headers or ()),
+    ]
     if close:  # the rest of the request body is never read: the connection cannot be reused
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -118,7 +129,8 @@ class BodyTooLarge(Exception):
 
 
 class LimitRequestBodies:
-    """Reads a request body only up to ``limit_for(path)`` bytes: a ``Content-Length`` above it
+    """Reads a request body only up to ``limit_for(path)`` bytes, as sent (a compressed body, any
+    ``Content-Encoding`` but identity, is a 415 before a byte is read): a ``Content-Length`` above it
     is answered 413 before a byte is read, and a chunked body is read until it passes the limit,
     then answered 413 (the connection is closed; the rest is never read). A body within the limit
     is buffered and handed to the app as it came."""
@@ -132,6 +144,18 @@ class LimitRequestBodies:
             return
         limit, what = self.limit_for(scope["path"])
         too_large = f"request body is larger than {limit:,} bytes, the most {what}"
+        coding = dict(scope["headers"]).get(b"content-encoding", b"identity").strip().lower()
+        if coding not in (b"", b"identity"):
+            # Read as it is, a gzip body is 'not UTF-8' or an unreadable multipart: say why.
+            await send_json_error(
+                send,
+                415,
+                f"request bodies are read as sent: Content-Encoding {coding.decode('latin-1')} is "
+                "not supported; send the body uncompressed (no Content-Encoding header)",
+                close=True,
+                headers=[(b"accept-encoding", b"identity")],
+            )
+            return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
