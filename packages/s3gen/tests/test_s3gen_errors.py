@@ -100,3 +100,26 @@ def test_bad_config_file_is_a_checkpoint_error(tmp_path: Path, tiny_checkpoint: 
         S3Gen.from_checkpoint(tmp_path)
     with pytest.raises(ConfigurationError, match="must be 64"):
         chatterbox_s3gen.S3GenConfig(tokenizer_state=128, tokenizer_heads=4)
+
+
+def test_the_command_line_names_what_it_cannot_use_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chatterbox_s3gen.cli import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["export-onnx", str(tmp_path / "nowhere"), str(tmp_path / "out")],
+         f"chatterbox-s3gen export-onnx: error: no S3Gen checkpoint at {tmp_path / 'nowhere'}"),
+        (["write-random-checkpoint", str(a_file / "sub")],
+         f"chatterbox-s3gen write-random-checkpoint: error: cannot write {a_file / 'sub'}: Not a "
+         "directory"),
+        (["write-random-checkpoint", "/proc/x"],
+         "chatterbox-s3gen write-random-checkpoint: error: cannot write /proc/x: No such file"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        captured = capsys.readouterr()
+        assert captured.err.startswith(message), captured.err
+        assert "Traceback" not in captured.err and captured.out == "", argv
