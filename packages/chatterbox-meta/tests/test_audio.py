@@ -80,6 +80,9 @@ def test_waveform_tuple_input_channels_first() -> None:
         load_voice_audio((stereo.T.contiguous(), 16_000))
     with pytest.raises(InvalidAudioError, match="sample_rate must be an int"):
         load_voice_audio((stereo, 16_000.0))  # type: ignore[arg-type]
+    for no_channels in (stereo[:0], stereo[:0].numpy()):  # shape (0, samples)
+        with pytest.raises(InvalidAudioError, match=r"\(0, 19200\) has no channels"):
+            load_voice_audio((no_channels, 16_000))
 
 
 def test_integer_waveforms_are_pcm_by_their_full_scale() -> None:

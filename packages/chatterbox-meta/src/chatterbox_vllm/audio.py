@@ -141,6 +141,11 @@ def _as_channels_first(waveform: torch.Tensor | np.ndarray) -> np.ndarray:
     if array.ndim == 1:
         return array[None, :]
     if array.ndim == 2:
+        if array.shape[0] == 0:  # averaging no channels would be NaN, or no samples at all
+            raise InvalidAudioError(
+                f"waveform of shape {tuple(array.shape)} has no channels; pass [samples] or "
+                "[channels, samples] with at least one channel"
+            )
         if array.shape[0] > 16 and array.shape[1] <= 16:
             raise InvalidAudioError(
                 f"waveform of shape {tuple(array.shape)} looks like [samples, channels]; "

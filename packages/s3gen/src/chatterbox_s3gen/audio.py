@@ -165,6 +165,11 @@ def as_mono_waveform(wav: object, argument: str = "wav") -> torch.Tensor:
         wav = wav.float() / 2147483648.0
     if wav.dim() == 2:
         channels = wav.shape[0]
+        if channels == 0:  # their mean would be NaN samples
+            raise S3GenInputError(
+                f"{argument} has shape {tuple(wav.shape)}: no channels; pass (samples,) or "
+                "(channels, samples) with at least one channel"
+            )
         if channels > MAX_CHANNELS:
             raise S3GenInputError(
                 f"{argument} has shape {tuple(wav.shape)}; 2-D audio must be (channels, samples) "
