@@ -240,3 +240,26 @@ def test_out_may_not_be_the_voice_recording(
             stderr = capsys.readouterr().err
             assert f"--out {out} is the --voice recording: the speech would replace it" in stderr
     assert voice.read_bytes() == recording
+
+
+def test_out_dash_on_a_terminal_is_refused_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from chatterbox_vllm.cli import main
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    assert main(["speak", "Hello.", "--out", "-", "--model-dir", "nowhere"]) == 1
+    stderr = capsys.readouterr().err
+    assert "--out - writes WAV audio to standard output, which is a terminal here" in stderr
+    assert terminal.getvalue() == ""
+    # A pipe or a file takes it: the next check (the checkpoint) is reached.
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    assert main(["speak", "Hello.", "--out", "-", "--model-dir", "nowhere"]) == 1
+    assert "checkpoint directory nowhere does not exist" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -256,6 +257,13 @@ def check_output(path: str | os.PathLike, voice: AudioInput | None = None) -> No
     without changing what is there (see :func:`chatterbox_vllm.paths.check_writable`), and that
     it is not the ``voice`` recording (the speech would replace it)."""
     if os.fspath(path) == "-":
+        if sys.stdout is not None and sys.stdout.isatty():
+            # Binary audio on a terminal is noise that can leave it in a garbled state.
+            raise OutputPathError(
+                "--out - writes WAV audio to standard output, which is a terminal here: pipe it "
+                "to a player (| aplay) or redirect it to a file (> speech.wav), or give --out "
+                "a file name"
+            )
         return
     if (
         isinstance(voice, str | os.PathLike)
