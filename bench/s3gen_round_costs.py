@@ -6,12 +6,17 @@ steady one (a full ``chunk_tokens`` window with its left context), it prints the
 flow, the vocoder), and the GPU kernel time of the round (``torch.profiler``): wall well above
 kernel time means the round is bound by launching work, not by the GPU doing it.
 
-``--contend`` runs the same table a second time while another process keeps the GPU busy with
+The model is prepared as a streaming server prepares it (``prepare_stream_graphs`` for
+``--max-rows``: the CFM loop, the flow encoder and HiFT captured at every window shape); each
+table runs with the encoder and HiFT graphs (``kernel graphs``) and without them (eager, as
+before they were captured), side by side.
+
+``--contend`` runs the tables a second time while another process keeps the GPU busy with
 decode-like matmul steps (``--contend-busy-ms`` of kernels, then ``--contend-idle-ms`` of host
 time, as vLLM's engine process does beside the server's S3Gen): two CUDA contexts time-slice
 the GPU, and the ratio of the two tables is what T3's engine process costs S3Gen's rounds.
 
-    python bench/s3gen_round_costs.py --size full --device cuda --rows 1 2 4 8 16 32 64 --contend
+    python bench/s3gen_round_costs.py --size full --device cuda --rows 1 2 4 8 16 32 --contend
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from chatterbox_s3gen.streaming import (
     StreamingConfig,
     StreamWindow,
     flow_windows,
+    prepare_stream_graphs,
     synthesize_windows,
     vocode_windows,
 )
@@ -99,49 +105,48 @@ def _encoder_only(s3gen: S3Gen, windows: Sequence[StreamWindow]) -> Callable[[],
     """The flow encoder at the round's padded shape (what ``flow_windows`` runs first)."""
     from chatterbox_s3gen.streaming import TOKEN_BUCKET, _round_up, _row_bucket
 
-    flow = s3gen.flow
     rows = _row_bucket(len(windows))
     width = _round_up(max(int(w.flow_tokens().numel()) for w in windows), TOKEN_BUCKET)
-    dtype = flow.input_embedding.weight.dtype
-    embedded = torch.zeros(
-        rows, width, flow.input_embedding.embedding_dim, device=s3gen.device, dtype=dtype
-    )
-    lengths = torch.full((rows,), width, device=s3gen.device)
-
-    @torch.inference_mode()
-    def run() -> object:
-        hidden, _ = flow.encoder(embedded, lengths)
-        return flow.encoder_proj(hidden)
-
-    return run
+    tokens = torch.zeros(rows, width, dtype=torch.int64, device=s3gen.device)
+    lengths = torch.full((rows,), width, dtype=torch.int64, device=s3gen.device)
+    return functools.partial(s3gen.flow.encode, tokens, lengths)
 
 
 def _table(s3gen: S3Gen, voice, args: argparse.Namespace, label: str) -> None:
     config = StreamingConfig()
     kinds = {"first": 0, "steady": args.steady_index}
+    captured = (s3gen.flow.encoder_graphs, s3gen.anchored_hift_graphs)
     print(f"\n## {label}\n")
     print(
-        "| window | rows | flow tokens | round wall ms | ms per window | encoder ms | flow ms "
-        "| vocode ms | kernel ms | wall / kernel |"
+        "| window | rows | kernel graphs | flow tokens | round wall ms | ms per window "
+        "| encoder ms | flow ms | vocode ms | kernel ms | wall / kernel |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for kind, index in kinds.items():
-        for rows in args.rows:
-            windows = _windows_of_kind(s3gen, voice, rows, index, config, args.n_timesteps)
-            tokens = max(int(w.flow_tokens().numel()) for w in windows)
-            mels = flow_windows(s3gen, windows)
-            whole = functools.partial(synthesize_windows, s3gen, windows)
-            total = _wall(whole, args.repeats)
-            flow = _wall(functools.partial(flow_windows, s3gen, windows), args.repeats)
-            vocode = _wall(functools.partial(vocode_windows, s3gen, windows, mels), args.repeats)
-            encoder = _wall(_encoder_only(s3gen, windows), args.repeats)
-            kernel = _kernel_seconds(whole)
-            print(
-                f"| {kind} | {rows} | {tokens} | {total * 1e3:.1f} | {total * 1e3 / rows:.2f} "
-                f"| {encoder * 1e3:.1f} | {flow * 1e3:.1f} | {vocode * 1e3:.1f} "
-                f"| {kernel * 1e3:.1f} | {total / max(kernel, 1e-9):.2f} |",
-                flush=True,
-            )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    cases = [
+        (kind, index, rows, graphs)
+        for kind, index in kinds.items()
+        for rows in args.rows
+        for graphs in (False, True)
+    ]
+    for kind, index, rows, graphs in cases:
+        s3gen.flow.encoder_graphs, s3gen.anchored_hift_graphs = captured if graphs else (None, None)
+        windows = _windows_of_kind(s3gen, voice, rows, index, config, args.n_timesteps)
+        tokens = max(int(w.flow_tokens().numel()) for w in windows)
+        mels = flow_windows(s3gen, windows)
+        whole = functools.partial(synthesize_windows, s3gen, windows)
+        total = _wall(whole, args.repeats)
+        flow = _wall(functools.partial(flow_windows, s3gen, windows), args.repeats)
+        vocode = _wall(functools.partial(vocode_windows, s3gen, windows, mels), args.repeats)
+        encoder = _wall(_encoder_only(s3gen, windows), args.repeats)
+        kernel = _kernel_seconds(whole)
+        print(
+            f"| {kind} | {rows} | {'yes' if graphs else 'no'} | {tokens} | {total * 1e3:.1f} "
+            f"| {total * 1e3 / rows:.2f} "
+            f"| {encoder * 1e3:.1f} | {flow * 1e3:.1f} | {vocode * 1e3:.1f} "
+            f"| {kernel * 1e3:.1f} | {total / max(kernel, 1e-9):.2f} |",
+            flush=True,
+        )
+    s3gen.flow.encoder_graphs, s3gen.anchored_hift_graphs = captured
 
 
 def _contender(busy_ms: float, idle_ms: float, ready, stop) -> None:
@@ -191,7 +196,10 @@ def main() -> None:
     parser.add_argument("--size", choices=["tiny", "full"], default="full")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
-    parser.add_argument("--rows", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--rows", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument(
+        "--max-rows", type=int, default=32, help="rows a round holds (the server's default)"
+    )
     parser.add_argument("--prompt-seconds", type=float, default=10.0)
     parser.add_argument("--n-timesteps", type=int, default=10)
     parser.add_argument("--steady-index", type=int, default=4, help="window index of 'steady'")
@@ -223,6 +231,12 @@ def main() -> None:
         t.shape, generator=torch.Generator().manual_seed(0)
     )
     voice = s3gen.embed_ref(prompt, 24_000)
+    begin = time.perf_counter()
+    report = prepare_stream_graphs(s3gen, StreamingConfig(), args.max_rows, args.n_timesteps)
+    print(
+        f"# prepared like a server for {args.max_rows} rows: {report.captures} CFM graphs, "
+        f"{report.warmed} encoder/HiFT shapes, {time.perf_counter() - begin:.1f} s"
+    )
     print(
         f"# {args.checkpoint or args.size} checkpoint, "
         f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}, "

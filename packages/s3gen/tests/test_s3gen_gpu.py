@@ -5,6 +5,7 @@ frame buckets, graph reuse, eviction) gives the eager mels."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,20 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def full_float32_convolutions() -> Iterator[None]:
+    """cuDNN convolutions in float32 rather than TF32 (PyTorch's default for them): TF32 keeps
+    10 mantissa bits, so two batch shapes that pick different conv algorithms (a padded graph
+    and an exact eager batch) differ by ~1e-4 relative from that rounding alone, which would
+    hide what these tests check (padding, graphs and batching do not change the math)."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +140,45 @@ def test_cuda_low_precision(
     assert float((mel - reference).abs().max() / reference.abs().max()) < 0.1
     (wav,) = model.synthesize([ids], [voice_a], seeds=[0])
     assert bool(torch.isfinite(wav).all())
+
+
+def test_captured_encoder_and_hift_replay_their_eager_results(tiny_checkpoint: Path) -> None:
+    """A streaming server's encoder and anchored-HiFT graphs (captured at start-up) give what
+    the eager parts give for new inputs at a prepared shape, replay after replay."""
+    from chatterbox_s3gen.streaming import (
+        StreamingConfig,
+        anchored_hift,
+        prepare_stream_kernels,
+    )
+
+    model = S3Gen.from_checkpoint(tiny_checkpoint, device="cuda")
+    prepared = prepare_stream_kernels(
+        model, StreamingConfig(first_chunk_tokens=8, chunk_tokens=16), 2
+    )
+    assert model.graph_stats()["kernel_graphs"] == prepared == 2 * 3 + 2 * 4
+    encoder, vocoder = model.flow.encoder_graphs, model.anchored_hift_graphs
+    assert encoder is not None and vocoder is not None
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    hift = model.mel2wav
+    harmonics = hift.num_harmonics
+    for lengths in ([64, 37], [5, 64]):
+        tokens = torch.randint(0, 6561, (2, 64), device="cuda", generator=generator)
+        token_lengths = torch.tensor(lengths, device="cuda")
+        mu, mel_lengths = (t.clone() for t in model.flow.encode(tokens, token_lengths))
+        eager_mu, eager_lengths = model.flow.encode_eager(tokens, token_lengths)
+        assert torch.equal(mel_lengths, eager_lengths)
+        torch.testing.assert_close(mu, eager_mu, rtol=1e-5, atol=1e-5)
+
+        frames = [48, 20] if lengths[0] == 64 else [7, 48]
+        inputs = (
+            torch.randn(2, 80, 48, device="cuda", generator=generator) - 5,
+            torch.tensor(frames, device="cuda"),
+            torch.randn(2, harmonics, 48 * 480, device="cuda", generator=generator),
+            torch.tensor([10, 3], device="cuda"),
+            torch.rand(2, harmonics, device="cuda", dtype=torch.float64, generator=generator),
+            torch.rand(2, harmonics, device="cuda", dtype=torch.float64, generator=generator),
+        )
+        replayed = [t.clone() for t in vocoder.run(*inputs)]
+        for got, want in zip(replayed, anchored_hift(hift, *inputs)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert encoder.eager_runs == 0 and vocoder.eager_runs == 0

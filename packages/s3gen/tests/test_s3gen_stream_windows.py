@@ -19,11 +19,11 @@ from chatterbox_s3gen.streaming import (
     S3GenStream,
     StreamingConfig,
     prepare_stream_graphs,
+    prepare_stream_kernels,
     stream_flow_shapes,
     stream_kernel_shapes,
     stream_source_noise,
     synthesize_windows,
-    warm_stream_kernels,
 )
 from chatterbox_s3gen.vocoders import GriffinLimVocoder, register_vocoder
 from vllm_cpu_test_support.signals import chirp
@@ -261,7 +261,7 @@ def test_warm_up_runs_every_eager_shape_and_later_ones_are_counted_cold(
     # flow tokens up to 50 + 25 + 16 + 3 = 94 -> 96; frames up to 2 x 19 + 8 + 10 + 1 = 57 -> 64
     assert encoder == [(1, 32), (1, 64), (1, 96)]
     assert vocoder == [(1, 16), (1, 32), (1, 48), (1, 64)]
-    assert warm_stream_kernels(model, cfg, 1, run=True) == 7
+    assert prepare_stream_kernels(model, cfg, 1, run=True) == 7
     assert model.graph_stats()["cold_shapes_after_seal"] == 0
     # Two streams in one round: rows 2, which a warm-up for one row did not run.
     streams = [S3GenStream(model, voice_a, seed=i, n_timesteps=2, config=cfg) for i in range(2)]
@@ -285,9 +285,10 @@ def test_a_failing_warm_up_leaves_the_rest_cold_and_the_model_usable(
         return forward(mel, *args, **kwargs)
 
     monkeypatch.setattr(model.mel2wav, "forward", out_of_memory)
-    with caplog.at_level("WARNING", logger="chatterbox_s3gen.streaming"):
-        assert warm_stream_kernels(model, cfg, 1, run=True) == 3 + 2  # HiFT stopped at 48
-    assert "stopped (CUDA out of memory (simulated))" in caplog.text
+    with caplog.at_level("WARNING", logger="chatterbox_s3gen.graphs"):
+        assert prepare_stream_kernels(model, cfg, 1, run=True) == 3 + 2  # HiFT stopped at 48
+    assert "anchored HiFT stopped at [(1, 80, 48)" in caplog.text
+    assert "(CUDA out of memory (simulated))" in caplog.text
     monkeypatch.setattr(model.mel2wav, "forward", forward)
     stream = S3GenStream(model, voice_a, seed=0, n_timesteps=2, config=cfg)
     (chunks,) = drive(model, [stream], [tokens(30, 1)], rate=30, bucket=True)

@@ -574,9 +574,9 @@ def test_gpu_stream_noise_is_one_sequence_drawn_on_the_gpu() -> None:
 def test_gpu_start_up_warm_up_leaves_no_cold_shape(
     tiny_checkpoint, voice_a, voice_b, voice_odd, tokens, dtype
 ) -> None:
-    """What a GPU server does at start-up (capture the flow shapes, run the eager encoder/HiFT
-    shapes once) in the product's dtypes, then mixed streams in rounds of up to 4: nothing
-    captured, nothing cold, nothing eager while serving."""
+    """What a GPU server does at start-up (capture the flow shapes, the encoder and HiFT
+    shapes) in the product's dtypes, then mixed streams in rounds of up to 4: nothing captured,
+    nothing cold, nothing eager while serving, and the eager model's audio."""
     from chatterbox_s3gen.streaming import prepare_stream_graphs
 
     model = S3Gen.from_checkpoint(tiny_checkpoint, device="cuda", dtype=dtype)
@@ -587,5 +587,14 @@ def test_gpu_start_up_warm_up_leaves_no_cold_shape(
     audio = _drive_together(model, specs, bucket=None)
     assert all(bool(torch.isfinite(a).all()) and a.numel() > 0 for a in audio)
     stats = model.graph_stats()
-    assert stats["cold_shapes_after_seal"] == 0
+    assert stats["cold_shapes_after_seal"] == 0 and stats["kernel_graphs"] == 3 * 6 + 3 * 15
     assert stats["captures_after_seal"] == 0 and stats["eager_after_seal"] == 0
+    assert model.flow.encoder_graphs.eager_runs == 0
+    assert model.anchored_hift_graphs.eager_runs == 0
+    # The captured encoder, HiFT and CFM loops give the eager model's streamed audio.
+    eager = S3Gen.from_checkpoint(tiny_checkpoint, device="cuda", dtype=dtype, cuda_graphs=False)
+    for a, b in zip(audio, _drive_together(eager, specs, bucket=True)):
+        assert a.shape == b.shape
+        assert float((a - b).abs().max() / b.abs().max()) < (
+            1e-3 if dtype == torch.float32 else 2e-2
+        )

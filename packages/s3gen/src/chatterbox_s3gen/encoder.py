@@ -46,6 +46,10 @@ class RelativePositionTable(nn.Module):
             self._cache[key] = table
         return table
 
+    def tables(self) -> list[torch.Tensor]:
+        """The tables cached now (a captured graph that read them keeps them alive)."""
+        return list(self._cache.values())
+
 
 class LinearEmbed(nn.Module):
     """Linear + LayerNorm input layer, then ``x * sqrt(dim)`` (ESPnet rel-pos scaling)."""

@@ -8,7 +8,7 @@ Everything runs on right-padded batches with per-item lengths; see :meth:`Causal
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,7 @@ from chatterbox_s3gen.config import S3GenConfig
 from chatterbox_s3gen.constants import MEL_CHANNELS, SPEAKER_EMBEDDING_DIM, SPEECH_VOCAB_SIZE
 from chatterbox_s3gen.encoder import UpsampleConformerEncoder
 from chatterbox_s3gen.estimator import ConditionalDecoder
+from chatterbox_s3gen.graphs import ShapeGraphs, capture
 from chatterbox_s3gen.masks import length_mask
 
 logger = logging.getLogger(__name__)
@@ -369,30 +370,6 @@ class EulerGraphs:
         }
 
 
-def _capture(
-    graph: torch.cuda.CUDAGraph,
-    pool: object,
-    device: torch.device,
-    solve: Callable[[], torch.Tensor],
-) -> torch.Tensor:
-    """Captures ``solve`` into ``graph`` on a side stream, as ``torch.cuda.graph`` does, without
-    the ``gc.collect()`` and ``torch.cuda.empty_cache()`` it runs before every capture: per shape
-    (dozens at start-up) the collection walks every object of a process that imported vLLM, and
-    emptying the cache hands the previous shape's blocks back to the driver, so each next
-    shape's warm-up solve allocates them again with ``cudaMalloc``. vLLM's piecewise graphs
-    skip both after their first capture for the same reasons."""
-    torch.cuda.synchronize(device)
-    side = torch.cuda.Stream(device)
-    with torch.cuda.stream(side):
-        # thread_local: another thread of the process (T3 conditioning, a pipeline's main loop)
-        # may use CUDA while this one captures; only this thread's calls are restricted.
-        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
-        try:
-            return solve()
-        finally:
-            graph.capture_end()
-
-
 class _CapturedSolve:
     def __init__(
         self,
@@ -430,7 +407,7 @@ class _CapturedSolve:
             self._eager()
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        self.out = _capture(self.graph, pool, device, self._eager)
+        self.out = capture(self.graph, pool, device, self._eager)
 
     def _eager(self) -> torch.Tensor:
         return self.cfm._solve_eager(
@@ -471,6 +448,34 @@ class CausalMaskedDiffWithXvec(nn.Module):
         self.encoder = UpsampleConformerEncoder(config)
         self.encoder_proj = nn.Linear(config.encoder_dim, MEL_CHANNELS)
         self.decoder = ConditionalCFM(config)
+        self.encoder_graphs: ShapeGraphs | None = None
+        """:meth:`encode` captured at a streaming server's fixed window shapes
+        (:func:`chatterbox_s3gen.streaming.prepare_stream_kernels`); None: always eager."""
+
+    def encoder_parameters_fingerprint(self) -> tuple[int, ...]:
+        """Addresses of every weight :meth:`encode` reads (a captured encode replays them)."""
+        modules = (self.input_embedding, self.encoder, self.encoder_proj)
+        return tuple(p.data_ptr() for m in modules for p in m.parameters())
+
+    def encode_eager(
+        self, tokens: torch.Tensor, token_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``[B, L]`` (right-padded, on the device) and their lengths ``[B]`` (on the
+        device) -> ``mu`` ``[B, 80, 2L]`` in the flow's dtype and its mel lengths ``[B]``."""
+        dtype = self.input_embedding.weight.dtype
+        token_mask = length_mask(token_lengths, tokens.shape[1]).unsqueeze(-1).to(dtype)
+        embedded = self.input_embedding(torch.clamp(tokens, min=0)) * token_mask
+        hidden, mel_lengths = self.encoder(embedded, token_lengths)
+        return self.encoder_proj(hidden).transpose(1, 2), mel_lengths
+
+    def encode(
+        self, tokens: torch.Tensor, token_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_eager`, replayed from :attr:`encoder_graphs` at a prepared shape (the
+        outputs are then the graph's buffers: used before the next call of that shape)."""
+        if self.encoder_graphs is not None:
+            return self.encoder_graphs.run(tokens, token_lengths)
+        return self.encode_eager(tokens, token_lengths)
 
     @torch.inference_mode()
     def inference(
@@ -518,10 +523,7 @@ class CausalMaskedDiffWithXvec(nn.Module):
         token_lengths = token_lengths.to(device, non_blocking=True)
         prompt_mel_lengths = prompt_mel_lengths.to(device, non_blocking=True)
 
-        token_mask = length_mask(token_lengths, tokens.shape[1]).unsqueeze(-1).to(dtype)
-        embedded = self.input_embedding(torch.clamp(tokens, min=0)) * token_mask
-        hidden, mel_lengths = self.encoder(embedded, token_lengths)
-        mu = self.encoder_proj(hidden).transpose(1, 2)  # [B, 80, T]
+        mu, mel_lengths = self.encode(tokens, token_lengths)  # [B, 80, T], [B]
         if keep_frames is not None:
             # Columns past every kept length are never decoded: the CFM runs on fewer frames.
             mel_lengths = host_keep.to(device, non_blocking=True)

@@ -31,6 +31,7 @@ from chatterbox_s3gen.constants import (
 )
 from chatterbox_s3gen.errors import S3GenInputError, S3GenInputTypeError
 from chatterbox_s3gen.flow import CausalMaskedDiffWithXvec, EulerGraphs, GraphPreparation
+from chatterbox_s3gen.graphs import ShapeGraphs
 from chatterbox_s3gen.hift import HiFTGenerator
 from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.speaker_encoder import MIN_SPEAKER_SAMPLES, CAMPPlus
@@ -138,6 +139,9 @@ class S3Gen(nn.Module):
         self._vocoder_takes_seeds = False
         self._checkpoint_dir: Path | None = None
         self.warm_shapes: WarmShapes | None = None
+        self.anchored_hift_graphs: ShapeGraphs | None = None
+        """Streamed windows' anchored HiFT captured at a streaming server's fixed shapes
+        (:func:`chatterbox_s3gen.streaming.prepare_stream_kernels`); None: always eager."""
         """Set by a streaming server's warm-up (see :class:`WarmShapes`); None: not counted."""
         self.eval()
 
@@ -305,7 +309,9 @@ class S3Gen(nn.Module):
         """Start-up preparation counters: ``graphs`` held, ``captures`` so far, ``sealed``,
         ``eager_after_seal`` (batches no prepared shape held), ``captures_after_seal``
         (re-captures after new weights or noise; 0 while serving) and ``cold_shapes_after_seal``
-        (eager encoder/HiFT shapes the warm-up had not run, see :class:`WarmShapes`)."""
+        (eager encoder/HiFT shapes the warm-up had not run, see :class:`WarmShapes`) and
+        ``kernel_graphs`` (encoder and HiFT shapes prepared for streamed windows: CUDA graphs on
+        a GPU, see :func:`chatterbox_s3gen.streaming.prepare_stream_kernels`)."""
         graphs = self.flow.decoder.graphs
         stats: dict[str, int | bool] = (
             graphs.stats()
@@ -320,6 +326,9 @@ class S3Gen(nn.Module):
         )
         warm = self.warm_shapes
         stats["cold_shapes_after_seal"] = warm.cold_after_warmup if warm is not None else 0
+        stats["kernel_graphs"] = sum(
+            len(part) for part in (self.flow.encoder_graphs, self.anchored_hift_graphs) if part
+        )
         return stats
 
     @property

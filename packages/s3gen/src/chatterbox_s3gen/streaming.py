@@ -44,6 +44,7 @@ audio. :meth:`S3GenStream.push` / :meth:`S3GenStream.finish` do that loop for a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -67,7 +68,8 @@ from chatterbox_s3gen.errors import (
     S3GenInputTypeError,
 )
 from chatterbox_s3gen.flow import GraphPreparation, frame_bucket
-from chatterbox_s3gen.hift import draw_source_noise
+from chatterbox_s3gen.graphs import ShapeGraphs
+from chatterbox_s3gen.hift import HiFTGenerator, draw_source_noise
 from chatterbox_s3gen.model import S3Gen, WarmShapes
 from chatterbox_s3gen.reference import S3GenReference
 from chatterbox_s3gen.vocoders import HiFTTorchVocoder
@@ -869,60 +871,78 @@ def stream_kernel_shapes(
 
 
 @torch.inference_mode()
-def warm_stream_kernels(
-    s3gen: S3Gen, config: StreamingConfig, max_rows: int, *, run: bool | None = None
+def prepare_stream_kernels(
+    s3gen: S3Gen,
+    config: StreamingConfig,
+    max_rows: int,
+    *,
+    run: bool | None = None,
+    capture: bool | None = None,
 ) -> int:
-    """Run the flow encoder and HiFT once on zeros at every shape of
-    :func:`stream_kernel_shapes` (start-up work: each new shape costs cuDNN's plan selection and
-    allocator growth once, which would otherwise stall the first round that meets it while
-    serving), then count from now on the shapes met that were not run here
-    (:attr:`S3Gen.warm_shapes`, ``graph_stats()["cold_shapes_after_seal"]``). Returns the
-    number of shapes warmed (a failing run, e.g. out of memory, is logged and ends that part's
-    warm-up). ``run`` (default: on CUDA only; a CPU has nothing to warm) False only
-    records the shapes."""
-    if run is None:
-        run = s3gen.device.type == "cuda"
+    """Start-up work for the parts of a streamed round around the CFM loop: the flow encoder
+    (:meth:`CausalMaskedDiffWithXvec.encode`) and the anchored HiFT (:func:`anchored_hift`) at
+    every shape of :func:`stream_kernel_shapes`, each run once (every new shape costs cuDNN's
+    plan selection and the allocator's growth once, which would otherwise stall the first
+    round that meets it while serving) and captured as a CUDA graph that rounds of that shape
+    then replay (``S3Gen.flow.encoder_graphs``, :attr:`S3Gen.anchored_hift_graphs`). From now
+    on the shapes met that were not prepared here are counted
+    (:attr:`S3Gen.warm_shapes`, ``graph_stats()["cold_shapes_after_seal"]``).
+
+    ``capture`` (default: on CUDA) False keeps the graphs' static buffers and bookkeeping but
+    runs the parts eagerly on them (the CPU tests check everything around the capture that
+    way); ``run`` (default: on CUDA) False then also skips the one run per shape (a CPU has no
+    kernels to warm). A failing run or capture (out of
+    memory, say) is logged and ends that part's preparation: the rest of its shapes run
+    eagerly. Returns the number of shapes prepared."""
+    on_cuda = s3gen.device.type == "cuda"
+    capture = on_cuda if capture is None else capture
+    run = on_cuda if run is None else run
     encoder_shapes, vocoder_shapes = stream_kernel_shapes(
         config, max_rows, max_frames=s3gen.max_frames
     )
     flow, hift, device = s3gen.flow, s3gen.mel2wav, s3gen.device
-    dtype = flow.input_embedding.weight.dtype
     harmonics = hift.num_harmonics
+
+    # Examples are broadcast scalars (no memory of their own): all shapes' are listed at once.
+    def filled(value: float, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.full((), value, dtype=dtype, device=device).expand(*shape)
+
+    def encoder_example(rows: int, tokens: int) -> list[torch.Tensor]:
+        return [filled(0, rows, tokens, dtype=torch.int64), filled(tokens, rows, dtype=torch.int64)]
+
+    def vocoder_example(rows: int, frames: int) -> list[torch.Tensor]:
+        return [
+            filled(0, rows, MEL_CHANNELS, frames),
+            filled(frames, rows, dtype=torch.int64),
+            filled(0, rows, harmonics, frames * MEL_HOP),
+            filled(frames, rows, dtype=torch.int64),
+            filled(0, rows, harmonics, dtype=torch.float64),
+            filled(0, rows, harmonics, dtype=torch.float64),
+        ]
+
+    encoder = ShapeGraphs(
+        "flow encoder",
+        flow.encode_eager,
+        capture=capture,
+        keep_alive=flow.encoder.positions.tables,
+        fingerprint=flow.encoder_parameters_fingerprint,
+    )
+    vocoder = ShapeGraphs(
+        "anchored HiFT",
+        functools.partial(anchored_hift, hift),
+        capture=capture,
+        fingerprint=lambda: tuple(p.data_ptr() for p in hift.parameters()),
+    )
     warm = WarmShapes()
-
-    def run_encoder(rows: int, tokens: int) -> None:
-        embedded = torch.zeros(
-            rows, tokens, flow.input_embedding.embedding_dim, device=device, dtype=dtype
-        )
-        hidden, _ = flow.encoder(embedded, torch.full((rows,), tokens, device=device))
-        flow.encoder_proj(hidden)
-
-    def run_vocoder(rows: int, frames: int) -> None:
-        mel = torch.zeros(rows, MEL_CHANNELS, frames, device=device)
-        phases = torch.zeros(rows, harmonics, 1, device=device)
-        noise = torch.zeros(rows, harmonics, frames * MEL_HOP, device=device)
-        hift(mel, torch.full((rows,), frames, device=device), phases, noise)
-
-    for part, shapes, step, done in (
-        ("encoder", encoder_shapes, run_encoder, warm.encoder),
-        ("vocoder", vocoder_shapes, run_vocoder, warm.vocoder),
+    for graphs, shapes, example, done in (
+        (encoder, encoder_shapes, encoder_example, warm.encoder),
+        (vocoder, vocoder_shapes, vocoder_example, warm.vocoder),
     ):
-        for shape in shapes:
-            if run:
-                try:
-                    step(*shape)
-                except Exception as error:  # out of memory, a kernel the device lacks...
-                    # A warm-up costs speed when it fails, never the start: the rest run cold.
-                    logger.warning(
-                        "S3Gen: warm-up of the %s at %d rows x %d stopped (%s); shapes not "
-                        "warmed run cold on first use",
-                        part,
-                        *shape,
-                        error,
-                    )
-                    break
-            done.add(shape)
-    if run and device.type == "cuda":
+        prepared = graphs.prepare([example(*shape) for shape in shapes], warm=run)
+        done.update(shapes[:prepared])
+    flow.encoder_graphs = encoder
+    s3gen.anchored_hift_graphs = vocoder
+    if on_cuda:
         torch.cuda.synchronize(device)
     s3gen.warm_shapes = warm
     return len(warm.encoder) + len(warm.vocoder)
@@ -934,13 +954,18 @@ def prepare_stream_graphs(
     """A streaming server's start-up: :meth:`S3Gen.prepare_graphs` for every flow shape the
     windows of ``config`` can make in batches of up to ``max_rows`` (:func:`stream_flow_shapes`),
     captured now and sealed, so none is captured while serving; then
-    :func:`warm_stream_kernels` for the parts that run eagerly. ``n_timesteps``: default the
+    :func:`prepare_stream_kernels` for the flow encoder and HiFT. ``n_timesteps``: default the
     model's :attr:`S3Gen.flow_steps` (the meanflow decoder's shapes are the same, at 2 steps)."""
     report = s3gen.prepare_graphs(stream_flow_shapes(config, max_rows), n_timesteps)
     begin = time.perf_counter()
-    warmed = warm_stream_kernels(s3gen, config, max_rows)
+    warmed = prepare_stream_kernels(s3gen, config, max_rows)
     seconds = time.perf_counter() - begin
-    logger.info("S3Gen: flow encoder and HiFT run once at %d shapes in %.1f s", warmed, seconds)
+    logger.info(
+        "S3Gen: flow encoder and HiFT prepared at %d shapes in %.1f s%s",
+        warmed,
+        seconds,
+        " (CUDA graphs)" if s3gen.device.type == "cuda" else "",
+    )
     return dataclasses.replace(report, warmed=warmed, seconds=report.seconds + seconds)
 
 
@@ -1055,6 +1080,29 @@ def _vocode_plain(
     ]
 
 
+def anchored_hift(
+    hift: HiFTGenerator,
+    mel: torch.Tensor,
+    lengths: torch.Tensor,
+    noise: torch.Tensor,
+    upto: torch.Tensor,
+    anchors: torch.Tensor,
+    base: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HiFT on padded window mels ``[B, 80, T]`` (``lengths`` ``[B]``), each window's sine
+    started at the phase its anchor asks for: its F0 first (each window's starting phase depends
+    on the cycles its own F0 adds up to ``upto`` frames, where ``anchors`` ``[B, H]`` cycles
+    must be reached), then HiFT with ``base`` ``[B, H]`` phases and the source ``noise``.
+    Returns the waveforms ``[B, 480 T]`` (float32), the F0 ``[B, T]`` and the starting cycles
+    ``[B, H]`` (float64), all on the device: one function of device tensors, so a streaming
+    server captures it as one CUDA graph per shape."""
+    f0 = hift.predict_f0(mel, lengths)
+    start = (anchors - _cycles_until(f0, upto, hift.num_harmonics)).remainder(1.0)
+    # sin(2pi(c + cumsum) + phase) == sin(2pi cumsum + (phase + 2pi c)): fold c into phases.
+    phases = (base + 2 * math.pi * start).float().unsqueeze(-1)
+    return hift(mel, lengths, phases, noise, f0=f0).float(), f0, start
+
+
 def _vocode_anchored(
     s3gen: S3Gen, windows: Sequence[StreamWindow], mels: Sequence[torch.Tensor], bucket: bool
 ) -> list[WindowResult]:
@@ -1084,19 +1132,23 @@ def _vocode_anchored(
     for i, w in enumerate(windows[:count]):
         w.noise.fill(noise[i, :, : w.frames * MEL_HOP], w.mel_start * MEL_HOP)
     noise[count:] = noise[count - 1]  # the padded rows repeat the last window
-    lengths_d = lengths.to(device, non_blocking=True)
-    # The F0 is needed before HiFT runs: each window's starting phase depends on the cycles its
-    # own F0 adds up to the anchor.
-    f0 = hift.predict_f0(mel, lengths_d)
     upto = torch.tensor([min(w.anchor_frame - w.mel_start, w.frames) for w in windows])
-    upto = upto.to(device, non_blocking=True)
-    before = _cycles_until(f0, upto, harmonics)
-    anchors = torch.stack([w.anchor_cycles for w in windows]).to(device, torch.float64, True)
-    start = (anchors - before).remainder(1.0)
-    base = torch.stack([w.phases[:, 0] for w in windows]).to(device, torch.float64, True)
-    # sin(2pi(c + cumsum) + phase) == sin(2pi cumsum + (phase + 2pi c)): fold c into phases.
-    phases = (base + 2 * math.pi * start).float().unsqueeze(-1)
-    wav = hift(mel, lengths_d, phases, noise, f0=f0).float().cpu()
+    anchors = torch.stack([w.anchor_cycles for w in windows])
+    base = torch.stack([w.phases[:, 0] for w in windows])
+    inputs = (
+        mel,
+        lengths.to(device, non_blocking=True),
+        noise,
+        upto.to(device, non_blocking=True),
+        anchors.to(device, torch.float64, True),
+        base.to(device, torch.float64, True),
+    )
+    graphs = s3gen.anchored_hift_graphs
+    if graphs is not None:
+        wav, f0, start = graphs.run(*inputs)
+    else:
+        wav, f0, start = anchored_hift(hift, *inputs)
+    wav = wav.cpu()
     f0_host = f0.to("cpu", torch.float64)
     cycles = start.cpu()
     sizes = lengths.tolist()
@@ -1160,11 +1212,11 @@ __all__ = [
     "WindowResult",
     "flow_windows",
     "prepare_stream_graphs",
+    "prepare_stream_kernels",
     "stream_flow_shapes",
     "stream_kernel_shapes",
     "stream_source_noise",
     "stream_synthesize",
     "synthesize_windows",
     "vocode_windows",
-    "warm_stream_kernels",
 ]
