@@ -139,3 +139,25 @@ def test_a_voice_whose_file_cannot_be_removed_is_not_deleted(tmp_path: Path) -> 
     assert f"voice file {voices_dir / 'me.pt'}: cannot remove it" in error["message"]
     assert "'me' is still served" in error["message"]
     assert [v["name"] for v in client.get("/v1/voices").json()["data"]] == ["default", "me"]
+
+
+def test_settings_take_a_str_voices_dir_and_name_wrong_types(tmp_path: Path) -> None:
+    """``ServerSettings(voices_dir="voices")`` (a str, as most configuration gives it) was an
+    AttributeError ('str' object has no attribute 'exists'); a setting of the wrong type (a
+    string of seconds, a number as the host) was Python's TypeError or AttributeError."""
+    from chatterbox_vllm.errors import InvalidParameterError
+
+    client = client_over(str(tmp_path / "voices"))  # type: ignore[arg-type]
+    answer = client.post("/v1/voices", data={"name": "me"}, files={"file": ("me.wav", recording())})
+    assert answer.status_code == 201, answer.text
+    assert (tmp_path / "voices" / "me.pt").is_file()
+    for setting, value, message in (
+        ("max_queue_wait", "30", "max_queue_wait must be a number of seconds, got str '30'"),
+        ("drain_seconds", None, "drain_seconds must be a number of seconds, got NoneType"),
+        ("host", 0, "host must be a str, got int 0"),
+        ("api_key", 1234, "api_key must be a str, got int 1234"),
+        ("voices_dir", 5, r"voices_dir must be a directory path \(str or pathlib.Path\)"),
+        ("playground", "no", "playground must be a bool, got str 'no'"),
+    ):
+        with pytest.raises(InvalidParameterError, match=message):
+            ServerSettings(**{setting: value})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,20 @@ from chatterbox_vllm.errors import InvalidParameterError, naming_the_flag
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+_SETTING_TYPES: dict[str, tuple[str, tuple[type, ...], bool]] = {
+    # name: (what it must be, the types that are, whether None is accepted)
+    "host": ("a str", (str,), False),
+    "api_key": ("a str", (str,), True),
+    "voices_dir": ("a directory path (str or pathlib.Path)", (Path,), True),
+    "max_queue_wait": ("a number of seconds", (int, float), False),
+    "drain_seconds": ("a number of seconds", (int, float), False),
+    "model_name": ("a str", (str,), False),
+    "playground": ("a bool", (bool,), False),
+}
+"""The settings whose checks compare, strip or stat them: their types are checked first (the
+positive ints and the seconds of the WebSocket limits are checked with their ranges)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,16 @@ class ServerSettings:
     playground: bool = _setting(True, "serve the playground page at / (--no-playground: off)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.voices_dir, str | os.PathLike):
+            object.__setattr__(self, "voices_dir", Path(self.voices_dir))
+        for name, (expected, types, optional) in _SETTING_TYPES.items():
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise InvalidParameterError(
+                    f"{name} must be {expected}, got {type(value).__name__} {value!r}"
+                )
         for name in (
             "port",
             "max_input_chars",
