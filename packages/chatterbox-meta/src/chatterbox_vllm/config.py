@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from chatterbox_vllm.audio import DEFAULT_CROSSFADE_SECONDS
-from chatterbox_vllm.errors import InvalidParameterError
+from chatterbox_vllm.errors import InvalidParameterError, SettingTypes, check_setting_types
 from chatterbox_vllm.text import chunk_chars_for_token_budget
 
 CONDITIONING_POSITIONS = 34
@@ -47,8 +47,7 @@ def _knob(default: Any, help: str, **cli: Any) -> Any:
     return field(default=default, metadata={"help": help, **cli})
 
 
-_KNOB_TYPES: dict[str, tuple[str, tuple[type, ...], bool]] = {
-    # name: (what it must be, the types that are, whether None is accepted)
+_KNOB_TYPES: SettingTypes = {
     "gpu_memory_utilization": ("a number", (int, float), True),
     "crossfade_seconds": ("a number", (int, float), False),
     "max_model_len": ("an int", (int,), True),
@@ -154,7 +153,9 @@ class EngineConfig:
     """Extra keyword arguments for ``AsyncT3Engine.from_checkpoint`` (forwarded to vLLM)."""
 
     def __post_init__(self) -> None:
-        self._check_types()
+        # A string from a settings file (gpu_memory_utilization="0.5") was Python's TypeError
+        # from '<', a number for device an AttributeError, stream_graphs="no" taken as true.
+        check_setting_types(self, _KNOB_TYPES)
         if self.gpu_memory_utilization is not None and not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidParameterError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
@@ -196,19 +197,6 @@ class EngineConfig:
                 f"device must be cuda, cuda:N or cpu, got {self.device!r} (vLLM 0.9.2 runs T3 "
                 "on NVIDIA GPUs; cpu is the slow path the tests use)"
             )
-
-    def _check_types(self) -> None:
-        """Each knob's type, before any range is compared: a string from a settings file
-        (``gpu_memory_utilization="0.5"``) was Python's TypeError from ``<``, a number for
-        ``device`` an AttributeError, and ``stream_graphs="no"`` was taken as true."""
-        for name, (expected, types, optional) in _KNOB_TYPES.items():
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                raise InvalidParameterError(
-                    f"{name} must be {expected}, got {type(value).__name__} {value!r}"
-                )
 
     def kv_blocks_for(self, sequences: int) -> int:
         """KV-cache blocks that hold ``sequences`` chunks at full length (``model_len``), plus

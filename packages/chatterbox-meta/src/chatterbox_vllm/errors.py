@@ -103,6 +103,25 @@ class ChunkInputError(ChatterboxError):
         return f"chunk {self.order}: {self.cause}"
 
 
+SettingTypes = Mapping[str, tuple[str, tuple[type, ...], bool]]
+"""A config class's expected types: name -> (what it must be, the types that are, whether None
+is accepted)."""
+
+
+def check_setting_types(settings: object, expected: SettingTypes) -> None:
+    """Raises :class:`InvalidParameterError` naming the first setting of ``settings`` whose value
+    is not of its type (``bool`` counts as a number only where it is listed), before its range is
+    compared: a string from a settings file is not Python's TypeError from ``<``."""
+    for name, (what, types, optional) in expected.items():
+        value = getattr(settings, name)
+        if value is None and optional:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise InvalidParameterError(
+                f"{name} must be {what}, got {type(value).__name__} {value!r}"
+            )
+
+
 def naming_the_flag(
     error: InvalidParameterError, flags: Mapping[str, str]
 ) -> InvalidParameterError:

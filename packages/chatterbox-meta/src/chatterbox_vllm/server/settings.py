@@ -8,15 +8,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from chatterbox_vllm.errors import InvalidParameterError, naming_the_flag
+from chatterbox_vllm.errors import (
+    InvalidParameterError,
+    SettingTypes,
+    check_setting_types,
+    naming_the_flag,
+)
 
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-_SETTING_TYPES: dict[str, tuple[str, tuple[type, ...], bool]] = {
-    # name: (what it must be, the types that are, whether None is accepted)
+_SETTING_TYPES: SettingTypes = {
     "host": ("a str", (str,), False),
     "api_key": ("a str", (str,), True),
     "voices_dir": ("a directory path (str or pathlib.Path)", (Path,), True),
@@ -80,14 +84,7 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if isinstance(self.voices_dir, str | os.PathLike):
             object.__setattr__(self, "voices_dir", Path(self.voices_dir))
-        for name, (expected, types, optional) in _SETTING_TYPES.items():
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                raise InvalidParameterError(
-                    f"{name} must be {expected}, got {type(value).__name__} {value!r}"
-                )
+        check_setting_types(self, _SETTING_TYPES)
         for name in (
             "port",
             "max_input_chars",
