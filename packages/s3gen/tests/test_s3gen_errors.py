@@ -123,3 +123,24 @@ def test_the_command_line_names_what_it_cannot_use_without_a_traceback(
         captured = capsys.readouterr()
         assert captured.err.startswith(message), captured.err
         assert "Traceback" not in captured.err and captured.out == "", argv
+
+
+def test_a_device_this_machine_lacks_is_named_before_the_weights_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No checkpoint at all: the device (and noise seed) errors come first, not torch's
+    # 'Found no NVIDIA driver' RuntimeError once a gigabyte of weights was read.
+    nowhere = tmp_path / "nowhere"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(S3GenInputError, match="device='cuda', but torch sees no CUDA GPU"):
+        S3Gen.from_checkpoint(nowhere, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(S3GenInputError, match=r"'cuda:2', but torch sees 1 CUDA GPU\(s\) here"):
+        S3Gen.from_checkpoint(nowhere, device="cuda:2")
+    with pytest.raises(S3GenInputError, match="device must be a torch.device or a name .*'tpu'"):
+        S3Gen.from_checkpoint(nowhere, device="tpu")
+    with pytest.raises(S3GenInputTypeError, match="noise_seed must be an int or a CPU torch"):
+        S3Gen.from_checkpoint(nowhere, noise_seed="42")  # type: ignore[arg-type]
+    with pytest.raises(MissingCheckpointFileError):
+        S3Gen.from_checkpoint(nowhere, device="cpu")
