@@ -328,3 +328,29 @@ def test_a_compressed_body_is_refused_saying_so() -> None:
         ):
             engine.sessions.get(timeout=5).finish()
             assert response.status_code == 200 and len(response.read()) == 4800
+
+
+def test_every_response_carries_a_request_id() -> None:
+    with serving(capacity=1.0) as (base, engine):
+        answers = [
+            httpx.get(base + "/health"),
+            httpx.get(base + "/health"),
+            httpx.get(base + "/nowhere"),  # errors too, the router's and the middleware's
+            httpx.post(base + "/v1/audio/speech", json={"input": "Hi."}),
+            httpx.post(base + "/v1/audio/speech", content=b"x", headers={"Content-Encoding": "br"}),
+        ]
+        ids = [answer.headers.get("x-request-id") for answer in answers]
+        assert all(ids) and len(set(ids)) == len(ids), ids
+        # A client's (or a proxy's) own id is kept when it is a plain token, replaced otherwise.
+        traced = httpx.get(base + "/health", headers={"X-Request-ID": "trace-7f3a:1"})
+        assert traced.headers["x-request-id"] == "trace-7f3a:1"
+        odd = httpx.get(base + "/health", headers={"X-Request-ID": "a b" + "c" * 200})
+        assert odd.headers["x-request-id"].startswith("req_")
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream(
+                "POST", base + "/v1/audio/speech", json=BODY, headers={"X-Request-ID": "abc"}
+            ) as streamed,
+        ):
+            engine.sessions.get(timeout=5).finish()
+            assert streamed.headers["x-request-id"] == "abc" and len(streamed.read()) == 4800

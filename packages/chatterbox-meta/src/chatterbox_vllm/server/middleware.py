@@ -1,5 +1,6 @@
 """ASGI middleware of the server: body limits enforced before the bytes are read, request
-counting, aborting a response whose body cannot be completed, and HEAD answered as GET.
+counting, aborting a response whose body cannot be completed, HEAD answered as GET, and request
+ids.
 
 They are plain ASGI (not Starlette's ``BaseHTTPMiddleware``): that one re-sends a streamed body
 through its own response and always ends it normally, so a stream cut short by a dying engine would
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -68,11 +71,48 @@ class AbortFailedStreams:
             await self.app(scope, receive, send)
         except StreamAborted as error:
             logger.error(
-                "%s %s: %s; the connection is closed without ending the body",
+                "%s %s (%s): %s; the connection is closed without ending the body",
                 scope.get("method"),
                 scope.get("path"),
+                scope.get("state", {}).get("request_id", "no id"),
                 error,
             )
+
+
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+"""A client's own request id is kept if it is this (a UUID, a trace id); anything else (spaces,
+control characters, a kilobyte) is replaced, so it is safe to log and to send back."""
+
+
+class RequestIds:
+    """Every HTTP response carries ``X-Request-ID``, as OpenAI's API does: the client's own (a
+    proxy's or tracer's, when it is a plain token) or a new one, also in ``scope["state"]`` as
+    ``request_id`` for the server's log lines, so a failure a user reports can be found."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() != REQUEST_ID_HEADER.encode()
+                ]
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_id)
 
 
 class AnswerHead:

@@ -53,6 +53,7 @@ from chatterbox_vllm.server.middleware import (
     AnswerHead,
     CountRequests,
     LimitRequestBodies,
+    RequestIds,
     StreamAborted,
     error_body,
 )
@@ -141,7 +142,12 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("request %s %s failed", request.method, request.url.path)
+        logger.exception(
+            "request %s %s (%s) failed",
+            request.method,
+            request.url.path,
+            getattr(request.state, "request_id", "no id"),
+        )
         return JSONResponse(
             error_body(f"internal error: {type(error).__name__}: {error}", kind="server_error"), 500
         )
@@ -151,6 +157,7 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     app.add_middleware(CountRequests, counter=metrics.requests)
     app.add_middleware(AbortFailedStreams)
     app.add_middleware(AnswerHead)
+    app.add_middleware(RequestIds)  # outermost: every answer carries its id, middleware's too
 
     async def authorize(request: Request) -> None:
         check_api_key(settings, request.headers.get("authorization", ""))
