@@ -725,8 +725,20 @@ class ChatterboxTTS(SpeechFront[Voice]):
             )
 
     def _t3_failure(self) -> str | None:
+        """Why T3 cannot serve (``None`` while it can), polled by running calls: one that is
+        running when this object is closed (from another thread) ends with a ChatterboxError
+        saying so, not as the engine's death (vLLM takes its shutdown for one)."""
+        if self._closed:
+            raise self._closed_while_running()
         probe = getattr(self._t3, "engine_failure", None)
         return probe() if callable(probe) else None
+
+    def _closed_while_running(self) -> ChatterboxError:
+        return ChatterboxError(
+            f"this {type(self).__name__} was closed while the call ran (close() from another "
+            "thread, or the end of its with block): the call was stopped; load a new one to "
+            "speak again"
+        )
 
     def _execute(
         self, plan: Plan, voices: list[Voice], stats: GenerationStats, progress: bool
@@ -754,6 +766,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 progress=progress,
             )
         except EngineDeadError as error:
+            if self._closed:
+                raise self._closed_while_running() from None
             self._engine_failure = str(error)
             raise
         except KeyboardInterrupt:
