@@ -2,8 +2,10 @@
 
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) with the status a
 client can act on: 400 bad request (the field is named), 401 API key, 404 unknown voice to delete,
-413 input or upload too large, 429 over capacity (``--over-capacity reject``, or a full queue),
-503 engine dead or no slot within ``--max-queue-wait`` (both with ``Retry-After``). Admission:
+405 wrong method (``Allow`` lists the path's), 413 input or upload too large, 415 a compressed
+body, 429 over capacity (``--over-capacity reject``, or a full queue; with ``Retry-After``), 503
+engine dead, or no slot within ``--max-queue-wait`` (with ``Retry-After``). Every response carries
+``X-Request-ID``; HEAD is answered as GET without the body. Admission:
 :mod:`chatterbox_vllm.server.admission`. A failure in one
 request never stops the server; a client that disconnects mid-stream has its T3 requests aborted.
 """
