@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 
 from chatterbox_s3gen import S3Gen, write_random_s3gen_checkpoint
-from chatterbox_s3gen.streaming import S3GenStream, StreamingConfig, flow_windows, vocode_windows
+from chatterbox_s3gen.streaming import (
+    S3GenStream,
+    StreamingConfig,
+    flow_windows,
+    prepare_stream_graphs,
+    vocode_windows,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -37,7 +43,10 @@ def run_streams(
     config: StreamingConfig,
     device: str,
     bucket: bool | None = None,
+    max_rows: int | None = None,
 ) -> dict[str, float]:
+    """``max_rows``: a round holds at most this many windows (a server's S3Gen batch); the
+    ready windows beyond wait for the next round."""
     streams = [
         S3GenStream(s3gen, voice, seed=i, n_timesteps=n_timesteps, config=config)
         for i in range(len(token_lists))
@@ -56,7 +65,9 @@ def run_streams(
         tick = time.perf_counter()
         windows = []
         for stream in streams:
-            window = stream.next_window()
+            if max_rows is not None and len(windows) == max_rows:
+                break
+            window = stream.pending or stream.next_window()
             if window is not None:
                 windows.append(window)
             elif stream.pending is None and not stream.done:
@@ -105,6 +116,12 @@ def main() -> None:
     parser.add_argument(
         "--no-bucket", action="store_true", help="exact shapes (no row/length buckets) on CUDA"
     )
+    parser.add_argument(
+        "--prepare-rows",
+        type=int,
+        help="prepare like a streaming server for rounds of this many windows (the product: 32): "
+        "CFM, flow encoder and HiFT captured at every window shape, larger rounds split",
+    )
     args = parser.parse_args()
     bucket = False if args.no_bucket else None
 
@@ -133,6 +150,13 @@ def main() -> None:
     for name in args.dtypes:
         s3gen = S3Gen.from_checkpoint(checkpoint, device=args.device, dtype=DTYPES[name])
         voice = s3gen.embed_ref(prompt, 24_000)
+        if args.prepare_rows:
+            report = prepare_stream_graphs(s3gen, config, args.prepare_rows, args.n_timesteps)
+            print(
+                f"# {name}: prepared for rounds of {args.prepare_rows}: {report.captures} CFM "
+                f"graphs, {report.warmed} encoder/HiFT shapes in {report.seconds:.1f} s",
+                flush=True,
+            )
         for n in args.streams:
             token_lists = [
                 torch.randint(
@@ -142,9 +166,12 @@ def main() -> None:
             ]
             # Warm-up with the same streams: each new (rows, length) shape costs kernel choice
             # and CUDA-graph capture once; a long-running server pays that once per bucket.
-            run_streams(s3gen, voice, token_lists, args.n_timesteps, config, args.device, bucket)
+            rows = args.prepare_rows
+            run_streams(
+                s3gen, voice, token_lists, args.n_timesteps, config, args.device, bucket, rows
+            )
             stats = run_streams(
-                s3gen, voice, token_lists, args.n_timesteps, config, args.device, bucket
+                s3gen, voice, token_lists, args.n_timesteps, config, args.device, bucket, rows
             )
             s3gen.synthesize(
                 token_lists, [voice] * n, n_timesteps=args.n_timesteps, seeds=list(range(n))

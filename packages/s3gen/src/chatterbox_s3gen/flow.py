@@ -184,8 +184,8 @@ class GraphPreparation:
     captures: int
     seconds: float
     warmed: int = 0
-    """Eager kernel shapes (flow encoder, HiFT) run once at start-up as well (a streaming
-    server's: :func:`chatterbox_s3gen.streaming.warm_stream_kernels`); their time is in
+    """Flow encoder and HiFT shapes prepared at start-up as well (a streaming
+    server's: :func:`chatterbox_s3gen.streaming.prepare_stream_kernels`); their time is in
     ``seconds``."""
 
 
