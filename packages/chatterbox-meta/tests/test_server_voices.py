@@ -45,7 +45,7 @@ def recording() -> bytes:
     return buffer.getvalue()
 
 
-def client_over(voices_dir: Path) -> TestClient:
+def client_over(voices_dir: Path, **settings: Any) -> TestClient:
     tts = SimpleNamespace(
         model="english",
         sample_rate=24_000,
@@ -54,7 +54,7 @@ def client_over(voices_dir: Path) -> TestClient:
         # The audio is checked as ChatterboxTTS.prepare_voice checks it; the voice is random.
         prepare_voice=lambda audio: (load_voice_audio_for(audio, "english"), random_voice(1))[1],
     )
-    return TestClient(create_app(tts, ServerSettings(voices_dir=voices_dir)))  # type: ignore[arg-type]
+    return TestClient(create_app(tts, ServerSettings(voices_dir=voices_dir, **settings)))  # type: ignore[arg-type]
 
 
 def test_a_voice_the_server_cannot_store_is_a_server_error_and_is_not_added(
@@ -161,3 +161,36 @@ def test_settings_take_a_str_voices_dir_and_name_wrong_types(tmp_path: Path) -> 
     ):
         with pytest.raises(InvalidParameterError, match=message):
             ServerSettings(**{setting: value})
+
+
+def test_a_recording_longer_than_the_limit_is_refused_before_it_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hour of near-silence is half a megabyte of FLAC (20 MB: a day and a half, tens of GB
+    decoded): a recording is refused by the length its header gives, before it is decoded."""
+    import numpy as np
+
+    hour = io.BytesIO()
+    soundfile.write(hour, np.zeros(3600 * 8_000, np.int16), 8_000, format="FLAC")
+    assert len(hour.getvalue()) < 200_000
+    decoded: list[bool] = []
+    monkeypatch.setattr(soundfile, "read", lambda *a, **k: decoded.append(True))
+    client = client_over(tmp_path / "voices")
+    answer = client.post(
+        "/v1/voices", data={"name": "long"}, files={"file": ("long.flac", hour.getvalue())}
+    )
+    assert answer.status_code == 413, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "file" and not decoded
+    assert error["message"].startswith(
+        "the uploaded recording is 3,600.0 s long; at most 300 s are accepted"
+    )
+    monkeypatch.undo()
+    # The limit is a setting (--max-upload-seconds); a recording within it is taken.
+    strict = client_over(tmp_path / "strict", max_upload_seconds=1.5)
+    refused = strict.post(
+        "/v1/voices", data={"name": "me"}, files={"file": ("me.wav", recording())}
+    )
+    assert refused.status_code == 413 and "2.0 s long; at most 1.5 s" in refused.text
+    taken = client.post("/v1/voices", data={"name": "me"}, files={"file": ("me.wav", recording())})
+    assert taken.status_code == 201, taken.text

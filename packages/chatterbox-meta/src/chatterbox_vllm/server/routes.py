@@ -367,6 +367,16 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 f"upload is larger than {settings.max_upload_bytes:,} bytes (raise --max-upload-bytes)",
                 param="file",
             )
+        seconds = await asyncio.to_thread(_recording_seconds, data)
+        if seconds is not None and seconds > settings.max_upload_seconds:
+            # Refused from its header: decoded, it could take more memory than the server has.
+            raise APIError(
+                413,
+                f"the uploaded recording is {seconds:,.1f} s long; at most "
+                f"{settings.max_upload_seconds:,g} s are accepted (5-10 s of speech make the best "
+                "voice; raise --max-upload-seconds)",
+                param="file",
+            )
         try:
             voice = await asyncio.to_thread(_prepare_upload, tts, data, file.filename or "upload")
         except AudioError as error:  # the recording: the multipart part is 'file'
@@ -650,6 +660,18 @@ def _describe_failure(error: Exception) -> str:
         return str(error)
     logger.exception("unexpected failure in a speech stream")
     return f"internal error: {type(error).__name__}: {error}"
+
+
+def _recording_seconds(data: bytes) -> float | None:
+    """An uploaded recording's length from its header (nothing is decoded); None when libsndfile
+    cannot read it (decoding it then says why)."""
+    import soundfile
+
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception:  # libsndfile's errors for unreadable bytes
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 else None
 
 
 def _prepare_upload(tts: ChatterboxTTS, data: bytes, filename: str) -> Any:

@@ -25,6 +25,7 @@ _SETTING_TYPES: SettingTypes = {
     "api_key": ("a str", (str,), True),
     "voices_dir": ("a directory path (str or pathlib.Path)", (Path,), True),
     "max_queue_wait": ("a number of seconds", (int, float), False),
+    "max_upload_seconds": ("a number of seconds", (int, float), False),
     "drain_seconds": ("a number of seconds", (int, float), False),
     "model_name": ("a str", (str,), False),
     "playground": ("a bool", (bool,), False),
@@ -47,6 +48,11 @@ class ServerSettings:
     )
     max_input_chars: int = _setting(4096, "longest input text in characters (413 beyond)")
     max_upload_bytes: int = _setting(20_000_000, "largest voice upload (413 beyond)")
+    max_upload_seconds: float = _setting(
+        300.0,
+        "longest voice upload in seconds of audio (413 beyond, before it is decoded: a few MB "
+        "of FLAC can hold hours that decode to gigabytes); 5-10 s of speech make the best voice",
+    )
     max_concurrent_streams: int = _setting(
         64, "hard cap on requests served at once, whatever the measured capacity"
     )
@@ -129,6 +135,11 @@ class ServerSettings:
         if self.over_capacity not in ("queue", "reject"):
             raise InvalidParameterError(
                 f"over_capacity must be 'queue' or 'reject', got {self.over_capacity!r}"
+            )
+        if not 1 <= self.max_upload_seconds < float("inf"):
+            raise InvalidParameterError(
+                f"max_upload_seconds must be a number of seconds >= 1 (a voice needs at least "
+                f"1 s), got {self.max_upload_seconds}"
             )
         if not 0 < self.max_queue_wait < float("inf"):
             raise InvalidParameterError(
