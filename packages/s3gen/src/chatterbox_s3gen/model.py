@@ -702,7 +702,7 @@ def _usable_device(device: object) -> torch.device:
     """``device`` as a ``torch.device`` this machine has: torch's own errors come only once the
     weights are read (a bare RuntimeError, "Found no NVIDIA driver on your system")."""
     try:
-        parsed = torch.device(device)  # type: ignore[arg-type]
+        parsed = torch.device(device)  # type: ignore[call-overload]
     except (RuntimeError, TypeError):
         raise S3GenInputError(
             f"device must be a torch.device or a name such as 'cpu', 'cuda' or 'cuda:1', got "
