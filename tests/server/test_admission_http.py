@@ -354,3 +354,31 @@ def test_every_response_carries_a_request_id() -> None:
         ):
             engine.sessions.get(timeout=5).finish()
             assert streamed.headers["x-request-id"] == "abc" and len(streamed.read()) == 4800
+
+
+def test_a_websocket_session_on_a_dead_engine_is_refused_at_once() -> None:
+    """As /v1/audio/speech answers 503: an error event and close 1011, not session.created
+    followed by an error at the first text."""
+    import asyncio
+
+    import websockets
+
+    with serving(capacity=1.0) as (base, engine):
+        engine._t3_failure = lambda: "EngineCore_0 was killed by signal 9"  # type: ignore[method-assign]
+
+        async def connect() -> tuple[dict, int | None]:
+            url = base.replace("http", "ws") + "/v1/audio/speech/stream"
+            async with websockets.connect(url) as ws:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                return event, ws.close_code
+
+        event, code = asyncio.run(connect())
+        assert event["type"] == "error" and code == 1011, (event, code)
+        assert event["error"]["type"] == "server_error"
+        assert event["error"]["message"] == (
+            "the T3 engine is dead (EngineCore_0 was killed by signal 9); close this "
+            "ChatterboxTTS and load a new one (a server: restart it)"
+        )
+        assert httpx.get(base + "/health").json()["status"] == "dead" and engine.sessions.empty()

@@ -64,6 +64,15 @@ class EngineDeadError(ChatterboxError, RuntimeError):
     """The T3 engine process is gone (killed, crashed, out of memory): this object cannot speak
     any more; load a new one."""
 
+    @classmethod
+    def for_reason(cls, reason: str) -> EngineDeadError:
+        """The error a call gets once the engine is known dead (``reason``: why), worded for a
+        Python caller and for a server's client alike."""
+        return cls(
+            f"the T3 engine is dead ({reason}); close this ChatterboxTTS and load a new one (a "
+            "server: restart it)"
+        )
+
 
 class GenerationInterrupted(KeyboardInterrupt):
     """Ctrl-C (``KeyboardInterrupt``) during ``generate``: the call stops as any interrupt stops

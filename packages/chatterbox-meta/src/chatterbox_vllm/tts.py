@@ -719,10 +719,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         if self._engine_failure is None and self._t3 is not None:
             self._engine_failure = self._t3_failure()
         if self._engine_failure is not None:
-            raise EngineDeadError(
-                f"the T3 engine is dead ({self._engine_failure}); close this ChatterboxTTS and "
-                "load a new one"
-            )
+            raise EngineDeadError.for_reason(self._engine_failure)
 
     def _t3_failure(self) -> str | None:
         """Why T3 cannot serve (``None`` while it can), polled by running calls: one that is
