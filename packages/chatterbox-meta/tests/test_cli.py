@@ -263,3 +263,17 @@ def test_out_dash_on_a_terminal_is_refused_before_the_model_loads(
     monkeypatch.setattr("sys.stdout", io.StringIO())
     assert main(["speak", "Hello.", "--out", "-", "--model-dir", "nowhere"]) == 1
     assert "checkpoint directory nowhere does not exist" in capsys.readouterr().err
+
+
+def test_bench_out_dash_is_refused_since_its_report_is_on_standard_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chatterbox_vllm.cli import main
+
+    text = tmp_path / "chapter.txt"
+    text.write_text("Hello there.")
+    # The WAV, then the report's table, on one pipe: neither would be usable.
+    assert main(["bench", "--text-file", str(text), "--out", "-", "--model-dir", "nowhere"]) == 1
+    captured = capsys.readouterr()
+    assert "--out -: bench prints its report on standard output" in captured.err
+    assert captured.out == ""
