@@ -97,6 +97,11 @@ def test_integer_waveforms_are_pcm_by_their_full_scale() -> None:
         loaded = load_voice_audio((pcm, 16_000))
         assert loaded.dtype == torch.float32 and loaded.shape == expected.shape
         torch.testing.assert_close(loaded, expected, atol=1e-4, rtol=0)
+    # scipy.io.wavfile.read returns (rate, data): the order is named, not "sample_rate must be
+    # an int, got ndarray".
+    swapped = (16_000, np.round(sine * 32767).astype(np.int16))
+    with pytest.raises(InvalidAudioError, match=r"is \(sample_rate, waveform\), the order scipy"):
+        load_voice_audio(swapped)  # type: ignore[arg-type]
     for other in (np.int64, np.uint8, np.int8):
         with pytest.raises(InvalidAudioError, match=r"taken as 16- or 32-bit PCM \(int16, int32\)"):
             load_voice_audio((np.round(sine * 100).astype(other), 16_000))

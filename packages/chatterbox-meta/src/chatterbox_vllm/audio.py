@@ -191,6 +191,13 @@ def load_voice_audio(audio: AudioInput, *, min_seconds: float = MIN_VOICE_SECOND
     elif isinstance(audio, tuple) and len(audio) == 2:
         waveform, sample_rate = audio
         source = "waveform"
+        if isinstance(waveform, int | np.integer) and isinstance(
+            sample_rate, np.ndarray | torch.Tensor
+        ):
+            raise InvalidAudioError(
+                "voice audio is (sample_rate, waveform), the order scipy.io.wavfile.read returns; "
+                "pass (waveform, sample_rate)"
+            )
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
             raise InvalidAudioError(
                 f"sample_rate must be an int (Hz), got {type(sample_rate).__name__}"
