@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -326,3 +327,45 @@ def test_vllms_memory_profiling_assertion_becomes_a_clear_error(
         ChatterboxTTS.from_local(
             chatterbox_checkpoint, watermark=False, device="cpu", **chatterbox_engine_options
         )
+
+
+def test_closing_the_engine_during_calls_stops_them_saying_so(
+    chatterbox_checkpoint: Path, chatterbox_engine_options
+) -> None:
+    """close() from another thread (an application shutting down) while a generate and a
+    stream run: each ends at once with an error saying the object was closed; they said 'the T3
+    engine died ... (vLLM reported its engine core dead)', as if it had crashed."""
+    from chatterbox_vllm import ChatterboxError, ChatterboxTTS, EngineDeadError
+
+    options = {**chatterbox_engine_options, "max_new_tokens": 200}
+    tts = ChatterboxTTS.from_local(chatterbox_checkpoint, watermark=False, device="cpu", **options)
+    outcome: dict[str, BaseException | object] = {}
+
+    def run(name: str, call) -> None:
+        try:
+            outcome[name] = call()
+        except BaseException as error:
+            outcome[name] = error
+
+    text = "A long sentence to keep the engine busy for a while. " * 4
+    workers = [
+        threading.Thread(target=run, args=("generate", lambda: tts.generate(text))),
+        threading.Thread(target=run, args=("stream", lambda: list(tts.stream(text)))),
+    ]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 60
+    while not tts._t3.num_unfinished_requests():
+        assert time.monotonic() < deadline, "the calls did not start"
+        time.sleep(0.05)
+    tts.close()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "a call hung after close()"
+    for name in ("generate", "stream"):
+        error = outcome[name]
+        assert isinstance(error, ChatterboxError) and not isinstance(error, EngineDeadError), (
+            name,
+            error,
+        )
+        assert "was closed while the call ran" in str(error), (name, error)

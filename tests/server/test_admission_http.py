@@ -286,3 +286,99 @@ def test_a_queued_websocket_session_may_send_only_so_much_before_it_starts() -> 
         wait_for(lambda: health(base)["queued_streams"] == 0, "its place was not freed", 5)
         a.finish()
         assert len(first.read()) == 4800
+
+
+def test_head_is_get_without_the_body_and_405_lists_every_method_of_the_path() -> None:
+    with serving(capacity=1.0, api_key="key") as (base, _):
+        # Uptime monitors and load balancers probe with HEAD: the GET's status and headers.
+        for path, status in (("/health", 200), ("/metrics", 200), ("/v1/models", 401)):
+            got = httpx.get(base + path, timeout=5)
+            head = httpx.head(base + path, timeout=5)
+            assert (head.status_code, head.content) == (status, b""), path
+            assert got.status_code == status and got.content, path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+        authorized = httpx.head(base + "/v1/models", headers={"Authorization": "Bearer key"})
+        assert authorized.status_code == 200 and authorized.content == b""
+        # /v1/voices takes GET and POST (two routes): a wrong method is told of both.
+        put = httpx.put(base + "/v1/voices", headers={"Authorization": "Bearer key"})
+        assert put.status_code == 405 and put.headers["allow"] == "GET, HEAD, POST"
+        assert put.json()["error"]["message"] == "PUT is not allowed on /v1/voices; use GET or POST"
+        head_speech = httpx.head(base + "/v1/audio/speech")
+        assert head_speech.status_code == 405 and head_speech.headers["allow"] == "POST"
+        assert httpx.get(base + "/health", timeout=5).json()["status"] == "ok"
+
+
+def test_a_compressed_body_is_refused_saying_so() -> None:
+    import gzip
+
+    with serving(capacity=1.0) as (base, engine):
+        body = gzip.compress(json.dumps(BODY).encode())
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        refused = httpx.post(base + "/v1/audio/speech", content=body, headers=headers)
+        assert refused.status_code == 415 and refused.headers["accept-encoding"] == "identity"
+        assert refused.json()["error"]["message"] == (
+            "request bodies are read as sent: Content-Encoding gzip is not supported; send the "
+            "body uncompressed (no Content-Encoding header)"
+        )
+        assert engine.sessions.empty()
+        # The same request uncompressed is served.
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream("POST", base + "/v1/audio/speech", json=BODY) as response,
+        ):
+            engine.sessions.get(timeout=5).finish()
+            assert response.status_code == 200 and len(response.read()) == 4800
+
+
+def test_every_response_carries_a_request_id() -> None:
+    with serving(capacity=1.0) as (base, engine):
+        answers = [
+            httpx.get(base + "/health"),
+            httpx.get(base + "/health"),
+            httpx.get(base + "/nowhere"),  # errors too, the router's and the middleware's
+            httpx.post(base + "/v1/audio/speech", json={"input": "Hi."}),
+            httpx.post(base + "/v1/audio/speech", content=b"x", headers={"Content-Encoding": "br"}),
+        ]
+        ids = [answer.headers.get("x-request-id") for answer in answers]
+        assert all(ids) and len(set(ids)) == len(ids), ids
+        # A client's (or a proxy's) own id is kept when it is a plain token, replaced otherwise.
+        traced = httpx.get(base + "/health", headers={"X-Request-ID": "trace-7f3a:1"})
+        assert traced.headers["x-request-id"] == "trace-7f3a:1"
+        odd = httpx.get(base + "/health", headers={"X-Request-ID": "a b" + "c" * 200})
+        assert odd.headers["x-request-id"].startswith("req_")
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream(
+                "POST", base + "/v1/audio/speech", json=BODY, headers={"X-Request-ID": "abc"}
+            ) as streamed,
+        ):
+            engine.sessions.get(timeout=5).finish()
+            assert streamed.headers["x-request-id"] == "abc" and len(streamed.read()) == 4800
+
+
+def test_a_websocket_session_on_a_dead_engine_is_refused_at_once() -> None:
+    """As /v1/audio/speech answers 503: an error event and close 1011, not session.created
+    followed by an error at the first text."""
+    import asyncio
+
+    import websockets
+
+    with serving(capacity=1.0) as (base, engine):
+        engine._t3_failure = lambda: "EngineCore_0 was killed by signal 9"  # type: ignore[method-assign]
+
+        async def connect() -> tuple[dict, int | None]:
+            url = base.replace("http", "ws") + "/v1/audio/speech/stream"
+            async with websockets.connect(url) as ws:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                return event, ws.close_code
+
+        event, code = asyncio.run(connect())
+        assert event["type"] == "error" and code == 1011, (event, code)
+        assert event["error"]["type"] == "server_error"
+        assert event["error"]["message"] == (
+            "the T3 engine is dead (EngineCore_0 was killed by signal 9); close this "
+            "ChatterboxTTS and load a new one (a server: restart it)"
+        )
+        assert httpx.get(base + "/health").json()["status"] == "dead" and engine.sessions.empty()

@@ -20,7 +20,10 @@ from chatterbox_vllm.audio import (
     to_tokenizer_rate,
 )
 from chatterbox_vllm.errors import (
+    AudioError,
+    AudioFileNotFoundError,
     AudioTooShortError,
+    ChatterboxError,
     CorruptAudioError,
     InvalidAudioError,
     SilentAudioError,
@@ -77,6 +80,31 @@ def test_waveform_tuple_input_channels_first() -> None:
         load_voice_audio((stereo.T.contiguous(), 16_000))
     with pytest.raises(InvalidAudioError, match="sample_rate must be an int"):
         load_voice_audio((stereo, 16_000.0))  # type: ignore[arg-type]
+    for no_channels in (stereo[:0], stereo[:0].numpy()):  # shape (0, samples)
+        with pytest.raises(InvalidAudioError, match=r"\(0, 19200\) has no channels"):
+            load_voice_audio((no_channels, 16_000))
+
+
+def test_integer_waveforms_are_pcm_by_their_full_scale() -> None:
+    # What scipy.io.wavfile.read and soundfile.read(dtype="int16") return for a WAV.
+    sine = _sine(300, 1.2, 16_000, amplitude=0.5)
+    expected = load_voice_audio((sine, 16_000))
+    for pcm in (
+        np.round(sine * 32767).astype(np.int16),
+        torch.from_numpy(np.round(sine * 32767).astype(np.int16)),
+        np.round(sine.astype(np.float64) * 2147483647).astype(np.int32),
+    ):
+        loaded = load_voice_audio((pcm, 16_000))
+        assert loaded.dtype == torch.float32 and loaded.shape == expected.shape
+        torch.testing.assert_close(loaded, expected, atol=1e-4, rtol=0)
+    # scipy.io.wavfile.read returns (rate, data): the order is named, not "sample_rate must be
+    # an int, got ndarray".
+    swapped = (16_000, np.round(sine * 32767).astype(np.int16))
+    with pytest.raises(InvalidAudioError, match=r"is \(sample_rate, waveform\), the order scipy"):
+        load_voice_audio(swapped)  # type: ignore[arg-type]
+    for other in (np.int64, np.uint8, np.int8):
+        with pytest.raises(InvalidAudioError, match=r"taken as 16- or 32-bit PCM \(int16, int32\)"):
+            load_voice_audio((np.round(sine * 100).astype(other), 16_000))
 
 
 def test_16k_copy_keeps_the_signal() -> None:
@@ -98,9 +126,16 @@ def test_corrupt_file_is_reported_as_corrupt(tmp_path: Path) -> None:
         load_voice_audio(tmp_path / "broken.wav")
 
 
-def test_missing_file() -> None:
-    with pytest.raises(FileNotFoundError, match="not found"):
-        load_voice_audio("/nonexistent/voice.wav")
+def test_missing_or_empty_path_is_an_audio_error() -> None:
+    # The package's root (and still FileNotFoundError, which generic handlers catch).
+    for path in ("/nonexistent/voice.wav", Path("/nonexistent/voice.wav")):
+        with pytest.raises(AudioFileNotFoundError, match="voice audio file not found") as caught:
+            load_voice_audio(path)
+        assert isinstance(caught.value, AudioError) and isinstance(caught.value, ChatterboxError)
+        assert isinstance(caught.value, FileNotFoundError)
+    # An empty path (an unset setting) is not the working directory.
+    with pytest.raises(InvalidAudioError, match="voice audio path is empty"):
+        load_voice_audio("")
 
 
 def test_too_short_silent_and_nan_audio_are_rejected(tmp_path: Path) -> None:

@@ -216,3 +216,64 @@ def test_logs_go_to_the_stderr_of_the_moment(monkeypatch) -> None:
         root.handlers[:] = handlers  # the root logger as it was
         root.setLevel(level)
     assert second.getvalue() == "INFO chatterbox_vllm.test: two\n"
+
+
+def test_out_may_not_be_the_voice_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    import soundfile
+
+    from chatterbox_vllm.cli import main
+
+    voice = tmp_path / "me.wav"
+    soundfile.write(voice, 0.3 * np.sin(np.arange(48_000) / 8), 24_000)
+    recording = voice.read_bytes()
+    (tmp_path / "link.wav").symlink_to(voice)
+    (tmp_path / "text.txt").write_text("Hello.")
+    # The same file however it is spelled; checked before the model loads.
+    for out in (voice, tmp_path / "." / "me.wav", tmp_path / "link.wav"):
+        for command in ("speak", "bench"):
+            text = ["Hello."] if command == "speak" else ["--text-file", str(tmp_path / "text.txt")]
+            args = [command, *text, "--voice", str(voice), "--out", str(out)]
+            assert main([*args, "--model-dir", "nowhere"]) == 1
+            stderr = capsys.readouterr().err
+            assert f"--out {out} is the --voice recording: the speech would replace it" in stderr
+    assert voice.read_bytes() == recording
+
+
+def test_out_dash_on_a_terminal_is_refused_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from chatterbox_vllm.cli import main
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    assert main(["speak", "Hello.", "--out", "-", "--model-dir", "nowhere"]) == 1
+    stderr = capsys.readouterr().err
+    assert "--out - writes WAV audio to standard output, which is a terminal here" in stderr
+    assert terminal.getvalue() == ""
+    # A pipe or a file takes it: the next check (the checkpoint) is reached.
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    assert main(["speak", "Hello.", "--out", "-", "--model-dir", "nowhere"]) == 1
+    assert "checkpoint directory nowhere does not exist" in capsys.readouterr().err
+
+
+def test_bench_out_dash_is_refused_since_its_report_is_on_standard_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chatterbox_vllm.cli import main
+
+    text = tmp_path / "chapter.txt"
+    text.write_text("Hello there.")
+    # The WAV, then the report's table, on one pipe: neither would be usable.
+    assert main(["bench", "--text-file", str(text), "--out", "-", "--model-dir", "nowhere"]) == 1
+    captured = capsys.readouterr()
+    assert "--out -: bench prints its report on standard output" in captured.err
+    assert captured.out == ""

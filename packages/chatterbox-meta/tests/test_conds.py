@@ -106,3 +106,12 @@ def test_unreadable_file(tmp_path: Path) -> None:
     message = str(error.value)
     assert "Unsupported operand" in message
     assert "weights_only" not in message and "Please file" not in message
+
+
+def test_a_directory_is_named_as_one(tmp_path: Path) -> None:
+    # It was 'voice conditionals file not found' for a directory that is there (e.g. voices.pt/).
+    (tmp_path / "voices.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"voices\.pt is a directory; give a \.pt voice file"):
+        VoiceConditionals.load(tmp_path / "voices.pt")
+    with pytest.raises(CheckpointError, match="voice conditionals file not found"):
+        VoiceConditionals.load(tmp_path / "missing.pt")

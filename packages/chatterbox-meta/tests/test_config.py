@@ -75,6 +75,14 @@ def test_explicit_knobs_are_kept() -> None:
         ("gpu_memory_utilization", 1.5, r"gpu_memory_utilization must be in \(0, 1\]"),
         ("max_num_seqs", 0, "max_num_seqs must be a positive int"),
         ("s3gen_dtype", "int8", "s3gen_dtype must be one of auto, float32"),
+        # Wrong types (a settings file's strings): named, never Python's TypeError from '<'.
+        ("gpu_memory_utilization", "0.5", "gpu_memory_utilization must be a number, got str '0.5'"),
+        ("crossfade_seconds", "0.05", "crossfade_seconds must be a number, got str"),
+        ("crossfade_seconds", None, "crossfade_seconds must be a number, got NoneType"),
+        ("max_model_len", "300", "max_model_len must be an int, got str '300'"),
+        ("max_chunk_chars", 100.0, "max_chunk_chars must be an int, got float 100.0"),
+        ("device", 0, r"device must be a str \(cuda, cuda:N or cpu\), got int 0"),
+        ("stream_graphs", "no", "stream_graphs must be a bool, got str 'no'"),
     ],
 )
 def test_bad_knobs_name_themselves(knob: str, value: object, message: str) -> None:

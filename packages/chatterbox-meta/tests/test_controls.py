@@ -56,6 +56,29 @@ def test_out_of_range_controls_are_named(control: str, value: object, message: s
         GenerationParams(**{control: value})
 
 
+def test_numpy_scalars_are_numbers_of_the_controls_type() -> None:
+    import numpy as np
+
+    # A seed from rng.integers, a temperature from a float32 array: what the Python numbers are.
+    params = GenerationParams.from_controls(
+        seed=np.random.default_rng(0).integers(0, 100, dtype=np.int64),
+        temperature=np.float32(0.5),
+        top_k=np.int32(5),
+        speed=np.float64(1.5),
+    )
+    assert (type(params.seed), type(params.temperature), type(params.top_k)) == (int, float, int)
+    assert (params.temperature, params.top_k, params.speed) == (0.5, 5, 1.5)
+    assert params == GenerationParams(seed=params.seed, temperature=0.5, top_k=5, speed=1.5)
+    for control, value, message in (
+        ("temperature", np.float32(6.0), r"temperature must be in \[0, 5\]"),
+        ("seed", np.int64(-1), r"seed must be in \[0, "),
+        ("seed", np.float64(3.0), "seed must be an int"),
+        ("top_k", np.bool_(True), "top_k must be an int"),
+    ):
+        with pytest.raises(InvalidParameterError, match=message):
+            GenerationParams(**{control: value})
+
+
 def test_temperature_zero_is_greedy_and_accepted_everywhere() -> None:
     params = GenerationParams(temperature=0.0)
     assert params.t3_sampling(max_tokens=10, seed=None).temperature == 0.0

@@ -45,7 +45,7 @@ def recording() -> bytes:
     return buffer.getvalue()
 
 
-def client_over(voices_dir: Path) -> TestClient:
+def client_over(voices_dir: Path, **settings: Any) -> TestClient:
     tts = SimpleNamespace(
         model="english",
         sample_rate=24_000,
@@ -54,7 +54,7 @@ def client_over(voices_dir: Path) -> TestClient:
         # The audio is checked as ChatterboxTTS.prepare_voice checks it; the voice is random.
         prepare_voice=lambda audio: (load_voice_audio_for(audio, "english"), random_voice(1))[1],
     )
-    return TestClient(create_app(tts, ServerSettings(voices_dir=voices_dir)))  # type: ignore[arg-type]
+    return TestClient(create_app(tts, ServerSettings(voices_dir=voices_dir, **settings)))  # type: ignore[arg-type]
 
 
 def test_a_voice_the_server_cannot_store_is_a_server_error_and_is_not_added(
@@ -139,3 +139,58 @@ def test_a_voice_whose_file_cannot_be_removed_is_not_deleted(tmp_path: Path) -> 
     assert f"voice file {voices_dir / 'me.pt'}: cannot remove it" in error["message"]
     assert "'me' is still served" in error["message"]
     assert [v["name"] for v in client.get("/v1/voices").json()["data"]] == ["default", "me"]
+
+
+def test_settings_take_a_str_voices_dir_and_name_wrong_types(tmp_path: Path) -> None:
+    """``ServerSettings(voices_dir="voices")`` (a str, as most configuration gives it) was an
+    AttributeError ('str' object has no attribute 'exists'); a setting of the wrong type (a
+    string of seconds, a number as the host) was Python's TypeError or AttributeError."""
+    from chatterbox_vllm.errors import InvalidParameterError
+
+    client = client_over(str(tmp_path / "voices"))  # type: ignore[arg-type]
+    answer = client.post("/v1/voices", data={"name": "me"}, files={"file": ("me.wav", recording())})
+    assert answer.status_code == 201, answer.text
+    assert (tmp_path / "voices" / "me.pt").is_file()
+    for setting, value, message in (
+        ("max_queue_wait", "30", "max_queue_wait must be a number of seconds, got str '30'"),
+        ("drain_seconds", None, "drain_seconds must be a number of seconds, got NoneType"),
+        ("host", 0, "host must be a str, got int 0"),
+        ("api_key", 1234, "api_key must be a str, got int 1234"),
+        ("voices_dir", 5, r"voices_dir must be a directory path \(str or pathlib.Path\)"),
+        ("playground", "no", "playground must be a bool, got str 'no'"),
+    ):
+        with pytest.raises(InvalidParameterError, match=message):
+            ServerSettings(**{setting: value})
+
+
+def test_a_recording_longer_than_the_limit_is_refused_before_it_is_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hour of near-silence is half a megabyte of FLAC (20 MB: a day and a half, tens of GB
+    decoded): a recording is refused by the length its header gives, before it is decoded."""
+    import numpy as np
+
+    hour = io.BytesIO()
+    soundfile.write(hour, np.zeros(3600 * 8_000, np.int16), 8_000, format="FLAC")
+    assert len(hour.getvalue()) < 200_000
+    decoded: list[bool] = []
+    monkeypatch.setattr(soundfile, "read", lambda *a, **k: decoded.append(True))
+    client = client_over(tmp_path / "voices")
+    answer = client.post(
+        "/v1/voices", data={"name": "long"}, files={"file": ("long.flac", hour.getvalue())}
+    )
+    assert answer.status_code == 413, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "file" and not decoded
+    assert error["message"].startswith(
+        "the uploaded recording is 3,600.0 s long; at most 300 s are accepted"
+    )
+    monkeypatch.undo()
+    # The limit is a setting (--max-upload-seconds); a recording within it is taken.
+    strict = client_over(tmp_path / "strict", max_upload_seconds=1.5)
+    refused = strict.post(
+        "/v1/voices", data={"name": "me"}, files={"file": ("me.wav", recording())}
+    )
+    assert refused.status_code == 413 and "2.0 s long; at most 1.5 s" in refused.text
+    taken = client.post("/v1/voices", data={"name": "me"}, files={"file": ("me.wav", recording())})
+    assert taken.status_code == 201, taken.text

@@ -81,6 +81,13 @@ def test_bad_stream_input_fails_before_anything_starts(tts: ChatterboxTTS) -> No
         tts.stream("Fine. " + word)
     with pytest.raises(InvalidTextError, match="nowhere to be split"):
         list(tts.stream_text(["Fine. ", word], max_new_tokens=4))
+    # Window sizes of the wrong type: the product's error naming the argument, at the call (a
+    # text stream's S3Gen lane opens only after its first sentence).
+    wrong = "streaming must be a chatterbox_s3gen.StreamingConfig .* got dict"
+    with pytest.raises(InvalidParameterError, match=wrong):
+        tts.stream("Hello.", streaming={"chunk_tokens": 50})  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match=wrong):
+        tts.stream_text(["Hello."], streaming={"chunk_tokens": 50})  # type: ignore[arg-type]
     assert tts.scheduler.stats.open_streams == 0
 
 

@@ -100,3 +100,47 @@ def test_bad_config_file_is_a_checkpoint_error(tmp_path: Path, tiny_checkpoint: 
         S3Gen.from_checkpoint(tmp_path)
     with pytest.raises(ConfigurationError, match="must be 64"):
         chatterbox_s3gen.S3GenConfig(tokenizer_state=128, tokenizer_heads=4)
+
+
+def test_the_command_line_names_what_it_cannot_use_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chatterbox_s3gen.cli import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = [
+        (["export-onnx", str(tmp_path / "nowhere"), str(tmp_path / "out")],
+         f"chatterbox-s3gen export-onnx: error: no S3Gen checkpoint at {tmp_path / 'nowhere'}"),
+        (["write-random-checkpoint", str(a_file / "sub")],
+         f"chatterbox-s3gen write-random-checkpoint: error: cannot write {a_file / 'sub'}: Not a "
+         "directory"),
+        (["write-random-checkpoint", "/proc/x"],
+         "chatterbox-s3gen write-random-checkpoint: error: cannot write /proc/x: No such file"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        captured = capsys.readouterr()
+        assert captured.err.startswith(message), captured.err
+        assert "Traceback" not in captured.err and captured.out == "", argv
+
+
+def test_a_device_this_machine_lacks_is_named_before_the_weights_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No checkpoint at all: the device (and noise seed) errors come first, not torch's
+    # 'Found no NVIDIA driver' RuntimeError once a gigabyte of weights was read.
+    nowhere = tmp_path / "nowhere"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(S3GenInputError, match="device='cuda', but torch sees no CUDA GPU"):
+        S3Gen.from_checkpoint(nowhere, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(S3GenInputError, match=r"'cuda:2', but torch sees 1 CUDA GPU\(s\) here"):
+        S3Gen.from_checkpoint(nowhere, device="cuda:2")
+    with pytest.raises(S3GenInputError, match="device must be a torch.device or a name .*'tpu'"):
+        S3Gen.from_checkpoint(nowhere, device="tpu")
+    with pytest.raises(S3GenInputTypeError, match="noise_seed must be an int or a CPU torch"):
+        S3Gen.from_checkpoint(nowhere, noise_seed="42")  # type: ignore[arg-type]
+    with pytest.raises(MissingCheckpointFileError):
+        S3Gen.from_checkpoint(nowhere, device="cpu")

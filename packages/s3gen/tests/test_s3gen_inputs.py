@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from chatterbox_s3gen import SPEECH_VOCAB_SIZE, S3Gen, S3GenReference
+from chatterbox_s3gen.errors import S3GenInputError
 
 
 def test_embed_ref_layout(s3gen: S3Gen, voice_a: S3GenReference) -> None:
@@ -68,6 +69,7 @@ def test_numpy_and_int16_audio(s3gen: S3Gen, tone) -> None:
         (lambda w: torch.zeros_like(w), "silent"),
         (lambda w: 1e-6 * w, "silent"),
         (lambda w: w[:0], "empty"),
+        (lambda w: w[None, :][:0], r"\(0, \d+\): no channels"),
         (lambda w: w[:720], "ms long"),  # 30 ms
     ],
 )
@@ -87,6 +89,9 @@ def test_bad_sample_rates_raise(s3gen: S3Gen, tone) -> None:
         s3gen.embed_ref(tone(0.5), 24_000.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="positive"):
         s3gen.embed_ref(tone(0.5), 0)
+    # kHz for Hz: it was 'the tokenizer handles at most 82 s' for half a second of audio.
+    with pytest.raises(S3GenInputError, match=r"sample_rate is 24 Hz, .*give it in Hz \(24000"):
+        s3gen.embed_ref(tone(0.5), 24)
     with pytest.raises(TypeError, match="torch.Tensor or numpy array"):
         s3gen.embed_ref([0.1, 0.2], 24_000)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="float samples"):

@@ -14,6 +14,7 @@ from chatterbox_vllm.controls import CONTROLS, GenerationParams
 from chatterbox_vllm.distributed.replicated import ReplicatedChatterboxTTS
 from chatterbox_vllm.errors import (
     AudioError,
+    AudioFileNotFoundError,
     AudioTooShortError,
     ChatterboxError,
     CheckpointError,
@@ -54,6 +55,7 @@ __all__ = [
     "SPEECH_TOKEN_RATE_HZ",
     "SPEECH_VOCAB_SIZE",
     "AudioError",
+    "AudioFileNotFoundError",
     "AudioTooShortError",
     "ChatterboxError",
     "ChatterboxTTS",

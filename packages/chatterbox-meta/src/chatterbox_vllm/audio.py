@@ -22,6 +22,7 @@ import soxr
 import torch
 
 from chatterbox_vllm.errors import (
+    AudioFileNotFoundError,
     AudioTooShortError,
     CorruptAudioError,
     InvalidAudioError,
@@ -51,7 +52,7 @@ previous chunk's trailing room tone into that onset; it never eats into a word."
 
 AudioInput = str | os.PathLike | tuple[torch.Tensor | np.ndarray, int]
 """A path to an audio file, or ``(waveform, sample_rate)`` with waveform ``[samples]`` or
-``[channels, samples]`` (torchaudio's layout)."""
+``[channels, samples]`` (torchaudio's layout): float samples in [-1, 1], or int16 / int32 PCM."""
 
 # libsndfile major formats by file suffix, so an unsupported file is named as such instead of
 # surfacing as a decoder error. (libsndfile also sniffs content; the suffix only picks the message.)
@@ -81,7 +82,7 @@ def supported_audio_suffixes() -> list[str]:
 def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
     """Decodes a file to ``[channels, samples]`` float32."""
     if not path.exists():
-        raise FileNotFoundError(f"voice audio file not found: {path}")
+        raise AudioFileNotFoundError(f"voice audio file not found: {path}")
     if path.is_dir():
         raise UnsupportedAudioFormatError(f"voice audio path is a directory, not a file: {path}")
     suffix = path.suffix.lower()
@@ -101,21 +102,38 @@ def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(sample_rate)
 
 
+PCM_FULL_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
+"""Integer samples taken as PCM, by their full scale (what libsndfile reads a 16- or 32-bit WAV
+as, and what ``scipy.io.wavfile.read`` and ``soundfile.read(..., dtype="int16")`` return)."""
+
+
 def _as_channels_first(waveform: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(waveform, torch.Tensor):
         if waveform.is_complex():  # casting would silently drop the imaginary part
             raise InvalidAudioError(
                 f"waveform must be real-valued samples, got complex dtype {waveform.dtype}"
             )
-        array = waveform.detach().to("cpu", torch.float32).numpy()
-    elif isinstance(waveform, np.ndarray):
+        if waveform.is_floating_point():  # NumPy has no bfloat16
+            waveform = waveform.to(torch.float32)
+        waveform = waveform.detach().cpu().numpy()
+    if isinstance(waveform, np.ndarray):
         if np.issubdtype(waveform.dtype, np.complexfloating):
             raise InvalidAudioError(
                 f"waveform must be real-valued samples, got complex dtype {waveform.dtype}"
             )
         if not np.issubdtype(waveform.dtype, np.number):
             raise InvalidAudioError(f"waveform must be numeric, got dtype {waveform.dtype}")
-        array = waveform.astype(np.float32, copy=False)
+        if np.issubdtype(waveform.dtype, np.integer):
+            scale = PCM_FULL_SCALE.get(waveform.dtype)
+            if scale is None:
+                raise InvalidAudioError(
+                    f"waveform has integer dtype {waveform.dtype}; integer samples are taken as "
+                    "16- or 32-bit PCM (int16, int32): convert it to one of those, or to float "
+                    "samples in [-1, 1]"
+                )
+            array = (waveform.astype(np.float32) / np.float32(scale)).astype(np.float32)
+        else:
+            array = waveform.astype(np.float32, copy=False)
     else:
         raise InvalidAudioError(
             f"waveform must be a torch.Tensor or numpy.ndarray, got {type(waveform).__name__}"
@@ -123,6 +141,11 @@ def _as_channels_first(waveform: torch.Tensor | np.ndarray) -> np.ndarray:
     if array.ndim == 1:
         return array[None, :]
     if array.ndim == 2:
+        if array.shape[0] == 0:  # averaging no channels would be NaN, or no samples at all
+            raise InvalidAudioError(
+                f"waveform of shape {tuple(array.shape)} has no channels; pass [samples] or "
+                "[channels, samples] with at least one channel"
+            )
         if array.shape[0] > 16 and array.shape[1] <= 16:
             raise InvalidAudioError(
                 f"waveform of shape {tuple(array.shape)} looks like [samples, channels]; "
@@ -159,10 +182,22 @@ def load_voice_audio(audio: AudioInput, *, min_seconds: float = MIN_VOICE_SECOND
     """
     if isinstance(audio, str | os.PathLike):
         source = str(audio)
+        if not os.fspath(audio):  # Path("") is the working directory
+            raise InvalidAudioError(
+                "voice audio path is empty; give a recording's file path (or no voice for the "
+                "built-in one)"
+            )
         channels, sample_rate = _read_audio_file(Path(audio))
     elif isinstance(audio, tuple) and len(audio) == 2:
         waveform, sample_rate = audio
         source = "waveform"
+        if isinstance(waveform, int | np.integer) and isinstance(
+            sample_rate, np.ndarray | torch.Tensor
+        ):
+            raise InvalidAudioError(
+                "voice audio is (sample_rate, waveform), the order scipy.io.wavfile.read returns; "
+                "pass (waveform, sample_rate)"
+            )
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
             raise InvalidAudioError(
                 f"sample_rate must be an int (Hz), got {type(sample_rate).__name__}"

@@ -22,7 +22,7 @@ from chatterbox_vllm.commands import (
     write_result,
 )
 from chatterbox_vllm.controls import controls_from_namespace
-from chatterbox_vllm.errors import ChatterboxError
+from chatterbox_vllm.errors import ChatterboxError, OutputPathError
 from chatterbox_vllm.hub import describe_model
 from chatterbox_vllm.paths import check_not_directory, check_writable, open_for_writing
 
@@ -65,6 +65,11 @@ def bench(args: argparse.Namespace) -> int:
     controls.setdefault("max_tokens_per_expected_second", DEFAULT_BENCH_TOKENS_PER_SECOND)
     cap = controls["max_tokens_per_expected_second"]
     check_controls(controls)  # bad controls fail before anything loads
+    if args.out == "-":  # the WAV and the report would share it: neither would be usable
+        raise OutputPathError(
+            "--out -: bench prints its report on standard output, so the audio cannot go there "
+            "too; give --out a file name (e.g. bench.wav)"
+        )
     if getattr(args, "json", None) is not None:  # before the benchmark, not after it
         check_not_directory(args.json, "--json", JSON_EXAMPLE)
         check_writable(args.json, "--json", JSON_EXAMPLE)

@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--text-file", type=Path, required=True)
     bench.add_argument("--voice", type=Path, help=VOICE_HELP)
-    bench.add_argument("--out", help="also save the audio here")
+    bench.add_argument(
+        "--out", help="also save the audio in this file (not -: the report is on standard output)"
+    )
     bench.add_argument("--quiet", action="store_true", help="no progress, only errors")
     bench.add_argument(
         "--json", type=Path, help="also write the measurements to this JSON file (bench/product.py)"

@@ -152,7 +152,7 @@ def preflight(args: argparse.Namespace, text: str, config: EngineConfig) -> Engi
     validate_text(text)
     checks.check_vocoder(config.vocoder)
     if args.out is not None:
-        checks.check_output(args.out)
+        checks.check_output(args.out, voice=args.voice)
     if not replicated(args):
         config = config.with_overrides({"device": checks.check_device(config.device)})
     model = command_model(args)

@@ -137,6 +137,11 @@ class VoiceConditionals:
     @classmethod
     def load(cls, path: str | os.PathLike) -> VoiceConditionals:
         path = Path(path)
+        if path.is_dir():
+            raise CheckpointError(
+                f"voice file {path} is a directory; give a .pt voice file (saved with Voice.save, "
+                "or a checkpoint's conds.pt)"
+            )
         if not path.is_file():
             raise CheckpointError(f"voice conditionals file not found: {path}")
         from chatterbox_t3.checkpoint import torch_load_reason

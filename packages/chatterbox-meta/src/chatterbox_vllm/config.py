@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from chatterbox_vllm.audio import DEFAULT_CROSSFADE_SECONDS
-from chatterbox_vllm.errors import InvalidParameterError
+from chatterbox_vllm.errors import InvalidParameterError, SettingTypes, check_setting_types
 from chatterbox_vllm.text import chunk_chars_for_token_budget
 
 CONDITIONING_POSITIONS = 34
@@ -45,6 +45,18 @@ of the card's memory is at least this."""
 def _knob(default: Any, help: str, **cli: Any) -> Any:
     """A field whose metadata carries its CLI help (and argparse extras such as ``choices``)."""
     return field(default=default, metadata={"help": help, **cli})
+
+
+_KNOB_TYPES: SettingTypes = {
+    "gpu_memory_utilization": ("a number", (int, float), True),
+    "crossfade_seconds": ("a number", (int, float), False),
+    "max_model_len": ("an int", (int,), True),
+    "max_chunk_chars": ("an int", (int,), True),
+    "device": ("a str (cuda, cuda:N or cpu)", (str,), True),
+    "stream_graphs": ("a bool", (bool,), False),
+}
+"""The knobs whose range checks compare values (or split a string): their types are checked
+first. The positive ints and the named choices are checked with their ranges."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,9 @@ class EngineConfig:
     """Extra keyword arguments for ``AsyncT3Engine.from_checkpoint`` (forwarded to vLLM)."""
 
     def __post_init__(self) -> None:
+        # A string from a settings file (gpu_memory_utilization="0.5") was Python's TypeError
+        # from '<', a number for device an AttributeError, stream_graphs="no" taken as true.
+        check_setting_types(self, _KNOB_TYPES)
         if self.gpu_memory_utilization is not None and not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise InvalidParameterError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -96,6 +97,18 @@ class Control:
         if others:
             default = f"{default} ({', '.join(others)})"
         return f"{self.meaning}; {self.kind.__name__} in {self.interval}, default {default}"
+
+    def accept(self, value: object) -> object:
+        """``value`` as the control's Python type, once :meth:`check` accepts it: NumPy's scalars
+        are numbers too (``np.int64`` from ``rng.integers``, ``np.float32`` from a float32 array),
+        taken as the ``int`` or ``float`` they hold; a float for an int control stays an error."""
+        if self.choices is None and type(value) not in (int, float) and not isinstance(value, bool):
+            if self.kind is int and isinstance(value, numbers.Integral):
+                value = int(value)
+            elif self.kind is float and isinstance(value, numbers.Real):
+                value = float(value)
+        self.check(value)
+        return value
 
     def check(self, value: object) -> None:
         """Raises :class:`InvalidParameterError` naming the control, the accepted range and the
@@ -293,7 +306,7 @@ class GenerationParams:
 
     def __post_init__(self) -> None:
         for name, control in CONTROLS.items():
-            control.check(getattr(self, name))
+            object.__setattr__(self, name, control.accept(getattr(self, name)))
         from chatterbox_vllm.speed import require_time_stretch
 
         require_time_stretch(self.speed)
@@ -324,7 +337,7 @@ class GenerationParams:
             name: values.pop(name) for name in IGNORED_CONTROLS.get(model, ()) if name in values
         }
         for name, value in ignored.items():
-            CONTROLS[name].check(value)  # out of range is an error on every model
+            CONTROLS[name].accept(value)  # out of range is an error on every model
         if any(value != 0 for value in ignored.values()):
             logger.warning(
                 "the %s model has no %s: ignoring %s (as chatterbox-tts does)",

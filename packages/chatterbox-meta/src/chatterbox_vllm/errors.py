@@ -1,7 +1,7 @@
 """Errors raised for bad input. Each says which argument was wrong and what is accepted.
 
 All derive from :class:`ChatterboxError`; the input errors also derive from :class:`ValueError`
-(and the missing-file one from :class:`FileNotFoundError`) so generic handlers keep working.
+(and the missing-file ones from :class:`FileNotFoundError`) so generic handlers keep working.
 Raising one never leaves a :class:`~chatterbox_vllm.ChatterboxTTS` in a broken state: inputs are
 validated before any engine work starts.
 """
@@ -48,6 +48,10 @@ class InvalidAudioError(AudioError):
     """NaN/inf samples, wrong shape or dtype, bad sample rate."""
 
 
+class AudioFileNotFoundError(AudioError, FileNotFoundError):
+    """The voice recording's path does not exist (also a :class:`FileNotFoundError`)."""
+
+
 class CheckpointError(ChatterboxError, FileNotFoundError):
     """A checkpoint directory lacks a file, or a file has the wrong structure."""
 
@@ -59,6 +63,15 @@ class OutputPathError(ChatterboxError, OSError):
 class EngineDeadError(ChatterboxError, RuntimeError):
     """The T3 engine process is gone (killed, crashed, out of memory): this object cannot speak
     any more; load a new one."""
+
+    @classmethod
+    def for_reason(cls, reason: str) -> EngineDeadError:
+        """The error a call gets once the engine is known dead (``reason``: why), worded for a
+        Python caller and for a server's client alike."""
+        return cls(
+            f"the T3 engine is dead ({reason}); close this ChatterboxTTS and load a new one (a "
+            "server: restart it)"
+        )
 
 
 class GenerationInterrupted(KeyboardInterrupt):
@@ -97,6 +110,25 @@ class ChunkInputError(ChatterboxError):
 
     def __str__(self) -> str:
         return f"chunk {self.order}: {self.cause}"
+
+
+SettingTypes = Mapping[str, tuple[str, tuple[type, ...], bool]]
+"""A config class's expected types: name -> (what it must be, the types that are, whether None
+is accepted)."""
+
+
+def check_setting_types(settings: object, expected: SettingTypes) -> None:
+    """Raises :class:`InvalidParameterError` naming the first setting of ``settings`` whose value
+    is not of its type (``bool`` counts as a number only where it is listed), before its range is
+    compared: a string from a settings file is not Python's TypeError from ``<``."""
+    for name, (what, types, optional) in expected.items():
+        value = getattr(settings, name)
+        if value is None and optional:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise InvalidParameterError(
+                f"{name} must be {what}, got {type(value).__name__} {value!r}"
+            )
 
 
 def naming_the_flag(

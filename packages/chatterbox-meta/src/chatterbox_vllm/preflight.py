@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +14,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from chatterbox_vllm.audio import AudioInput, output_format
-from chatterbox_vllm.errors import ChatterboxError, InvalidParameterError, from_component_error
+from chatterbox_vllm.errors import (
+    ChatterboxError,
+    InvalidParameterError,
+    OutputPathError,
+    from_component_error,
+)
 from chatterbox_vllm.hub import inspect_checkpoint_dir
 from chatterbox_vllm.languages import check_language_for_model
 from chatterbox_vllm.models import ModelKind
@@ -246,11 +252,29 @@ def check_voice(voice: AudioInput, model: ModelKind = "english") -> None:
     load_voice_audio_for(voice, model)
 
 
-def check_output(path: str | os.PathLike) -> None:
+def check_output(path: str | os.PathLike, voice: AudioInput | None = None) -> None:
     """Checks that audio of ``path``'s format can be written there (``"-"``: standard output)
-    without changing what is there (see :func:`chatterbox_vllm.paths.check_writable`)."""
+    without changing what is there (see :func:`chatterbox_vllm.paths.check_writable`), and that
+    it is not the ``voice`` recording (the speech would replace it)."""
     if os.fspath(path) == "-":
+        if sys.stdout is not None and sys.stdout.isatty():
+            # Binary audio on a terminal is noise that can leave it in a garbled state.
+            raise OutputPathError(
+                "--out - writes WAV audio to standard output, which is a terminal here: pipe it "
+                "to a player (| aplay) or redirect it to a file (> speech.wav), or give --out "
+                "a file name"
+            )
         return
+    if (
+        isinstance(voice, str | os.PathLike)
+        and os.path.exists(path)
+        and os.path.exists(voice)
+        and os.path.samefile(path, voice)
+    ):
+        raise OutputPathError(
+            f"--out {os.fspath(path)} is the --voice recording: the speech would replace it; "
+            "choose another --out"
+        )
     check_not_directory(path, "--out", "speech.wav")
     output_format(path)
     check_writable(path, "--out", "speech.wav")

@@ -301,6 +301,8 @@ class StreamSession:
         """Files one scheduler/T3 event; returns the chunks that can be emitted now."""
         order, pieces, done, error = event
         if error is not None:
+            if isinstance(error, EngineDeadError):
+                self.check_engine()  # the engine's state names the cause (e.g. a close())
             raise error
         with self._lock:
             if order != NO_ITEM:

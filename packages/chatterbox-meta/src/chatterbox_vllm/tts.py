@@ -189,6 +189,18 @@ def _check_before_loading(config: EngineConfig) -> None:
     check_device(config.device)
 
 
+def _check_streaming(streaming: object) -> None:
+    """A stream's window sizes are checked where it opens: S3Gen reads them only as each lane
+    opens (a text stream's first one after its first sentence), and with its own error."""
+    from chatterbox_s3gen.streaming import StreamingConfig
+
+    if streaming is not None and not isinstance(streaming, StreamingConfig):
+        raise InvalidParameterError(
+            "streaming must be a chatterbox_s3gen.StreamingConfig (the stream's window sizes) "
+            f"or None for the defaults, got {type(streaming).__name__}"
+        )
+
+
 def _default_voice(path: Path) -> Voice | None:
     """The checkpoint's built-in voice (``conds.pt``), if it has one."""
     if (path / "conds.pt").is_file():
@@ -518,6 +530,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         Streams run concurrently with each other (and share S3Gen batches); all checks happen
         here, before anything is queued."""
         self._check_open()
+        _check_streaming(streaming)
         params = params or GenerationParams.for_model(self.model)
         plan = plan_requests([text], [params], self.config, self.model)
         voice_value = self._resolve_voice(voice)
@@ -604,6 +617,7 @@ class ChatterboxTTS(SpeechFront[Voice]):
         its session's audio meanwhile (what :meth:`stream_text` / :meth:`astream_text` and the
         WebSocket route do). Voice and controls are checked here, before anything is queued."""
         self._check_open()
+        _check_streaming(streaming)
         params = params or GenerationParams.for_model(self.model)
         planner = IncrementalPlanner(params, self.config, self.model)
         session = self._open_session(
@@ -705,14 +719,23 @@ class ChatterboxTTS(SpeechFront[Voice]):
         if self._engine_failure is None and self._t3 is not None:
             self._engine_failure = self._t3_failure()
         if self._engine_failure is not None:
-            raise EngineDeadError(
-                f"the T3 engine is dead ({self._engine_failure}); close this ChatterboxTTS and "
-                "load a new one"
-            )
+            raise EngineDeadError.for_reason(self._engine_failure)
 
     def _t3_failure(self) -> str | None:
+        """Why T3 cannot serve (``None`` while it can), polled by running calls: one that is
+        running when this object is closed (from another thread) ends with a ChatterboxError
+        saying so, not as the engine's death (vLLM takes its shutdown for one)."""
+        if self._closed:
+            raise self._closed_while_running()
         probe = getattr(self._t3, "engine_failure", None)
         return probe() if callable(probe) else None
+
+    def _closed_while_running(self) -> ChatterboxError:
+        return ChatterboxError(
+            f"this {type(self).__name__} was closed while the call ran (close() from another "
+            "thread, or the end of its with block): the call was stopped; load a new one to "
+            "speak again"
+        )
 
     def _execute(
         self, plan: Plan, voices: list[Voice], stats: GenerationStats, progress: bool
@@ -740,6 +763,8 @@ class ChatterboxTTS(SpeechFront[Voice]):
                 progress=progress,
             )
         except EngineDeadError as error:
+            if self._closed:
+                raise self._closed_while_running() from None
             self._engine_failure = str(error)
             raise
         except KeyboardInterrupt:

@@ -132,6 +132,10 @@ def resample(wav: torch.Tensor, source_rate: int, target_rate: int) -> torch.Ten
     return _resampler(source_rate, target_rate, wav.device)(wav)
 
 
+MIN_SAMPLE_RATE = 1000
+"""The lowest sample rate taken (the product's too): anything below is a rate in kHz."""
+
+
 def check_sample_rate(sample_rate: object, argument: str = "sample_rate") -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer):
         raise S3GenInputTypeError(
@@ -139,6 +143,13 @@ def check_sample_rate(sample_rate: object, argument: str = "sample_rate") -> int
         )
     if sample_rate <= 0:
         raise S3GenInputError(f"{argument} must be a positive number of Hz, got {sample_rate}")
+    if sample_rate < MIN_SAMPLE_RATE:
+        # A rate in kHz (24 for 24 kHz) made the audio 1000x too long: "the tokenizer handles
+        # at most 82 s" for a 5 s recording.
+        raise S3GenInputError(
+            f"{argument} is {sample_rate} Hz, below any audio rate ({MIN_SAMPLE_RATE} Hz at "
+            f"least); give it in Hz ({sample_rate * 1000} for {sample_rate} kHz)"
+        )
     return int(sample_rate)
 
 
@@ -165,6 +176,11 @@ def as_mono_waveform(wav: object, argument: str = "wav") -> torch.Tensor:
         wav = wav.float() / 2147483648.0
     if wav.dim() == 2:
         channels = wav.shape[0]
+        if channels == 0:  # their mean would be NaN samples
+            raise S3GenInputError(
+                f"{argument} has shape {tuple(wav.shape)}: no channels; pass (samples,) or "
+                "(channels, samples) with at least one channel"
+            )
         if channels > MAX_CHANNELS:
             raise S3GenInputError(
                 f"{argument} has shape {tuple(wav.shape)}; 2-D audio must be (channels, samples) "

@@ -40,8 +40,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a command: exit 0, 1 for a checkpoint or a path it cannot use (one line on stderr
+    naming it, never a traceback), 2 for a bad command line."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from chatterbox_s3gen.errors import S3GenError
+
+    try:
+        return _run(args)
+    except S3GenError as error:
+        message = str(error)
+    except OSError as error:  # the output directory: Python's words, with the path it names
+        where = f" {error.filename}" if error.filename else ""
+        message = f"cannot write{where}: {error.strerror or error}"
+    print(f"chatterbox-s3gen {args.command}: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "export-onnx":
         try:
             from chatterbox_s3gen.onnx_export import export_onnx

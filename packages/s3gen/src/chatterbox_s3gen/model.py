@@ -178,6 +178,9 @@ class S3Gen(nn.Module):
                 raise S3GenInputError(
                     f"{name} must be torch.float32, torch.bfloat16 or torch.float16, got {value}"
                 )
+        device = _usable_device(device)  # before reading the weights (1 GB for the real model)
+        if noise_seed is not None:
+            _check_noise_seed(noise_seed)
         weights, config = resolve_checkpoint(path)
         with torch.random.fork_rng(devices=[]):  # construction must not disturb the caller's RNG
             model = cls(config)
@@ -248,6 +251,7 @@ class S3Gen(nn.Module):
 
     def set_flow_noise_seed(self, seed: torch.Generator | int) -> None:
         """Redraw :attr:`flow_noise` as ``randn(1, 80, config.flow_noise_frames)`` from ``seed``."""
+        _check_noise_seed(seed)
         generator = (
             seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
         )
@@ -684,3 +688,36 @@ class S3Gen(nn.Module):
 
 
 __all__ = ["DEFAULT_NOISE_SEED", "MIN_REFERENCE_SECONDS", "S3Gen"]
+
+
+def _check_noise_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, torch.Generator | int):
+        raise S3GenInputTypeError(
+            f"noise_seed must be an int or a CPU torch.Generator, got {type(seed).__name__} "
+            f"{seed!r}"
+        )
+
+
+def _usable_device(device: object) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has: torch's own errors come only once the
+    weights are read (a bare RuntimeError, "Found no NVIDIA driver on your system")."""
+    try:
+        parsed = torch.device(device)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError):
+        raise S3GenInputError(
+            f"device must be a torch.device or a name such as 'cpu', 'cuda' or 'cuda:1', got "
+            f"{device!r}"
+        ) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise S3GenInputError(
+                f"device={str(parsed)!r}, but torch sees no CUDA GPU on this machine (no driver, "
+                "no visible GPU, or a CPU-only torch build); use device='cpu'"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise S3GenInputError(
+                f"device={str(parsed)!r}, but torch sees {count} CUDA GPU(s) here (cuda:0 to "
+                f"cuda:{count - 1})"
+            )
+    return parsed

@@ -123,6 +123,13 @@ def add_speech_stream_route(
         except APIError as error:
             await _refuse(websocket, error, CLOSE_POLICY)
             return
+        failure = tts._t3_failure()
+        if failure is not None:  # as /v1/audio/speech answers 503: no session.created
+            dead = EngineDeadError.for_reason(failure)
+            await _refuse(
+                websocket, APIError(503, str(dead), kind="server_error"), CLOSE_SERVER_ERROR
+            )
+            return
         early: list[Mapping[str, Any]] = []  # what the client sent while it waited
         try:
             if not await _admitted_while_listening(websocket, admission, early):

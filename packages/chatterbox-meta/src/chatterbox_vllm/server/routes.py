@@ -2,8 +2,10 @@
 
 Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) with the status a
 client can act on: 400 bad request (the field is named), 401 API key, 404 unknown voice to delete,
-413 input or upload too large, 429 over capacity (``--over-capacity reject``, or a full queue),
-503 engine dead or no slot within ``--max-queue-wait`` (both with ``Retry-After``). Admission:
+405 wrong method (``Allow`` lists the path's), 413 input or upload too large, 415 a compressed
+body, 429 over capacity (``--over-capacity reject``, or a full queue; with ``Retry-After``), 503
+engine dead, or no slot within ``--max-queue-wait`` (with ``Retry-After``). Every response carries
+``X-Request-ID``; HEAD is answered as GET without the body. Admission:
 :mod:`chatterbox_vllm.server.admission`. A failure in one
 request never stops the server; a client that disconnects mid-stream has its T3 requests aborted.
 """
@@ -19,7 +21,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from chatterbox_vllm.encoding import RESPONSE_FORMATS, StreamEncoder, available_formats
 from chatterbox_vllm.errors import (
@@ -49,8 +52,10 @@ from chatterbox_vllm.server.checks import (
 from chatterbox_vllm.server.metrics import Metrics
 from chatterbox_vllm.server.middleware import (
     AbortFailedStreams,
+    AnswerHead,
     CountRequests,
     LimitRequestBodies,
+    RequestIds,
     StreamAborted,
     error_body,
 )
@@ -118,8 +123,13 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         # Unknown paths, wrong methods and bodies FastAPI cannot parse: the same error shape.
-        message = _http_error_message(request, error)
-        return JSONResponse(error_body(message), error.status_code, headers=error.headers)
+        headers = error.headers
+        if error.status_code == 405:
+            # Starlette's Allow names the methods of the first route of the path only (POST for
+            # /v1/voices, which GET lists too): every route's, and HEAD where GET is.
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_of_path(app, request))}
+        message = _http_error_message(request, error, headers)
+        return JSONResponse(error_body(message), error.status_code, headers=headers)
 
     @app.exception_handler(ChatterboxError)
     async def _product_error(request: Request, error: ChatterboxError) -> JSONResponse:
@@ -134,7 +144,12 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("request %s %s failed", request.method, request.url.path)
+        logger.exception(
+            "request %s %s (%s) failed",
+            request.method,
+            request.url.path,
+            getattr(request.state, "request_id", "no id"),
+        )
         return JSONResponse(
             error_body(f"internal error: {type(error).__name__}: {error}", kind="server_error"), 500
         )
@@ -143,6 +158,8 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
     app.add_middleware(LimitRequestBodies, limit_for=functools.partial(_body_limit, settings))
     app.add_middleware(CountRequests, counter=metrics.requests)
     app.add_middleware(AbortFailedStreams)
+    app.add_middleware(AnswerHead)
+    app.add_middleware(RequestIds)  # outermost: every answer carries its id, middleware's too
 
     async def authorize(request: Request) -> None:
         check_api_key(settings, request.headers.get("authorization", ""))
@@ -350,6 +367,16 @@ def create_app(tts: ChatterboxTTS, settings: ServerSettings | None = None) -> Fa
                 f"upload is larger than {settings.max_upload_bytes:,} bytes (raise --max-upload-bytes)",
                 param="file",
             )
+        seconds = await asyncio.to_thread(_recording_seconds, data)
+        if seconds is not None and seconds > settings.max_upload_seconds:
+            # Refused from its header: decoded, it could take more memory than the server has.
+            raise APIError(
+                413,
+                f"the uploaded recording is {seconds:,.1f} s long; at most "
+                f"{settings.max_upload_seconds:,g} s are accepted (5-10 s of speech make the best "
+                "voice; raise --max-upload-seconds)",
+                param="file",
+            )
         try:
             voice = await asyncio.to_thread(_prepare_upload, tts, data, file.filename or "upload")
         except AudioError as error:  # the recording: the multipart part is 'file'
@@ -471,7 +498,22 @@ def _body_is_not_an_object(errors: Any) -> bool:
     )
 
 
-def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
+def _methods_of_path(app: FastAPI, request: Request) -> list[str]:
+    """The methods some route of the app takes at the request's path (HEAD with GET: see
+    :class:`~chatterbox_vllm.server.middleware.AnswerHead`)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def _http_error_message(
+    request: Request, error: StarletteHTTPException, headers: Mapping[str, str] | None
+) -> str:
     """What went wrong, for the errors Starlette and FastAPI raise themselves."""
     cause = error.__cause__
     if isinstance(cause, UnicodeDecodeError):
@@ -489,9 +531,9 @@ def _http_error_message(request: Request, error: StarletteHTTPException) -> str:
     if error.status_code == 404:
         return f"no route {request.url.path}; see /docs for the API"
     if error.status_code == 405:
-        allowed = (error.headers or {}).get("Allow", "")
+        allowed = [m for m in (headers or {}).get("Allow", "").split(", ") if m != "HEAD"]
         return f"{request.method} is not allowed on {request.url.path}" + (
-            f"; use {allowed}" if allowed else ""
+            f"; use {' or '.join(allowed)}" if allowed and allowed[0] else ""
         )
     return str(error.detail)
 
@@ -618,6 +660,18 @@ def _describe_failure(error: Exception) -> str:
         return str(error)
     logger.exception("unexpected failure in a speech stream")
     return f"internal error: {type(error).__name__}: {error}"
+
+
+def _recording_seconds(data: bytes) -> float | None:
+    """An uploaded recording's length from its header (nothing is decoded); None when libsndfile
+    cannot read it (decoding it then says why)."""
+    import soundfile
+
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except Exception:  # libsndfile's errors for unreadable bytes
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 else None
 
 
 def _prepare_upload(tts: ChatterboxTTS, data: bytes, filename: str) -> Any:

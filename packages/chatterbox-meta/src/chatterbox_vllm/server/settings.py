@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from chatterbox_vllm.errors import InvalidParameterError, naming_the_flag
+from chatterbox_vllm.errors import (
+    InvalidParameterError,
+    SettingTypes,
+    check_setting_types,
+    naming_the_flag,
+)
 
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+_SETTING_TYPES: SettingTypes = {
+    "host": ("a str", (str,), False),
+    "api_key": ("a str", (str,), True),
+    "voices_dir": ("a directory path (str or pathlib.Path)", (Path,), True),
+    "max_queue_wait": ("a number of seconds", (int, float), False),
+    "max_upload_seconds": ("a number of seconds", (int, float), False),
+    "drain_seconds": ("a number of seconds", (int, float), False),
+    "model_name": ("a str", (str,), False),
+    "playground": ("a bool", (bool,), False),
+}
+"""The settings whose checks compare, strip or stat them: their types are checked first (the
+positive ints and the seconds of the WebSocket limits are checked with their ranges)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +48,11 @@ class ServerSettings:
     )
     max_input_chars: int = _setting(4096, "longest input text in characters (413 beyond)")
     max_upload_bytes: int = _setting(20_000_000, "largest voice upload (413 beyond)")
+    max_upload_seconds: float = _setting(
+        300.0,
+        "longest voice upload in seconds of audio (413 beyond, before it is decoded: a few MB "
+        "of FLAC can hold hours that decode to gigabytes); 5-10 s of speech make the best voice",
+    )
     max_concurrent_streams: int = _setting(
         64, "hard cap on requests served at once, whatever the measured capacity"
     )
@@ -63,6 +88,9 @@ class ServerSettings:
     playground: bool = _setting(True, "serve the playground page at / (--no-playground: off)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.voices_dir, str | os.PathLike):
+            object.__setattr__(self, "voices_dir", Path(self.voices_dir))
+        check_setting_types(self, _SETTING_TYPES)
         for name in (
             "port",
             "max_input_chars",
@@ -107,6 +135,11 @@ class ServerSettings:
         if self.over_capacity not in ("queue", "reject"):
             raise InvalidParameterError(
                 f"over_capacity must be 'queue' or 'reject', got {self.over_capacity!r}"
+            )
+        if not 1 <= self.max_upload_seconds < float("inf"):
+            raise InvalidParameterError(
+                f"max_upload_seconds must be a number of seconds >= 1 (a voice needs at least "
+                f"1 s), got {self.max_upload_seconds}"
             )
         if not 0 < self.max_queue_wait < float("inf"):
             raise InvalidParameterError(
