@@ -148,6 +148,15 @@ def _v1_engine_requested() -> Iterator[None]:
                 os.environ[name] = value
 
 
+S3GEN_KERNEL_GRAPHS = False
+"""Whether the server also captures S3Gen's flow encoder and HiFT as CUDA graphs at start-up
+(``prepare_stream_graphs(kernel_graphs=...)``); off, each of their shapes is only run once. Off
+until measured: on an H100 (80 GB) the captures, made while T3's engine process profiled its
+memory, counted against T3's share and its engine failed to start ("No available memory for the
+cache blocks"), and their effect on round times is not measured yet (the GPU tests show they
+give the eager parts' results)."""
+
+
 def _prepare_s3gen_graphs(s3gen: Any, config: EngineConfig) -> float:
     """Captures S3Gen's CUDA graphs for every streamed-window shape (and seals the set: nothing
     is captured while serving); returns the seconds it took. Off the GPU, or without
@@ -162,6 +171,7 @@ def _prepare_s3gen_graphs(s3gen: Any, config: EngineConfig) -> float:
         StreamingConfig(),
         max_rows=config.s3gen_batch_size or 1,
         n_timesteps=config.cfm_steps,
+        kernel_graphs=S3GEN_KERNEL_GRAPHS,
     )
     return float(report.seconds)
 

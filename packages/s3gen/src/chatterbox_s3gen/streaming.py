@@ -978,22 +978,29 @@ def prepare_stream_kernels(
 
 
 def prepare_stream_graphs(
-    s3gen: S3Gen, config: StreamingConfig, max_rows: int, n_timesteps: int | None = None
+    s3gen: S3Gen,
+    config: StreamingConfig,
+    max_rows: int,
+    n_timesteps: int | None = None,
+    *,
+    kernel_graphs: bool = True,
 ) -> GraphPreparation:
     """A streaming server's start-up: :meth:`S3Gen.prepare_graphs` for every flow shape the
     windows of ``config`` can make in batches of up to ``max_rows`` (:func:`stream_flow_shapes`),
     captured now and sealed, so none is captured while serving; then
-    :func:`prepare_stream_kernels` for the flow encoder and HiFT. ``n_timesteps``: default the
+    :func:`prepare_stream_kernels` for the flow encoder and HiFT (captured as CUDA graphs too
+    unless ``kernel_graphs`` is False: then each shape is only run once). ``n_timesteps``: default the
     model's :attr:`S3Gen.flow_steps` (the meanflow decoder's shapes are the same, at 2 steps)."""
     report = s3gen.prepare_graphs(stream_flow_shapes(config, max_rows), n_timesteps)
     begin = time.perf_counter()
-    warmed = prepare_stream_kernels(s3gen, config, max_rows)
+    capture = s3gen.device.type == "cuda" and kernel_graphs
+    warmed = prepare_stream_kernels(s3gen, config, max_rows, capture=capture)
     seconds = time.perf_counter() - begin
     logger.info(
         "S3Gen: flow encoder and HiFT prepared at %d shapes in %.1f s%s",
         warmed,
         seconds,
-        " (CUDA graphs)" if s3gen.device.type == "cuda" else "",
+        " (CUDA graphs)" if capture else "",
     )
     return dataclasses.replace(report, warmed=warmed, seconds=report.seconds + seconds)
 
