@@ -551,7 +551,10 @@ class SpeechStreamSession:
             turn.stream.close()
         if turn in self._turns:
             self._turns.remove(turn)
-            await self._send_done(turn)
+            # Shielded: a barge-in (clear) that cancels this speaker while the event is being
+            # sent no longer finds the turn in _turns, so the event must still go out, or the
+            # client would wait for the end of a turn that had ended.
+            await asyncio.shield(self._send_done(turn))
 
     async def _send_done(self, turn: _Turn) -> None:
         usage = {
