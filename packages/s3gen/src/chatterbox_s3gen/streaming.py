@@ -626,7 +626,12 @@ class S3GenStream:
         since, as :meth:`next_window` with ``grow`` builds it; returns the new pending window,
         or None when there is no pending window or nothing to add (it stays as it was)."""
         pending = self._pending
-        if pending is None or self._done:
+        if pending is None or self._done or pending.final:
+            return None
+        largest = pending.keep_tokens - self._kept_tokens >= self.config.chunk_tokens
+        if largest and not self._finish_requested:
+            # Already the largest window: rebuilding it (a token tensor per round for every
+            # held window) could only give the same window back.
             return None
         self._pending = None
         grown = self.next_window(grow=True)
